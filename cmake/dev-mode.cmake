@@ -1,0 +1,6 @@
+enable_testing()
+add_subdirectory(tests)
+if(NOT CMAKE_CROSSCOMPILING AND BATON_BUILD_BENCH)
+  add_subdirectory(bench)
+endif()
+add_subdirectory(samples)

@@ -1,0 +1,141 @@
+#pragma once
+/// A channel is one named receiving end in shared memory that any number of senders of the same
+/// user can open: a ring of tickets, a doorbell that wakes the receiver through its reactor, and
+/// an ack table through which a sender learns whether the receiver took a ticket.
+///
+/// Thread safety: a channel object is not thread-safe; use it from one strand. Different channel
+/// objects (in one or many processes) may be used concurrently.
+
+#include <baton/error.hpp>
+#include <baton/ticket.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/async_result.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace baton {
+namespace detail {
+struct channel_access;
+}
+
+/// What a sender does when the ring is full.
+enum class full_policy {
+  wait,  ///< wait for room, up to channel_options::send_timeout, then fail with channel_full
+  fail,  ///< fail at once with channel_full
+};
+
+/// Options of a channel. The receiver's choice of sizes is what senders see.
+struct channel_options {
+  std::size_t ring_bytes = 4u << 20;   ///< record area; rounded up to a power of two (>= 4 KiB)
+  std::uint32_t ack_slots = 4096;      ///< moves that may await an ack at once
+  ticket_limits limits{};              ///< largest ticket accepted
+  full_policy on_full = full_policy::wait;
+  std::chrono::milliseconds send_timeout{5000};  ///< bound on waiting for room (policy wait)
+  bool global_namespace = false;       ///< Windows: create in Global\ instead of Local\ (needs privilege)
+};
+
+/// Counters of one channel as seen from this process.
+struct channel_stats {
+  std::uint64_t tickets_sent = 0;
+  std::uint64_t tickets_received = 0;
+  std::uint64_t bad_tickets = 0;       ///< records that failed to decode (each reported once)
+  std::uint64_t producer_deaths = 0;   ///< records skipped because their sender died mid-write
+  std::uint64_t corruptions = 0;       ///< times garbage in shared memory was found and healed
+  std::uint64_t doorbells_rung = 0;    ///< wake-ups by senders (all senders); lower = more coalescing
+  std::uint64_t full_waits = 0;        ///< sends that had to wait for room
+};
+
+class channel {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// Creates the receiving end. Fails with errc::name_in_use if any object of the name exists
+  /// (never reuses it: it might be a squatter's), errc::invalid_name for a bad name.
+  static channel create(const executor_type& ex, std::string_view name, const channel_options& opts,
+                        error_code& ec);
+  static channel create(const executor_type& ex, std::string_view name, const channel_options& opts = {});
+
+  /// Opens a sending end. Validates the header and the objects' owner (errc::not_owner,
+  /// errc::bad_channel_header, errc::channel_not_found, errc::channel_owner_dead).
+  static channel open(const executor_type& ex, std::string_view name, const channel_options& opts,
+                      error_code& ec);
+  static channel open(const executor_type& ex, std::string_view name, const channel_options& opts = {});
+
+  /// Removes the names of a channel whose receiver died without cleaning up (POSIX; no-op on
+  /// Windows, where names vanish with their last handle). Refuses a channel whose owner lives.
+  static void remove_stale(std::string_view name, error_code& ec);
+
+  /// True for 1-64 characters from [A-Za-z0-9._-], not starting with '.'.
+  static bool valid_name(std::string_view name) noexcept;
+
+  channel() noexcept;
+  channel(channel&&) noexcept;
+  channel& operator=(channel&&) noexcept;
+  /// Cancels pending operations; the receiver removes the channel's names.
+  ~channel();
+
+  executor_type get_executor() const;
+  bool is_open() const noexcept;
+  bool is_receiver() const noexcept;
+  const std::string& name() const noexcept;
+  /// Pid of the receiving process (the only process tickets on this channel are for).
+  std::uint32_t owner_pid() const noexcept;
+  channel_stats stats() const;
+  /// Cancels pending operations (they complete with operation_aborted).
+  void close();
+
+  /// Sender: enqueues `t` (sender_pid and target_pid are filled in). Completes once the ticket
+  /// is in the ring. Signature: void(error_code).
+  template <class Token>
+  auto async_send(ticket t, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this](auto h, ticket t) { do_send(std::move(t), false, {}, std::move(h)); }, token, std::move(t));
+  }
+
+  /// Sender: enqueues `t` with an ack slot and completes with the receiver's verdict: success
+  /// (accepted), errc::move_rejected, errc::move_timeout after `timeout` (the ticket is then
+  /// void: a late receiver cannot accept it), errc::target_died. Signature: void(error_code).
+  template <class Token>
+  auto async_transact(ticket t, std::chrono::milliseconds timeout, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this, timeout](auto h, ticket t) { do_send(std::move(t), true, timeout, std::move(h)); }, token,
+        std::move(t));
+  }
+
+  /// Receiver: the next ticket. A record that cannot be decoded, a record skipped because its
+  /// sender died, or healed garbage completes with that error (and no ticket); call again.
+  /// Signature: void(error_code, ticket).
+  template <class Token>
+  auto async_receive(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, ticket)>(
+        [this](auto h) { do_receive(std::move(h)); }, token);
+  }
+
+  /// Receiver, non-blocking: true if a ticket (or an error, in ec) was taken.
+  bool try_receive(ticket& out, error_code& ec);
+
+  /// Receiver: the verdict on a ticket received with an ack slot. Returns false if the sender
+  /// already gave up (timeout) or the ticket's slot is not its own: the receiver must then not
+  /// keep what the ticket carried.
+  bool acknowledge(const ticket& t, bool accept) noexcept;
+
+  struct impl;
+
+ private:
+  friend struct detail::channel_access;
+  void do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
+               boost::asio::any_completion_handler<void(error_code)> h);
+  void do_receive(boost::asio::any_completion_handler<void(error_code, ticket)> h);
+  std::shared_ptr<impl> impl_;
+};
+
+/// Ack slot value of a ticket sent without an ack.
+inline constexpr std::uint32_t no_ack_slot = 0xFFFFFFFFu;
+
+}  // namespace baton

@@ -1,0 +1,63 @@
+#pragma once
+/// Baton's one error category: every failure Baton itself detects is a `baton::errc` value in
+/// `baton::category()`. OS failures keep their system error codes.
+
+#include <boost/system/error_code.hpp>
+#include <boost/system/system_error.hpp>
+#include <string>
+
+namespace baton {
+
+/// Errors reported by Baton. Messages say what to do about them.
+enum class errc {
+  // Names and channels.
+  invalid_name = 1,          ///< channel name empty, too long, or with characters outside [A-Za-z0-9._-]
+  name_in_use,               ///< create: an object with this name exists (possibly a squatter)
+  channel_not_found,         ///< open: no channel with this name
+  not_owner,                 ///< open: the object belongs to another user or has loose permissions
+  bad_channel_header,        ///< open: magic/version/sizes/token in the header do not check out
+  channel_owner_dead,        ///< the receiving process of the channel has exited
+  channel_full,              ///< the ring has no room and the send policy is to fail
+  channel_corrupted,         ///< the ring's shared state was overwritten with garbage
+  record_too_large,          ///< a record does not fit the ring or exceeds the ticket limit
+  producer_died,             ///< a sender died between reserve and commit; its record was skipped
+  no_free_ack_slot,          ///< too many moves in flight on this channel
+  // Ticket decoding.
+  ticket_truncated,          ///< fewer bytes than the fixed ticket header
+  ticket_bad_magic,          ///< not a Baton ticket
+  ticket_bad_version,        ///< ticket format from an incompatible Baton version
+  ticket_bad_kind,           ///< unknown ticket kind
+  ticket_bad_method,         ///< unknown transfer method
+  ticket_bad_length,         ///< section lengths disagree with the size of the ticket
+  ticket_too_large,          ///< a section exceeds the configured limit
+  ticket_bad_checksum,       ///< CRC-32C mismatch: the ticket was damaged in transit
+  ticket_bad_payload,        ///< handle payload has the wrong size for its transfer method
+  ticket_wrong_target,       ///< the ticket was made for another process
+  // Moves.
+  move_rejected,             ///< the target refused the connection (nack)
+  move_timeout,              ///< the target did not acknowledge within the timeout
+  target_died,               ///< the target exited before acknowledging
+  busy,                      ///< the connection has an operation pending that cannot be quiesced
+  strategy_unavailable,      ///< the chosen transfer strategy cannot be used here
+  non_ifs_provider,          ///< DuplicateHandle refused: the socket's provider is not IFS
+  handle_mismatch,           ///< the received handle is not the socket the ticket describes
+  not_a_socket,              ///< the handle in the ticket is not a TCP socket
+  operation_in_progress,     ///< another operation of this kind is already running
+};
+
+/// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers
+/// compose with Asio's.
+using error_code = boost::system::error_code;
+
+/// The category of `baton::errc`. Thread-safe.
+const boost::system::error_category& category() noexcept;
+
+inline error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), category()}; }
+
+/// Thrown by the throwing overloads.
+using system_error = boost::system::system_error;
+
+}  // namespace baton
+
+template <>
+struct boost::system::is_error_code_enum<baton::errc> : std::true_type {};

@@ -1,0 +1,376 @@
+#include "baton/channel.hpp"
+
+#include "channel_impl.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/post.hpp>
+
+#include <bit>
+
+namespace baton {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+
+channel::impl::~impl() {
+  if (receiver) {
+    detail::remove_region(region_name);
+    detail::doorbell::remove(bell_name);
+  }
+}
+
+bool channel::valid_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > 64 || name.front() == '.') return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+channel::channel() noexcept = default;
+channel::channel(channel&&) noexcept = default;
+channel& channel::operator=(channel&& o) noexcept {
+  if (this != &o) {
+    close();
+    impl_ = std::move(o.impl_);
+  }
+  return *this;
+}
+channel::~channel() { close(); }
+
+channel channel::create(const executor_type& ex, std::string_view name, const channel_options& opts, error_code& ec) {
+  ec.clear();
+  channel c;
+  if (!valid_name(name)) {
+    ec = errc::invalid_name;
+    return c;
+  }
+  const std::size_t max_record = opts.limits.max_ticket_bytes;
+  std::size_t data_bytes = std::bit_ceil(std::max<std::size_t>({opts.ring_bytes, 4096}));
+  if (max_record > data_bytes / 2 - detail::record_header_bytes) {
+    // A ticket of the maximum size must fit; grow the ring rather than refuse.
+    data_bytes = std::bit_ceil(2 * (max_record + detail::record_header_bytes));
+  }
+  auto im = std::make_shared<impl>(ex);
+  im->name = std::string(name);
+  im->opts = opts;
+  im->region_name = detail::object_name(im->name, "ring", opts.global_namespace);
+  im->bell_name = detail::object_name(im->name, "bell", opts.global_namespace);
+  const std::uint32_t slots = std::max<std::uint32_t>(opts.ack_slots, 1);
+  im->region = detail::create_region(im->region_name, detail::ring::mapping_bytes(data_bytes, slots), ec);
+  if (ec) return c;
+  im->receiver = true;  // from here on the destructor removes what we created
+  im->bell = detail::doorbell::create(ex, im->bell_name, ec);
+  if (ec) {
+    detail::remove_region(im->region_name);
+    im->receiver = false;
+    return c;
+  }
+  im->ring.create(im->region.get_address(), im->region.get_size(), data_bytes, slots, max_record,
+                  detail::current_pid());
+  c.impl_ = std::move(im);
+  return c;
+}
+
+channel channel::create(const executor_type& ex, std::string_view name, const channel_options& opts) {
+  error_code ec;
+  auto c = create(ex, name, opts, ec);
+  if (ec) throw system_error(ec, "baton::channel::create");
+  return c;
+}
+
+channel channel::open(const executor_type& ex, std::string_view name, const channel_options& opts, error_code& ec) {
+  ec.clear();
+  channel c;
+  if (!valid_name(name)) {
+    ec = errc::invalid_name;
+    return c;
+  }
+  auto im = std::make_shared<impl>(ex);
+  im->name = std::string(name);
+  im->opts = opts;
+  im->region_name = detail::object_name(im->name, "ring", opts.global_namespace);
+  im->bell_name = detail::object_name(im->name, "bell", opts.global_namespace);
+  im->region = detail::open_region(im->region_name, ec);
+  if (ec) return c;
+  im->ring.attach(im->region.get_address(), im->region.get_size(), ec);
+  if (ec) return c;
+  im->owner = detail::process_watch(im->ring.identity().owner_pid);
+  if (!im->owner.alive()) {
+    ec = errc::channel_owner_dead;
+    return c;
+  }
+  im->bell = detail::doorbell::open(im->bell_name, ec);
+  if (ec) return c;
+  // The receiver's limit bounds what it will accept; never send more than that.
+  im->opts.limits.max_ticket_bytes =
+      std::min<std::size_t>(opts.limits.max_ticket_bytes, im->ring.identity().max_record_bytes);
+  c.impl_ = std::move(im);
+  return c;
+}
+
+channel channel::open(const executor_type& ex, std::string_view name, const channel_options& opts) {
+  error_code ec;
+  auto c = open(ex, name, opts, ec);
+  if (ec) throw system_error(ec, "baton::channel::open");
+  return c;
+}
+
+void channel::remove_stale(std::string_view name, error_code& ec) {
+  ec.clear();
+  if (!valid_name(name)) {
+    ec = errc::invalid_name;
+    return;
+  }
+  const std::string n(name);
+  const auto region_name = detail::object_name(n, "ring", false);
+  auto region = detail::open_region(region_name, ec);
+  if (!ec && region.get_size() >= detail::ring_header_bytes) {
+    // The owner pid sits at a fixed offset of the header (see ring.cpp).
+    std::uint32_t pid = 0;
+    std::memcpy(&pid, static_cast<const char*>(region.get_address()) + 36, 4);
+    if (detail::process_alive(pid)) {
+      ec = errc::name_in_use;
+      return;
+    }
+  } else if (ec && ec != errc::channel_not_found && ec != errc::bad_channel_header) {
+    return;  // someone else's object: leave it alone
+  }
+  ec.clear();
+  detail::remove_region(region_name);
+  detail::doorbell::remove(detail::object_name(n, "bell", false));
+}
+
+channel::executor_type channel::get_executor() const { return impl_->ex; }
+bool channel::is_open() const noexcept { return impl_ != nullptr; }
+bool channel::is_receiver() const noexcept { return impl_ && impl_->receiver; }
+const std::string& channel::name() const noexcept {
+  static const std::string empty;
+  return impl_ ? impl_->name : empty;
+}
+std::uint32_t channel::owner_pid() const noexcept { return impl_ ? impl_->ring.identity().owner_pid : 0; }
+
+channel_stats channel::stats() const {
+  if (!impl_) return {};
+  channel_stats s = impl_->stats;
+  auto rc = impl_->ring.counters();
+  s.producer_deaths = rc.producer_deaths;
+  s.corruptions = rc.corruptions;
+  s.doorbells_rung = rc.doorbells;
+  return s;
+}
+
+void channel::close() {
+  if (!impl_) return;
+  impl_->closed = true;
+  impl_->bell.cancel();
+  impl_->wait_timer.cancel();
+}
+
+namespace {
+
+// One send in progress: retries while the ring is full (policy wait), then, for a transaction,
+// polls the ack slot with a growing interval until a verdict, the timeout, or the target's death.
+struct send_op : std::enable_shared_from_this<send_op> {
+  std::shared_ptr<channel::impl> ch;
+  std::vector<std::byte> bytes;
+  ticket_id id;
+  std::uint32_t slot = no_ack_slot;
+  bool with_ack = false;
+  std::chrono::milliseconds ack_timeout{};
+  std::chrono::steady_clock::time_point send_deadline, ack_deadline;
+  asio::steady_timer timer;
+  std::chrono::microseconds backoff{10};
+  int spins = 0;
+  asio::any_completion_handler<void(error_code)> handler;
+
+  // Boost 1.81's any_completion_handler move *assignment* recurses forever (it copies from a
+  // named rvalue), so handlers are only ever move-constructed into place.
+  send_op(std::shared_ptr<channel::impl> c, asio::any_completion_handler<void(error_code)> h)
+      : ch(std::move(c)), timer(ch->ex), handler(std::move(h)) {}
+
+  void finish(error_code ec) {
+    if (with_ack && slot != no_ack_slot) ch->ring.ack_release(slot);
+    std::move(handler)(ec);
+  }
+
+  void try_push() {
+    error_code ec;
+    if (ch->closed) return finish(asio::error::operation_aborted);
+    if (!ch->owner.alive()) return finish(errc::channel_owner_dead);
+    const bool wake = ch->ring.push(
+        bytes.size(), [&](std::span<std::byte> out) { std::memcpy(out.data(), bytes.data(), bytes.size()); }, ec);
+    if (!ec) {
+      if (wake) ch->bell.ring();
+      ++ch->stats.tickets_sent;
+      if (!with_ack) return finish({});
+      ack_deadline = std::chrono::steady_clock::now() + ack_timeout;
+      backoff = std::chrono::microseconds(5);
+      return poll_ack();
+    }
+    if (ec == errc::channel_corrupted) ch->bell.ring();  // make the receiver heal the ring
+    const bool retry = (ec == errc::channel_full || ec == errc::channel_corrupted) &&
+                       ch->opts.on_full == full_policy::wait && std::chrono::steady_clock::now() < send_deadline;
+    if (!retry) {
+      if (with_ack) ch->ring.ack_release(slot);
+      slot = no_ack_slot;
+      return std::move(handler)(ec);
+    }
+    if (ec == errc::channel_full) ++ch->stats.full_waits;
+    // A full ring drains at the receiver's pace: back off from 10 us to 1 ms.
+    timer.expires_after(backoff);
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::milliseconds(1));
+    timer.async_wait([self = shared_from_this()](error_code) { self->try_push(); });
+  }
+
+  void poll_ack() {
+    auto st = ch->ring.ack_peek(slot, id);
+    if (st == detail::ack_state::accepted) return finish({});
+    if (st == detail::ack_state::rejected) return finish(errc::move_rejected);
+    if (st != detail::ack_state::pending) return finish(errc::move_rejected);
+    const bool dead = !ch->owner.alive();
+    if (dead || ch->closed || std::chrono::steady_clock::now() >= ack_deadline) {
+      // Void the ticket. If the receiver resolved it in the meantime, its verdict stands.
+      auto final_state = ch->ring.ack_cancel(slot, id);
+      if (final_state == detail::ack_state::accepted) return finish({});
+      if (final_state == detail::ack_state::rejected) return finish(errc::move_rejected);
+      if (ch->closed) return finish(asio::error::operation_aborted);
+      return finish(dead ? errc::target_died : errc::move_timeout);
+    }
+    // The receiver usually answers within microseconds: yield to other handlers a few times
+    // before sleeping with a growing interval (capped at 500 us).
+    if (++spins < 16) {
+      asio::post(ch->ex, [self = shared_from_this()] { self->poll_ack(); });
+      return;
+    }
+    timer.expires_after(backoff);
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::microseconds(500));
+    timer.async_wait([self = shared_from_this()](error_code) { self->poll_ack(); });
+  }
+};
+
+}  // namespace
+
+void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
+                      asio::any_completion_handler<void(error_code)> h) {
+  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));
+  auto fail = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(h), ec)); };
+  if (impl_->receiver) return fail(asio::error::operation_not_supported);
+  auto op = std::make_shared<send_op>(impl_, std::move(h));
+  auto fail_op = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(op->handler), ec)); };
+  t.sender_pid = detail::current_pid();
+  t.target_pid = impl_->ring.identity().owner_pid;
+  op->with_ack = with_ack;
+  op->ack_timeout = timeout;
+  op->id = t.id;
+  if (with_ack) {
+    auto s = impl_->ring.ack_acquire(t.id, t.sender_pid);
+    if (s < 0) return fail_op(errc::no_free_ack_slot);
+    op->slot = static_cast<std::uint32_t>(s);
+  }
+  t.ack_slot = op->slot;
+  error_code ec;
+  op->bytes.resize(encoded_size(t));
+  encode(t, op->bytes, ec, impl_->opts.limits);
+  if (ec) {
+    if (with_ack) impl_->ring.ack_release(op->slot);
+    return fail_op(ec == errc::ticket_too_large ? make_error_code(errc::record_too_large) : ec);
+  }
+  op->send_deadline = std::chrono::steady_clock::now() + impl_->opts.send_timeout;
+  // Run the first attempt from the executor so that completion is never inline.
+  asio::post(impl_->ex, [op] { op->try_push(); });
+}
+
+namespace {
+
+struct receive_op : std::enable_shared_from_this<receive_op> {
+  std::shared_ptr<channel::impl> ch;
+  asio::any_completion_handler<void(error_code, ticket)> handler;
+  receive_op(std::shared_ptr<channel::impl> c, asio::any_completion_handler<void(error_code, ticket)> h)
+      : ch(std::move(c)), handler(std::move(h)) {}
+  std::vector<std::byte> buf;
+
+  void complete(error_code ec, ticket t) {
+    ch->receiving = false;
+    std::move(handler)(ec, std::move(t));
+  }
+
+  void step() {
+    if (ch->closed) return complete(asio::error::operation_aborted, {});
+    for (;;) {
+      error_code ec;
+      auto r = ch->ring.pop(buf, ec);
+      if (r == detail::ring::pop_result::record) {
+        ticket t = decode(buf, ec, ch->opts.limits);
+        if (ec) {
+          ++ch->stats.bad_tickets;
+          return complete(ec, {});
+        }
+        ++ch->stats.tickets_received;
+        return complete({}, std::move(t));
+      }
+      if (r == detail::ring::pop_result::error) return complete(ec, {});
+      if (ch->ring.prepare_wait()) break;
+    }
+    // Sleep until a sender rings. A periodic wake-up also re-checks the ring for a record whose
+    // sender died mid-write and for garbage, which ring no bell.
+    const auto gen = ++ch->wait_gen;
+    ch->wait_timer.expires_after(std::chrono::milliseconds(50));
+    ch->wait_timer.async_wait([c = ch, gen](error_code ec) {
+      if (!ec && c->wait_gen == gen) c->bell.cancel();
+    });
+    ch->bell.async_wait([self = shared_from_this(), gen](error_code) {
+      if (self->ch->wait_gen == gen) self->ch->wait_timer.cancel();
+      self->ch->ring.cancel_wait();
+      self->step();
+    });
+  }
+};
+
+}  // namespace
+
+void channel::do_receive(asio::any_completion_handler<void(error_code, ticket)> h) {
+  if (!impl_) {
+    // No executor to post to: a closed or default-constructed channel is a programming error.
+    std::move(h)(error_code(asio::error::bad_descriptor), ticket{});
+    return;
+  }
+  if (!impl_->receiver) {
+    asio::post(impl_->ex, asio::append(std::move(h), error_code(asio::error::operation_not_supported), ticket{}));
+    return;
+  }
+  if (impl_->receiving) {
+    asio::post(impl_->ex, asio::append(std::move(h), make_error_code(errc::operation_in_progress), ticket{}));
+    return;
+  }
+  impl_->receiving = true;
+  auto op = std::make_shared<receive_op>(impl_, std::move(h));
+  asio::post(impl_->ex, [op] { op->step(); });
+}
+
+bool channel::try_receive(ticket& out, error_code& ec) {
+  ec.clear();
+  if (!impl_ || !impl_->receiver) {
+    ec = asio::error::operation_not_supported;
+    return false;
+  }
+  std::vector<std::byte> buf;
+  auto r = impl_->ring.pop(buf, ec);
+  if (r == detail::ring::pop_result::record) {
+    out = decode(buf, ec, impl_->opts.limits);
+    if (ec) ++impl_->stats.bad_tickets;
+    else ++impl_->stats.tickets_received;
+    return true;
+  }
+  return r == detail::ring::pop_result::error;
+}
+
+bool channel::acknowledge(const ticket& t, bool accept) noexcept {
+  if (!impl_ || !impl_->receiver) return false;
+  if (t.ack_slot == no_ack_slot) return true;
+  return impl_->ring.ack_resolve(t.ack_slot, t.id, accept);
+}
+
+}  // namespace baton

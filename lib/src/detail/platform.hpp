@@ -1,0 +1,85 @@
+#pragma once
+// The one internal interface between Baton's shared code and its two backends
+// (lib/src/win/ and lib/src/posix/). Shared code includes only this header for OS services.
+
+#include <baton/error.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/interprocess/mapped_region.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace baton::detail {
+
+/// The calling process's id.
+std::uint32_t current_pid() noexcept;
+
+/// Platform object name for a validated Baton name and a suffix, e.g. "/baton.NAME.ring" on
+/// POSIX or "Local\baton.NAME.ring" on Windows.
+std::string object_name(const std::string& name, const char* suffix, bool global_namespace);
+
+/// Creates a private (owner-only) shared memory region; fails with errc::name_in_use if the name
+/// exists. The region is zero-filled.
+boost::interprocess::mapped_region create_region(const std::string& os_name, std::size_t size, error_code& ec);
+/// Opens an existing region, refusing one not owned by the caller's user (errc::not_owner).
+boost::interprocess::mapped_region open_region(const std::string& os_name, error_code& ec);
+/// Removes the region's name (POSIX unlink; a no-op on Windows where names die with their last handle).
+void remove_region(const std::string& os_name) noexcept;
+
+/// Watches another process for exit. Thread-safe after construction.
+class process_watch {
+ public:
+  process_watch() noexcept;
+  explicit process_watch(std::uint32_t pid);
+  process_watch(process_watch&&) noexcept;
+  process_watch& operator=(process_watch&&) noexcept;
+  ~process_watch();
+  /// True while the process exists. A process that cannot be observed (no such pid) is dead.
+  bool alive() const noexcept;
+  std::uint32_t pid() const noexcept { return pid_; }
+
+ private:
+  std::uint32_t pid_ = 0;
+  std::intptr_t handle_ = -1;  // pidfd on Linux, HANDLE on Windows
+};
+
+/// One-shot liveness probe for a pid (used for the pids of ring producers).
+bool process_alive(std::uint32_t pid) noexcept;
+
+/// Cross-process wake-up. The receiving side creates it and awaits it through its reactor; any
+/// number of senders open it by name and ring it. A ring while nobody waits is remembered (at
+/// least one wake-up follows). Not thread-safe; use from one strand.
+class doorbell {
+ public:
+  using wait_handler = boost::asio::any_completion_handler<void(error_code)>;
+
+  doorbell() noexcept;
+  doorbell(doorbell&&) noexcept;
+  doorbell& operator=(doorbell&&) noexcept;
+  ~doorbell();
+
+  /// Receiving end. Fails with errc::name_in_use if the name exists.
+  static doorbell create(const boost::asio::any_io_executor& ex, const std::string& os_name, error_code& ec);
+  /// Ringing end.
+  static doorbell open(const std::string& os_name, error_code& ec);
+  /// Removes the name (POSIX only).
+  static void remove(const std::string& os_name) noexcept;
+
+  /// Wakes the receiver. Async-signal-safe in spirit: one system call, never blocks.
+  void ring() noexcept;
+  /// Completes when rung (after consuming the ring) or with operation_aborted after cancel().
+  void async_wait(wait_handler handler);
+  void cancel() noexcept;
+  bool is_open() const noexcept;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace baton::detail

@@ -1,0 +1,109 @@
+// POSIX doorbell: a named FIFO in /dev/shm (mode 0600). The receiver holds it open read-write, so
+// it never sees end-of-file, and awaits readability through the reactor; senders write one byte.
+// A full FIFO means a wake-up is already pending, so a failed write is harmless.
+#include "detail/platform.hpp"
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace baton::detail {
+
+namespace asio = boost::asio;
+
+struct doorbell::impl {
+  std::string path;
+  int write_fd = -1;                                  // sender side
+  std::unique_ptr<asio::posix::stream_descriptor> rx;  // receiver side
+  ~impl() {
+    if (write_fd >= 0) ::close(write_fd);
+  }
+};
+
+namespace {
+std::string fifo_path(const std::string& os_name) { return "/dev/shm" + os_name; }
+}  // namespace
+
+doorbell::doorbell() noexcept = default;
+doorbell::doorbell(doorbell&&) noexcept = default;
+doorbell& doorbell::operator=(doorbell&&) noexcept = default;
+doorbell::~doorbell() = default;
+
+doorbell doorbell::create(const asio::any_io_executor& ex, const std::string& os_name, error_code& ec) {
+  ec.clear();
+  doorbell d;
+  auto path = fifo_path(os_name);
+  if (::mkfifo(path.c_str(), 0600) != 0) {
+    ec = errno == EEXIST ? make_error_code(errc::name_in_use) : error_code(errno, boost::system::system_category());
+    return d;
+  }
+  ::chmod(path.c_str(), 0600);  // mkfifo applies the umask; make the mode exact
+  int fd = ::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    ec = {errno, boost::system::system_category()};
+    ::unlink(path.c_str());
+    return d;
+  }
+  d.impl_ = std::make_unique<impl>();
+  d.impl_->path = path;
+  d.impl_->rx = std::make_unique<asio::posix::stream_descriptor>(ex, fd);
+  return d;
+}
+
+doorbell doorbell::open(const std::string& os_name, error_code& ec) {
+  ec.clear();
+  doorbell d;
+  auto path = fifo_path(os_name);
+  int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) {
+    ec = errno == ENOENT || errno == ENXIO ? make_error_code(errc::channel_not_found)
+                                           : error_code(errno, boost::system::system_category());
+    return d;
+  }
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+    ::close(fd);
+    ec = errc::not_owner;
+    return d;
+  }
+  d.impl_ = std::make_unique<impl>();
+  d.impl_->path = path;
+  d.impl_->write_fd = fd;
+  return d;
+}
+
+void doorbell::remove(const std::string& os_name) noexcept { ::unlink(fifo_path(os_name).c_str()); }
+
+void doorbell::ring() noexcept {
+  if (!impl_ || impl_->write_fd < 0) return;
+  char b = 1;
+  [[maybe_unused]] auto r = ::write(impl_->write_fd, &b, 1);
+}
+
+void doorbell::async_wait(wait_handler handler) {
+  auto* rx = impl_->rx.get();
+  rx->async_wait(asio::posix::stream_descriptor::wait_read,
+                 [rx, h = std::move(handler)](error_code ec) mutable {
+                   if (!ec) {
+                     // Drain every pending ring: they are coalesced into this one wake-up.
+                     char buf[256];
+                     while (::read(rx->native_handle(), buf, sizeof buf) > 0) {
+                     }
+                   }
+                   std::move(h)(ec);
+                 });
+}
+
+void doorbell::cancel() noexcept {
+  if (impl_ && impl_->rx) {
+    error_code ignored;
+    impl_->rx->cancel(ignored);
+  }
+}
+
+bool doorbell::is_open() const noexcept { return impl_ != nullptr; }
+
+}  // namespace baton::detail

@@ -1,0 +1,419 @@
+#include "ring.hpp"
+
+#include "detail/platform.hpp"
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <thread>
+
+namespace baton::detail {
+
+struct ring::shared_header {
+  // Identity, written once by the owner (64 bytes).
+  std::uint32_t magic;
+  std::uint16_t layout_version;
+  std::uint16_t header_bytes;
+  std::uint64_t total_bytes;
+  std::uint64_t data_offset;
+  std::uint64_t data_bytes;
+  std::uint32_t ack_slots;
+  std::uint32_t owner_pid;
+  std::uint8_t token[16];
+  std::uint64_t max_record_bytes;
+  // Producer side (own cache line).
+  std::uint32_t lock;  // 0, or the pid of the producer holding it
+  std::uint32_t pad0;
+  std::uint64_t tail;
+  std::uint64_t records_in;
+  std::uint64_t doorbells;
+  std::uint8_t pad1[32];
+  // Consumer side (own cache line).
+  std::uint64_t head;
+  std::uint32_t waiting;
+  std::uint32_t pad2;
+  std::uint8_t pad3[48];
+  std::uint8_t pad4[64];
+};
+static_assert(sizeof(ring::shared_header) == ring_header_bytes);
+
+struct ring::record_header {
+  std::uint32_t state;  // 0 none, 1 reserved, 2 committed, 3 padding to the end of the area
+  std::uint32_t length;
+  std::uint32_t pid;
+  std::uint32_t check;
+};
+static_assert(sizeof(ring::record_header) == record_header_bytes);
+
+struct ring::ack_slot {
+  std::uint32_t state;
+  std::uint32_t pid;
+  std::uint8_t id[16];
+  std::uint64_t reserved;
+};
+static_assert(sizeof(ring::ack_slot) == ack_slot_bytes);
+
+namespace {
+
+constexpr std::uint32_t rec_reserved = 1, rec_committed = 2, rec_padding = 3;
+constexpr std::uint32_t ack_claiming = 5;
+
+template <class T>
+std::atomic_ref<T> at(T& v) noexcept {
+  return std::atomic_ref<T>(v);
+}
+
+constexpr std::size_t align8(std::size_t n) { return (n + 7) & ~std::size_t{7}; }
+
+std::uint32_t record_check(std::uint32_t len, std::uint32_t pid) { return (len * 2654435761u) ^ pid ^ ring_magic; }
+
+}  // namespace
+
+std::size_t ring::mapping_bytes(std::size_t data_bytes, std::uint32_t ack_slots) {
+  std::size_t data_off = align8(ring_header_bytes + std::size_t{ack_slots} * ack_slot_bytes);
+  data_off = (data_off + 4095) & ~std::size_t{4095};
+  return data_off + data_bytes;
+}
+
+ring::shared_header* ring::hdr() const noexcept { return reinterpret_cast<shared_header*>(base_); }
+
+ring::ack_slot* ring::slot(std::uint32_t i) const noexcept {
+  return reinterpret_cast<ack_slot*>(base_ + ring_header_bytes) + i;
+}
+
+void ring::create(void* base, std::size_t size, std::size_t data_bytes, std::uint32_t ack_slots,
+                  std::size_t max_record_bytes, std::uint32_t owner_pid) {
+  base_ = static_cast<std::byte*>(base);
+  size_ = size;
+  owner_ = true;
+  id_.total_bytes = size;
+  id_.data_bytes = data_bytes;
+  id_.data_offset = size - data_bytes;
+  id_.ack_slots = ack_slots;
+  id_.owner_pid = owner_pid;
+  id_.max_record_bytes = max_record_bytes;
+  std::random_device rd;
+  for (auto& b : id_.token) b = static_cast<std::uint8_t>(rd());
+  heal();
+}
+
+void ring::heal() noexcept {
+  // Producers are locked out while the header is rewritten. A lock held by a live producer is
+  // waited for; one held by garbage or by the dead is broken inside lock().
+  auto* h = hdr();
+  const std::uint32_t me = current_pid();
+  lock(me);
+  h->magic = id_.magic;
+  h->layout_version = id_.layout_version;
+  h->header_bytes = id_.header_bytes;
+  h->total_bytes = id_.total_bytes;
+  h->data_offset = id_.data_offset;
+  h->data_bytes = id_.data_bytes;
+  h->ack_slots = id_.ack_slots;
+  h->owner_pid = id_.owner_pid;
+  std::memcpy(h->token, id_.token, sizeof id_.token);
+  h->max_record_bytes = id_.max_record_bytes;
+  at(h->head).store(head_, std::memory_order_release);
+  at(h->tail).store(head_, std::memory_order_release);
+  at(h->waiting).store(0, std::memory_order_release);
+  unlock(me);
+}
+
+void ring::attach(void* base, std::size_t size, error_code& ec) {
+  ec.clear();
+  base_ = static_cast<std::byte*>(base);
+  size_ = size;
+  owner_ = false;
+  if (size < ring_header_bytes) {
+    ec = errc::bad_channel_header;
+    return;
+  }
+  const auto* h = hdr();
+  ring_identity id;
+  id.magic = h->magic;
+  id.layout_version = h->layout_version;
+  id.header_bytes = h->header_bytes;
+  id.total_bytes = h->total_bytes;
+  id.data_offset = h->data_offset;
+  id.data_bytes = h->data_bytes;
+  id.ack_slots = h->ack_slots;
+  id.owner_pid = h->owner_pid;
+  std::memcpy(id.token, h->token, sizeof id.token);
+  id.max_record_bytes = h->max_record_bytes;
+  bool token_set = false;
+  for (auto b : id.token) token_set |= b != 0;
+  const bool pow2 = id.data_bytes >= 4096 && (id.data_bytes & (id.data_bytes - 1)) == 0;
+  if (id.magic != ring_magic || id.layout_version != ring_layout_version || id.header_bytes != ring_header_bytes ||
+      id.total_bytes != size || !pow2 || id.data_bytes > size || id.data_offset != size - id.data_bytes ||
+      id.ack_slots == 0 || ring_header_bytes + std::uint64_t{id.ack_slots} * ack_slot_bytes > id.data_offset ||
+      id.max_record_bytes == 0 || id.max_record_bytes > id.data_bytes / 2 - record_header_bytes || !token_set ||
+      id.owner_pid == 0) {
+    ec = errc::bad_channel_header;
+    return;
+  }
+  id_ = id;
+}
+
+bool ring::header_intact() const noexcept {
+  const auto* h = hdr();
+  return h->magic == id_.magic && h->layout_version == id_.layout_version && h->data_bytes == id_.data_bytes &&
+         h->data_offset == id_.data_offset && h->ack_slots == id_.ack_slots && h->owner_pid == id_.owner_pid &&
+         std::memcmp(h->token, id_.token, sizeof id_.token) == 0;
+}
+
+bool ring::lock(std::uint32_t pid) noexcept {
+  auto lk = at(hdr()->lock);
+  auto start = std::chrono::steady_clock::now();
+  for (std::uint32_t i = 0;; ++i) {
+    std::uint32_t expected = 0;
+    if (lk.compare_exchange_weak(expected, pid, std::memory_order_acquire)) return true;
+    if (i > 64) std::this_thread::yield();
+    if ((i & 1023) == 1023) {
+      // The lock is held for a few stores only. A holder that is dead, or a lock word that has
+      // been held far longer than any producer needs (garbage written into it), is broken.
+      const bool stale = std::chrono::steady_clock::now() - start > std::chrono::milliseconds(200);
+      if (expected != 0 && (stale || !process_alive(expected))) {
+        if (lk.compare_exchange_strong(expected, pid, std::memory_order_acquire)) return true;
+      }
+    }
+  }
+}
+
+void ring::unlock(std::uint32_t pid) noexcept {
+  std::uint32_t expected = pid;
+  at(hdr()->lock).compare_exchange_strong(expected, 0, std::memory_order_release);
+}
+
+std::size_t ring::reserve(std::size_t n, std::uint64_t& pos, error_code& ec) {
+  const std::uint64_t D = id_.data_bytes;
+  if (n > id_.max_record_bytes) {
+    ec = errc::record_too_large;
+    return 0;
+  }
+  if (!header_intact()) {
+    ec = errc::channel_corrupted;
+    return 0;
+  }
+  const std::uint32_t me = current_pid();
+  const std::size_t size = align8(record_header_bytes + n);
+  auto* h = hdr();
+  lock(me);
+  std::uint64_t tail = at(h->tail).load(std::memory_order_relaxed);
+  const std::uint64_t head = at(h->head).load(std::memory_order_acquire);
+  if (tail < head || tail - head > D || (tail & 7) != 0) {
+    unlock(me);
+    ec = errc::channel_corrupted;
+    return 0;
+  }
+  std::uint64_t off = tail & (D - 1);
+  std::uint64_t pad = off + size > D ? D - off : 0;
+  if (tail + pad + size - head > D) {
+    unlock(me);
+    ec = errc::channel_full;
+    return 0;
+  }
+  if (pad >= record_header_bytes) {
+    auto* ph = reinterpret_cast<record_header*>(data() + off);
+    ph->length = static_cast<std::uint32_t>(pad);
+    ph->pid = me;
+    ph->check = record_check(ph->length, me);
+    at(ph->state).store(rec_padding, std::memory_order_release);
+  }
+  tail += pad;
+  off = tail & (D - 1);
+  auto* rh = reinterpret_cast<record_header*>(data() + off);
+  rh->length = static_cast<std::uint32_t>(n);
+  rh->pid = me;
+  rh->check = record_check(rh->length, me);
+  at(rh->state).store(rec_reserved, std::memory_order_release);
+  // The header is complete before the tail covers it, so a producer dying here leaves either no
+  // trace (tail not moved) or a reserved record the consumer can skip.
+  at(h->tail).store(tail + size, std::memory_order_release);
+  unlock(me);
+  pos = off;
+  return size;
+}
+
+bool ring::push(std::size_t n, const std::function<void(std::span<std::byte>)>& fill, error_code& ec) {
+  ec.clear();
+  std::uint64_t off = 0;
+  if (!reserve(n, off, ec)) return false;
+  auto* rh = reinterpret_cast<record_header*>(data() + off);
+  fill({data() + off + record_header_bytes, n});
+  at(rh->state).store(rec_committed, std::memory_order_release);
+  auto* h = hdr();
+  at(h->records_in).fetch_add(1, std::memory_order_relaxed);
+  // Pairs with the fence in prepare_wait(): either the consumer sees this record, or we see its
+  // waiting flag and ring.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (at(h->waiting).load(std::memory_order_relaxed) != 0 && at(h->waiting).exchange(0) != 0) {
+    at(h->doorbells).fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  return false;
+}
+
+void ring::reserve_and_abandon(std::size_t n, error_code& ec) {
+  ec.clear();
+  std::uint64_t off = 0;
+  reserve(n, off, ec);
+}
+
+ring::pop_result ring::pop(std::vector<std::byte>& out, error_code& ec) {
+  ec.clear();
+  const std::uint64_t D = id_.data_bytes;
+  auto* h = hdr();
+  for (;;) {
+    if (!header_intact()) {
+      ++corruptions_;
+      heal();
+      ec = errc::channel_corrupted;
+      return pop_result::error;
+    }
+    const std::uint64_t tail = at(h->tail).load(std::memory_order_acquire);
+    if (tail < head_ || tail - head_ > D || (tail & 7) != 0) {
+      ++corruptions_;
+      heal();
+      ec = errc::channel_corrupted;
+      return pop_result::error;
+    }
+    if (tail == head_) return pop_result::empty;
+    const std::uint64_t off = head_ & (D - 1);
+    const std::uint64_t rem = D - off;
+    if (rem < record_header_bytes) {
+      head_ += rem;
+      at(h->head).store(head_, std::memory_order_release);
+      continue;
+    }
+    auto* rh = reinterpret_cast<record_header*>(data() + off);
+    const std::uint32_t st = at(rh->state).load(std::memory_order_acquire);
+    const std::uint32_t len = rh->length;
+    const std::uint32_t pid = rh->pid;
+    const bool check_ok = rh->check == record_check(len, pid);
+    if (st == rec_padding && check_ok && len == rem && head_ + rem <= tail) {
+      head_ += rem;
+      at(h->head).store(head_, std::memory_order_release);
+      continue;
+    }
+    const std::uint64_t size = align8(record_header_bytes + std::uint64_t{len});
+    if ((st != rec_reserved && st != rec_committed) || !check_ok || len > id_.max_record_bytes || size > rem ||
+        head_ + size > tail) {
+      ++corruptions_;
+      heal();
+      ec = errc::channel_corrupted;
+      return pop_result::error;
+    }
+    if (st == rec_reserved) {
+      if (process_alive(pid)) return pop_result::blocked;
+      // Re-read: the producer may have committed just before dying.
+      if (at(rh->state).load(std::memory_order_acquire) == rec_reserved) {
+        ++deaths_;
+        head_ += size;
+        at(h->head).store(head_, std::memory_order_release);
+        ec = errc::producer_died;
+        return pop_result::error;
+      }
+      continue;
+    }
+    // Copy out before publishing the new head: producers may overwrite the area right after.
+    const std::byte* src = data() + off + record_header_bytes;
+    out.assign(src, src + len);
+    head_ += size;
+    ++out_;
+    at(h->head).store(head_, std::memory_order_release);
+    return pop_result::record;
+  }
+}
+
+bool ring::prepare_wait() noexcept {
+  auto* h = hdr();
+  at(h->waiting).store(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const std::uint64_t tail = at(h->tail).load(std::memory_order_acquire);
+  if (tail == head_) return true;
+  // A record is present: sleep only if it is still being written by its producer, which will
+  // see the flag when it commits.
+  const std::uint64_t D = id_.data_bytes;
+  const std::uint64_t off = head_ & (D - 1);
+  if (tail > head_ && tail - head_ <= D && D - off >= record_header_bytes) {
+    auto* rh = reinterpret_cast<record_header*>(data() + off);
+    if (at(rh->state).load(std::memory_order_acquire) == rec_reserved) return true;
+  }
+  at(h->waiting).store(0, std::memory_order_relaxed);
+  return false;
+}
+
+void ring::cancel_wait() noexcept { at(hdr()->waiting).store(0, std::memory_order_relaxed); }
+
+std::int64_t ring::ack_acquire(const ticket_id& id, std::uint32_t pid) noexcept {
+  static thread_local std::uint32_t cursor = static_cast<std::uint32_t>(pid * 7919u);
+  const std::uint32_t A = id_.ack_slots;
+  for (std::uint32_t k = 0; k < A; ++k) {
+    const std::uint32_t i = (cursor + k) % A;
+    auto* s = slot(i);
+    auto st = at(s->state);
+    std::uint32_t cur = st.load(std::memory_order_acquire);
+    bool take = false;
+    if (cur == static_cast<std::uint32_t>(ack_state::free)) {
+      take = st.compare_exchange_strong(cur, ack_claiming, std::memory_order_acq_rel);
+    } else if (cur != ack_claiming && !process_alive(s->pid)) {
+      // The slot's sender died without releasing it.
+      take = st.compare_exchange_strong(cur, ack_claiming, std::memory_order_acq_rel);
+    }
+    if (take) {
+      s->pid = pid;
+      std::memcpy(s->id, id.bytes.data(), 16);
+      st.store(static_cast<std::uint32_t>(ack_state::pending), std::memory_order_release);
+      cursor = i + 1;
+      return i;
+    }
+  }
+  return -1;
+}
+
+ack_state ring::ack_peek(std::uint32_t i, const ticket_id& id) const noexcept {
+  if (i >= id_.ack_slots) return ack_state::cancelled;
+  auto* s = slot(i);
+  auto st = at(s->state).load(std::memory_order_acquire);
+  if (std::memcmp(s->id, id.bytes.data(), 16) != 0) return ack_state::cancelled;
+  if (st > static_cast<std::uint32_t>(ack_state::cancelled)) return ack_state::pending;
+  return static_cast<ack_state>(st);
+}
+
+ack_state ring::ack_cancel(std::uint32_t i, const ticket_id& id) noexcept {
+  if (i >= id_.ack_slots) return ack_state::cancelled;
+  auto* s = slot(i);
+  if (std::memcmp(s->id, id.bytes.data(), 16) != 0) return ack_state::cancelled;
+  std::uint32_t cur = static_cast<std::uint32_t>(ack_state::pending);
+  if (at(s->state).compare_exchange_strong(cur, static_cast<std::uint32_t>(ack_state::cancelled),
+                                           std::memory_order_acq_rel))
+    return ack_state::cancelled;
+  return cur <= static_cast<std::uint32_t>(ack_state::cancelled) ? static_cast<ack_state>(cur) : ack_state::cancelled;
+}
+
+void ring::ack_release(std::uint32_t i) noexcept {
+  if (i >= id_.ack_slots) return;
+  at(slot(i)->state).store(static_cast<std::uint32_t>(ack_state::free), std::memory_order_release);
+}
+
+bool ring::ack_resolve(std::uint32_t i, const ticket_id& id, bool accept) noexcept {
+  if (i >= id_.ack_slots) return false;
+  auto* s = slot(i);
+  if (std::memcmp(s->id, id.bytes.data(), 16) != 0) return false;
+  std::uint32_t cur = static_cast<std::uint32_t>(ack_state::pending);
+  const auto to = accept ? ack_state::accepted : ack_state::rejected;
+  return at(s->state).compare_exchange_strong(cur, static_cast<std::uint32_t>(to), std::memory_order_acq_rel);
+}
+
+ring_counters ring::counters() const noexcept {
+  ring_counters c;
+  auto* h = hdr();
+  c.records_in = at(h->records_in).load(std::memory_order_relaxed);
+  c.doorbells = at(h->doorbells).load(std::memory_order_relaxed);
+  c.records_out = out_;
+  c.producer_deaths = deaths_;
+  c.corruptions = corruptions_;
+  return c;
+}
+
+}  // namespace baton::detail

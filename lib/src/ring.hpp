@@ -1,0 +1,128 @@
+#pragma once
+// A bounded multi-producer single-consumer ring of variable-size records in shared memory,
+// plus the ack table that the move protocol needs. Layout (all offsets from the mapping start):
+//
+//   [0, 256)            ring_header: identity (magic, version, sizes, owner pid, token) and
+//                       the producer lock, tail, head, waiting flag, counters
+//   [256, 256+A*32)     ack table: A slots of 32 bytes
+//   [data_off, +D)      record area, D a power of two; records 8-byte aligned, never wrapping
+//
+// The consumer trusts nothing in shared memory: it keeps private copies of the identity and of
+// its head, validates every record header against them, and heals the ring when it finds
+// garbage. Producers keep private copies too and never write outside the mapping.
+
+#include <baton/error.hpp>
+#include <baton/ticket.hpp>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+
+namespace baton::detail {
+
+inline constexpr std::uint32_t ring_magic = 0x52544E42;  // "BNTR"
+inline constexpr std::uint16_t ring_layout_version = 1;
+inline constexpr std::size_t ring_header_bytes = 256;
+inline constexpr std::size_t ack_slot_bytes = 32;
+inline constexpr std::size_t record_header_bytes = 16;
+
+struct ring_identity {
+  std::uint32_t magic = ring_magic;
+  std::uint16_t layout_version = ring_layout_version;
+  std::uint16_t header_bytes = ring_header_bytes;
+  std::uint64_t total_bytes = 0;
+  std::uint64_t data_offset = 0;
+  std::uint64_t data_bytes = 0;
+  std::uint32_t ack_slots = 0;
+  std::uint32_t owner_pid = 0;
+  std::uint8_t token[16] = {};
+  std::uint64_t max_record_bytes = 0;
+};
+
+/// Ack slot states.
+enum class ack_state : std::uint32_t { free = 0, pending = 1, accepted = 2, rejected = 3, cancelled = 4 };
+
+struct ring_counters {
+  std::uint64_t records_in = 0;
+  std::uint64_t records_out = 0;
+  std::uint64_t producer_deaths = 0;  ///< records skipped because their producer died
+  std::uint64_t corruptions = 0;      ///< times the consumer found garbage and healed the ring
+  std::uint64_t doorbells = 0;        ///< doorbell rings by producers (coalescing shows here)
+};
+
+/// One mapped ring, seen from one process. Not thread-safe; use from one strand.
+class ring {
+ public:
+  /// Bytes a mapping needs for the given record area and ack slots.
+  static std::size_t mapping_bytes(std::size_t data_bytes, std::uint32_t ack_slots);
+
+  /// Initialises a zero-filled mapping as its owner (the consumer).
+  void create(void* base, std::size_t size, std::size_t data_bytes, std::uint32_t ack_slots,
+              std::size_t max_record_bytes, std::uint32_t owner_pid);
+  /// Attaches as a producer; validates the header against the mapping size.
+  void attach(void* base, std::size_t size, error_code& ec);
+
+  const ring_identity& identity() const noexcept { return id_; }
+
+  // Producer side -----------------------------------------------------------------------------
+  /// Reserves room for `n` payload bytes, lets `fill` write them, commits. Returns true if the
+  /// consumer was waiting and must be woken (the caller rings the doorbell).
+  /// Errors: channel_full, record_too_large, channel_corrupted.
+  bool push(std::size_t n, const std::function<void(std::span<std::byte>)>& fill, error_code& ec);
+  /// For tests of producer death: reserves and returns without committing.
+  void reserve_and_abandon(std::size_t n, error_code& ec);
+  /// True if the header in shared memory still matches this process's copy.
+  bool header_intact() const noexcept;
+
+  // Consumer side -----------------------------------------------------------------------------
+  enum class pop_result { record, empty, error, blocked };
+  /// Pops the next record into `out`. `blocked` means the next record is being written by a live
+  /// producer. `error` reports a skipped dead producer's record or a healed corruption in `ec`.
+  pop_result pop(std::vector<std::byte>& out, error_code& ec);
+  /// Announces that the consumer is about to sleep. Returns false if records arrived meanwhile.
+  bool prepare_wait() noexcept;
+  void cancel_wait() noexcept;
+  /// Rewrites the header from the private copy and empties the ring (after garbage was found).
+  void heal() noexcept;
+
+  // Ack table ---------------------------------------------------------------------------------
+  /// Producer: claims a free slot (or one whose owner died). Returns slot index or -1.
+  std::int64_t ack_acquire(const ticket_id& id, std::uint32_t pid) noexcept;
+  /// Producer: reads the slot's state (validating that it is still ours).
+  ack_state ack_peek(std::uint32_t slot, const ticket_id& id) const noexcept;
+  /// Producer: pending -> cancelled; returns the state that wins (cancelled, or the receiver's).
+  ack_state ack_cancel(std::uint32_t slot, const ticket_id& id) noexcept;
+  /// Producer: frees the slot after reading the final state.
+  void ack_release(std::uint32_t slot) noexcept;
+  /// Consumer: pending -> accepted/rejected. Returns false if the sender already gave up
+  /// (timeout) or the slot does not belong to this ticket: the consumer must then not keep the
+  /// connection.
+  bool ack_resolve(std::uint32_t slot, const ticket_id& id, bool accept) noexcept;
+
+  ring_counters counters() const noexcept;
+
+  struct shared_header;
+  struct record_header;
+  struct ack_slot;
+
+ private:
+  shared_header* hdr() const noexcept;
+  ack_slot* slot(std::uint32_t i) const noexcept;
+  std::byte* data() const noexcept { return base_ + id_.data_offset; }
+  bool lock(std::uint32_t pid) noexcept;
+  void unlock(std::uint32_t pid) noexcept;
+  std::size_t reserve(std::size_t n, std::uint64_t& pos, error_code& ec);
+
+  std::byte* base_ = nullptr;
+  std::size_t size_ = 0;
+  ring_identity id_;
+  std::uint64_t head_ = 0;  // consumer's private head
+  bool owner_ = false;
+  std::uint64_t corruptions_ = 0;
+  std::uint64_t deaths_ = 0;
+  std::uint64_t out_ = 0;
+};
+
+}  // namespace baton::detail

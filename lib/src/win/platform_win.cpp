@@ -1,0 +1,106 @@
+// Windows backend: named file mappings with an owner-only DACL, process watching.
+#include "detail/platform.hpp"
+#include "win/security.hpp"
+
+#include <boost/interprocess/windows_shared_memory.hpp>
+
+namespace baton::detail {
+
+namespace bip = boost::interprocess;
+
+std::uint32_t current_pid() noexcept { return ::GetCurrentProcessId(); }
+
+std::string object_name(const std::string& name, const char* suffix, bool global_namespace) {
+  return std::string(global_namespace ? "Global\\" : "Local\\") + "baton." + name + "." + suffix;
+}
+
+bip::mapped_region create_region(const std::string& os_name, std::size_t size, error_code& ec) {
+  ec.clear();
+  owner_only_security sec(ec);
+  if (ec) return {};
+  try {
+    bip::permissions perm;
+    perm.set_permissions(sec.attributes());
+    // create_only fails when CreateFileMapping reports ERROR_ALREADY_EXISTS, so a squatter's
+    // mapping is never reused.
+    bip::windows_shared_memory shm(bip::create_only, os_name.c_str(), bip::read_write, size, perm);
+    bip::mapped_region region(shm, bip::read_write, 0, size);
+    // A view keeps the section alive after the handle closes; names die with the last view.
+    std::memset(region.get_address(), 0, size);
+    return region;
+  } catch (const bip::interprocess_exception& e) {
+    if (e.get_error_code() == bip::already_exists_error || e.get_native_error() == ERROR_ALREADY_EXISTS)
+      ec = errc::name_in_use;
+    else
+      ec = {static_cast<int>(e.get_native_error() ? e.get_native_error() : ERROR_GEN_FAILURE),
+            boost::system::system_category()};
+    return {};
+  }
+}
+
+bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
+  ec.clear();
+  try {
+    bip::windows_shared_memory shm(bip::open_only, os_name.c_str(), bip::read_write);
+    if (!object_owned_by_current_user(shm.get_mapping_handle().handle, ec)) {
+      if (!ec) ec = errc::not_owner;
+      return {};
+    }
+    return bip::mapped_region(shm, bip::read_write);
+  } catch (const bip::interprocess_exception& e) {
+    if (e.get_error_code() == bip::not_found_error || e.get_native_error() == ERROR_FILE_NOT_FOUND)
+      ec = errc::channel_not_found;
+    else if (e.get_native_error() == ERROR_ACCESS_DENIED)
+      ec = errc::not_owner;
+    else
+      ec = {static_cast<int>(e.get_native_error() ? e.get_native_error() : ERROR_GEN_FAILURE),
+            boost::system::system_category()};
+    return {};
+  }
+}
+
+void remove_region(const std::string&) noexcept {}
+
+process_watch::process_watch() noexcept = default;
+
+process_watch::process_watch(std::uint32_t pid) : pid_(pid) {
+  HANDLE h = ::OpenProcess(SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION, FALSE, pid);
+  handle_ = h ? reinterpret_cast<std::intptr_t>(h) : -1;
+}
+
+process_watch::process_watch(process_watch&& o) noexcept : pid_(o.pid_), handle_(o.handle_) {
+  o.handle_ = -1;
+  o.pid_ = 0;
+}
+
+process_watch& process_watch::operator=(process_watch&& o) noexcept {
+  if (this != &o) {
+    if (handle_ != -1) ::CloseHandle(reinterpret_cast<HANDLE>(handle_));
+    pid_ = o.pid_;
+    handle_ = o.handle_;
+    o.handle_ = -1;
+    o.pid_ = 0;
+  }
+  return *this;
+}
+
+process_watch::~process_watch() {
+  if (handle_ != -1) ::CloseHandle(reinterpret_cast<HANDLE>(handle_));
+}
+
+bool process_watch::alive() const noexcept {
+  if (pid_ == 0) return false;
+  if (handle_ == -1) return process_alive(pid_);
+  return ::WaitForSingleObject(reinterpret_cast<HANDLE>(handle_), 0) == WAIT_TIMEOUT;
+}
+
+bool process_alive(std::uint32_t pid) noexcept {
+  if (pid == 0) return false;
+  HANDLE h = ::OpenProcess(SYNCHRONIZE, FALSE, pid);
+  if (!h) return ::GetLastError() == ERROR_ACCESS_DENIED;
+  const bool alive = ::WaitForSingleObject(h, 0) == WAIT_TIMEOUT;
+  ::CloseHandle(h);
+  return alive;
+}
+
+}  // namespace baton::detail

@@ -1,0 +1,294 @@
+#include <baton/channel.hpp>
+
+#include "async_helpers.hpp"
+#include "test_support.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_future.hpp>
+
+#include <gtest/gtest.h>
+
+namespace {
+
+namespace asio = boost::asio;
+using baton::errc;
+using baton::test::name_guard;
+using baton::test::run_with_deadline;
+using baton::test::unique_name;
+using namespace std::chrono_literals;
+
+constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
+
+baton::ticket control_ticket(std::uint64_t seq, std::size_t n) {
+  baton::ticket t;
+  t.kind = baton::ticket_kind::control;
+  t.id = baton::ticket_id::random();
+  t.state.resize(n);
+  baton::test::fill_pattern(seq, t.state.data(), n);
+  return t;
+}
+
+TEST(channel, bad_names_are_refused) {
+  asio::io_context ioc;
+  for (std::string bad : std::vector<std::string>{"", ".hidden", "has space", "slash/x", "back\\slash", "colon:x", std::string(65, 'a'),
+                          std::string("nul\0x", 5), "\xc3\xa9"}) {
+    baton::error_code ec;
+    baton::channel::create(ioc.get_executor(), bad, {}, ec);
+    EXPECT_EQ(ec, errc::invalid_name) << bad;
+    baton::channel::open(ioc.get_executor(), bad, {}, ec);
+    EXPECT_EQ(ec, errc::invalid_name) << bad;
+  }
+  EXPECT_TRUE(baton::channel::valid_name(std::string(64, 'a')));
+  EXPECT_TRUE(baton::channel::valid_name("svc-1.gen_2"));
+  EXPECT_THROW(baton::channel::create(ioc.get_executor(), "a b"), baton::system_error);
+}
+
+TEST(channel, create_twice_fails_and_open_missing_fails) {
+  asio::io_context ioc;
+  name_guard g(unique_name("dup"));
+  auto rx = baton::channel::create(ioc.get_executor(), g.name);
+  baton::error_code ec;
+  baton::channel::create(ioc.get_executor(), g.name, {}, ec);
+  EXPECT_EQ(ec, errc::name_in_use);
+  baton::channel::open(ioc.get_executor(), unique_name("missing"), {}, ec);
+  EXPECT_EQ(ec, errc::channel_not_found);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name, {}, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_EQ(tx.owner_pid(), rx.owner_pid());
+  EXPECT_TRUE(rx.is_receiver());
+  EXPECT_FALSE(tx.is_receiver());
+}
+
+TEST(channel, names_are_released_when_the_receiver_closes) {
+  asio::io_context ioc;
+  name_guard g(unique_name("reuse"));
+  { auto rx = baton::channel::create(ioc.get_executor(), g.name); }
+  baton::error_code ec;
+  auto rx2 = baton::channel::create(ioc.get_executor(), g.name, {}, ec);
+#ifdef _WIN32
+  // Windows names vanish with their last handle; nothing else holds them here.
+#endif
+  EXPECT_FALSE(ec) << ec.message();
+}
+
+TEST(channel, send_receive_in_order_with_coroutines) {
+  asio::io_context ioc;
+  name_guard g(unique_name("order"));
+  auto rx = baton::channel::create(ioc.get_executor(), g.name);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  const int n = 2000;
+  bool ok = run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < n; ++i) co_await tx.async_send(control_ticket(i, static_cast<std::size_t>(i % 700)), asio::use_awaitable);
+    for (int i = 0; i < n; ++i) {
+      auto t = co_await rx.async_receive(asio::use_awaitable);
+      EXPECT_EQ(t.state.size(), static_cast<std::size_t>(i % 700));
+      EXPECT_TRUE(baton::test::check_pattern(i, t.state.data(), t.state.size())) << i;
+      EXPECT_EQ(t.target_pid, rx.owner_pid());
+    }
+  }());
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(rx.stats().tickets_received, static_cast<std::uint64_t>(n));
+}
+
+TEST(channel, receiver_wakes_on_doorbell_and_rings_coalesce) {
+  asio::io_context ioc;
+  name_guard g(unique_name("bell"));
+  auto rx = baton::channel::create(ioc.get_executor(), g.name);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  int got = 0;
+  bool ok = run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    // The receiver waits first; each send then finds it asleep or draining.
+    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+      for (int i = 0; i < 500; ++i) {
+        auto t = co_await rx.async_receive(asio::use_awaitable);
+        EXPECT_TRUE(baton::test::check_pattern(i, t.state.data(), t.state.size()));
+        ++got;
+      }
+    }, asio::detached);
+    asio::steady_timer timer(ioc);
+    for (int i = 0; i < 500; ++i) {
+      co_await tx.async_send(control_ticket(i, 64), asio::use_awaitable);
+      if (i % 100 == 0) {
+        timer.expires_after(5ms);
+        co_await timer.async_wait(asio::use_awaitable);
+      }
+    }
+    while (got < 500) {
+      timer.expires_after(1ms);
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+  }());
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(got, 500);
+  // Coalescing: far fewer doorbells than tickets while the receiver drains.
+  EXPECT_LT(rx.stats().doorbells_rung, 500u);
+  EXPECT_GE(rx.stats().doorbells_rung, 1u);
+}
+
+TEST(channel, full_ring_fails_with_channel_full_when_asked_and_loses_nothing) {
+  asio::io_context ioc;
+  name_guard g(unique_name("full"));
+  baton::channel_options o;
+  o.ring_bytes = 4096;
+  o.limits.max_ticket_bytes = 1024;
+  o.on_full = baton::full_policy::fail;
+  auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name, o);
+  int accepted = 0;
+  baton::error_code last;
+  bool ok = run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < 100; ++i) {
+      auto [ec] = co_await tx.async_send(control_ticket(i, 200), tuple_aw);
+      if (ec) {
+        last = ec;
+        break;
+      }
+      ++accepted;
+    }
+    EXPECT_EQ(last, errc::channel_full);
+    for (int i = 0; i < accepted; ++i) {
+      auto t = co_await rx.async_receive(asio::use_awaitable);
+      EXPECT_TRUE(baton::test::check_pattern(i, t.state.data(), t.state.size()));
+    }
+    baton::ticket t;
+    baton::error_code ec;
+    EXPECT_FALSE(rx.try_receive(t, ec));  // nothing extra, nothing lost
+    // Room again after draining.
+    auto [ec2] = co_await tx.async_send(control_ticket(999, 200), tuple_aw);
+    EXPECT_FALSE(ec2);
+  }());
+  EXPECT_TRUE(ok);
+  EXPECT_GT(accepted, 5);
+  EXPECT_LT(accepted, 100);
+}
+
+TEST(channel, full_ring_waits_for_room_when_asked) {
+  asio::io_context ioc;
+  name_guard g(unique_name("wait"));
+  baton::channel_options o;
+  o.ring_bytes = 4096;
+  o.limits.max_ticket_bytes = 1024;
+  auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name, o);
+  const int n = 3000;
+  int got = 0;
+  bool ok = run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+      asio::steady_timer slow(ioc);
+      for (int i = 0; i < n; ++i) {
+        auto t = co_await rx.async_receive(asio::use_awaitable);
+        EXPECT_TRUE(baton::test::check_pattern(i, t.state.data(), t.state.size())) << i;
+        ++got;
+        if (i % 500 == 0) {  // a slow receiver: the ring fills
+          slow.expires_after(20ms);
+          co_await slow.async_wait(asio::use_awaitable);
+        }
+      }
+    }, asio::detached);
+    for (int i = 0; i < n; ++i) co_await tx.async_send(control_ticket(i, 300), asio::use_awaitable);
+    asio::steady_timer t(ioc);
+    while (got < n) {
+      t.expires_after(1ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+  }());
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(got, n);
+  EXPECT_GT(tx.stats().full_waits, 0u);
+}
+
+TEST(channel, full_ring_wait_is_bounded_by_send_timeout) {
+  asio::io_context ioc;
+  name_guard g(unique_name("wto"));
+  baton::channel_options o;
+  o.ring_bytes = 4096;
+  o.limits.max_ticket_bytes = 1024;
+  o.send_timeout = 100ms;
+  auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name, o);
+  baton::error_code last;
+  int sent = 0;
+  run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    for (int i = 0; i < 100 && !last; ++i) {
+      auto [ec] = co_await tx.async_send(control_ticket(i, 200), tuple_aw);
+      last = ec;
+      if (!ec) ++sent;
+    }
+  }());
+  EXPECT_EQ(last, errc::channel_full);
+  int drained = 0;
+  baton::ticket t;
+  baton::error_code ec;
+  while (rx.try_receive(t, ec)) {
+    ASSERT_FALSE(ec);
+    ++drained;
+  }
+  EXPECT_EQ(drained, sent);
+}
+
+TEST(channel, oversized_ticket_is_refused_before_it_reaches_the_ring) {
+  asio::io_context ioc;
+  name_guard g(unique_name("big"));
+  baton::channel_options o;
+  o.limits.max_ticket_bytes = 2048;
+  auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  auto f = tx.async_send(control_ticket(1, 4096), asio::use_future);
+  ioc.run_for(1s);
+  try {
+    f.get();
+    FAIL() << "expected record_too_large";
+  } catch (const baton::system_error& e) {
+    EXPECT_EQ(e.code(), errc::record_too_large);
+  }
+}
+
+TEST(channel, transact_accept_reject_timeout) {
+  asio::io_context ioc;
+  name_guard g(unique_name("ack"));
+  auto rx = baton::channel::create(ioc.get_executor(), g.name);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  bool ok = run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+      auto a = co_await rx.async_receive(asio::use_awaitable);
+      EXPECT_TRUE(rx.acknowledge(a, true));
+      auto b = co_await rx.async_receive(asio::use_awaitable);
+      EXPECT_TRUE(rx.acknowledge(b, false));
+      auto c = co_await rx.async_receive(asio::use_awaitable);
+      // Too late: the sender timed out and voided the ticket; the receiver must not keep it.
+      asio::steady_timer late(ioc);
+      late.expires_after(300ms);
+      co_await late.async_wait(asio::use_awaitable);
+      EXPECT_FALSE(rx.acknowledge(c, true));
+    }, asio::detached);
+    auto [e1] = co_await tx.async_transact(control_ticket(1, 10), 5s, tuple_aw);
+    EXPECT_FALSE(e1) << e1.message();
+    auto [e2] = co_await tx.async_transact(control_ticket(2, 10), 5s, tuple_aw);
+    EXPECT_EQ(e2, errc::move_rejected);
+    auto [e3] = co_await tx.async_transact(control_ticket(3, 10), 100ms, tuple_aw);
+    EXPECT_EQ(e3, errc::move_timeout);
+    asio::steady_timer t(ioc);
+    t.expires_after(400ms);
+    co_await t.async_wait(asio::use_awaitable);
+  }());
+  EXPECT_TRUE(ok);
+}
+
+TEST(channel, second_concurrent_receive_is_refused) {
+  asio::io_context ioc;
+  name_guard g(unique_name("rr"));
+  auto rx = baton::channel::create(ioc.get_executor(), g.name);
+  baton::error_code first = asio::error::would_block, second = asio::error::would_block;
+  rx.async_receive([&](baton::error_code ec, baton::ticket) { first = ec; });
+  rx.async_receive([&](baton::error_code ec, baton::ticket) { second = ec; });
+  ioc.run_for(100ms);
+  EXPECT_EQ(second, errc::operation_in_progress);
+  rx.close();
+  ioc.restart();
+  ioc.run_for(200ms);
+  EXPECT_EQ(first, asio::error::operation_aborted);
+}
+
+}  // namespace

@@ -1,0 +1,230 @@
+#include "test_support.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <thread>
+
+#ifdef _WIN32
+#include <boost/asio/detail/socket_types.hpp>
+#include <windows.h>
+#else
+#include <csignal>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char** environ;
+#endif
+
+namespace baton::test {
+
+namespace {
+std::map<std::string, role_fn>& roles() {
+  static std::map<std::string, role_fn> r;
+  return r;
+}
+
+std::uint32_t self_pid() {
+#ifdef _WIN32
+  return ::GetCurrentProcessId();
+#else
+  return static_cast<std::uint32_t>(::getpid());
+#endif
+}
+
+std::string self_path() {
+#ifdef _WIN32
+  char buf[MAX_PATH * 2];
+  DWORD n = ::GetModuleFileNameA(nullptr, buf, sizeof buf);
+  return std::string(buf, n);
+#else
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf);
+  return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+#endif
+}
+}  // namespace
+
+role_registrar::role_registrar(const char* name, role_fn fn) { roles()[name] = std::move(fn); }
+
+std::string unique_name(const std::string& tag) {
+  static std::atomic<int> counter{0};
+  std::random_device rd;
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "test-%s-%u-%d-%04x", tag.c_str(), static_cast<unsigned>(self_pid()),
+                counter.fetch_add(1), static_cast<unsigned>(rd() & 0xFFFF));
+  return buf;
+}
+
+name_guard::name_guard(std::string n) : name(std::move(n)) {
+  error_code ec;
+  channel::remove_stale(name, ec);
+}
+name_guard::~name_guard() {
+  error_code ec;
+  channel::remove_stale(name, ec);
+}
+
+child::child(child&& o) noexcept { *this = std::move(o); }
+child& child::operator=(child&& o) noexcept {
+  if (this != &o) {
+    kill();
+    pid_ = o.pid_;
+    handle_ = o.handle_;
+    exit_code_ = o.exit_code_;
+    reaped_ = o.reaped_;
+    o.pid_ = 0;
+    o.handle_ = -1;
+    o.reaped_ = true;
+  }
+  return *this;
+}
+child::~child() { kill(); }
+
+child child::spawn(const std::string& role, const std::vector<std::string>& args) {
+  child c;
+  std::vector<std::string> argv{self_path(), "--role=" + role};
+  argv.insert(argv.end(), args.begin(), args.end());
+#ifdef _WIN32
+  std::string cmd;
+  for (auto& a : argv) cmd += "\"" + a + "\" ";
+  STARTUPINFOA si{};
+  si.cb = sizeof si;
+  PROCESS_INFORMATION pi{};
+  if (!::CreateProcessA(nullptr, cmd.data(), nullptr, nullptr, FALSE, 0, nullptr, nullptr, &si, &pi))
+    throw std::runtime_error("CreateProcess failed: " + std::to_string(::GetLastError()));
+  ::CloseHandle(pi.hThread);
+  c.pid_ = pi.dwProcessId;
+  c.handle_ = reinterpret_cast<std::intptr_t>(pi.hProcess);
+#else
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  pid_t pid = 0;
+  if (::posix_spawn(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ) != 0)
+    throw std::runtime_error("posix_spawn failed");
+  c.pid_ = static_cast<std::uint32_t>(pid);
+#endif
+  c.reaped_ = false;
+  return c;
+}
+
+bool child::running() {
+  if (reaped_) return false;
+#ifdef _WIN32
+  DWORD code = 0;
+  if (::WaitForSingleObject(reinterpret_cast<HANDLE>(handle_), 0) == WAIT_OBJECT_0) {
+    ::GetExitCodeProcess(reinterpret_cast<HANDLE>(handle_), &code);
+    exit_code_ = static_cast<int>(code);
+    ::CloseHandle(reinterpret_cast<HANDLE>(handle_));
+    handle_ = -1;
+    reaped_ = true;
+    return false;
+  }
+  return true;
+#else
+  int status = 0;
+  pid_t r = ::waitpid(static_cast<pid_t>(pid_), &status, WNOHANG);
+  if (r == 0) return true;
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  reaped_ = true;
+  return false;
+#endif
+}
+
+int child::wait(std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (running()) {
+    if (std::chrono::steady_clock::now() > end) {
+      kill();
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return exit_code_;
+}
+
+void child::kill() {
+  if (reaped_) return;
+#ifdef _WIN32
+  ::TerminateProcess(reinterpret_cast<HANDLE>(handle_), 137);
+  ::WaitForSingleObject(reinterpret_cast<HANDLE>(handle_), 10000);
+#else
+  ::kill(static_cast<pid_t>(pid_), SIGKILL);
+#endif
+  wait(std::chrono::seconds(10));
+}
+
+void fill_pattern(std::uint64_t seed, std::byte* out, std::size_t n) {
+  // splitmix64 stream: fast, and any offset error shows up as a mismatch.
+  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  std::size_t i = 0;
+  while (i < n) {
+    x += 0x9E3779B97F4A7C15ull;
+    std::uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const std::size_t k = std::min<std::size_t>(8, n - i);
+    std::memcpy(out + i, &z, k);
+    i += k;
+  }
+}
+
+bool check_pattern(std::uint64_t seed, const std::byte* data, std::size_t n) {
+  std::vector<std::byte> expect(n);
+  fill_pattern(seed, expect.data(), n);
+  return n == 0 || std::memcmp(expect.data(), data, n) == 0;
+}
+
+void nap(std::chrono::milliseconds ms) { std::this_thread::sleep_for(ms); }
+
+std::string temp_path(const std::string& tag) {
+#ifdef _WIN32
+  char buf[MAX_PATH];
+  ::GetTempPathA(sizeof buf, buf);
+  return std::string(buf) + unique_name(tag);
+#else
+  return "/tmp/" + unique_name(tag);
+#endif
+}
+bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
+void touch(const std::string& path) { std::ofstream(path) << "1"; }
+void remove_file(const std::string& path) { std::remove(path.c_str()); }
+bool wait_for_file(const std::string& path, std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (!file_exists(path)) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    nap(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+}  // namespace baton::test
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--role=", 7) == 0) {
+      std::string role = argv[i] + 7;
+      std::vector<std::string> args(argv + i + 1, argv + argc);
+      auto it = baton::test::roles().find(role);
+      if (it == baton::test::roles().end()) {
+        std::fprintf(stderr, "unknown role %s\n", role.c_str());
+        return 2;
+      }
+      try {
+        return it->second(args);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "role %s failed: %s\n", role.c_str(), e.what());
+        return 3;
+      }
+    }
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

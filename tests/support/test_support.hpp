@@ -1,0 +1,74 @@
+#pragma once
+// Multi-process test support: a test binary re-runs itself in a helper role
+// (`--role=NAME args...`), and every named OS object gets a unique, guarded name.
+#include <baton/channel.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace baton::test {
+
+/// A channel name unique to this process and call, e.g. "t-1234-7-9f3a".
+std::string unique_name(const std::string& tag);
+
+/// Removes the channel's names before and after the test, so a crashed run never breaks the next.
+struct name_guard {
+  std::string name;
+  explicit name_guard(std::string n);
+  ~name_guard();
+};
+
+/// A helper process running this test binary in a role.
+class child {
+ public:
+  child() = default;
+  child(child&&) noexcept;
+  child& operator=(child&&) noexcept;
+  ~child();  // kills the child if still running
+
+  static child spawn(const std::string& role, const std::vector<std::string>& args = {});
+  std::uint32_t pid() const noexcept { return pid_; }
+  bool running();
+  /// Waits for exit; returns the exit code, or -1 if the deadline passed (the child is killed).
+  int wait(std::chrono::milliseconds deadline = std::chrono::seconds(60));
+  /// Hard kill (SIGKILL / TerminateProcess), then reaps.
+  void kill();
+
+ private:
+  std::uint32_t pid_ = 0;
+  std::intptr_t handle_ = -1;
+  int exit_code_ = -1;
+  bool reaped_ = true;
+};
+
+using role_fn = std::function<int(const std::vector<std::string>& args)>;
+struct role_registrar {
+  role_registrar(const char* name, role_fn fn);
+};
+#define BATON_CONCAT2(a, b) a##b
+#define BATON_CONCAT(a, b) BATON_CONCAT2(a, b)
+/// Defines a helper role: BATON_TEST_ROLE(sender) { ... return 0; } with `args` in scope.
+#define BATON_TEST_ROLE(name)                                                             \
+  static int baton_role_##name(const std::vector<std::string>& args);                     \
+  static ::baton::test::role_registrar BATON_CONCAT(baton_role_reg_, name)(#name, &baton_role_##name); \
+  static int baton_role_##name([[maybe_unused]] const std::vector<std::string>& args)
+
+/// Deterministic pseudo-random bytes for (seed, index): what senders write and receivers check.
+void fill_pattern(std::uint64_t seed, std::byte* out, std::size_t n);
+bool check_pattern(std::uint64_t seed, const std::byte* data, std::size_t n);
+
+/// Sleeps a little (a child waiting for its parent's signal polls with this).
+void nap(std::chrono::milliseconds ms);
+
+/// Simple cross-process flag: a file whose existence signals an event between parent and child.
+std::string temp_path(const std::string& tag);
+bool file_exists(const std::string& path);
+void touch(const std::string& path);
+void remove_file(const std::string& path);
+/// Waits until `path` exists or the deadline passes.
+bool wait_for_file(const std::string& path, std::chrono::milliseconds deadline = std::chrono::seconds(30));
+
+}  // namespace baton::test

@@ -1,0 +1,176 @@
+#include <baton/ticket.hpp>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+namespace {
+
+using baton::errc;
+using baton::ticket;
+
+ticket sample() {
+  ticket t;
+  t.kind = baton::ticket_kind::connection;
+  t.method = baton::transfer_method::pidfd_getfd;
+  t.sender_pid = 100;
+  t.target_pid = 200;
+  t.id = baton::ticket_id::random();
+  t.ack_slot = 7;
+  t.flags = 3;
+  t.payload.assign(24, std::byte{0x11});
+  t.unread = {std::byte{'G'}, std::byte{'E'}, std::byte{'T'}};
+  t.state.assign(100, std::byte{0x5A});
+  return t;
+}
+
+baton::error_code decode_error(const std::vector<std::byte>& bytes, baton::ticket_limits lim = {}) {
+  baton::error_code ec;
+  baton::decode(bytes, ec, lim);
+  return ec;
+}
+
+void fix_crc(std::vector<std::byte>& b) {
+  std::uint32_t crc = baton::crc32c({b.data(), 60});
+  crc = baton::crc32c({b.data() + 64, b.size() - 64}, crc);
+  std::memcpy(b.data() + 60, &crc, 4);
+}
+
+TEST(ticket, round_trip) {
+  auto t = sample();
+  auto bytes = baton::encode(t);
+  EXPECT_EQ(bytes.size(), baton::encoded_size(t));
+  EXPECT_EQ(baton::decode(bytes), t);
+}
+
+TEST(ticket, round_trip_empty_sections_and_every_method) {
+  for (auto [m, n] : {std::pair{baton::transfer_method::wsa_duplicate, 628},
+                      {baton::transfer_method::duplicate_handle, 8}, {baton::transfer_method::inherit, 8},
+                      {baton::transfer_method::pidfd_getfd, 24}, {baton::transfer_method::scm_rights, 0}}) {
+    ticket t;
+    t.kind = baton::ticket_kind::listener;
+    t.method = m;
+    t.payload.assign(static_cast<std::size_t>(n), std::byte{1});
+    EXPECT_EQ(baton::decode(baton::encode(t)), t);
+  }
+  ticket c;
+  c.kind = baton::ticket_kind::control;
+  c.method = baton::transfer_method::none;
+  c.state = {std::byte{9}};
+  EXPECT_EQ(baton::decode(baton::encode(c)), c);
+}
+
+TEST(ticket, crc32c_known_vector) {
+  const char* s = "123456789";
+  EXPECT_EQ(baton::crc32c({reinterpret_cast<const std::byte*>(s), 9}), 0xE3069283u);
+}
+
+TEST(ticket, truncated) {
+  auto b = baton::encode(sample());
+  for (std::size_t n : {0, 1, 63}) {
+    std::vector<std::byte> part(b.begin(), b.begin() + static_cast<long>(n));
+    EXPECT_EQ(decode_error(part), errc::ticket_truncated) << n;
+  }
+  b.pop_back();
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_length);
+}
+
+TEST(ticket, bad_magic) {
+  auto b = baton::encode(sample());
+  b[0] = std::byte{0};
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_magic);
+}
+
+TEST(ticket, bad_version) {
+  auto b = baton::encode(sample());
+  b[4] = std::byte{2};
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_version);
+}
+
+TEST(ticket, bad_kind_and_method) {
+  auto b = baton::encode(sample());
+  b[6] = std::byte{9};
+  fix_crc(b);
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_kind);
+  b = baton::encode(sample());
+  b[7] = std::byte{77};
+  fix_crc(b);
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_method);
+}
+
+TEST(ticket, bad_payload_size_for_method) {
+  auto b = baton::encode(sample());
+  b[7] = std::byte{1};  // wsa_duplicate needs 628 bytes, the payload has 24
+  fix_crc(b);
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_payload);
+  auto t = sample();
+  t.payload.resize(5);
+  baton::error_code ec;
+  std::vector<std::byte> out(baton::encoded_size(t));
+  baton::encode(t, out, ec);
+  EXPECT_EQ(ec, errc::ticket_bad_payload);
+}
+
+TEST(ticket, lengths_that_overflow_or_disagree) {
+  auto b = baton::encode(sample());
+  const std::uint32_t huge = 0xFFFFFFF0u;
+  std::memcpy(b.data() + 44, &huge, 4);
+  fix_crc(b);
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_length);
+  b = baton::encode(sample());
+  b[52] = std::byte{1};  // reserved must be zero
+  fix_crc(b);
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_length);
+}
+
+TEST(ticket, checksum) {
+  auto b = baton::encode(sample());
+  b[b.size() - 1] ^= std::byte{1};
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_checksum);
+  b = baton::encode(sample());
+  b[9] ^= std::byte{1};  // sender pid
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_checksum);
+}
+
+TEST(ticket, limits) {
+  auto t = sample();
+  t.state.assign(2000, std::byte{1});
+  auto b = baton::encode(t);
+  baton::ticket_limits small;
+  small.max_ticket_bytes = 1024;
+  EXPECT_EQ(decode_error(b, small), errc::ticket_too_large);
+  baton::error_code ec;
+  std::vector<std::byte> out(baton::encoded_size(t));
+  baton::encode(t, out, ec, small);
+  EXPECT_EQ(ec, errc::ticket_too_large);
+  EXPECT_THROW(baton::encode(t, small), baton::system_error);
+  small.max_ticket_bytes = 1u << 20;
+  small.max_payload_bytes = 8;
+  EXPECT_EQ(decode_error(baton::encode(sample()), small), errc::ticket_too_large);
+}
+
+TEST(ticket, default_limit_is_one_mebibyte) {
+  auto t = sample();
+  t.unread.assign((1u << 20) - baton::ticket_header_bytes - 24 - 100, std::byte{3});
+  auto b = baton::encode(t);
+  EXPECT_EQ(b.size(), 1u << 20);
+  EXPECT_EQ(baton::decode(b), t);
+  t.unread.push_back(std::byte{0});
+  EXPECT_THROW(baton::encode(t), baton::system_error);
+}
+
+TEST(ticket, errors_have_actionable_messages) {
+  baton::error_code ec = errc::ticket_bad_checksum;
+  EXPECT_STREQ(ec.category().name(), "baton");
+  EXPECT_NE(ec.message().find("CRC-32C"), std::string::npos);
+  ec = errc::name_in_use;
+  EXPECT_NE(ec.message().find("squatter"), std::string::npos);
+}
+
+TEST(ticket, ids_are_distinct) {
+  auto a = baton::ticket_id::random(), b = baton::ticket_id::random();
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a.to_string().size(), 32u);
+}
+
+}  // namespace
