@@ -158,7 +158,7 @@ struct verifier {
 };
 
 void receive_all(asio::io_context& ioc, baton::channel& rx, verifier& v, std::uint64_t expected,
-                 std::chrono::seconds deadline) {
+                 std::chrono::seconds deadline, std::vector<child>& senders) {
   bool ok = baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
     while (v.total < expected) {
       auto [ec, t] = co_await rx.async_receive(asio::as_tuple(asio::use_awaitable));
@@ -169,7 +169,12 @@ void receive_all(asio::io_context& ioc, baton::channel& rx, verifier& v, std::ui
       v.check(t);
       if (::testing::Test::HasFatalFailure()) co_return;
     }
-  }(), deadline);
+  }(), deadline, [&] {
+    // A sender that failed will never deliver: stop waiting for it.
+    for (auto& s : senders)
+      if (!s.running() && s.wait(std::chrono::milliseconds(0)) != 0) return true;
+    return false;
+  });
   EXPECT_TRUE(ok) << "timed out with " << v.total << " of " << expected;
 }
 
@@ -179,9 +184,10 @@ TEST(channel_process, hundred_thousand_tickets_random_sizes_one_sender) {
   auto rx = baton::channel::create(ioc.get_executor(), g.name);
   verifier v;
   v.add_sender(1, 64 * 1024);
-  auto c = child::spawn("sender", {g.name, "1", "100000", "65536"});
-  receive_all(ioc, rx, v, 100000, 200s);
-  EXPECT_EQ(c.wait(30s), 0);
+  std::vector<child> kids;
+  kids.push_back(child::spawn("sender", {g.name, "1", "100000", "65536"}));
+  receive_all(ioc, rx, v, 100000, 200s, kids);
+  EXPECT_EQ(kids[0].wait(30s), 0);
   EXPECT_EQ(v.total, 100000u);
   EXPECT_EQ(v.errors, 0u);
   std::printf("[ info ] %llu tickets, %llu payload bytes verified, %llu doorbells\n",
@@ -199,7 +205,7 @@ TEST(channel_process, three_senders_at_once) {
     v.add_sender(s, 64 * 1024);
     kids.push_back(child::spawn("sender", {g.name, std::to_string(s), "34000", "65536"}));
   }
-  receive_all(ioc, rx, v, 3 * 34000, 200s);
+  receive_all(ioc, rx, v, 3 * 34000, 200s, kids);
   for (auto& k : kids) EXPECT_EQ(k.wait(30s), 0);
   EXPECT_EQ(v.total, 3u * 34000u);
   EXPECT_EQ(v.errors, 0u);

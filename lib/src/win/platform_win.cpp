@@ -40,12 +40,27 @@ bip::mapped_region create_region(const std::string& os_name, std::size_t size, e
 
 bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
   ec.clear();
+  // Boost opens without READ_CONTROL, which reading the security descriptor needs, so we hold a
+  // handle of our own for the check. Holding it while Boost opens pins the name to the object we
+  // checked.
+  HANDLE check = ::OpenFileMappingW(READ_CONTROL, FALSE, widen(os_name).c_str());
+  if (!check) {
+    DWORD e = ::GetLastError();
+    ec = e == ERROR_FILE_NOT_FOUND ? make_error_code(errc::channel_not_found)
+         : e == ERROR_ACCESS_DENIED ? make_error_code(errc::not_owner)
+                                    : error_code(static_cast<int>(e), boost::system::system_category());
+    return {};
+  }
+  struct closer {
+    HANDLE h;
+    ~closer() { ::CloseHandle(h); }
+  } guard{check};
+  if (!object_owned_by_current_user(check, ec)) {
+    if (!ec) ec = errc::not_owner;
+    return {};
+  }
   try {
     bip::windows_shared_memory shm(bip::open_only, os_name.c_str(), bip::read_write);
-    if (!object_owned_by_current_user(shm.get_mapping_handle().handle, ec)) {
-      if (!ec) ec = errc::not_owner;
-      return {};
-    }
     return bip::mapped_region(shm, bip::read_write);
   } catch (const bip::interprocess_exception& e) {
     if (e.get_error_code() == bip::not_found_error || e.get_native_error() == ERROR_FILE_NOT_FOUND)

@@ -42,7 +42,9 @@ std::wstring current_user_sid(error_code& ec) {
 owner_only_security::owner_only_security(error_code& ec) {
   auto sid = current_user_sid(ec);
   if (ec) return;
-  std::wstring sddl = L"D:P(A;;GA;;;" + sid + L")(A;;GA;;;SY)";
+  // Specific rights as well as GA: Wine does not map generic rights on stored ACEs when an
+  // object is opened by name. 0x001F001F covers SECTION_ALL_ACCESS and EVENT_ALL_ACCESS.
+  std::wstring sddl = L"O:" + sid + L"D:P(A;;GA;;;" + sid + L")(A;;0x001F001F;;;" + sid + L")(A;;GA;;;SY)";
   if (!::ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl.c_str(), SDDL_REVISION_1, &sd_, nullptr)) {
     ec = last_error();
     return;
