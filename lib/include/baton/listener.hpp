@@ -1,0 +1,57 @@
+#pragma once
+/// A movable listening TCP socket. In its home process it is an asio acceptor; after a move it
+/// accepts in the target process (natively, or on Windows in emulated mode when the socket is
+/// still bound to another process's completion port). Accepted sockets are always native.
+///
+/// Thread safety: as an Asio acceptor.
+
+#include <baton/connection.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <memory>
+
+namespace baton {
+
+namespace detail {
+class listener_backend;
+}
+
+class listener {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  listener() noexcept;
+  explicit listener(boost::asio::ip::tcp::acceptor acceptor);
+  listener(listener&&) noexcept;
+  listener& operator=(listener&&) noexcept;
+  ~listener();
+
+  executor_type get_executor() const;
+  bool is_open() const noexcept;
+  attach_mode mode() const noexcept;
+  boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const;
+  /// The acceptor, in native mode; nullptr in emulated mode.
+  boost::asio::ip::tcp::acceptor* acceptor() noexcept;
+  void cancel();
+  void close();
+
+  /// Accepts one connection: void(error_code, boost::asio::ip::tcp::socket).
+  template <class Token>
+  auto async_accept(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, boost::asio::ip::tcp::socket)>(
+        [this](auto h) { start_accept(std::move(h)); }, token);
+  }
+
+  /// For Baton's move machinery.
+  struct state;
+  std::shared_ptr<state>& impl() noexcept { return impl_; }
+  explicit listener(std::shared_ptr<state> s) noexcept;
+
+ private:
+  void start_accept(boost::asio::any_completion_handler<void(error_code, boost::asio::ip::tcp::socket)> h);
+  std::shared_ptr<state> impl_;
+};
+
+}  // namespace baton

@@ -1,0 +1,90 @@
+#pragma once
+/// Moving live connections and listening sockets between processes over a channel.
+///
+/// Source:  baton::async_send(channel, std::move(conn), options, token)
+///          completes with void(error_code, connection): on success the target owns the
+///          connection (the returned object is empty); on failure the connection comes back
+///          intact — still open, unread bytes and state included — with the reason
+///          (errc::move_rejected, errc::move_timeout, errc::target_died, ...).
+/// Target:  baton::async_receive(channel, token) completes with void(error_code, arrival).
+///
+/// A move is a transaction: until the target acknowledges, the source owns the connection.
+
+#include <baton/channel.hpp>
+#include <baton/connection.hpp>
+#include <baton/listener.hpp>
+
+#include <chrono>
+
+namespace baton {
+
+/// How the OS handle travels.
+enum class transfer_strategy {
+  automatic,         ///< the platform default (Windows: wsa_duplicate; Linux: pidfd_getfd, falling
+                     ///< back to scm_rights on EPERM/ENOSYS)
+  wsa_duplicate,     ///< Windows: WSADuplicateSocketW for the target's pid
+  duplicate_handle,  ///< Windows: DuplicateHandle push into the target (refused for non-IFS providers)
+  pidfd_getfd,       ///< Linux: the target pulls the descriptor with pidfd_getfd
+  scm_rights,        ///< Linux: the descriptor is pushed over the channel's Unix socket
+};
+
+struct move_options {
+  std::chrono::milliseconds timeout{5000};  ///< how long the source waits for the target's verdict
+  transfer_strategy strategy = transfer_strategy::automatic;
+};
+
+/// What a receive yields: a connection, a listener, or a control ticket.
+struct arrival {
+  ticket_kind kind = ticket_kind::control;
+  connection conn;   ///< kind == connection
+  listener lst;      ///< kind == listener
+  ticket control;    ///< kind == control: the ticket itself
+};
+
+/// Counters of the move machinery in this process. Thread-safe reads (relaxed).
+struct move_stats {
+  std::uint64_t sent = 0, received = 0, rollbacks = 0, rejected_tickets = 0, strategy_fallbacks = 0;
+};
+move_stats get_move_stats() noexcept;
+
+namespace detail {
+void start_send_connection(channel& ch, connection&& c, const move_options& o,
+                           boost::asio::any_completion_handler<void(error_code, connection)> h);
+void start_send_listener(channel& ch, listener&& l, const move_options& o,
+                         boost::asio::any_completion_handler<void(error_code, listener)> h);
+void start_receive(channel& ch, boost::asio::any_completion_handler<void(error_code, arrival)> h);
+}  // namespace detail
+
+/// Moves `c` to the channel's owner. The channel must be a sending end (channel::open).
+/// Pending reads on `c` are cancelled (bytes they had already taken from the kernel are kept and
+/// travel as unread bytes); pending writes are allowed to finish first.
+template <class Token>
+auto async_send(channel& ch, connection&& c, const move_options& o, Token&& token) {
+  return boost::asio::async_initiate<Token, void(error_code, connection)>(
+      [&ch, o](auto h, connection c) { detail::start_send_connection(ch, std::move(c), o, std::move(h)); }, token,
+      std::move(c));
+}
+template <class Token>
+auto async_send(channel& ch, connection&& c, Token&& token) {
+  return async_send(ch, std::move(c), move_options{}, std::forward<Token>(token));
+}
+
+/// Moves a listening socket. Connections waiting in its backlog stay there and are accepted by
+/// the target; no connection attempt is refused during the move.
+template <class Token>
+auto async_send(channel& ch, listener&& l, const move_options& o, Token&& token) {
+  return boost::asio::async_initiate<Token, void(error_code, listener)>(
+      [&ch, o](auto h, listener l) { detail::start_send_listener(ch, std::move(l), o, std::move(h)); }, token,
+      std::move(l));
+}
+
+/// Receives the next moved connection, listener or control ticket on a receiving channel.
+/// A ticket that fails validation or whose socket cannot be re-created completes with that
+/// error (and is refused, so its source takes the connection back); call again for the next.
+template <class Token>
+auto async_receive(channel& ch, Token&& token) {
+  return boost::asio::async_initiate<Token, void(error_code, arrival)>(
+      [&ch](auto h) { detail::start_receive(ch, std::move(h)); }, token);
+}
+
+}  // namespace baton

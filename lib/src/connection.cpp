@@ -1,0 +1,281 @@
+#include "baton/connection.hpp"
+
+#include "connection_impl.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/post.hpp>
+
+#include <cstring>
+
+namespace baton {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace detail {
+namespace {
+
+// The native backend: the socket is associated with this process's reactor.
+class native_stream final : public stream_backend {
+ public:
+  explicit native_stream(tcp::socket s) : s_(std::move(s)) {}
+  void read(asio::mutable_buffer b, io_handler h) override { s_.async_read_some(b, std::move(h)); }
+  void write(asio::const_buffer b, io_handler h) override { s_.async_write_some(b, std::move(h)); }
+  void cancel() override {
+    error_code ec;
+    s_.cancel(ec);
+  }
+  void close() override {
+    error_code ec;
+    s_.close(ec);
+  }
+  bool is_open() const override { return s_.is_open(); }
+  attach_mode mode() const override { return attach_mode::native; }
+  tcp::socket* socket() override { return &s_; }
+  tcp::endpoint remote_endpoint(error_code& ec) const override { return s_.remote_endpoint(ec); }
+  tcp::endpoint local_endpoint(error_code& ec) const override { return s_.local_endpoint(ec); }
+  void shutdown_send(error_code& ec) override { s_.shutdown(tcp::socket::shutdown_send, ec); }
+
+ private:
+  tcp::socket s_;
+};
+
+class native_listener final : public listener_backend {
+ public:
+  explicit native_listener(tcp::acceptor a) : a_(std::move(a)) {}
+  void accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) override {
+    a_.async_accept(std::move(h));
+  }
+  void cancel() override {
+    error_code ec;
+    a_.cancel(ec);
+  }
+  void close() override {
+    error_code ec;
+    a_.close(ec);
+  }
+  bool is_open() const override { return a_.is_open(); }
+  attach_mode mode() const override { return attach_mode::native; }
+  tcp::endpoint local_endpoint(error_code& ec) const override { return a_.local_endpoint(ec); }
+  tcp::acceptor* acceptor() override { return &a_; }
+
+ private:
+  tcp::acceptor a_;
+};
+
+}  // namespace
+
+std::unique_ptr<stream_backend> make_native_stream(tcp::socket s) {
+  return std::make_unique<native_stream>(std::move(s));
+}
+std::unique_ptr<listener_backend> make_native_listener(tcp::acceptor a) {
+  return std::make_unique<native_listener>(std::move(a));
+}
+
+void connection_impl::check_idle() {
+  if (quiescing && reads == 0 && writes == 0 && on_idle) {
+    auto f = std::move(on_idle);
+    on_idle = nullptr;
+    asio::post(ex, std::move(f));
+  }
+}
+
+void connection_impl::quiesce(std::function<void()> done) {
+  quiescing = true;
+  on_idle = std::move(done);
+  // Cancelling would abort writes too (and lose track of how much they wrote), so reads are
+  // cancelled only once every write has finished; see the write completion.
+  if (writes == 0 && reads > 0 && backend) backend->cancel();
+  check_idle();
+}
+
+}  // namespace detail
+
+void listener::state::check_idle() {
+  if (quiescing && accepts == 0 && on_idle) {
+    auto f = std::move(on_idle);
+    on_idle = nullptr;
+    asio::post(ex, std::move(f));
+  }
+}
+
+void listener::state::quiesce(std::function<void()> done) {
+  quiescing = true;
+  on_idle = std::move(done);
+  if (accepts > 0 && backend) backend->cancel();
+  check_idle();
+}
+
+// connection ---------------------------------------------------------------------------------
+
+connection::connection() noexcept = default;
+connection::connection(std::shared_ptr<detail::connection_impl> impl) noexcept : impl_(std::move(impl)) {}
+connection::connection(tcp::socket socket, std::vector<std::byte> unread, std::vector<std::byte> state)
+    : impl_(std::make_shared<detail::connection_impl>()) {
+  impl_->ex = socket.get_executor();
+  impl_->backend = detail::make_native_stream(std::move(socket));
+  impl_->unread = std::move(unread);
+  impl_->state = std::move(state);
+}
+connection::connection(connection&&) noexcept = default;
+connection& connection::operator=(connection&&) noexcept = default;
+connection::~connection() {
+  if (impl_ && impl_.use_count() == 1 && impl_->backend) impl_->backend->close();
+}
+
+connection::executor_type connection::get_executor() const { return impl_->ex; }
+bool connection::is_open() const noexcept { return impl_ && impl_->backend && impl_->backend->is_open(); }
+attach_mode connection::mode() const noexcept {
+  return impl_ && impl_->backend ? impl_->backend->mode() : attach_mode::native;
+}
+std::vector<std::byte>& connection::state() noexcept { return impl_->state; }
+const std::vector<std::byte>& connection::state() const noexcept { return impl_->state; }
+std::size_t connection::unread_size() const noexcept { return impl_ ? impl_->unread.size() - impl_->unread_pos : 0; }
+void connection::push_front_unread(const void* data, std::size_t n) {
+  auto rest = impl_->remaining_unread();
+  impl_->unread.assign(static_cast<const std::byte*>(data), static_cast<const std::byte*>(data) + n);
+  impl_->unread.insert(impl_->unread.end(), rest.begin(), rest.end());
+  impl_->unread_pos = 0;
+}
+tcp::socket* connection::socket() noexcept { return impl_ && impl_->backend ? impl_->backend->socket() : nullptr; }
+tcp::endpoint connection::remote_endpoint(error_code& ec) const {
+  if (!impl_ || !impl_->backend) {
+    ec = asio::error::bad_descriptor;
+    return {};
+  }
+  return impl_->backend->remote_endpoint(ec);
+}
+tcp::endpoint connection::local_endpoint(error_code& ec) const {
+  if (!impl_ || !impl_->backend) {
+    ec = asio::error::bad_descriptor;
+    return {};
+  }
+  return impl_->backend->local_endpoint(ec);
+}
+void connection::cancel() {
+  if (impl_ && impl_->backend) impl_->backend->cancel();
+}
+void connection::shutdown_send(error_code& ec) {
+  if (!impl_ || !impl_->backend) {
+    ec = asio::error::bad_descriptor;
+    return;
+  }
+  impl_->backend->shutdown_send(ec);
+}
+void connection::close() {
+  if (impl_ && impl_->backend) impl_->backend->close();
+}
+
+void connection::start_read(asio::mutable_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
+  auto& im = impl_;
+  if (!im || !im->backend) {
+    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
+    return;
+  }
+  if (im->quiescing) {
+    asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
+    return;
+  }
+  if (im->unread_pos < im->unread.size()) {
+    const std::size_t n = std::min(b.size(), im->unread.size() - im->unread_pos);
+    std::memcpy(b.data(), im->unread.data() + im->unread_pos, n);
+    im->unread_pos += n;
+    if (im->unread_pos == im->unread.size()) {
+      im->unread.clear();
+      im->unread_pos = 0;
+    }
+    asio::post(im->ex, asio::append(std::move(h), error_code(), n));
+    return;
+  }
+  if (b.size() == 0) {
+    asio::post(im->ex, asio::append(std::move(h), error_code(), std::size_t{0}));
+    return;
+  }
+  ++im->reads;
+  im->backend->read(b, [self = im, b, h = std::move(h)](error_code ec, std::size_t n) mutable {
+    --self->reads;
+    if (self->quiescing && n > 0) {
+      // The bytes left the kernel: they are kept for whoever owns the connection next.
+      auto* p = static_cast<const std::byte*>(b.data());
+      self->unread.insert(self->unread.end(), p, p + n);
+      ec = asio::error::operation_aborted;
+      n = 0;
+    }
+    std::move(h)(ec, n);
+    self->check_idle();
+  });
+}
+
+void connection::start_write(asio::const_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
+  auto& im = impl_;
+  if (!im || !im->backend) {
+    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
+    return;
+  }
+  if (im->quiescing) {
+    asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
+    return;
+  }
+  ++im->writes;
+  im->backend->write(b, [self = im, h = std::move(h)](error_code ec, std::size_t n) mutable {
+    --self->writes;
+    std::move(h)(ec, n);
+    if (self->quiescing && self->writes == 0 && self->reads > 0 && self->backend) self->backend->cancel();
+    self->check_idle();
+  });
+}
+
+// listener -----------------------------------------------------------------------------------
+
+listener::listener() noexcept = default;
+listener::listener(std::shared_ptr<state> s) noexcept : impl_(std::move(s)) {}
+listener::listener(tcp::acceptor a) : impl_(std::make_shared<state>()) {
+  impl_->ex = a.get_executor();
+  impl_->backend = detail::make_native_listener(std::move(a));
+}
+listener::listener(listener&&) noexcept = default;
+listener& listener::operator=(listener&&) noexcept = default;
+listener::~listener() {
+  if (impl_ && impl_.use_count() == 1 && impl_->backend) impl_->backend->close();
+}
+listener::executor_type listener::get_executor() const { return impl_->ex; }
+bool listener::is_open() const noexcept { return impl_ && impl_->backend && impl_->backend->is_open(); }
+attach_mode listener::mode() const noexcept {
+  return impl_ && impl_->backend ? impl_->backend->mode() : attach_mode::native;
+}
+tcp::endpoint listener::local_endpoint(error_code& ec) const {
+  if (!impl_ || !impl_->backend) {
+    ec = asio::error::bad_descriptor;
+    return {};
+  }
+  return impl_->backend->local_endpoint(ec);
+}
+tcp::acceptor* listener::acceptor() noexcept { return impl_ && impl_->backend ? impl_->backend->acceptor() : nullptr; }
+void listener::cancel() {
+  if (impl_ && impl_->backend) impl_->backend->cancel();
+}
+void listener::close() {
+  if (impl_ && impl_->backend) impl_->backend->close();
+}
+
+void listener::start_accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) {
+  auto& im = impl_;
+  if (!im || !im->backend) {
+    std::move(h)(error_code(asio::error::bad_descriptor), tcp::socket(asio::system_executor()));
+    return;
+  }
+  if (im->quiescing) {
+    asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), tcp::socket(im->ex)));
+    return;
+  }
+  ++im->accepts;
+  im->backend->accept([self = im, h = std::move(h)](error_code ec, tcp::socket s) mutable {
+    --self->accepts;
+    // A connection accepted while the listener was being quiesced is delivered normally: it is
+    // served here, never lost.
+    std::move(h)(ec, std::move(s));
+    self->check_idle();
+  });
+}
+
+}  // namespace baton

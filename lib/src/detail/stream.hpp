@@ -1,0 +1,86 @@
+#pragma once
+// The internal interface between a baton::connection / baton::listener and the platform that
+// drives its socket. Shared code sees only this; backends live in lib/src/win and lib/src/posix.
+#include <baton/connection.hpp>
+#include <baton/move.hpp>
+#include <baton/ticket.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <functional>
+#include <memory>
+
+namespace baton::detail {
+
+using io_handler = boost::asio::any_completion_handler<void(error_code, std::size_t)>;
+
+/// One connected socket under some attach mode.
+class stream_backend {
+ public:
+  virtual ~stream_backend() = default;
+  virtual void read(boost::asio::mutable_buffer b, io_handler h) = 0;
+  virtual void write(boost::asio::const_buffer b, io_handler h) = 0;
+  virtual void cancel() = 0;
+  virtual void close() = 0;
+  virtual bool is_open() const = 0;
+  virtual attach_mode mode() const = 0;
+  virtual boost::asio::ip::tcp::socket* socket() { return nullptr; }
+  virtual boost::asio::ip::tcp::endpoint remote_endpoint(error_code& ec) const = 0;
+  virtual boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const = 0;
+  virtual void shutdown_send(error_code& ec) = 0;
+};
+
+/// A native backend around an Asio socket (all platforms).
+std::unique_ptr<stream_backend> make_native_stream(boost::asio::ip::tcp::socket s);
+
+/// The source's side of one move in progress: holds what must stay alive until the target's
+/// verdict (the descriptor for pidfd_getfd, the source handle on Windows).
+class pending_export {
+ public:
+  virtual ~pending_export() = default;
+  /// The target took it: close the source's handle.
+  virtual void commit() = 0;
+  /// The target did not: give the socket back, attached to the source's reactor again.
+  virtual std::unique_ptr<stream_backend> rollback_stream(const boost::asio::any_io_executor& ex, error_code& ec) = 0;
+  virtual std::unique_ptr<class listener_backend> rollback_listener(const boost::asio::any_io_executor& ex,
+                                                                    error_code& ec) = 0;
+};
+
+/// Detaches `s` (idle: no operation pending) from the source's reactor and makes a transferable
+/// handle for `target_pid`, written into t.method / t.payload. On failure `s` is left intact.
+std::unique_ptr<pending_export> export_stream(std::unique_ptr<stream_backend>& s, std::uint32_t target_pid,
+                                              transfer_strategy how, const std::string& channel_name, ticket& t,
+                                              error_code& ec);
+
+/// Re-creates the socket in the target and attaches it to `ex` (native where possible,
+/// emulated otherwise).
+std::unique_ptr<stream_backend> import_stream(const boost::asio::any_io_executor& ex, const ticket& t,
+                                              const std::string& channel_name, error_code& ec);
+
+/// Listening sockets.
+class listener_backend {
+ public:
+  virtual ~listener_backend() = default;
+  virtual void accept(boost::asio::any_completion_handler<void(error_code, boost::asio::ip::tcp::socket)> h) = 0;
+  virtual void cancel() = 0;
+  virtual void close() = 0;
+  virtual bool is_open() const = 0;
+  virtual attach_mode mode() const = 0;
+  virtual boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const = 0;
+  virtual boost::asio::ip::tcp::acceptor* acceptor() { return nullptr; }
+};
+std::unique_ptr<listener_backend> make_native_listener(boost::asio::ip::tcp::acceptor a);
+std::unique_ptr<pending_export> export_listener(std::unique_ptr<listener_backend>& l, std::uint32_t target_pid,
+                                                transfer_strategy how, const std::string& channel_name, ticket& t,
+                                                error_code& ec);
+std::unique_ptr<listener_backend> import_listener(const boost::asio::any_io_executor& ex, const ticket& t,
+                                                  const std::string& channel_name, error_code& ec);
+
+/// Platform counters (e.g. fallbacks from one strategy to another).
+struct transfer_counters {
+  std::uint64_t fallbacks = 0;
+};
+transfer_counters& counters() noexcept;
+
+}  // namespace baton::detail

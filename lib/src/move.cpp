@@ -1,0 +1,226 @@
+#include "baton/move.hpp"
+
+#include "channel_impl.hpp"
+#include "connection_impl.hpp"
+#include "detail/platform.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <atomic>
+
+namespace baton {
+
+namespace asio = boost::asio;
+
+namespace {
+
+struct atomic_move_stats {
+  std::atomic<std::uint64_t> sent{0}, received{0}, rollbacks{0}, rejected_tickets{0};
+};
+atomic_move_stats g_stats;
+
+// Drives a source-side move: quiesce, export, transact, then commit or roll back. Works for
+// connections and listeners alike; `Traits` knows which.
+template <class Object, class State>
+struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
+  channel& ch;
+  std::shared_ptr<State> st;
+  move_options opts;
+  asio::any_completion_handler<void(error_code, Object)> handler;
+  asio::steady_timer timer;
+  std::unique_ptr<detail::pending_export> pending;
+  bool idle = false, timed_out = false;
+
+  send_op(channel& c, std::shared_ptr<State> s, const move_options& o,
+          asio::any_completion_handler<void(error_code, Object)> h)
+      : ch(c), st(std::move(s)), opts(o), handler(std::move(h)), timer(st->ex) {}
+
+  void complete(error_code ec, Object obj) { std::move(handler)(ec, std::move(obj)); }
+
+  void start() {
+    // A connection with a write that never finishes (a peer that does not read) cannot be moved
+    // safely; give up after the move timeout and hand it back.
+    timer.expires_after(opts.timeout);
+    timer.async_wait([self = this->shared_from_this()](error_code ec) {
+      if (ec || self->idle) return;
+      self->timed_out = true;
+      self->st->resume();
+      self->complete(errc::busy, Object(self->st));
+    });
+    st->quiesce([self = this->shared_from_this()] {
+      if (self->timed_out) return;
+      self->idle = true;
+      self->timer.cancel();
+      self->exported();
+    });
+  }
+
+  void exported() {
+    ticket t;
+    t.id = ticket_id::random();
+    error_code ec;
+    if constexpr (std::is_same_v<Object, connection>) {
+      t.kind = ticket_kind::connection;
+      t.unread = st->remaining_unread();
+      t.state = st->state;
+      pending = detail::export_stream(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
+    } else {
+      t.kind = ticket_kind::listener;
+      pending = detail::export_listener(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
+    }
+    if (ec) {
+      st->resume();
+      return complete(ec, Object(st));
+    }
+    ch.async_transact(std::move(t), opts.timeout, [self = this->shared_from_this()](error_code ec) {
+      self->verdict(ec);
+    });
+  }
+
+  void verdict(error_code ec) {
+    if (!ec) {
+      // The target owns it now. Close our handle; the kernel object lives on in the target.
+      pending->commit();
+      st->backend.reset();
+      g_stats.sent.fetch_add(1, std::memory_order_relaxed);
+      return complete({}, Object());
+    }
+    error_code rb;
+    if constexpr (std::is_same_v<Object, connection>)
+      st->backend = pending->rollback_stream(st->ex, rb);
+    else
+      st->backend = pending->rollback_listener(st->ex, rb);
+    g_stats.rollbacks.fetch_add(1, std::memory_order_relaxed);
+    st->resume();
+    // A failed rollback is reported in preference to the reason for it: it is the one that
+    // loses the connection.
+    complete(rb ? rb : ec, Object(st));
+  }
+};
+
+}  // namespace
+
+move_stats get_move_stats() noexcept {
+  move_stats s;
+  s.sent = g_stats.sent.load(std::memory_order_relaxed);
+  s.received = g_stats.received.load(std::memory_order_relaxed);
+  s.rollbacks = g_stats.rollbacks.load(std::memory_order_relaxed);
+  s.rejected_tickets = g_stats.rejected_tickets.load(std::memory_order_relaxed);
+  s.strategy_fallbacks = detail::counters().fallbacks;
+  return s;
+}
+
+namespace detail {
+
+void start_send_connection(channel& ch, connection&& c, const move_options& o,
+                           asio::any_completion_handler<void(error_code, connection)> h) {
+  auto st = c.impl();
+  if (!st || !st->backend || !st->backend->is_open()) {
+    std::move(h)(error_code(asio::error::bad_descriptor), std::move(c));
+    return;
+  }
+  if (!ch.is_open() || ch.is_receiver()) {
+    asio::post(st->ex, asio::append(std::move(h), error_code(asio::error::operation_not_supported), std::move(c)));
+    return;
+  }
+  if (st->quiescing) {
+    asio::post(st->ex, asio::append(std::move(h), make_error_code(errc::operation_in_progress), std::move(c)));
+    return;
+  }
+  auto op = std::make_shared<send_op<connection, connection_impl>>(ch, st, o, std::move(h));
+  c = connection();
+  op->start();
+}
+
+void start_send_listener(channel& ch, listener&& l, const move_options& o,
+                         asio::any_completion_handler<void(error_code, listener)> h) {
+  auto st = l.impl();
+  if (!st || !st->backend || !st->backend->is_open()) {
+    std::move(h)(error_code(asio::error::bad_descriptor), std::move(l));
+    return;
+  }
+  if (!ch.is_open() || ch.is_receiver()) {
+    asio::post(st->ex, asio::append(std::move(h), error_code(asio::error::operation_not_supported), std::move(l)));
+    return;
+  }
+  auto op = std::make_shared<send_op<listener, listener::state>>(ch, st, o, std::move(h));
+  l = listener();
+  op->start();
+}
+
+namespace {
+
+struct receive_op : std::enable_shared_from_this<receive_op> {
+  channel& ch;
+  asio::any_completion_handler<void(error_code, arrival)> handler;
+  receive_op(channel& c, asio::any_completion_handler<void(error_code, arrival)> h) : ch(c), handler(std::move(h)) {}
+
+  void start() {
+    ch.async_receive([self = shared_from_this()](error_code ec, ticket t) { self->on_ticket(ec, std::move(t)); });
+  }
+
+  void on_ticket(error_code ec, ticket t) {
+    if (ec) return std::move(handler)(ec, arrival{});
+    arrival a;
+    a.kind = t.kind;
+    if (t.target_pid != current_pid()) {
+      ch.acknowledge(t, false);
+      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+      return std::move(handler)(make_error_code(errc::ticket_wrong_target), arrival{});
+    }
+    const auto ex = ch.get_executor();
+    if (t.kind == ticket_kind::connection) {
+      auto b = import_stream(ex, t, ch.name(), ec);
+      if (ec) {
+        ch.acknowledge(t, false);
+        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+        return std::move(handler)(ec, arrival{});
+      }
+      if (!ch.acknowledge(t, true)) {
+        // The source gave up on this ticket (timeout) and kept the connection: ours is a
+        // duplicate that must be closed, and the next ticket is what the caller wants.
+        b->close();
+        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+        return start();
+      }
+      auto im = std::make_shared<connection_impl>();
+      im->ex = ex;
+      im->backend = std::move(b);
+      im->unread = std::move(t.unread);
+      im->state = std::move(t.state);
+      a.conn = connection(std::move(im));
+    } else if (t.kind == ticket_kind::listener) {
+      auto b = import_listener(ex, t, ch.name(), ec);
+      if (ec) {
+        ch.acknowledge(t, false);
+        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+        return std::move(handler)(ec, arrival{});
+      }
+      if (!ch.acknowledge(t, true)) {
+        b->close();
+        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+        return start();
+      }
+      auto st = std::make_shared<listener::state>();
+      st->ex = ex;
+      st->backend = std::move(b);
+      a.lst = listener(std::move(st));
+    } else {
+      ch.acknowledge(t, true);
+      a.control = std::move(t);
+    }
+    g_stats.received.fetch_add(1, std::memory_order_relaxed);
+    std::move(handler)(error_code(), std::move(a));
+  }
+};
+
+}  // namespace
+
+void start_receive(channel& ch, asio::any_completion_handler<void(error_code, arrival)> h) {
+  std::make_shared<receive_op>(ch, std::move(h))->start();
+}
+
+}  // namespace detail
+}  // namespace baton

@@ -1,0 +1,545 @@
+// Moving live connections and listeners between real processes. The same suite runs natively
+// on Linux and, cross-built, on Windows under Wine.
+#include <baton/move.hpp>
+
+#include "async_helpers.hpp"
+#include "net_helpers.hpp"
+#include "test_support.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+namespace {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using baton::errc;
+using baton::test::child;
+using baton::test::name_guard;
+using baton::test::unique_name;
+using namespace std::chrono_literals;
+constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
+
+baton::transfer_strategy strategy_from(const std::string& s) {
+  if (s == "wsa_duplicate") return baton::transfer_strategy::wsa_duplicate;
+  if (s == "duplicate_handle") return baton::transfer_strategy::duplicate_handle;
+  if (s == "pidfd_getfd") return baton::transfer_strategy::pidfd_getfd;
+  if (s == "scm_rights") return baton::transfer_strategy::scm_rights;
+  return baton::transfer_strategy::automatic;
+}
+
+std::vector<std::string> platform_strategies() {
+#ifdef _WIN32
+  return {"wsa_duplicate", "duplicate_handle"};
+#else
+  return {"pidfd_getfd"};
+#endif
+}
+
+// Per-connection state that travels with every move.
+struct echo_state {
+  std::uint64_t since_move = 0;
+  std::uint32_t moves = 0;
+  std::uint32_t emulated_hops = 0;
+};
+
+echo_state load_state(baton::connection& c) {
+  echo_state s;
+  if (c.state().size() == sizeof s) std::memcpy(&s, c.state().data(), sizeof s);
+  return s;
+}
+void save_state(baton::connection& c, const echo_state& s) {
+  c.state().resize(sizeof s);
+  std::memcpy(c.state().data(), &s, sizeof s);
+}
+
+// An echo server process. args: own-channel peer-channel listen(0/1) ready-file result-file
+// move-every-bytes max-moves strategy stop-file
+// Every `move-every` bytes it echoes half of what it just read, puts the other half back as
+// unread bytes, and moves the connection to the peer, which carries on.
+BATON_TEST_ROLE(echo_server) {
+  const std::string own = args.at(0), peer = args.at(1), ready = args.at(3), result = args.at(4);
+  const bool listen = args.at(2) == "1";
+  const std::uint64_t move_every = std::stoull(args.at(5));
+  const std::uint32_t max_moves = static_cast<std::uint32_t>(std::stoul(args.at(6)));
+  baton::move_options opts;
+  opts.strategy = strategy_from(args.at(7));
+  const std::string stop = args.at(8);
+  baton::test::raise_fd_limit();
+
+  asio::io_context ioc;
+  auto rx = baton::channel::create(ioc.get_executor(), own);
+  baton::channel tx;
+  std::uint64_t served = 0, received = 0, rollbacks = 0;
+  std::uint32_t max_seen_moves = 0;
+  std::string modes;
+
+  auto peer_channel = [&]() -> baton::channel& {
+    while (!tx.is_open()) {
+      baton::error_code ec;
+      tx = baton::channel::open(ioc.get_executor(), peer, {}, ec);
+      if (ec) baton::test::nap(5ms);
+    }
+    return tx;
+  };
+
+  auto serve = [&](baton::connection conn) -> asio::awaitable<void> {
+    std::vector<char> buf(64 * 1024);
+    for (;;) {
+      auto st = load_state(conn);
+      auto [ec, n] = co_await conn.async_read_some(asio::buffer(buf), tuple_aw);
+      if (ec) {
+        max_seen_moves = std::max(max_seen_moves, st.moves);
+        ++served;
+        conn.close();
+        co_return;
+      }
+      const bool move_now = move_every > 0 && st.since_move + n >= move_every && st.moves < max_moves;
+      const std::size_t echo_n = move_now ? n / 2 : n;
+      auto [wec, wn] = co_await asio::async_write(conn, asio::buffer(buf.data(), echo_n), tuple_aw);
+      if (wec) co_return;
+      st.since_move += echo_n;
+      if (!move_now) {
+        save_state(conn, st);
+        continue;
+      }
+      conn.push_front_unread(buf.data() + echo_n, n - echo_n);
+      st.since_move = 0;
+      ++st.moves;
+      save_state(conn, st);
+      auto [mec, back] = co_await baton::async_send(peer_channel(), std::move(conn), opts, tuple_aw);
+      if (!mec) co_return;  // the peer carries on
+      ++rollbacks;
+      std::fprintf(stderr, "move failed, keeping the connection: %s\n", mec.message().c_str());
+      conn = std::move(back);
+    }
+  };
+
+  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+    for (;;) {
+      auto [ec, a] = co_await baton::async_receive(rx, tuple_aw);
+      if (ec) {
+        if (ec == asio::error::operation_aborted) co_return;
+        std::fprintf(stderr, "receive error: %s\n", ec.message().c_str());
+        continue;
+      }
+      if (a.kind == baton::ticket_kind::connection) {
+        ++received;
+        modes += a.conn.mode() == baton::attach_mode::native ? 'n' : 'e';
+        asio::co_spawn(ioc, serve(std::move(a.conn)), asio::detached);
+      }
+    }
+  }, asio::detached);
+
+  std::string ready_text = "ok";
+  tcp::acceptor acc(ioc);
+  if (listen) {
+    acc = tcp::acceptor(ioc, {asio::ip::address_v4::loopback(), 0});
+    ready_text = std::to_string(acc.local_endpoint().port());
+    asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+      for (;;) {
+        auto [ec, s] = co_await acc.async_accept(tuple_aw);
+        if (ec) co_return;
+        s.set_option(tcp::no_delay(true));
+        asio::co_spawn(ioc, serve(baton::connection(std::move(s))), asio::detached);
+      }
+    }, asio::detached);
+  }
+  baton::test::write_file(ready, ready_text);
+  auto deadline = std::chrono::steady_clock::now() + 200s;
+  while (!baton::test::file_exists(stop) && std::chrono::steady_clock::now() < deadline) {
+    ioc.run_for(10ms);
+    if (ioc.stopped()) ioc.restart();
+  }
+  baton::test::write_file(result, "served=" + std::to_string(served) + " received=" + std::to_string(received) +
+                                      " rollbacks=" + std::to_string(rollbacks) +
+                                      " maxmoves=" + std::to_string(max_seen_moves) + " modes=" + modes.substr(0, 8) +
+                                      " emulated=" + std::to_string(std::count(modes.begin(), modes.end(), 'e')));
+  return 0;
+}
+
+std::uint64_t field(const std::string& text, const std::string& key) {
+  auto p = text.find(key + "=");
+  if (p == std::string::npos) return ~0ull;
+  return std::stoull(text.substr(p + key.size() + 1));
+}
+
+// Two echo servers that hand connections back and forth; files and names for one test.
+struct server_pair {
+  std::string name_a = unique_name("A"), name_b = unique_name("B");
+  name_guard ga{name_a}, gb{name_b};
+  std::string ready_a = baton::test::temp_path("ra"), ready_b = baton::test::temp_path("rb");
+  std::string res_a = baton::test::temp_path("resa"), res_b = baton::test::temp_path("resb");
+  std::string stop = baton::test::temp_path("stop");
+  child a, b;
+  unsigned short port = 0;
+
+  server_pair(std::uint64_t move_every, std::uint32_t max_moves, const std::string& strategy) {
+    a = child::spawn("echo_server", {name_a, name_b, "1", ready_a, res_a, std::to_string(move_every),
+                                     std::to_string(max_moves), strategy, stop});
+    b = child::spawn("echo_server", {name_b, name_a, "0", ready_b, res_b, std::to_string(move_every),
+                                     std::to_string(max_moves), strategy, stop});
+    EXPECT_TRUE(baton::test::wait_for_file(ready_a));
+    EXPECT_TRUE(baton::test::wait_for_file(ready_b));
+    port = static_cast<unsigned short>(std::stoul(baton::test::read_file(ready_a)));
+  }
+  // Stops both servers and returns their reports.
+  std::pair<std::string, std::string> finish() {
+    baton::test::touch(stop);
+    EXPECT_EQ(a.wait(60s), 0);
+    EXPECT_EQ(b.wait(60s), 0);
+    auto r = std::make_pair(baton::test::read_file(res_a), baton::test::read_file(res_b));
+    for (auto* f : {&ready_a, &ready_b, &res_a, &res_b, &stop}) baton::test::remove_file(*f);
+    return r;
+  }
+};
+
+// Streams `total` bytes of a seeded pattern through an echo connection and checks every byte
+// that comes back, in order. Returns the number of bytes verified.
+std::uint64_t stream_and_verify(unsigned short port, std::uint64_t total, std::uint64_t seed) {
+  asio::io_context ioc;
+  auto s = baton::test::connect_loopback(ioc, port);
+  constexpr std::size_t block = 64 * 1024;
+  std::atomic<bool> write_failed{false};
+  std::thread writer([&] {
+    std::vector<std::byte> buf(block);
+    for (std::uint64_t off = 0, i = 0; off < total; off += block, ++i) {
+      baton::test::fill_pattern(seed + i, buf.data(), block);
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, total - off));
+      baton::error_code ec;
+      asio::write(s, asio::buffer(buf.data(), n), ec);
+      if (ec) {
+        write_failed = true;
+        return;
+      }
+    }
+  });
+  std::vector<std::byte> expect(block), got(block);
+  std::uint64_t verified = 0;
+  for (std::uint64_t i = 0; verified < total; ++i) {
+    baton::test::fill_pattern(seed + i, expect.data(), block);
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, total - verified));
+    baton::error_code ec;
+    asio::read(s, asio::buffer(got.data(), n), ec);
+    if (ec) {
+      ADD_FAILURE() << "client read failed after " << verified << " bytes: " << ec.message();
+      break;
+    }
+    if (std::memcmp(expect.data(), got.data(), n) != 0) {
+      std::size_t k = 0;
+      while (expect[k] == got[k]) ++k;
+      ADD_FAILURE() << "stream differs at byte " << verified + k;
+      break;
+    }
+    verified += n;
+  }
+  baton::error_code ec;
+  s.shutdown(tcp::socket::shutdown_both, ec);
+  s.close(ec);
+  writer.join();
+  EXPECT_FALSE(write_failed);
+  return verified;
+}
+
+class move_strategy : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(move_strategy, continuity_64_MiB_with_more_than_100_moves_mid_stream) {
+  const std::uint64_t total = 64ull << 20;
+  server_pair servers(256 * 1024, 400, GetParam());
+  const auto verified = stream_and_verify(servers.port, total, 42);
+  EXPECT_EQ(verified, total);
+  auto [ra, rb] = servers.finish();
+  std::printf("[ info ] A: %s\n[ info ] B: %s\n", ra.c_str(), rb.c_str());
+  // The connection ended in A or B; its state counted every move it made.
+  const auto moves = std::max(field(ra, "maxmoves"), field(rb, "maxmoves"));
+  EXPECT_GE(moves, 100u);
+  EXPECT_LT(moves, 10000u);
+  EXPECT_EQ(field(ra, "rollbacks") + field(rb, "rollbacks"), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(each, move_strategy, ::testing::ValuesIn(platform_strategies()));
+
+TEST(move, unread_bytes_are_delivered_first_in_the_target) {
+  // The server reads what the client pipelined, consumes half, and moves the rest as unread
+  // bytes; the echo the client gets back must be the exact stream.
+  server_pair servers(1, 1, "automatic");
+  asio::io_context ioc;
+  auto s = baton::test::connect_loopback(ioc, servers.port);
+  std::string msg;
+  for (int i = 0; i < 50; ++i) msg += "request-" + std::to_string(i) + ";";
+  asio::write(s, asio::buffer(msg));
+  std::string back(msg.size(), '\0');
+  asio::read(s, asio::buffer(back));
+  EXPECT_EQ(back, msg);
+  s.close();
+  auto [ra, rb] = servers.finish();
+  EXPECT_EQ(field(rb, "received"), 1u) << rb;
+  EXPECT_EQ(field(rb, "maxmoves"), 1u) << rb;
+}
+
+TEST(move, burst_of_1000_connections_moved_at_once_all_served) {
+  baton::test::raise_fd_limit();
+  // Each connection moves A->B after its first 4 bytes.
+  server_pair servers(4, 1, "automatic");
+  asio::io_context ioc;
+  std::vector<tcp::socket> socks;
+  for (int i = 0; i < 1000; ++i) socks.push_back(baton::test::connect_loopback(ioc, servers.port));
+  for (int i = 0; i < 1000; ++i) {
+    char m[8];
+    std::snprintf(m, sizeof m, "%04d%03d", i, i % 1000);
+    asio::write(socks[static_cast<std::size_t>(i)], asio::buffer(m, 7));
+  }
+  int ok = 0;
+  for (int i = 0; i < 1000; ++i) {
+    char exp[8], got[8] = {};
+    std::snprintf(exp, sizeof exp, "%04d%03d", i, i % 1000);
+    baton::error_code ec;
+    asio::read(socks[static_cast<std::size_t>(i)], asio::buffer(got, 7), ec);
+    if (!ec && std::memcmp(exp, got, 7) == 0) ++ok;
+  }
+  EXPECT_EQ(ok, 1000);
+  for (auto& s : socks) s.close();
+  auto [ra, rb] = servers.finish();
+  EXPECT_EQ(field(rb, "received"), 1000u) << rb;
+}
+
+// A target that takes tickets off its channel but answers them as told: "nack" refuses each,
+// "silent" never answers (the parent may kill it).
+BATON_TEST_ROLE(stubborn_target) {
+  asio::io_context ioc;
+  auto rx = baton::channel::create(ioc.get_executor(), args.at(0));
+  const bool nack = args.at(2) == "nack";
+  std::function<void()> next;
+  next = [&] {
+    rx.async_receive([&](baton::error_code ec, baton::ticket t) {
+      if (!ec && nack) rx.acknowledge(t, false);
+      baton::test::touch(args.at(1) + ".got");
+      next();
+    });
+  };
+  next();
+  baton::test::touch(args.at(1));
+  auto work = asio::make_work_guard(ioc);
+  ioc.run_for(60s);
+  return 0;
+}
+
+// In-process server side of one connection whose move fails; the client must notice nothing.
+struct rollback_fixture {
+  asio::io_context ioc;
+  tcp::acceptor acc{ioc, {asio::ip::address_v4::loopback(), 0}};
+  tcp::socket client{ioc};
+  baton::connection server;
+
+  rollback_fixture() {
+    client.connect(acc.local_endpoint());
+    baton::test::set_recv_timeout(client, 30s);
+    server = baton::connection(acc.accept(), {}, {std::byte{7}});
+  }
+  // One echo round trip through `server`, driven by the io_context.
+  void round_trip(const std::string& msg) {
+    asio::write(client, asio::buffer(msg));
+    std::string got(msg.size(), '\0');
+    bool done = baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+      std::string buf(msg.size(), '\0');
+      co_await asio::async_read(server, asio::buffer(buf), asio::use_awaitable);
+      co_await asio::async_write(server, asio::buffer(buf), asio::use_awaitable);
+    }(), 10s);
+    EXPECT_TRUE(done);
+    asio::read(client, asio::buffer(got));
+    EXPECT_EQ(got, msg);
+  }
+  baton::error_code move_to(baton::channel& tx, std::chrono::milliseconds timeout, const std::function<void()>& during = {}) {
+    baton::error_code result = asio::error::would_block;
+    baton::move_options o;
+    o.timeout = timeout;
+    baton::async_send(tx, std::move(server), o, [&](baton::error_code ec, baton::connection back) {
+      result = ec;
+      server = std::move(back);
+    });
+    auto end = std::chrono::steady_clock::now() + 30s;
+    bool called = false;
+    while (result == asio::error::would_block && std::chrono::steady_clock::now() < end) {
+      ioc.run_for(10ms);
+      if (ioc.stopped()) ioc.restart();
+      if (during && !called) {
+        called = true;
+        during();
+      }
+    }
+    return result;
+  }
+};
+
+void rollback_case(const std::string& mode, std::chrono::milliseconds timeout, baton::error_code expect, bool kill) {
+  rollback_fixture f;
+  name_guard g(unique_name("rb"));
+  const auto ready = baton::test::temp_path("rbready");
+  auto target = child::spawn("stubborn_target", {g.name, ready, mode});
+  ASSERT_TRUE(baton::test::wait_for_file(ready));
+  auto tx = baton::channel::open(f.ioc.get_executor(), g.name);
+  f.round_trip("before the move;");
+  // Bytes the client sent before the move must survive the rollback too.
+  asio::write(f.client, asio::buffer(std::string("in flight;")));
+  auto ec = f.move_to(tx, timeout, [&] {
+    if (!kill) return;
+    ASSERT_TRUE(baton::test::wait_for_file(ready + ".got"));  // the ticket is in the target
+    target.kill();
+  });
+  EXPECT_EQ(ec, expect) << ec.message();
+  ASSERT_TRUE(f.server.is_open());
+  EXPECT_EQ(f.server.state(), std::vector<std::byte>{std::byte{7}});
+  // The source serves on: first the bytes that were in flight, then a new round trip.
+  std::string buf(10, '\0');
+  bool done = baton::test::run_with_deadline(f.ioc, [&]() -> asio::awaitable<void> {
+    co_await asio::async_read(f.server, asio::buffer(buf), asio::use_awaitable);
+    co_await asio::async_write(f.server, asio::buffer(buf), asio::use_awaitable);
+  }(), 10s);
+  EXPECT_TRUE(done);
+  std::string got(10, '\0');
+  asio::read(f.client, asio::buffer(got));
+  EXPECT_EQ(got, "in flight;");
+  f.round_trip("after the rollback;");
+  target.kill();
+  baton::test::remove_file(ready);
+  baton::test::remove_file(ready + ".got");
+  EXPECT_GE(baton::get_move_stats().rollbacks, 1u);
+}
+
+TEST(move_rollback, target_killed_after_the_ticket_is_written) {
+  rollback_case("silent", 20s, errc::target_died, true);
+}
+TEST(move_rollback, target_nacks) { rollback_case("nack", 20s, errc::move_rejected, false); }
+TEST(move_rollback, timeout) { rollback_case("silent", 300ms, errc::move_timeout, false); }
+
+// A process that receives a listener and serves every connection on it ("y" for "x").
+BATON_TEST_ROLE(listener_target) {
+  asio::io_context ioc;
+  auto rx = baton::channel::create(ioc.get_executor(), args.at(0));
+  const std::string stop = args.at(2), result = args.at(3);
+  int served = 0;
+  std::string mode = "none";
+  baton::listener lst;
+  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+    auto a = co_await baton::async_receive(rx, asio::use_awaitable);
+    lst = std::move(a.lst);
+    mode = lst.mode() == baton::attach_mode::native ? "native" : "emulated";
+    for (;;) {
+      auto [ec, s] = co_await lst.async_accept(tuple_aw);
+      if (ec) co_return;
+      asio::co_spawn(ioc, [&, s = std::move(s)]() mutable -> asio::awaitable<void> {
+        char c;
+        co_await asio::async_read(s, asio::buffer(&c, 1), asio::use_awaitable);
+        co_await asio::async_write(s, asio::buffer("y", 1), asio::use_awaitable);
+        ++served;
+      }, asio::detached);
+    }
+  }, asio::detached);
+  baton::test::touch(args.at(1));
+  auto end = std::chrono::steady_clock::now() + 120s;
+  while (!baton::test::file_exists(stop) && std::chrono::steady_clock::now() < end) {
+    ioc.run_for(10ms);
+    if (ioc.stopped()) ioc.restart();
+  }
+  baton::test::write_file(result, "served=" + std::to_string(served) + " mode=" + mode);
+  return 0;
+}
+
+TEST(move_listener, listener_moves_under_a_stream_of_connections_and_none_is_refused) {
+  asio::io_context ioc;
+  name_guard g(unique_name("lst"));
+  const auto ready = baton::test::temp_path("lready"), stop = baton::test::temp_path("lstop"),
+             result = baton::test::temp_path("lres");
+  auto target = child::spawn("listener_target", {g.name, ready, stop, result});
+  ASSERT_TRUE(baton::test::wait_for_file(ready));
+  baton::listener lst(tcp::acceptor(ioc, {asio::ip::address_v4::loopback(), 0}));
+  baton::error_code lec;
+  const auto port = lst.local_endpoint(lec).port();
+  // A client connects over and over from another thread; every attempt must be answered.
+  constexpr int attempts = 400;
+  std::atomic<int> answered{0}, failed{0};
+  std::thread client([&] {
+    asio::io_context cio;
+    for (int i = 0; i < attempts; ++i) {
+      try {
+        auto s = baton::test::connect_loopback(cio, port);
+        asio::write(s, asio::buffer("x", 1));
+        char c = 0;
+        asio::read(s, asio::buffer(&c, 1));
+        (c == 'y' ? answered : failed)++;
+      } catch (const std::exception&) {
+        ++failed;
+      }
+    }
+  });
+  int served_here = 0;
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  bool moved = false;
+  std::function<void()> accept_next = [&] {
+    lst.async_accept([&](baton::error_code ec, tcp::socket s) {
+      if (ec) return;
+      auto sp = std::make_shared<tcp::socket>(std::move(s));
+      auto c = std::make_shared<char>();
+      asio::async_read(*sp, asio::buffer(c.get(), 1), [sp, c, &served_here](baton::error_code ec, std::size_t) {
+        if (!ec) asio::async_write(*sp, asio::buffer("y", 1), [sp, &served_here](baton::error_code, std::size_t) { ++served_here; });
+      });
+      if (!moved) accept_next();
+    });
+  };
+  accept_next();
+  // Serve for a while, then move the listener in mid-stream.
+  auto t0 = std::chrono::steady_clock::now();
+  while (answered + failed < attempts / 4 && std::chrono::steady_clock::now() - t0 < 60s) ioc.run_for(5ms);
+  baton::error_code move_ec = asio::error::would_block;
+  baton::async_send(tx, std::move(lst), baton::move_options{}, [&](baton::error_code ec, baton::listener back) {
+    move_ec = ec;
+    moved = !ec;
+    if (ec) lst = std::move(back);
+  });
+  t0 = std::chrono::steady_clock::now();
+  while ((move_ec == asio::error::would_block || answered + failed < attempts) &&
+         std::chrono::steady_clock::now() - t0 < 120s) {
+    ioc.run_for(5ms);
+    if (ioc.stopped()) ioc.restart();
+  }
+  client.join();
+  ioc.run_for(100ms);
+  EXPECT_FALSE(move_ec) << move_ec.message();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(answered.load(), attempts);
+  baton::test::touch(stop);
+  EXPECT_EQ(target.wait(30s), 0);
+  const auto res = baton::test::read_file(result);
+  std::printf("[ info ] served in source: %d, target: %s\n", served_here, res.c_str());
+  EXPECT_GT(served_here, 0);
+  EXPECT_GT(field(res, "served"), 0u);
+  EXPECT_EQ(static_cast<std::uint64_t>(served_here) + field(res, "served"), static_cast<std::uint64_t>(attempts));
+  for (auto* f : {&ready, &stop, &result}) baton::test::remove_file(*f);
+}
+
+TEST(move, sending_on_a_receiving_channel_or_an_empty_connection_fails_cleanly) {
+  asio::io_context ioc;
+  name_guard g(unique_name("misuse"));
+  auto rx = baton::channel::create(ioc.get_executor(), g.name);
+  baton::error_code result;
+  baton::async_send(rx, baton::connection(), baton::move_options{}, [&](baton::error_code ec, baton::connection) { result = ec; });
+  EXPECT_EQ(result, asio::error::bad_descriptor);
+  rollback_fixture f;
+  baton::async_send(rx, std::move(f.server), baton::move_options{}, [&](baton::error_code ec, baton::connection back) {
+    result = ec;
+    f.server = std::move(back);
+  });
+  f.ioc.run_for(100ms);
+  EXPECT_EQ(result, asio::error::operation_not_supported);
+  EXPECT_TRUE(f.server.is_open());
+}
+
+}  // namespace
