@@ -35,6 +35,9 @@ class native_stream final : public stream_backend {
   tcp::endpoint remote_endpoint(error_code& ec) const override { return s_.remote_endpoint(ec); }
   tcp::endpoint local_endpoint(error_code& ec) const override { return s_.local_endpoint(ec); }
   void shutdown_send(error_code& ec) override { s_.shutdown(tcp::socket::shutdown_send, ec); }
+  std::uintptr_t native_handle() const override {
+    return static_cast<std::uintptr_t>(const_cast<tcp::socket&>(s_).native_handle());
+  }
 
  private:
   tcp::socket s_;
@@ -58,6 +61,9 @@ class native_listener final : public listener_backend {
   attach_mode mode() const override { return attach_mode::native; }
   tcp::endpoint local_endpoint(error_code& ec) const override { return a_.local_endpoint(ec); }
   tcp::acceptor* acceptor() override { return &a_; }
+  std::uintptr_t native_handle() const override {
+    return static_cast<std::uintptr_t>(const_cast<tcp::acceptor&>(a_).native_handle());
+  }
 
  private:
   tcp::acceptor a_;

@@ -29,6 +29,8 @@ class stream_backend {
   virtual boost::asio::ip::tcp::endpoint remote_endpoint(error_code& ec) const = 0;
   virtual boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const = 0;
   virtual void shutdown_send(error_code& ec) = 0;
+  /// The OS handle (fd or SOCKET), still owned by the backend.
+  virtual std::uintptr_t native_handle() const = 0;
 };
 
 /// A native backend around an Asio socket (all platforms).
@@ -69,6 +71,7 @@ class listener_backend {
   virtual attach_mode mode() const = 0;
   virtual boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const = 0;
   virtual boost::asio::ip::tcp::acceptor* acceptor() { return nullptr; }
+  virtual std::uintptr_t native_handle() const = 0;
 };
 std::unique_ptr<listener_backend> make_native_listener(boost::asio::ip::tcp::acceptor a);
 std::unique_ptr<pending_export> export_listener(std::unique_ptr<listener_backend>& l, std::uint32_t target_pid,

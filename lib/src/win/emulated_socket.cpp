@@ -1,0 +1,254 @@
+#include "win/emulated_socket.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/windows/object_handle.hpp>
+
+namespace baton::detail {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+namespace {
+
+error_code wsa_error(int e) {
+  if (e == WSA_OPERATION_ABORTED || e == ERROR_OPERATION_ABORTED) return asio::error::operation_aborted;
+  return {e, asio::error::get_system_category()};
+}
+
+HANDLE new_event() { return ::CreateEventW(nullptr, TRUE, FALSE, nullptr); }
+
+// The low bit tells the kernel not to queue a completion packet for this operation.
+HANDLE no_port(HANDLE ev) { return reinterpret_cast<HANDLE>(reinterpret_cast<ULONG_PTR>(ev) | 1); }
+
+tcp::endpoint to_endpoint(const sockaddr_storage& ss, int len) {
+  tcp::endpoint ep;
+  if (len > 0 && static_cast<std::size_t>(len) <= ep.capacity()) {
+    std::memcpy(ep.data(), &ss, static_cast<std::size_t>(len));
+    ep.resize(static_cast<std::size_t>(len));
+  }
+  return ep;
+}
+
+// Shared with every operation in flight, so a closed connection's late completions are safe.
+struct emu_state {
+  SOCKET s = INVALID_SOCKET;
+  tcp proto = tcp::v4();
+  HANDLE rev = nullptr, wev = nullptr;
+  asio::windows::object_handle rwait, wwait;
+  OVERLAPPED rov{}, wov{};
+  bool closed = false;
+
+  emu_state(const asio::any_io_executor& ex, SOCKET sock, tcp p)
+      : s(sock), proto(p), rev(new_event()), wev(new_event()), rwait(ex, rev), wwait(ex, wev) {}
+  ~emu_state() {
+    if (s != INVALID_SOCKET) ::closesocket(s);
+  }
+};
+
+class emulated_stream final : public stream_backend {
+ public:
+  emulated_stream(const asio::any_io_executor& ex, SOCKET s, tcp proto)
+      : ex_(ex), st_(std::make_shared<emu_state>(ex, s, proto)) {}
+  ~emulated_stream() override { close(); }
+
+  void read(asio::mutable_buffer b, io_handler h) override {
+    auto st = st_;
+    if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
+    std::memset(&st->rov, 0, sizeof st->rov);
+    ::ResetEvent(st->rev);
+    st->rov.hEvent = no_port(st->rev);
+    WSABUF wb{static_cast<ULONG>(b.size()), static_cast<char*>(b.data())};
+    DWORD n = 0, flags = 0;
+    if (::WSARecv(st->s, &wb, 1, &n, &flags, &st->rov, nullptr) == SOCKET_ERROR) {
+      const int e = ::WSAGetLastError();
+      if (e != WSA_IO_PENDING) return post(std::move(h), wsa_error(e));
+    }
+    // Completed at once or pending: either way the event is signalled when it is done.
+    const bool want = b.size() > 0;
+    st->rwait.async_wait([st, want, h = std::move(h)](error_code) mutable {
+      DWORD n = 0, flags = 0;
+      if (!::WSAGetOverlappedResult(st->s, &st->rov, &n, FALSE, &flags)) {
+        const int e = ::WSAGetLastError();
+        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : wsa_error(e), std::size_t{0});
+      }
+      if (n == 0 && want) return std::move(h)(error_code(asio::error::eof), std::size_t{0});
+      std::move(h)(error_code(), static_cast<std::size_t>(n));
+    });
+  }
+
+  void write(asio::const_buffer b, io_handler h) override {
+    auto st = st_;
+    if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
+    std::memset(&st->wov, 0, sizeof st->wov);
+    ::ResetEvent(st->wev);
+    st->wov.hEvent = no_port(st->wev);
+    WSABUF wb{static_cast<ULONG>(b.size()), const_cast<char*>(static_cast<const char*>(b.data()))};
+    DWORD n = 0;
+    if (::WSASend(st->s, &wb, 1, &n, 0, &st->wov, nullptr) == SOCKET_ERROR) {
+      const int e = ::WSAGetLastError();
+      if (e != WSA_IO_PENDING) return post(std::move(h), wsa_error(e));
+    }
+    st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
+      DWORD n = 0, flags = 0;
+      if (!::WSAGetOverlappedResult(st->s, &st->wov, &n, FALSE, &flags)) {
+        const int e = ::WSAGetLastError();
+        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : wsa_error(e), std::size_t{0});
+      }
+      std::move(h)(error_code(), static_cast<std::size_t>(n));
+    });
+  }
+
+  void cancel() override {
+    // Cancelled operations complete with WSA_OPERATION_ABORTED and signal their events; the
+    // object_handle waits are left alone so that the OVERLAPPEDs stay valid until then.
+    if (!st_->closed) ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+  }
+  void close() override {
+    if (st_->closed) return;
+    st_->closed = true;
+    ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+    ::closesocket(st_->s);
+    st_->s = INVALID_SOCKET;
+  }
+  bool is_open() const override { return !st_->closed; }
+  attach_mode mode() const override { return attach_mode::emulated; }
+  tcp::endpoint remote_endpoint(error_code& ec) const override {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (::getpeername(st_->s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+      ec = wsa_error(::WSAGetLastError());
+      return {};
+    }
+    ec.clear();
+    return to_endpoint(ss, len);
+  }
+  tcp::endpoint local_endpoint(error_code& ec) const override {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (::getsockname(st_->s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+      ec = wsa_error(::WSAGetLastError());
+      return {};
+    }
+    ec.clear();
+    return to_endpoint(ss, len);
+  }
+  void shutdown_send(error_code& ec) override {
+    ec.clear();
+    if (::shutdown(st_->s, SD_SEND) != 0) ec = wsa_error(::WSAGetLastError());
+  }
+  std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
+
+ private:
+  void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
+  asio::any_io_executor ex_;
+  std::shared_ptr<emu_state> st_;
+};
+
+// An imported listener still bound to another port: readiness through WSAEventSelect(FD_ACCEPT)
+// awaited by the reactor, then a non-blocking accept(). Accepted sockets are new kernel objects,
+// never bound to any port, so they attach natively.
+struct emu_listener_state {
+  SOCKET s = INVALID_SOCKET;
+  tcp proto = tcp::v4();
+  HANDLE ev = nullptr;
+  asio::windows::object_handle wait;
+  bool closed = false;
+  emu_listener_state(const asio::any_io_executor& ex, SOCKET sock, tcp p)
+      : s(sock), proto(p), ev(new_event()), wait(ex, ev) {}
+  ~emu_listener_state() {
+    if (s != INVALID_SOCKET) ::closesocket(s);
+  }
+};
+
+class emulated_listener final : public listener_backend {
+ public:
+  emulated_listener(const asio::any_io_executor& ex, SOCKET s, tcp proto, error_code& ec)
+      : ex_(ex), st_(std::make_shared<emu_listener_state>(ex, s, proto)) {
+    ec.clear();
+    if (::WSAEventSelect(s, st_->ev, FD_ACCEPT) != 0) ec = wsa_error(::WSAGetLastError());
+  }
+  ~emulated_listener() override { close(); }
+
+  void accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) override {
+    try_accept(ex_, st_, std::move(h));
+  }
+  void cancel() override {
+    error_code ec;
+    st_->wait.cancel(ec);
+  }
+  void close() override {
+    if (st_->closed) return;
+    st_->closed = true;
+    error_code ec;
+    st_->wait.cancel(ec);
+    ::WSAEventSelect(st_->s, nullptr, 0);
+    ::closesocket(st_->s);
+    st_->s = INVALID_SOCKET;
+  }
+  bool is_open() const override { return !st_->closed; }
+  attach_mode mode() const override { return attach_mode::emulated; }
+  tcp::endpoint local_endpoint(error_code& ec) const override {
+    sockaddr_storage ss{};
+    int len = sizeof ss;
+    if (::getsockname(st_->s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+      ec = wsa_error(::WSAGetLastError());
+      return {};
+    }
+    ec.clear();
+    return to_endpoint(ss, len);
+  }
+  std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
+
+ private:
+  static void try_accept(const asio::any_io_executor& ex, std::shared_ptr<emu_listener_state> st,
+                         asio::any_completion_handler<void(error_code, tcp::socket)> h) {
+    if (st->closed) {
+      asio::post(ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), tcp::socket(ex)));
+      return;
+    }
+    SOCKET c = ::accept(st->s, nullptr, nullptr);
+    if (c != INVALID_SOCKET) {
+      // The accepted socket inherits the listener's event selection and non-blocking mode;
+      // undo both before Asio takes it.
+      ::WSAEventSelect(c, nullptr, 0);
+      u_long blocking = 0;
+      ::ioctlsocket(c, FIONBIO, &blocking);
+      tcp::socket sock(ex);
+      error_code ec;
+      sock.assign(st->proto, c, ec);
+      if (ec) ::closesocket(c);
+      asio::post(ex, asio::append(std::move(h), ec, std::move(sock)));
+      return;
+    }
+    const int e = ::WSAGetLastError();
+    if (e != WSAEWOULDBLOCK) {
+      asio::post(ex, asio::append(std::move(h), wsa_error(e), tcp::socket(ex)));
+      return;
+    }
+    st->wait.async_wait([ex, st, h = std::move(h)](error_code ec) mutable {
+      if (ec) return std::move(h)(ec, tcp::socket(ex));
+      WSANETWORKEVENTS ne{};
+      ::WSAEnumNetworkEvents(st->s, st->ev, &ne);  // also resets the event
+      try_accept(ex, st, std::move(h));
+    });
+  }
+
+  asio::any_io_executor ex_;
+  std::shared_ptr<emu_listener_state> st_;
+};
+
+}  // namespace
+
+std::unique_ptr<stream_backend> make_emulated_stream(const asio::any_io_executor& ex, SOCKET s, tcp proto) {
+  return std::make_unique<emulated_stream>(ex, s, proto);
+}
+
+std::unique_ptr<listener_backend> make_emulated_listener(const asio::any_io_executor& ex, SOCKET s, tcp proto,
+                                                         error_code& ec) {
+  auto l = std::make_unique<emulated_listener>(ex, s, proto, ec);
+  if (ec) return nullptr;
+  return l;
+}
+
+}  // namespace baton::detail
