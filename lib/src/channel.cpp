@@ -16,6 +16,7 @@ channel::impl::~impl() {
   if (receiver) {
     detail::remove_region(region_name);
     detail::doorbell::remove(bell_name);
+    detail::close_transfer_endpoint(name);
   }
 }
 
@@ -68,6 +69,8 @@ channel channel::create(const executor_type& ex, std::string_view name, const ch
     im->receiver = false;
     return c;
   }
+  detail::open_transfer_endpoint(im->name, ec);
+  if (ec) return c;  // the impl's destructor removes what was created
   im->ring.create(im->region.get_address(), im->region.get_size(), data_bytes, slots, max_record,
                   detail::current_pid());
   c.impl_ = std::move(im);
@@ -141,6 +144,7 @@ void channel::remove_stale(std::string_view name, error_code& ec) {
   ec.clear();
   detail::remove_region(region_name);
   detail::doorbell::remove(detail::object_name(n, "bell", false));
+  detail::close_transfer_endpoint(n);
 }
 
 channel::executor_type channel::get_executor() const { return impl_->ex; }

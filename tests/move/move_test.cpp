@@ -40,7 +40,7 @@ std::vector<std::string> platform_strategies() {
 #ifdef _WIN32
   return {"wsa_duplicate", "duplicate_handle"};
 #else
-  return {"pidfd_getfd"};
+  return {"pidfd_getfd", "scm_rights"};
 #endif
 }
 

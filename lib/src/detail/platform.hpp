@@ -30,6 +30,11 @@ boost::interprocess::mapped_region open_region(const std::string& os_name, error
 /// Removes the region's name (POSIX unlink; a no-op on Windows where names die with their last handle).
 void remove_region(const std::string& os_name) noexcept;
 
+/// Per-channel endpoint of the transfer layer on the receiving side (Linux: the Unix socket that
+/// SCM_RIGHTS pushes arrive on; Windows: nothing). Created with the channel, removed with it.
+void open_transfer_endpoint(const std::string& channel_name, error_code& ec);
+void close_transfer_endpoint(const std::string& channel_name) noexcept;
+
 /// Watches another process for exit. Thread-safe after construction.
 class process_watch {
  public:

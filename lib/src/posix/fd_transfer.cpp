@@ -5,6 +5,9 @@
 #include "detail/endian.hpp"
 
 #include <cerrno>
+#include <map>
+#include <mutex>
+#include <sys/un.h>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
@@ -41,6 +44,134 @@ struct fd_payload {
   std::uint64_t dev;
 };
 static_assert(sizeof(fd_payload) == 24);
+
+// --- SCM_RIGHTS push ------------------------------------------------------------------------
+// The receiver of a channel binds a Unix datagram socket at /dev/shm/baton.NAME.sock (mode 0600)
+// with SO_PASSCRED on. A source sends one datagram per move: the ticket id, the descriptor as
+// SCM_RIGHTS, and (added by the kernel) its credentials. It sends before writing the ticket, so
+// the datagram is queued by the time the receiver reads the ticket. Datagrams from another uid
+// are refused and their descriptors closed.
+
+std::string sock_path(const std::string& channel_name) { return "/dev/shm/baton." + channel_name + ".sock"; }
+
+struct endpoint {
+  int fd = -1;
+  std::map<ticket_id, int> early;  // descriptors whose ticket has not been read yet
+};
+std::mutex endpoints_mutex;
+std::map<std::string, endpoint>& endpoints() {
+  static std::map<std::string, endpoint> e;
+  return e;
+}
+
+bool fill_sockaddr(const std::string& path, sockaddr_un& sa) {
+  sa = {};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path) return false;
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  return true;
+}
+
+void push_fd(int fd, const std::string& channel_name, const ticket_id& id, error_code& ec) {
+  ec.clear();
+  const auto path = sock_path(channel_name);
+  struct stat st {};
+  // Only a socket of our own user may receive our connections.
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_uid != ::geteuid()) {
+    ec = errc::not_owner;
+    return;
+  }
+  sockaddr_un sa;
+  if (!fill_sockaddr(path, sa)) {
+    ec = errc::invalid_name;
+    return;
+  }
+  int s = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) {
+    ec = sys_error(errno);
+    return;
+  }
+  iovec iov{const_cast<std::uint8_t*>(id.bytes.data()), id.bytes.size()};
+  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_name = &sa;
+  msg.msg_namelen = sizeof sa;
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctrl;
+  msg.msg_controllen = sizeof ctrl;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  if (::sendmsg(s, &msg, MSG_NOSIGNAL) < 0) ec = sys_error(errno);
+  ::close(s);
+}
+
+// Takes the descriptor pushed for ticket `id` off the channel's socket.
+int pull_pushed_fd(const std::string& channel_name, const ticket_id& id, error_code& ec) {
+  ec.clear();
+  std::lock_guard lock(endpoints_mutex);
+  auto it = endpoints().find(channel_name);
+  if (it == endpoints().end()) {
+    ec = errc::strategy_unavailable;
+    return -1;
+  }
+  auto& ep = it->second;
+  if (auto e = ep.early.find(id); e != ep.early.end()) {
+    int fd = e->second;
+    ep.early.erase(e);
+    return fd;
+  }
+  for (;;) {
+    std::uint8_t data[16];
+    iovec iov{data, sizeof data};
+    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * 4) + CMSG_SPACE(sizeof(ucred))];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof ctrl;
+    ssize_t n = ::recvmsg(ep.fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    if (n < 0) {
+      ec = errno == EAGAIN ? make_error_code(errc::handle_mismatch) : sys_error(errno);
+      return -1;
+    }
+    int got = -1;
+    bool trusted = false;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET) continue;
+      if (c->cmsg_type == SCM_CREDENTIALS) {
+        ucred cr;
+        std::memcpy(&cr, CMSG_DATA(c), sizeof cr);
+        trusted = cr.uid == ::geteuid();
+      } else if (c->cmsg_type == SCM_RIGHTS) {
+        const std::size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < k; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          if (got < 0) got = fd;
+          else ::close(fd);  // one descriptor per message, by protocol
+        }
+      }
+    }
+    if (got < 0) continue;
+    if (!trusted || n != 16 || (msg.msg_flags & MSG_CTRUNC)) {
+      ::close(got);  // another user's push, or a malformed one
+      continue;
+    }
+    ticket_id mid;
+    std::memcpy(mid.bytes.data(), data, 16);
+    if (mid == id) return got;
+    // Bounded: descriptors of tickets that never come (voided by their senders) are dropped.
+    if (ep.early.size() >= 1024) {
+      ::close(ep.early.begin()->second);
+      ep.early.erase(ep.early.begin());
+    }
+    ep.early.emplace(mid, got);
+  }
+}
 
 bool yama_restricts_ptrace() {
   FILE* f = std::fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
@@ -103,24 +234,33 @@ class fd_export final : public pending_export {
 
 // Common to connections and listeners: `release` detaches the descriptor from the reactor (Asio
 // deregisters it from epoll, so the source gets no further event for it).
-template <class Release>
-std::unique_ptr<pending_export> export_fd(Release&& release, std::uint32_t target_pid, transfer_strategy how,
-                                          ticket& t, error_code& ec) {
+template <class Release, class Restore>
+std::unique_ptr<pending_export> export_fd(Release&& release, Restore&& restore, std::uint32_t target_pid,
+                                          transfer_strategy how, const std::string& channel_name, ticket& t,
+                                          error_code& ec) {
   ec.clear();
   if (how == transfer_strategy::wsa_duplicate || how == transfer_strategy::duplicate_handle) {
     ec = errc::strategy_unavailable;
     return nullptr;
   }
-  if (how == transfer_strategy::scm_rights) {
-    ec = errc::strategy_unavailable;  // see docs/linux.md: the push path is not built yet
-    return nullptr;
-  }
-  if (!pidfd_getfd_supported()) {
-    ec = errc::strategy_unavailable;
-    return nullptr;
+  bool push = how == transfer_strategy::scm_rights;
+  if (!push && !pidfd_getfd_supported()) {
+    // ENOSYS: an old kernel. The push path works everywhere.
+    push = true;
+    counters().fallbacks++;
   }
   int fd = release(ec);
   if (ec) return nullptr;
+  if (push) {
+    push_fd(fd, channel_name, t.id, ec);
+    if (ec) {
+      restore(fd);
+      return nullptr;
+    }
+    t.method = transfer_method::scm_rights;
+    t.payload.clear();
+    return std::make_unique<fd_export>(fd, protocol_of(fd));
+  }
   struct stat st {};
   ::fstat(fd, &st);
   if (yama_restricts_ptrace()) ::prctl(PR_SET_PTRACER, static_cast<unsigned long>(target_pid), 0, 0, 0);
@@ -133,31 +273,36 @@ std::unique_ptr<pending_export> export_fd(Release&& release, std::uint32_t targe
 
 // Pulls the descriptor named by a pidfd_getfd ticket and checks that it is the TCP socket the
 // ticket describes.
-int import_fd(const ticket& t, bool want_listener, error_code& ec) {
+int import_fd(const ticket& t, const std::string& channel_name, bool want_listener, error_code& ec) {
   ec.clear();
-  if (t.method != transfer_method::pidfd_getfd) {
+  long fd = -1;
+  fd_payload p{};
+  if (t.method == transfer_method::scm_rights) {
+    fd = pull_pushed_fd(channel_name, t.id, ec);
+    if (fd < 0) return -1;
+  } else if (t.method == transfer_method::pidfd_getfd) {
+    std::memcpy(&p, t.payload.data(), sizeof p);
+    long pidfd = ::syscall(SYS_pidfd_open, static_cast<pid_t>(t.sender_pid), 0);
+    if (pidfd < 0) {
+      ec = errno == ESRCH ? make_error_code(errc::target_died) : sys_error(errno);
+      return -1;
+    }
+    fd = ::syscall(SYS_pidfd_getfd, static_cast<int>(pidfd), p.fd, 0);
+    const int err = errno;
+    ::close(static_cast<int>(pidfd));
+    if (fd < 0) {
+      ec = err == EBADF ? make_error_code(errc::handle_mismatch) : sys_error(err);
+      return -1;
+    }
+  } else {
     ec = errc::strategy_unavailable;
-    return -1;
-  }
-  fd_payload p;
-  std::memcpy(&p, t.payload.data(), sizeof p);
-  long pidfd = ::syscall(SYS_pidfd_open, static_cast<pid_t>(t.sender_pid), 0);
-  if (pidfd < 0) {
-    ec = errno == ESRCH ? make_error_code(errc::target_died) : sys_error(errno);
-    return -1;
-  }
-  long fd = ::syscall(SYS_pidfd_getfd, static_cast<int>(pidfd), p.fd, 0);
-  const int err = errno;
-  ::close(static_cast<int>(pidfd));
-  if (fd < 0) {
-    ec = err == EBADF ? make_error_code(errc::handle_mismatch) : sys_error(err);
     return -1;
   }
   struct stat st {};
   int type = 0, listening = 0;
   socklen_t len = sizeof type;
   ::fstat(static_cast<int>(fd), &st);
-  if (st.st_ino != p.ino || st.st_dev != p.dev) {
+  if (t.method == transfer_method::pidfd_getfd && (st.st_ino != p.ino || st.st_dev != p.dev)) {
     ::close(static_cast<int>(fd));
     ec = errc::handle_mismatch;
     return -1;
@@ -175,22 +320,73 @@ int import_fd(const ticket& t, bool want_listener, error_code& ec) {
 
 }  // namespace
 
+void open_transfer_endpoint(const std::string& channel_name, error_code& ec) {
+  ec.clear();
+  const auto path = sock_path(channel_name);
+  sockaddr_un sa;
+  if (!fill_sockaddr(path, sa)) {
+    ec = errc::invalid_name;
+    return;
+  }
+  int s = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (s < 0) {
+    ec = sys_error(errno);
+    return;
+  }
+  int one = 1;
+  ::setsockopt(s, SOL_SOCKET, SO_PASSCRED, &one, sizeof one);
+  // bind() fails with EADDRINUSE if the path exists: a squatter's socket is never taken over.
+  // fchmod on a socket does not reach the file bind creates, so the mode is set right after
+  // bind (datagrams from other users are refused by their credentials meanwhile).
+  if (::bind(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    ec = errno == EADDRINUSE ? make_error_code(errc::name_in_use) : sys_error(errno);
+    ::close(s);
+    return;
+  }
+  ::chmod(path.c_str(), 0600);
+  std::lock_guard lock(endpoints_mutex);
+  endpoints()[channel_name].fd = s;
+}
+
+void close_transfer_endpoint(const std::string& channel_name) noexcept {
+  {
+    std::lock_guard lock(endpoints_mutex);
+    auto it = endpoints().find(channel_name);
+    if (it != endpoints().end()) {
+      for (auto& [id, fd] : it->second.early) ::close(fd);
+      ::close(it->second.fd);
+      endpoints().erase(it);
+      ::unlink(sock_path(channel_name).c_str());
+      return;
+    }
+  }
+  // Not ours (a stale channel of a dead receiver): remove the name only if it is a socket of ours.
+  struct stat st {};
+  const auto path = sock_path(channel_name);
+  if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_uid == ::geteuid()) ::unlink(path.c_str());
+}
+
 std::unique_ptr<pending_export> export_stream(std::unique_ptr<stream_backend>& s, std::uint32_t target_pid,
-                                              transfer_strategy how, const std::string&, ticket& t,
+                                              transfer_strategy how, const std::string& channel_name, ticket& t,
                                               error_code& ec) {
   auto* sock = s->socket();
   if (!sock) {
     ec = errc::strategy_unavailable;
     return nullptr;
   }
-  auto p = export_fd([&](error_code& e) { return sock->release(e); }, target_pid, how, t, ec);
+  auto p = export_fd([&](error_code& e) { return sock->release(e); },
+                     [&](int fd) {
+                       error_code ignored;
+                       sock->assign(protocol_of(fd), fd, ignored);
+                     },
+                     target_pid, how, channel_name, t, ec);
   if (!ec) s.reset();
   return p;
 }
 
-std::unique_ptr<stream_backend> import_stream(const asio::any_io_executor& ex, const ticket& t, const std::string&,
-                                              error_code& ec) {
-  int fd = import_fd(t, false, ec);
+std::unique_ptr<stream_backend> import_stream(const asio::any_io_executor& ex, const ticket& t,
+                                              const std::string& channel_name, error_code& ec) {
+  int fd = import_fd(t, channel_name, false, ec);
   if (fd < 0) return nullptr;
   tcp::socket s(ex);
   s.assign(protocol_of(fd), fd, ec);
@@ -202,21 +398,26 @@ std::unique_ptr<stream_backend> import_stream(const asio::any_io_executor& ex, c
 }
 
 std::unique_ptr<pending_export> export_listener(std::unique_ptr<listener_backend>& l, std::uint32_t target_pid,
-                                                transfer_strategy how, const std::string&, ticket& t,
+                                                transfer_strategy how, const std::string& channel_name, ticket& t,
                                                 error_code& ec) {
   auto* a = l->acceptor();
   if (!a) {
     ec = errc::strategy_unavailable;
     return nullptr;
   }
-  auto p = export_fd([&](error_code& e) { return a->release(e); }, target_pid, how, t, ec);
+  auto p = export_fd([&](error_code& e) { return a->release(e); },
+                     [&](int fd) {
+                       error_code ignored;
+                       a->assign(protocol_of(fd), fd, ignored);
+                     },
+                     target_pid, how, channel_name, t, ec);
   if (!ec) l.reset();
   return p;
 }
 
 std::unique_ptr<listener_backend> import_listener(const asio::any_io_executor& ex, const ticket& t,
-                                                  const std::string&, error_code& ec) {
-  int fd = import_fd(t, true, ec);
+                                                  const std::string& channel_name, error_code& ec) {
+  int fd = import_fd(t, channel_name, true, ec);
   if (fd < 0) return nullptr;
   tcp::acceptor a(ex);
   a.assign(protocol_of(fd), fd, ec);
