@@ -143,6 +143,9 @@ void connection::push_front_unread(const void* data, std::size_t n) {
   impl_->unread.insert(impl_->unread.end(), rest.begin(), rest.end());
   impl_->unread_pos = 0;
 }
+std::uintptr_t connection::native_handle() const noexcept {
+  return impl_ && impl_->backend ? impl_->backend->native_handle() : ~std::uintptr_t{0};
+}
 tcp::socket* connection::socket() noexcept { return impl_ && impl_->backend ? impl_->backend->socket() : nullptr; }
 tcp::endpoint connection::remote_endpoint(error_code& ec) const {
   if (!impl_ || !impl_->backend) {
@@ -255,6 +258,9 @@ tcp::endpoint listener::local_endpoint(error_code& ec) const {
     return {};
   }
   return impl_->backend->local_endpoint(ec);
+}
+std::uintptr_t listener::native_handle() const noexcept {
+  return impl_ && impl_->backend ? impl_->backend->native_handle() : ~std::uintptr_t{0};
 }
 tcp::acceptor* listener::acceptor() noexcept { return impl_ && impl_->backend ? impl_->backend->acceptor() : nullptr; }
 void listener::cancel() {

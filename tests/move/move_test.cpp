@@ -1,6 +1,7 @@
 // Moving live connections and listeners between real processes. The same suite runs natively
 // on Linux and, cross-built, on Windows under Wine.
 #include <baton/move.hpp>
+#include <baton/spawn.hpp>
 
 #include "async_helpers.hpp"
 #include "net_helpers.hpp"
@@ -540,6 +541,67 @@ TEST(move, sending_on_a_receiving_channel_or_an_empty_connection_fails_cleanly) 
   f.ioc.run_for(100ms);
   EXPECT_EQ(result, asio::error::operation_not_supported);
   EXPECT_TRUE(f.server.is_open());
+}
+
+}  // namespace
+
+namespace {
+
+// A child started with spawn_with_handles: receives the inherited connection and echoes on it.
+BATON_TEST_ROLE(inherit_target) {
+  asio::io_context ioc;
+  auto rx = baton::channel::create(ioc.get_executor(), args.at(0));
+  baton::test::touch(args.at(1));
+  std::string report = "received=0";
+  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+    auto a = co_await baton::async_receive(rx, asio::use_awaitable);
+    report = std::string("received=1 mode=") + (a.conn.mode() == baton::attach_mode::native ? "native" : "emulated");
+    char buf[256];
+    for (;;) {
+      auto [ec, n] = co_await a.conn.async_read_some(asio::buffer(buf), tuple_aw);
+      if (ec) break;
+      co_await asio::async_write(a.conn, asio::buffer(buf, n), asio::use_awaitable);
+    }
+    ioc.stop();
+  }, asio::detached);
+  ioc.run_for(60s);
+  baton::test::write_file(args.at(2), report);
+  return 0;
+}
+
+TEST(move_inherit, child_spawned_with_the_socket_takes_it_over) {
+  asio::io_context ioc;
+  name_guard g(unique_name("inh"));
+  const auto ready = baton::test::temp_path("iready"), result = baton::test::temp_path("ires");
+  tcp::acceptor acc(ioc, {asio::ip::address_v4::loopback(), 0});
+  auto client = baton::test::connect_loopback(ioc, acc.local_endpoint().port());
+  baton::connection server(acc.accept());
+  baton::error_code ec;
+  auto p = baton::spawn_with_handles(baton::test::self_exe(), {"--role=inherit_target", g.name, ready, result},
+                                     {server.native_handle()}, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_TRUE(baton::test::wait_for_file(ready));
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  EXPECT_EQ(tx.owner_pid(), p.pid);
+  baton::move_options o;
+  o.strategy = baton::transfer_strategy::inherit;
+  baton::error_code result_ec = asio::error::would_block;
+  baton::async_send(tx, std::move(server), o, [&](baton::error_code e, baton::connection) { result_ec = e; });
+  for (int i = 0; i < 1000 && result_ec == asio::error::would_block; ++i) ioc.run_for(10ms);
+  ASSERT_FALSE(result_ec) << result_ec.message();
+  for (int i = 0; i < 20; ++i) {
+    const std::string msg = "inherited " + std::to_string(i);
+    asio::write(client, asio::buffer(msg));
+    std::string got(msg.size(), '\0');
+    asio::read(client, asio::buffer(got));
+    EXPECT_EQ(got, msg);
+  }
+  client.close();
+  ASSERT_TRUE(baton::test::wait_for_file(result, 60s));
+  const auto r = baton::test::read_file(result);
+  EXPECT_NE(r.find("received=1"), std::string::npos) << r;
+  baton::test::remove_file(ready);
+  baton::test::remove_file(result);
 }
 
 }  // namespace

@@ -50,6 +50,8 @@ std::string self_path() {
 }
 }  // namespace
 
+std::string self_exe() { return self_path(); }
+
 role_registrar::role_registrar(const char* name, role_fn fn) { roles()[name] = std::move(fn); }
 
 std::string unique_name(const std::string& tag) {

@@ -21,6 +21,9 @@ struct name_guard {
   ~name_guard();
 };
 
+/// Path of this test executable.
+std::string self_exe();
+
 /// A helper process running this test binary in a role.
 class child {
  public:

@@ -58,6 +58,8 @@ class connection {
   void push_front_unread(const void* data, std::size_t n);
   /// The socket, in native mode; nullptr in emulated mode.
   boost::asio::ip::tcp::socket* socket() noexcept;
+  /// The OS handle (SOCKET or fd), still owned by the connection.
+  std::uintptr_t native_handle() const noexcept;
   boost::asio::ip::tcp::endpoint remote_endpoint(error_code& ec) const;
   boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const;
   /// Cancels outstanding operations (they complete with operation_aborted).

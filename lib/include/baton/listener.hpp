@@ -34,6 +34,8 @@ class listener {
   boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const;
   /// The acceptor, in native mode; nullptr in emulated mode.
   boost::asio::ip::tcp::acceptor* acceptor() noexcept;
+  /// The OS handle (SOCKET or fd), still owned by the listener.
+  std::uintptr_t native_handle() const noexcept;
   void cancel();
   void close();
 

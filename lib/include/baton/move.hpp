@@ -26,6 +26,8 @@ enum class transfer_strategy {
   duplicate_handle,  ///< Windows: DuplicateHandle push into the target (refused for non-IFS providers)
   pidfd_getfd,       ///< Linux: the target pulls the descriptor with pidfd_getfd
   scm_rights,        ///< Linux: the descriptor is pushed over the channel's Unix socket
+  inherit,           ///< both: the target is a child started with spawn_with_handles() that
+                     ///< inherited the handle; the ticket names its value
 };
 
 struct move_options {

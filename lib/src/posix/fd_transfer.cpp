@@ -243,6 +243,16 @@ std::unique_ptr<pending_export> export_fd(Release&& release, Restore&& restore, 
     ec = errc::strategy_unavailable;
     return nullptr;
   }
+  if (how == transfer_strategy::inherit) {
+    // The child inherited the descriptor under the same number when it was spawned.
+    int fd = release(ec);
+    if (ec) return nullptr;
+    const std::uint64_t v = static_cast<std::uint64_t>(fd);
+    t.method = transfer_method::inherit;
+    t.payload.resize(8);
+    std::memcpy(t.payload.data(), &v, 8);
+    return std::make_unique<fd_export>(fd, protocol_of(fd));
+  }
   bool push = how == transfer_strategy::scm_rights;
   if (!push && !pidfd_getfd_supported()) {
     // ENOSYS: an old kernel. The push path works everywhere.
@@ -294,6 +304,15 @@ int import_fd(const ticket& t, const std::string& channel_name, bool want_listen
       ec = err == EBADF ? make_error_code(errc::handle_mismatch) : sys_error(err);
       return -1;
     }
+  } else if (t.method == transfer_method::inherit) {
+    std::uint64_t v = 0;
+    std::memcpy(&v, t.payload.data(), 8);
+    if (v > 0x7FFFFFFF || ::fcntl(static_cast<int>(v), F_GETFD) < 0) {
+      ec = errc::handle_mismatch;
+      return -1;
+    }
+    fd = static_cast<long>(v);
+    ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);  // do not pass it on to our own children
   } else {
     ec = errc::strategy_unavailable;
     return -1;
@@ -311,7 +330,8 @@ int import_fd(const ticket& t, const std::string& channel_name, bool want_listen
   len = sizeof listening;
   ::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
   if (!S_ISSOCK(st.st_mode) || type != SOCK_STREAM || (listening != 0) != want_listener) {
-    ::close(static_cast<int>(fd));
+    // An inherited number that is not the promised socket may be one of our own descriptors.
+    if (t.method != transfer_method::inherit) ::close(static_cast<int>(fd));
     ec = errc::not_a_socket;
     return -1;
   }

@@ -124,6 +124,14 @@ void make_payload(SOCKET s, std::uint32_t target_pid, transfer_strategy how, tic
     std::memcpy(t.payload.data(), &v, 8);
     return;
   }
+  if (how == transfer_strategy::inherit) {
+    // The child inherited the handle under the same value (spawn_with_handles).
+    const std::uint64_t v = static_cast<std::uint64_t>(s);
+    t.method = transfer_method::inherit;
+    t.payload.resize(8);
+    std::memcpy(t.payload.data(), &v, 8);
+    return;
+  }
   ec = errc::strategy_unavailable;
 }
 

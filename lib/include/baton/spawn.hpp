@@ -1,0 +1,28 @@
+#pragma once
+/// Starting a child process that inherits chosen sockets, and nothing else: the basis of the
+/// `inherit` transfer strategy (a hot restart in which generation N starts N+1).
+///
+/// Windows: CreateProcessW with bInheritHandles and an explicit PROC_THREAD_ATTRIBUTE_HANDLE_LIST,
+/// so no other inheritable handle of the parent leaks into the child. Linux: posix_spawn; every
+/// descriptor Baton or Asio opens is close-on-exec, and the chosen ones are re-opened for the
+/// child under the same numbers.
+
+#include <baton/error.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace baton {
+
+/// A started child process. Not a handle owner: the child outlives this object.
+struct spawned_process {
+  std::uint32_t pid = 0;
+};
+
+/// Starts `exe` with `args`, letting it inherit exactly `handles` (socket handles / descriptors,
+/// e.g. from connection::native_handle()). The values are the same in the child.
+spawned_process spawn_with_handles(const std::string& exe, const std::vector<std::string>& args,
+                                   const std::vector<std::uintptr_t>& handles, error_code& ec);
+
+}  // namespace baton
