@@ -1,0 +1,421 @@
+// Cross-process ring throughput: a helper process (this binary, `--role=...`) pushes records; the
+// parent times receiving them. Measured in the same run, with the same two processes' roles and
+// record sizes:
+//   BM_BatonRing_Poll   baton::channel: helper async_send()s tickets one after another through
+//                       its io_context; parent busy-polls channel::try_receive().
+//   BM_BatonRing_Async  the same, but the parent receives with async_receive() on an io_context
+//                       (sleeps on the doorbell when the ring is empty).
+//   BM_MinimalRing      a hand-written SPSC ring: shm_open + mmap, two atomics (head, tail),
+//                       fixed-size slots, both sides busy-poll, records memcpy'd in and out.
+//   BM_BatonRingLayer   diagnostic: Baton's ring layer (detail::ring of a real channel) without
+//                       the channel around it: push() of a pre-encoded ticket / pop(), busy-poll.
+// The argument is the record size: the encoded ticket size for Baton (64 B = a control ticket with
+// empty sections, 1 KiB = the same with a 960-byte state) and the slot size for the minimal ring.
+// One iteration = the parent asks for a batch of `records_per_batch` records and receives them
+// all; the iteration time (manual time) runs from the request to the last record received.
+// The ratios Baton/minimal are printed to stderr at the end of the run.
+#include "bench_support.hpp"
+
+#include "channel_impl.hpp"
+#include "detail/platform.hpp"
+
+#include <baton/channel.hpp>
+
+#include <benchmark/benchmark.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <functional>
+#include <map>
+#include <new>
+
+namespace asio = boost::asio;
+using bench::steady;
+using bench::control;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint32_t records_per_batch = 1000;
+constexpr std::size_t ring_bytes = 4u << 20;  // Baton's default record area; the minimal ring's too
+constexpr std::uint64_t max_batches = 10'000'000;
+
+// (iterations, items/s) of every call of each benchmark, for the summary. The calls with the most
+// iterations are the measured ones (the others are Google Benchmark's iteration-count probes).
+std::map<std::string, std::vector<std::pair<std::int64_t, double>>> g_rates;
+
+double measured_rate(const std::vector<std::pair<std::int64_t, double>>& calls) {
+  std::int64_t most = 0;
+  for (const auto& c : calls) most = std::max(most, c.first);
+  std::vector<double> r;
+  for (const auto& c : calls)
+    if (c.first == most) r.push_back(c.second);
+  return bench::quantile(r, 0.5);  // median over repetitions
+}
+
+void remove_channel_names(const std::string& name) {
+  baton::detail::remove_region(baton::detail::object_name(name, "ring", false));
+  baton::detail::doorbell::remove(baton::detail::object_name(name, "bell", false));
+}
+
+struct minimal_header {
+  alignas(64) std::atomic<std::uint64_t> head;  // consumer
+  alignas(64) std::atomic<std::uint64_t> tail;  // producer
+};
+constexpr std::size_t minimal_data_offset = 4096;
+
+void finish(benchmark::State& state, const std::string& key, double seconds) {
+  const auto items = static_cast<std::int64_t>(state.iterations()) * records_per_batch;
+  state.SetItemsProcessed(items);
+  state.SetBytesProcessed(items * state.range(0));
+  if (seconds > 0 && !state.error_occurred())
+    g_rates[key].emplace_back(static_cast<std::int64_t>(state.iterations()), static_cast<double>(items) / seconds);
+}
+
+void BM_BatonRing(benchmark::State& state, bool async) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  asio::io_context io;
+  const auto name = bench::unique_name("ring");
+  remove_channel_names(name);
+  baton::error_code ec;
+  auto ch = baton::channel::create(io.get_executor(), name, {}, ec);
+  if (ec) return state.SkipWithError(("channel::create: " + ec.message()).c_str());
+  std::optional<bench::pin_guard> pin;
+  const int helper_cpu = bench::place(pin, false);
+  bench::session s;
+  if (!s.start(state, "baton-producer", {name, std::to_string(records_per_batch), std::to_string(size)},
+               helper_cpu))
+    return;
+
+  std::uint64_t batch = 0;
+  double total = 0;
+  std::uint32_t got = 0;
+  bool bad = false;
+  asio::steady_timer deadline(io);
+  std::function<void()> arm = [&] {
+    ch.async_receive([&](baton::error_code e, baton::ticket t) {
+      if (e || t.flags != got || baton::encoded_size(t) != size) bad = true;
+      if (!bad && ++got < records_per_batch) return arm();
+      deadline.cancel();
+      io.stop();
+    });
+  };
+  for (auto _ : state) {
+    got = 0;
+    const auto t0 = steady::now();
+    const auto end = t0 + bench::wait_deadline;
+    s.ctl->go.store(++batch, std::memory_order_release);
+    if (async) {
+      // As an application would: io_context::run(); the last record (or the deadline) stops it.
+      arm();
+      deadline.expires_at(end);
+      deadline.async_wait([&](baton::error_code e) {
+        if (!e) io.stop();
+      });
+      io.restart();
+      io.run();
+    } else {
+      baton::ticket t;
+      for (std::uint32_t i = 0; got < records_per_batch && !bad; ++i) {
+        if (ch.try_receive(t, ec)) {
+          if (ec || t.flags != got || baton::encoded_size(t) != size) bad = true;
+          ++got;
+          continue;
+        }
+        bench::cpu_relax();
+        if ((i & 1023) == 1023 && (steady::now() > end || s.ctl->failed.load() != 0)) break;
+      }
+    }
+    const auto t1 = steady::now();
+    if (bad || got < records_per_batch) {
+      state.SkipWithError(bad ? "bad record" : "timed out / helper failed");
+      break;
+    }
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  finish(state, (async ? "baton_async/" : "baton_poll/") + std::to_string(size), total);
+  const auto st = ch.stats();
+  state.counters["doorbells_per_batch"] =
+      batch ? static_cast<double>(st.doorbells_rung) / static_cast<double>(batch) : 0.0;
+}
+
+void BM_BatonRing_Poll(benchmark::State& state) { BM_BatonRing(state, false); }
+void BM_BatonRing_Async(benchmark::State& state) { BM_BatonRing(state, true); }
+
+// Diagnostic: Baton's ring layer alone (baton::detail::ring inside the same channel), without the
+// channel's asio, ticket encode/decode and liveness checks: the helper push()es a pre-encoded
+// ticket, busy-retrying on channel_full; the parent busy-polls ring::pop() and does not decode.
+void BM_BatonRingLayer(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  asio::io_context io;
+  const auto name = bench::unique_name("ring");
+  remove_channel_names(name);
+  baton::error_code ec;
+  auto ch = baton::channel::create(io.get_executor(), name, {}, ec);
+  if (ec) return state.SkipWithError(("channel::create: " + ec.message()).c_str());
+  auto& ring = baton::detail::channel_access::get(ch).ring;
+  std::optional<bench::pin_guard> pin;
+  const int helper_cpu = bench::place(pin, false);
+  bench::session s;
+  if (!s.start(state, "ring-layer-producer", {name, std::to_string(records_per_batch), std::to_string(size)},
+               helper_cpu))
+    return;
+  std::vector<std::byte> buf;
+  std::uint64_t batch = 0;
+  double total = 0;
+  for (auto _ : state) {
+    std::uint32_t got = 0;
+    bool bad = false;
+    const auto t0 = steady::now();
+    const auto end = t0 + bench::wait_deadline;
+    s.ctl->go.store(++batch, std::memory_order_release);
+    for (std::uint32_t i = 0; got < records_per_batch && !bad; ++i) {
+      const auto r = ring.pop(buf, ec);
+      if (r == baton::detail::ring::pop_result::record) {
+        std::uint32_t seq = 0;
+        if (buf.size() == size) std::memcpy(&seq, buf.data() + 36, 4);  // the ticket's flags field
+        bad = buf.size() != size || seq != got;
+        ++got;
+        continue;
+      }
+      if (r == baton::detail::ring::pop_result::error) bad = true;
+      bench::cpu_relax();
+      if ((i & 1023) == 1023 && (steady::now() > end || s.ctl->failed.load() != 0)) break;
+    }
+    const auto t1 = steady::now();
+    if (bad || got < records_per_batch) {
+      state.SkipWithError(bad ? "bad record" : "timed out / helper failed");
+      break;
+    }
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  finish(state, "ring_layer/" + std::to_string(size), total);
+}
+
+void BM_MinimalRing(benchmark::State& state) {
+  const auto size = static_cast<std::size_t>(state.range(0));
+  const std::uint64_t slots = ring_bytes / size;
+  const auto ring_name = bench::unique_name("spsc");
+  bench::shm mem;
+  if (!mem.create(ring_name, minimal_data_offset + ring_bytes)) return state.SkipWithError("shm_open(ring) failed");
+  auto* h = new (mem.get()) minimal_header{};
+  auto* data = static_cast<std::byte*>(mem.get()) + minimal_data_offset;
+  std::optional<bench::pin_guard> pin;
+  const int helper_cpu = bench::place(pin, false);
+  bench::session s;
+  if (!s.start(state, "minimal-producer", {ring_name, std::to_string(records_per_batch), std::to_string(size)},
+               helper_cpu))
+    return;
+
+  std::vector<std::byte> buf(size);
+  std::uint64_t batch = 0;
+  double total = 0;
+  for (auto _ : state) {
+    std::uint32_t got = 0;
+    bool bad = false;
+    const auto t0 = steady::now();
+    const auto end = t0 + bench::wait_deadline;
+    s.ctl->go.store(++batch, std::memory_order_release);
+    std::uint64_t head = h->head.load(std::memory_order_relaxed);
+    for (std::uint32_t i = 0; got < records_per_batch; ++i) {
+      if (h->tail.load(std::memory_order_acquire) != head) {
+        std::memcpy(buf.data(), data + (head & (slots - 1)) * size, size);
+        h->head.store(++head, std::memory_order_release);
+        std::uint32_t seq;
+        std::memcpy(&seq, buf.data(), 4);
+        if (seq != got) bad = true;
+        ++got;
+        continue;
+      }
+      bench::cpu_relax();
+      if ((i & 1023) == 1023 && (steady::now() > end || s.ctl->failed.load() != 0)) break;
+    }
+    const auto t1 = steady::now();
+    benchmark::DoNotOptimize(buf.data());
+    if (bad || got < records_per_batch) {
+      state.SkipWithError(bad ? "bad record" : "timed out / helper failed");
+      break;
+    }
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  finish(state, "minimal/" + std::to_string(size), total);
+}
+
+BENCHMARK(BM_MinimalRing)->Arg(64)->Arg(1024)->UseManualTime();
+BENCHMARK(BM_BatonRing_Poll)->Arg(64)->Arg(1024)->UseManualTime();
+BENCHMARK(BM_BatonRing_Async)->Arg(64)->Arg(1024)->UseManualTime();
+BENCHMARK(BM_BatonRingLayer)->Arg(64)->Arg(1024)->UseManualTime();
+
+// Helper roles -------------------------------------------------------------------------------
+
+// args: CTL NAME N SIZE
+int role_baton_producer(char** args) {
+  bench::shm ctl_mem;
+  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
+  auto* ctl = ctl_mem.as<control>();
+  const std::string name = args[1];
+  const auto n = static_cast<std::uint32_t>(std::stoul(args[2]));
+  const auto size = static_cast<std::size_t>(std::stoul(args[3]));
+  asio::io_context io;
+  baton::error_code ec;
+  auto ch = baton::channel::open(io.get_executor(), name, {}, ec);
+  if (ec) {
+    std::fprintf(stderr, "baton-producer: channel::open: %s\n", ec.message().c_str());
+    ctl->failed.store(1);
+    return 1;
+  }
+  baton::ticket t;
+  t.kind = baton::ticket_kind::control;
+  t.method = baton::transfer_method::none;
+  t.id = baton::ticket_id::random();
+  t.state.resize(size - baton::ticket_header_bytes, std::byte{0x5A});
+  ctl->ready.store(1, std::memory_order_release);
+
+  std::uint32_t i = 0;
+  bool fail = false;
+  std::function<void()> next = [&] {
+    t.flags = i;
+    ch.async_send(t, [&](baton::error_code e) {
+      if (e) {
+        std::fprintf(stderr, "baton-producer: async_send: %s\n", e.message().c_str());
+        fail = true;
+        return;
+      }
+      if (++i < n) next();
+    });
+  };
+  for (std::uint64_t seen = 0; seen < max_batches && !fail; ++seen) {
+    if (!bench::wait_for_batch(ctl, seen)) break;
+    // run() returns when the chain of sends ends: after n records, or after the first failure.
+    // It is bounded by the channel itself: each send fails with channel_owner_dead once the
+    // parent is gone, and a full ring is waited on for send_timeout (5 s) at most.
+    i = 0;
+    next();
+    io.restart();
+    io.run();
+    if (i < n) fail = true;
+    ctl->done.store(seen + 1, std::memory_order_release);
+  }
+  if (fail) ctl->failed.store(1);
+  return fail ? 1 : 0;
+}
+
+// args: CTL NAME N SIZE
+int role_ring_layer_producer(char** args) {
+  bench::shm ctl_mem;
+  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
+  auto* ctl = ctl_mem.as<control>();
+  const auto n = static_cast<std::uint32_t>(std::stoul(args[2]));
+  const auto size = static_cast<std::size_t>(std::stoul(args[3]));
+  asio::io_context io;
+  baton::error_code ec;
+  auto ch = baton::channel::open(io.get_executor(), args[1], {}, ec);
+  if (ec) return ctl->failed.store(1), 1;
+  auto& ring = baton::detail::channel_access::get(ch).ring;
+  baton::ticket t;
+  t.kind = baton::ticket_kind::control;
+  t.method = baton::transfer_method::none;
+  t.state.resize(size - baton::ticket_header_bytes, std::byte{0x5A});
+  auto bytes = baton::encode(t);
+  ctl->ready.store(1, std::memory_order_release);
+  bool fail = false;
+  for (std::uint64_t seen = 0; seen < max_batches && !fail; ++seen) {
+    if (!bench::wait_for_batch(ctl, seen)) break;
+    const auto end = steady::now() + bench::wait_deadline;
+    for (std::uint32_t i = 0, spins = 0; i < n && !fail;) {
+      std::memcpy(bytes.data() + 36, &i, 4);
+      ring.push(bytes.size(), [&](std::span<std::byte> out) { std::memcpy(out.data(), bytes.data(), bytes.size()); },
+                ec);
+      if (!ec) {
+        ++i;
+        continue;
+      }
+      if (ec != baton::errc::channel_full) fail = true;
+      bench::cpu_relax();
+      if ((++spins & 1023) == 0 && (steady::now() > end || !bench::parent_wants_us(ctl))) fail = true;
+    }
+    ctl->done.store(seen + 1, std::memory_order_release);
+  }
+  if (fail) ctl->failed.store(1);
+  return fail ? 1 : 0;
+}
+
+// args: CTL RING N SIZE
+int role_minimal_producer(char** args) {
+  bench::shm ctl_mem;
+  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
+  auto* ctl = ctl_mem.as<control>();
+  const auto n = static_cast<std::uint32_t>(std::stoul(args[2]));
+  const auto size = static_cast<std::size_t>(std::stoul(args[3]));
+  const std::uint64_t slots = ring_bytes / size;
+  bench::shm mem;
+  if (!mem.open(args[1], minimal_data_offset + ring_bytes)) {
+    ctl->failed.store(1);
+    return 2;
+  }
+  auto* h = mem.as<minimal_header>();
+  auto* data = static_cast<std::byte*>(mem.get()) + minimal_data_offset;
+  std::vector<std::byte> src(size, std::byte{0x5A});
+  ctl->ready.store(1, std::memory_order_release);
+
+  bool fail = false;
+  for (std::uint64_t seen = 0; seen < max_batches && !fail; ++seen) {
+    if (!bench::wait_for_batch(ctl, seen)) break;
+    const auto end = steady::now() + bench::wait_deadline;
+    std::uint64_t tail = h->tail.load(std::memory_order_relaxed);
+    for (std::uint32_t i = 0, spins = 0; i < n && !fail;) {
+      if (tail - h->head.load(std::memory_order_acquire) < slots) {
+        std::memcpy(src.data(), &i, 4);
+        std::memcpy(data + (tail & (slots - 1)) * size, src.data(), size);
+        h->tail.store(++tail, std::memory_order_release);
+        ++i;
+        continue;
+      }
+      bench::cpu_relax();
+      if ((++spins & 1023) == 0 && (steady::now() > end || !bench::parent_wants_us(ctl))) fail = true;
+    }
+    ctl->done.store(seen + 1, std::memory_order_release);
+  }
+  if (fail) ctl->failed.store(1);
+  return fail ? 1 : 0;
+}
+
+void print_ratios() {
+  for (const char* size : {"64", "1024"}) {
+    const auto m = g_rates.find(std::string("minimal/") + size);
+    if (m == g_rates.end()) continue;
+    for (const char* kind : {"baton_poll", "baton_async", "ring_layer"}) {
+      const auto b = g_rates.find(std::string(kind) + "/" + size);
+      if (b == g_rates.end()) continue;
+      const double mr = measured_rate(m->second), br = measured_rate(b->second);
+      std::fprintf(stderr, "ratio %s/minimal, %4s B records: %.3f  (%.3g vs %.3g records/s)\n", kind, size,
+                   br / mr, br, mr);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const auto role = bench::role_of(argc, argv);
+  if (role == "baton-producer" && argc >= 6) return role_baton_producer(argv + 2);
+  if (role == "minimal-producer" && argc >= 6) return role_minimal_producer(argv + 2);
+  if (role == "ring-layer-producer" && argc >= 6) return role_ring_layer_producer(argv + 2);
+  if (!role.empty()) {
+    std::fprintf(stderr, "unknown role or arguments: %s\n", role.c_str());
+    return 2;
+  }
+  bench::sweep_stale();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  print_ratios();
+  return 0;
+}
