@@ -203,7 +203,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
   void try_push() {
     error_code ec;
     if (ch->closed) return finish(asio::error::operation_aborted);
-    if (!ch->owner.alive()) return finish(errc::channel_owner_dead);
+    if (!ch->owner_alive()) return finish(errc::channel_owner_dead);
     const bool wake = ch->ring.push(
         bytes.size(), [&](std::span<std::byte> out) { std::memcpy(out.data(), bytes.data(), bytes.size()); }, ec);
     if (!ec) {
@@ -234,7 +234,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
     if (st == detail::ack_state::accepted) return finish({});
     if (st == detail::ack_state::rejected) return finish(errc::move_rejected);
     if (st != detail::ack_state::pending) return finish(errc::move_rejected);
-    const bool dead = !ch->owner.alive();
+    const bool dead = !ch->owner_alive();
     if (dead || ch->closed || std::chrono::steady_clock::now() >= ack_deadline) {
       // Void the ticket. If the receiver resolved it in the meantime, its verdict stands.
       auto final_state = ch->ring.ack_cancel(slot, id);
@@ -275,14 +275,39 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
     op->slot = static_cast<std::uint32_t>(s);
   }
   t.ack_slot = op->slot;
-  error_code ec;
-  op->bytes.resize(encoded_size(t));
-  encode(t, op->bytes, ec, impl_->opts.limits);
+  error_code ec = check_encodable(t, impl_->opts.limits);
   if (ec) {
     if (with_ack) impl_->ring.ack_release(op->slot);
     return fail_op(ec == errc::ticket_too_large ? make_error_code(errc::record_too_large) : ec);
   }
   op->send_deadline = std::chrono::steady_clock::now() + impl_->opts.send_timeout;
+  // Fast path: encode straight into the ring. Only the completion is posted, so it never runs
+  // inside this call.
+  if (!impl_->closed && impl_->owner_alive()) {
+    error_code push_ec;
+    const bool wake = impl_->ring.push(
+        encoded_size(t), [&](std::span<std::byte> out) { encode(t, out, push_ec, impl_->opts.limits); }, push_ec);
+    if (!push_ec) {
+      if (wake) impl_->bell.ring();
+      ++impl_->stats.tickets_sent;
+      if (!with_ack) {
+        asio::post(impl_->ex, asio::append(std::move(op->handler), error_code()));
+        return;
+      }
+      op->ack_deadline = std::chrono::steady_clock::now() + timeout;
+      op->backoff = std::chrono::microseconds(5);
+      asio::post(impl_->ex, [op] { op->poll_ack(); });
+      return;
+    }
+    if (push_ec != errc::channel_full && push_ec != errc::channel_corrupted) {
+      if (with_ack) impl_->ring.ack_release(op->slot);
+      op->slot = no_ack_slot;
+      return fail_op(push_ec);
+    }
+  }
+  // Slow path (full ring, healing, or a receiver to check): keep an encoded copy for retries.
+  op->bytes.resize(encoded_size(t));
+  encode(t, op->bytes, ec, impl_->opts.limits);
   // Run the first attempt from the executor so that completion is never inline.
   asio::post(impl_->ex, [op] { op->try_push(); });
 }
@@ -305,9 +330,9 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
     if (ch->closed) return complete(asio::error::operation_aborted, {});
     for (;;) {
       error_code ec;
-      auto r = ch->ring.pop(buf, ec);
+      auto r = ch->ring.pop(ch->rx_buf, ec);
       if (r == detail::ring::pop_result::record) {
-        ticket t = decode(buf, ec, ch->opts.limits);
+        ticket t = decode(ch->rx_buf, ec, ch->opts.limits);
         if (ec) {
           ++ch->stats.bad_tickets;
           return complete(ec, {});
@@ -360,7 +385,7 @@ bool channel::try_receive(ticket& out, error_code& ec) {
     ec = asio::error::operation_not_supported;
     return false;
   }
-  std::vector<std::byte> buf;
+  auto& buf = impl_->rx_buf;
   auto r = impl_->ring.pop(buf, ec);
   if (r == detail::ring::pop_result::record) {
     out = decode(buf, ec, impl_->opts.limits);

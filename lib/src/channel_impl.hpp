@@ -24,6 +24,17 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
   bool receiving = false;
   channel_stats stats{};
   std::string region_name, bell_name;
+  std::vector<std::byte> rx_buf;  // reused by receives
+  std::chrono::steady_clock::time_point owner_checked{};
+
+  // The receiver's liveness, probed at most once a millisecond (a pidfd poll is a system call).
+  bool owner_alive() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - owner_checked < std::chrono::milliseconds(1)) return true;
+    if (!owner.alive()) return false;
+    owner_checked = now;
+    return true;
+  }
 
   explicit impl(const executor_type& e) : ex(e), wait_timer(e) {}
   ~impl();

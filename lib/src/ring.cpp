@@ -116,6 +116,7 @@ void ring::heal() noexcept {
   at(h->head).store(head_, std::memory_order_release);
   at(h->tail).store(head_, std::memory_order_release);
   at(h->waiting).store(0, std::memory_order_release);
+  cached_tail_ = head_;
   unlock(me);
 }
 
@@ -155,23 +156,27 @@ void ring::attach(void* base, std::size_t size, error_code& ec) {
 }
 
 bool ring::header_intact() const noexcept {
+  // Every process works from its private copy of the sizes, so garbage elsewhere in the identity
+  // cannot mislead it; magic, owner and token are what tell an overwritten header.
   const auto* h = hdr();
-  return h->magic == id_.magic && h->layout_version == id_.layout_version && h->data_bytes == id_.data_bytes &&
-         h->data_offset == id_.data_offset && h->ack_slots == id_.ack_slots && h->owner_pid == id_.owner_pid &&
+  return h->magic == id_.magic && h->owner_pid == id_.owner_pid &&
          std::memcmp(h->token, id_.token, sizeof id_.token) == 0;
 }
 
 bool ring::lock(std::uint32_t pid) noexcept {
   auto lk = at(hdr()->lock);
-  auto start = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point start{};
   for (std::uint32_t i = 0;; ++i) {
     std::uint32_t expected = 0;
     if (lk.compare_exchange_weak(expected, pid, std::memory_order_acquire)) return true;
     if (i > 64) std::this_thread::yield();
+    if (i == 1023) start = std::chrono::steady_clock::now();  // contended: start the clock
     if ((i & 1023) == 1023) {
-      // The lock is held for a few stores only. A holder that is dead, or a lock word that has
-      // been held far longer than any producer needs (garbage written into it), is broken.
-      const bool stale = std::chrono::steady_clock::now() - start > std::chrono::milliseconds(200);
+      // The lock is held for a few stores only. A holder that is dead is broken at once. A live
+      // holder is waited for up to 2 s: longer than any scheduling delay, so only a stopped
+      // process or garbage in the lock word that happens to name a live pid gets its lock
+      // broken (the consumer then detects and heals any damage).
+      const bool stale = std::chrono::steady_clock::now() - start > std::chrono::seconds(2);
       if (expected != 0 && (stale || !process_alive(expected))) {
         if (lk.compare_exchange_strong(expected, pid, std::memory_order_acquire)) return true;
       }
@@ -199,14 +204,20 @@ std::size_t ring::reserve(std::size_t n, std::uint64_t& pos, error_code& ec) {
   auto* h = hdr();
   lock(me);
   std::uint64_t tail = at(h->tail).load(std::memory_order_relaxed);
-  const std::uint64_t head = at(h->head).load(std::memory_order_acquire);
+  std::uint64_t off = tail & (D - 1);
+  std::uint64_t pad = off + size > D ? D - off : 0;
+  // The consumer's head lives on its own cache line; a stale copy only under-estimates the
+  // room, so it is re-read only when the copy says the record does not fit.
+  std::uint64_t head = cached_head_;
+  if (tail < head || tail + pad + size - head > D) {
+    head = at(h->head).load(std::memory_order_acquire);
+    cached_head_ = head;
+  }
   if (tail < head || tail - head > D || (tail & 7) != 0) {
     unlock(me);
     ec = errc::channel_corrupted;
     return 0;
   }
-  std::uint64_t off = tail & (D - 1);
-  std::uint64_t pad = off + size > D ? D - off : 0;
   if (tail + pad + size - head > D) {
     unlock(me);
     ec = errc::channel_full;
@@ -270,7 +281,12 @@ ring::pop_result ring::pop(std::vector<std::byte>& out, error_code& ec) {
       ec = errc::channel_corrupted;
       return pop_result::error;
     }
-    const std::uint64_t tail = at(h->tail).load(std::memory_order_acquire);
+    // Records below a tail already seen need no new look at the producers' cache line.
+    std::uint64_t tail = cached_tail_;
+    if (head_ >= tail) {
+      tail = at(h->tail).load(std::memory_order_acquire);
+      cached_tail_ = tail;
+    }
     if (tail < head_ || tail - head_ > D || (tail & 7) != 0) {
       ++corruptions_;
       heal();
@@ -304,6 +320,15 @@ ring::pop_result ring::pop(std::vector<std::byte>& out, error_code& ec) {
       return pop_result::error;
     }
     if (st == rec_reserved) {
+      // A live producer commits within microseconds: only a record that stays reserved for
+      // a millisecond is worth a liveness probe (a system call).
+      const auto now = std::chrono::steady_clock::now();
+      if (blocked_at_ != head_) {
+        blocked_at_ = head_;
+        blocked_since_ = now;
+        return pop_result::blocked;
+      }
+      if (now - blocked_since_ < std::chrono::milliseconds(1)) return pop_result::blocked;
       if (process_alive(pid)) return pop_result::blocked;
       // Re-read: the producer may have committed just before dying.
       if (at(rh->state).load(std::memory_order_acquire) == rec_reserved) {

@@ -15,6 +15,7 @@
 #include <baton/ticket.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -123,6 +124,10 @@ class ring {
   std::uint64_t corruptions_ = 0;
   std::uint64_t deaths_ = 0;
   std::uint64_t out_ = 0;
+  std::uint64_t blocked_at_ = ~std::uint64_t{0};
+  std::uint64_t cached_head_ = 0;  // producer: last head seen
+  std::uint64_t cached_tail_ = 0;  // consumer: last tail seen
+  std::chrono::steady_clock::time_point blocked_since_{};
 };
 
 }  // namespace baton::detail

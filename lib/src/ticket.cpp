@@ -72,27 +72,22 @@ std::size_t encoded_size(const ticket& t) noexcept {
   return ticket_header_bytes + t.payload.size() + t.unread.size() + t.state.size();
 }
 
-void encode(const ticket& t, std::span<std::byte> out, error_code& ec, const ticket_limits& limits) {
-  ec.clear();
+error_code check_encodable(const ticket& t, const ticket_limits& limits) noexcept {
   const std::size_t total = encoded_size(t);
-  if (total > limits.max_ticket_bytes || t.payload.size() > limits.max_payload_bytes ||
-      total > 0xFFFFFFFFu) {
-    ec = errc::ticket_too_large;
-    return;
-  }
-  if (!kind_ok(static_cast<std::uint8_t>(t.kind))) {
-    ec = errc::ticket_bad_kind;
-    return;
-  }
-  if (!method_ok(static_cast<std::uint8_t>(t.method))) {
-    ec = errc::ticket_bad_method;
-    return;
-  }
+  if (total > limits.max_ticket_bytes || t.payload.size() > limits.max_payload_bytes || total > 0xFFFFFFFFu)
+    return errc::ticket_too_large;
+  if (!kind_ok(static_cast<std::uint8_t>(t.kind))) return errc::ticket_bad_kind;
+  if (!method_ok(static_cast<std::uint8_t>(t.method))) return errc::ticket_bad_method;
   if (!payload_size_ok(t.method, t.payload.size()) ||
-      (t.kind == ticket_kind::control) != (t.method == transfer_method::none)) {
-    ec = errc::ticket_bad_payload;
-    return;
-  }
+      (t.kind == ticket_kind::control) != (t.method == transfer_method::none))
+    return errc::ticket_bad_payload;
+  return {};
+}
+
+void encode(const ticket& t, std::span<std::byte> out, error_code& ec, const ticket_limits& limits) {
+  ec = check_encodable(t, limits);
+  if (ec) return;
+  const std::size_t total = encoded_size(t);
   if (out.size() != total) {
     ec = errc::ticket_bad_length;
     return;

@@ -71,6 +71,10 @@ inline constexpr std::uint16_t ticket_format_version = 1;
 /// Bytes `encode` will produce for `t`.
 std::size_t encoded_size(const ticket& t) noexcept;
 
+/// The checks `encode` makes, without encoding: ticket_too_large, ticket_bad_kind,
+/// ticket_bad_method, ticket_bad_payload, or success.
+error_code check_encodable(const ticket& t, const ticket_limits& limits = {}) noexcept;
+
 /// Encodes `t` into `out`, which must hold exactly `encoded_size(t)` bytes.
 /// Fails with `ticket_too_large` / `ticket_bad_payload` where `t` breaks `limits`.
 void encode(const ticket& t, std::span<std::byte> out, error_code& ec, const ticket_limits& limits = {});

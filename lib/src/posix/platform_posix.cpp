@@ -3,7 +3,9 @@
 
 #include <boost/interprocess/shared_memory_object.hpp>
 
+#include <atomic>
 #include <cerrno>
+#include <pthread.h>
 #include <csignal>
 #include <fcntl.h>
 #include <poll.h>
@@ -16,7 +18,23 @@ namespace baton::detail {
 
 namespace bip = boost::interprocess;
 
-std::uint32_t current_pid() noexcept { return static_cast<std::uint32_t>(::getpid()); }
+namespace {
+// getpid() is a real system call on this libc; the send path needs the pid on every ticket.
+// The cache is refreshed in a forked child.
+std::atomic<std::uint32_t> cached_pid{0};
+void forget_pid() noexcept { cached_pid.store(0, std::memory_order_relaxed); }
+}  // namespace
+
+std::uint32_t current_pid() noexcept {
+  std::uint32_t p = cached_pid.load(std::memory_order_relaxed);
+  if (p == 0) {
+    static const int registered = ::pthread_atfork(nullptr, nullptr, &forget_pid);
+    (void)registered;
+    p = static_cast<std::uint32_t>(::getpid());
+    cached_pid.store(p, std::memory_order_relaxed);
+  }
+  return p;
+}
 
 std::string object_name(const std::string& name, const char* suffix, bool /*global_namespace*/) {
   return "/baton." + name + "." + suffix;
