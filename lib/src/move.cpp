@@ -31,7 +31,8 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   asio::any_completion_handler<void(error_code, Object)> handler;
   asio::steady_timer timer;
   std::unique_ptr<detail::pending_export> pending;
-  bool idle = false, timed_out = false;
+  bool idle = false, timed_out = false, retried = false;
+  transfer_method used = transfer_method::none;
 
   send_op(channel& c, std::shared_ptr<State> s, const move_options& o,
           asio::any_completion_handler<void(error_code, Object)> h)
@@ -74,6 +75,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       st->resume();
       return complete(ec, Object(st));
     }
+    used = t.method;
     ch.async_transact(std::move(t), opts.timeout, [self = this->shared_from_this()](error_code ec) {
       self->verdict(ec);
     });
@@ -93,6 +95,15 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     else
       st->backend = pending->rollback_listener(st->ex, rb);
     g_stats.rollbacks.fetch_add(1, std::memory_order_relaxed);
+    if (!rb && ec == errc::move_rejected && used == transfer_method::pidfd_getfd &&
+        opts.strategy == transfer_strategy::automatic && !retried) {
+      // The target could not pull the descriptor (EPERM: ptrace policy, another uid...). The push
+      // path needs no permission on the source: try it once before giving up.
+      retried = true;
+      opts.strategy = transfer_strategy::scm_rights;
+      detail::counters().fallbacks++;
+      return exported();
+    }
     st->resume();
     // A failed rollback is reported in preference to the reason for it: it is the one that
     // loses the connection.

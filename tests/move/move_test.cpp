@@ -605,3 +605,51 @@ TEST(move_inherit, child_spawned_with_the_socket_takes_it_over) {
 }
 
 }  // namespace
+
+#ifndef _WIN32
+#include <sys/prctl.h>
+#endif
+
+namespace {
+
+TEST(move_fallback, pidfd_getfd_refused_by_the_kernel_falls_back_to_scm_rights) {
+#ifdef _WIN32
+  GTEST_SKIP() << "pidfd_getfd is Linux's";
+#else
+  // The target runs without CAP_SYS_PTRACE and the source is not dumpable: the kernel refuses
+  // pidfd_getfd with EPERM, the target rejects the move, and the source retries with SCM_RIGHTS.
+  if (::geteuid() != 0 || ::system("command -v setpriv >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "needs root and setpriv to run the target without CAP_SYS_PTRACE";
+  const std::string name = unique_name("eperm");
+  name_guard g(name);
+  const auto ready = baton::test::temp_path("er"), result = baton::test::temp_path("eres"),
+             stop = baton::test::temp_path("estop");
+  auto target = child::spawn_wrapped({"setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"},
+                                     "echo_server", {name, "-", "0", ready, result, "0", "0", "automatic", stop});
+  ASSERT_TRUE(baton::test::wait_for_file(ready));
+  ::prctl(PR_SET_DUMPABLE, 0);
+  asio::io_context ioc;
+  tcp::acceptor acc(ioc, {asio::ip::address_v4::loopback(), 0});
+  auto client = baton::test::connect_loopback(ioc, acc.local_endpoint().port());
+  baton::connection server(acc.accept());
+  auto tx = baton::channel::open(ioc.get_executor(), name);
+  const auto before = baton::get_move_stats().strategy_fallbacks;
+  baton::error_code ec = asio::error::would_block;
+  baton::async_send(tx, std::move(server), baton::move_options{}, [&](baton::error_code e, baton::connection) { ec = e; });
+  for (int i = 0; i < 1000 && ec == asio::error::would_block; ++i) ioc.run_for(10ms);
+  ::prctl(PR_SET_DUMPABLE, 1);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(baton::get_move_stats().strategy_fallbacks, before + 1);
+  const std::string msg = "moved by push after the pull was refused";
+  asio::write(client, asio::buffer(msg));
+  std::string got(msg.size(), '\0');
+  asio::read(client, asio::buffer(got));
+  EXPECT_EQ(got, msg);
+  client.close();
+  baton::test::touch(stop);
+  EXPECT_EQ(target.wait(30s), 0);
+  for (auto* f : {&ready, &result, &stop}) baton::test::remove_file(*f);
+#endif
+}
+
+}  // namespace

@@ -89,8 +89,15 @@ child& child::operator=(child&& o) noexcept {
 child::~child() { kill(); }
 
 child child::spawn(const std::string& role, const std::vector<std::string>& args) {
+  return spawn_wrapped({}, role, args);
+}
+
+child child::spawn_wrapped(const std::vector<std::string>& prefix, const std::string& role,
+                           const std::vector<std::string>& args) {
   child c;
-  std::vector<std::string> argv{self_path(), "--role=" + role};
+  std::vector<std::string> argv = prefix;
+  argv.push_back(self_path());
+  argv.push_back("--role=" + role);
   argv.insert(argv.end(), args.begin(), args.end());
 #ifdef _WIN32
   std::string cmd;
@@ -108,7 +115,7 @@ child child::spawn(const std::string& role, const std::vector<std::string>& args
   for (auto& a : argv) cargv.push_back(a.data());
   cargv.push_back(nullptr);
   pid_t pid = 0;
-  if (::posix_spawn(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ) != 0)
+  if (::posix_spawnp(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ) != 0)
     throw std::runtime_error("posix_spawn failed");
   c.pid_ = static_cast<std::uint32_t>(pid);
 #endif

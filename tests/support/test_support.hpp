@@ -33,6 +33,9 @@ class child {
   ~child();  // kills the child if still running
 
   static child spawn(const std::string& role, const std::vector<std::string>& args = {});
+  /// POSIX: runs `prefix... <this binary> --role=... args...` (e.g. setpriv to drop privileges).
+  static child spawn_wrapped(const std::vector<std::string>& prefix, const std::string& role,
+                             const std::vector<std::string>& args = {});
   std::uint32_t pid() const noexcept { return pid_; }
   bool running();
   /// Waits for exit; returns the exit code, or -1 if the deadline passed (the child is killed).
