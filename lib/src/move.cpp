@@ -120,6 +120,7 @@ move_stats get_move_stats() noexcept {
   s.rollbacks = g_stats.rollbacks.load(std::memory_order_relaxed);
   s.rejected_tickets = g_stats.rejected_tickets.load(std::memory_order_relaxed);
   s.strategy_fallbacks = detail::counters().fallbacks;
+  s.refused_pushes = detail::counters().refused_pushes;
   return s;
 }
 

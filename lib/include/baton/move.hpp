@@ -46,6 +46,7 @@ struct arrival {
 /// Counters of the move machinery in this process. Thread-safe reads (relaxed).
 struct move_stats {
   std::uint64_t sent = 0, received = 0, rollbacks = 0, rejected_tickets = 0, strategy_fallbacks = 0;
+  std::uint64_t refused_pushes = 0;  ///< Linux: descriptors pushed by another uid, dropped
 };
 move_stats get_move_stats() noexcept;
 

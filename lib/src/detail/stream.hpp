@@ -83,6 +83,7 @@ std::unique_ptr<listener_backend> import_listener(const boost::asio::any_io_exec
 /// Platform counters (e.g. fallbacks from one strategy to another).
 struct transfer_counters {
   std::uint64_t fallbacks = 0;
+  std::uint64_t refused_pushes = 0;  ///< SCM_RIGHTS datagrams dropped (another uid, malformed)
 };
 transfer_counters& counters() noexcept;
 

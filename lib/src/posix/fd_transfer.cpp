@@ -159,6 +159,7 @@ int pull_pushed_fd(const std::string& channel_name, const ticket_id& id, error_c
     if (got < 0) continue;
     if (!trusted || n != 16 || (msg.msg_flags & MSG_CTRUNC)) {
       ::close(got);  // another user's push, or a malformed one
+      counters().refused_pushes++;
       continue;
     }
     ticket_id mid;
