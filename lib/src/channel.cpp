@@ -188,6 +188,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
   asio::steady_timer timer;
   std::chrono::microseconds backoff{10};
   int spins = 0;
+  std::chrono::steady_clock::time_point spin_until{};
   asio::any_completion_handler<void(error_code)> handler;
 
   // Boost 1.81's any_completion_handler move *assignment* recurses forever (it copies from a
@@ -243,9 +244,11 @@ struct send_op : std::enable_shared_from_this<send_op> {
       if (ch->closed) return finish(asio::error::operation_aborted);
       return finish(dead ? errc::target_died : errc::move_timeout);
     }
-    // The receiver usually answers within microseconds: yield to other handlers a few times
-    // before sleeping with a growing interval (capped at 500 us).
-    if (++spins < 16) {
+    // The receiver usually answers within tens of microseconds, less than a timer's slack on
+    // Linux (50 us): keep re-checking through the executor (other handlers still run between
+    // checks) for up to 200 us, then sleep with a growing interval (capped at 500 us).
+    if (spins++ == 0) spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    if (std::chrono::steady_clock::now() < spin_until) {
       asio::post(ch->ex, [self = shared_from_this()] { self->poll_ack(); });
       return;
     }
