@@ -660,3 +660,68 @@ TEST(move_fallback, pidfd_getfd_refused_by_the_kernel_falls_back_to_scm_rights) 
 }
 
 }  // namespace
+
+#ifndef _WIN32
+#include <csignal>
+#endif
+
+namespace {
+
+TEST(move_stall, pushes_to_a_stopped_target_never_block_the_source_and_every_connection_comes_back) {
+#ifdef _WIN32
+  GTEST_SKIP() << "SCM_RIGHTS is Linux's";
+#else
+  const std::string name = unique_name("stall");
+  name_guard g(name);
+  const auto ready = baton::test::temp_path("sr"), result = baton::test::temp_path("sres"),
+             stop = baton::test::temp_path("sstop");
+  auto target = child::spawn("echo_server", {name, "-", "0", ready, result, "0", "0", "automatic", stop});
+  ASSERT_TRUE(baton::test::wait_for_file(ready));
+  asio::io_context ioc;
+  tcp::acceptor acc(ioc, {asio::ip::address_v4::loopback(), 0});
+  constexpr int n = 40;  // well above the kernel's queue of datagrams per socket
+  std::vector<tcp::socket> clients;
+  std::vector<baton::connection> conns;
+  for (int i = 0; i < n; ++i) {
+    clients.push_back(baton::test::connect_loopback(ioc, acc.local_endpoint().port()));
+    conns.emplace_back(acc.accept(), std::vector<std::byte>{}, std::vector<std::byte>{std::byte(i)});
+  }
+  auto tx = baton::channel::open(ioc.get_executor(), name);
+  ::kill(static_cast<pid_t>(target.pid()), SIGSTOP);
+  baton::move_options o;
+  o.strategy = baton::transfer_strategy::scm_rights;
+  o.timeout = 300ms;
+  int done = 0, ok = 0;
+  std::vector<baton::connection> back(n);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i)
+    baton::async_send(tx, std::move(conns[static_cast<std::size_t>(i)]), o, [&, i](baton::error_code ec, baton::connection c) {
+      ++done;
+      if (!ec) ++ok;
+      back[static_cast<std::size_t>(i)] = std::move(c);
+    });
+  for (int i = 0; i < 3000 && done < n; ++i) ioc.run_for(10ms);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  ::kill(static_cast<pid_t>(target.pid()), SIGCONT);
+  EXPECT_EQ(done, n);
+  EXPECT_EQ(ok, 0) << "a stopped target cannot accept";
+  EXPECT_LT(took, 20s);
+  // Every connection is back in the source, open, with its state, and still carries bytes.
+  for (int i = 0; i < n; ++i) {
+    auto& c = back[static_cast<std::size_t>(i)];
+    ASSERT_TRUE(c.is_open()) << i;
+    EXPECT_EQ(c.state(), std::vector<std::byte>{std::byte(i)});
+  }
+  asio::write(clients[7], asio::buffer("ping", 4));
+  char buf[4];
+  ASSERT_TRUE(baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    co_await asio::async_read(back[7], asio::buffer(buf), asio::use_awaitable);
+  }(), 10s));
+  EXPECT_EQ(std::string(buf, 4), "ping");
+  baton::test::touch(stop);
+  EXPECT_EQ(target.wait(30s), 0);
+  for (auto* f : {&ready, &result, &stop}) baton::test::remove_file(*f);
+#endif
+}
+
+}  // namespace

@@ -5,7 +5,9 @@
 #include "detail/endian.hpp"
 
 #include <cerrno>
+#include <chrono>
 #include <map>
+#include <poll.h>
 #include <mutex>
 #include <sys/un.h>
 #include <cstdio>
@@ -105,7 +107,31 @@ void push_fd(int fd, const std::string& channel_name, const ticket_id& id, error
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-  if (::sendmsg(s, &msg, MSG_NOSIGNAL) < 0) ec = sys_error(errno);
+  // Never block the source's thread on a stalled target: the target's queue holds only
+  // net.unix.max_dgram_qlen datagrams. Connected, the socket can wait for room with poll();
+  // the wait is bounded (50 ms), then the move fails with channel_full and rolls back.
+  if (::connect(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    ec = sys_error(errno);
+    ::close(s);
+    return;
+  }
+  msg.msg_name = nullptr;
+  msg.msg_namelen = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(50);
+  for (;;) {
+    if (::sendmsg(s, &msg, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0) break;
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      ec = sys_error(errno);
+      break;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      ec = errc::channel_full;
+      break;
+    }
+    pollfd p{s, POLLOUT, 0};
+    ::poll(&p, 1, static_cast<int>(left.count()) + 1);
+  }
   ::close(s);
 }
 
@@ -175,12 +201,15 @@ int pull_pushed_fd(const std::string& channel_name, const ticket_id& id, error_c
 }
 
 bool yama_restricts_ptrace() {
-  FILE* f = std::fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
-  if (!f) return false;
-  int v = 0;
-  const bool ok = std::fscanf(f, "%d", &v) == 1;
-  std::fclose(f);
-  return ok && v == 1;
+  static const bool restricted = [] {
+    FILE* f = std::fopen("/proc/sys/kernel/yama/ptrace_scope", "r");
+    if (!f) return false;
+    int v = 0;
+    const bool ok = std::fscanf(f, "%d", &v) == 1;
+    std::fclose(f);
+    return ok && v == 1;
+  }();  // read once: the setting is system-wide and changes only by an administrator
+  return restricted;
 }
 
 bool pidfd_getfd_supported() {
