@@ -463,7 +463,6 @@ void BM_MoveBurst_Baton(benchmark::State& state) {
   std::size_t completed = 0, failures = 0, received = 0;
   baton::error_code first_error;
   steady::time_point t1;
-  bool control_sent = false;
   std::uint64_t bursts = 0;
   auto one_burst = [&](steady::duration& dt) -> std::string {
     completed = failures = received = 0;
@@ -487,14 +486,12 @@ void BM_MoveBurst_Baton(benchmark::State& state) {
     if (failures) return std::to_string(failures) + " moves failed, first: " + first_error.message();
     // Untimed: B moves them all back.
     conns.clear();
-    control_sent = false;
     baton::ticket t;
     t.kind = baton::ticket_kind::control;
     t.method = baton::transfer_method::none;
     t.id = baton::ticket_id::random();
     tx.async_send(std::move(t), [&](baton::error_code e) {
       if (e && !failures++) first_error = e;
-      control_sent = true;
     });
     std::function<void()> arm = [&] {
       baton::async_receive(rx, [&](baton::error_code e, baton::arrival a) {
