@@ -21,7 +21,17 @@ HANDLE new_event() { return ::CreateEventW(nullptr, TRUE, FALSE, nullptr); }
 // The low bit tells the kernel not to queue a completion packet for this operation.
 HANDLE no_port(HANDLE ev) { return reinterpret_cast<HANDLE>(reinterpret_cast<ULONG_PTR>(ev) | 1); }
 
-tcp::endpoint to_endpoint(const sockaddr_storage& ss, int len) {
+// The local or peer address of a raw socket.
+tcp::endpoint endpoint_of(SOCKET s, bool peer, error_code& ec) {
+  sockaddr_storage ss{};
+  int len = sizeof ss;
+  const int rc = peer ? ::getpeername(s, reinterpret_cast<sockaddr*>(&ss), &len)
+                      : ::getsockname(s, reinterpret_cast<sockaddr*>(&ss), &len);
+  if (rc != 0) {
+    ec = wsa_error(::WSAGetLastError());
+    return {};
+  }
+  ec.clear();
   tcp::endpoint ep;
   if (len > 0 && static_cast<std::size_t>(len) <= ep.capacity()) {
     std::memcpy(ep.data(), &ss, static_cast<std::size_t>(len));
@@ -113,26 +123,8 @@ class emulated_stream final : public stream_backend {
   }
   bool is_open() const override { return !st_->closed; }
   attach_mode mode() const override { return attach_mode::emulated; }
-  tcp::endpoint remote_endpoint(error_code& ec) const override {
-    sockaddr_storage ss{};
-    int len = sizeof ss;
-    if (::getpeername(st_->s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
-      ec = wsa_error(::WSAGetLastError());
-      return {};
-    }
-    ec.clear();
-    return to_endpoint(ss, len);
-  }
-  tcp::endpoint local_endpoint(error_code& ec) const override {
-    sockaddr_storage ss{};
-    int len = sizeof ss;
-    if (::getsockname(st_->s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
-      ec = wsa_error(::WSAGetLastError());
-      return {};
-    }
-    ec.clear();
-    return to_endpoint(ss, len);
-  }
+  tcp::endpoint remote_endpoint(error_code& ec) const override { return endpoint_of(st_->s, true, ec); }
+  tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
   void shutdown_send(error_code& ec) override {
     ec.clear();
     if (::shutdown(st_->s, SD_SEND) != 0) ec = wsa_error(::WSAGetLastError());
@@ -188,16 +180,7 @@ class emulated_listener final : public listener_backend {
   }
   bool is_open() const override { return !st_->closed; }
   attach_mode mode() const override { return attach_mode::emulated; }
-  tcp::endpoint local_endpoint(error_code& ec) const override {
-    sockaddr_storage ss{};
-    int len = sizeof ss;
-    if (::getsockname(st_->s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
-      ec = wsa_error(::WSAGetLastError());
-      return {};
-    }
-    ec.clear();
-    return to_endpoint(ss, len);
-  }
+  tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
   std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
 
  private:
