@@ -183,20 +183,27 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
       return std::move(handler)(make_error_code(errc::ticket_wrong_target), arrival{});
     }
     const auto ex = ch.get_executor();
-    if (t.kind == ticket_kind::connection) {
-      auto b = import_stream(ex, t, ch.name(), ec);
+    // Re-create, then accept. The order matters: a source that gave up (timeout) before our
+    // accept kept its socket, so ours is a duplicate to close, and the next ticket is what the
+    // caller wants. Returns null when the caller has already been answered or restarted.
+    auto adopt = [&](auto backend) -> decltype(backend) {
       if (ec) {
         ch.acknowledge(t, false);
         g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-        return std::move(handler)(ec, arrival{});
+        std::move(handler)(ec, arrival{});
+        return nullptr;
       }
       if (!ch.acknowledge(t, true)) {
-        // The source gave up on this ticket (timeout) and kept the connection: ours is a
-        // duplicate that must be closed, and the next ticket is what the caller wants.
-        b->close();
+        backend->close();
         g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-        return start();
+        start();
+        return nullptr;
       }
+      return backend;
+    };
+    if (t.kind == ticket_kind::connection) {
+      auto b = adopt(import_stream(ex, t, ch.name(), ec));
+      if (!b) return;
       auto im = std::make_shared<connection_impl>();
       im->ex = ex;
       im->backend = std::move(b);
@@ -204,17 +211,8 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
       im->state = std::move(t.state);
       a.conn = connection(std::move(im));
     } else if (t.kind == ticket_kind::listener) {
-      auto b = import_listener(ex, t, ch.name(), ec);
-      if (ec) {
-        ch.acknowledge(t, false);
-        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-        return std::move(handler)(ec, arrival{});
-      }
-      if (!ch.acknowledge(t, true)) {
-        b->close();
-        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-        return start();
-      }
+      auto b = adopt(import_listener(ex, t, ch.name(), ec));
+      if (!b) return;
       auto st = std::make_shared<listener::state>();
       st->ex = ex;
       st->backend = std::move(b);
