@@ -474,6 +474,7 @@ TEST(move_listener, listener_moves_under_a_stream_of_connections_and_none_is_ref
   // A client connects over and over from another thread; every attempt must be answered.
   constexpr int attempts = 400;
   std::atomic<int> answered{0}, failed{0};
+  std::string first_failure;
   std::thread client([&] {
     asio::io_context cio;
     for (int i = 0; i < attempts; ++i) {
@@ -483,8 +484,8 @@ TEST(move_listener, listener_moves_under_a_stream_of_connections_and_none_is_ref
         char c = 0;
         asio::read(s, asio::buffer(&c, 1));
         (c == 'y' ? answered : failed)++;
-      } catch (const std::exception&) {
-        ++failed;
+      } catch (const std::exception& e) {
+        if (failed++ == 0) first_failure = "attempt " + std::to_string(i) + ": " + e.what();
       }
     }
   });
@@ -521,7 +522,7 @@ TEST(move_listener, listener_moves_under_a_stream_of_connections_and_none_is_ref
   client.join();
   ioc.run_for(100ms);
   EXPECT_FALSE(move_ec) << move_ec.message();
-  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(failed.load(), 0) << "first failure: " << first_failure;
   EXPECT_EQ(answered.load(), attempts);
   baton::test::touch(stop);
   EXPECT_EQ(target.wait(30s), 0);
