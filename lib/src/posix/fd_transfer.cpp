@@ -234,7 +234,7 @@ tcp protocol_of(int fd) {
 
 class fd_export final : public pending_export {
  public:
-  fd_export(int fd, tcp proto) : fd_(fd), proto_(proto) {}
+  explicit fd_export(int fd) : fd_(fd) {}
   ~fd_export() override {
     if (fd_ >= 0) ::close(fd_);
   }
@@ -244,14 +244,14 @@ class fd_export final : public pending_export {
   }
   std::unique_ptr<stream_backend> rollback_stream(const asio::any_io_executor& ex, error_code& ec) override {
     tcp::socket s(ex);
-    s.assign(proto_, fd_, ec);
+    s.assign(protocol_of(fd_), fd_, ec);  // only on rollback: the common path needs no getsockname
     if (ec) return nullptr;
     fd_ = -1;
     return make_native_stream(std::move(s));
   }
   std::unique_ptr<listener_backend> rollback_listener(const asio::any_io_executor& ex, error_code& ec) override {
     tcp::acceptor a(ex);
-    a.assign(proto_, fd_, ec);
+    a.assign(protocol_of(fd_), fd_, ec);
     if (ec) return nullptr;
     fd_ = -1;
     return make_native_listener(std::move(a));
@@ -259,7 +259,6 @@ class fd_export final : public pending_export {
 
  private:
   int fd_;
-  tcp proto_;
 };
 
 // Common to connections and listeners: `release` detaches the descriptor from the reactor (Asio
@@ -281,7 +280,7 @@ std::unique_ptr<pending_export> export_fd(Release&& release, Restore&& restore, 
     t.method = transfer_method::inherit;
     t.payload.resize(8);
     std::memcpy(t.payload.data(), &v, 8);
-    return std::make_unique<fd_export>(fd, protocol_of(fd));
+    return std::make_unique<fd_export>(fd);
   }
   bool push = how == transfer_strategy::scm_rights;
   if (!push && !pidfd_getfd_supported()) {
@@ -299,7 +298,7 @@ std::unique_ptr<pending_export> export_fd(Release&& release, Restore&& restore, 
     }
     t.method = transfer_method::scm_rights;
     t.payload.clear();
-    return std::make_unique<fd_export>(fd, protocol_of(fd));
+    return std::make_unique<fd_export>(fd);
   }
   struct stat st {};
   ::fstat(fd, &st);
@@ -308,7 +307,43 @@ std::unique_ptr<pending_export> export_fd(Release&& release, Restore&& restore, 
   t.method = transfer_method::pidfd_getfd;
   t.payload.resize(sizeof p);
   std::memcpy(t.payload.data(), &p, sizeof p);
-  return std::make_unique<fd_export>(fd, protocol_of(fd));
+  return std::make_unique<fd_export>(fd);
+}
+
+// pidfds of recent senders, so that a busy receiver pays pidfd_open once per sender, not once per
+// move. A pidfd names one process for good: if that process is gone (its pid possibly reused),
+// pidfd_getfd fails with ESRCH, the entry is dropped and a fresh pidfd is opened once.
+std::mutex pidfd_mutex;
+std::map<std::uint32_t, int>& pidfd_cache() {
+  static std::map<std::uint32_t, int> c;
+  return c;
+}
+
+long pull_with_pidfd(std::uint32_t pid, int remote_fd, int& err) {
+  std::lock_guard lock(pidfd_mutex);
+  auto& cache = pidfd_cache();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    auto it = cache.find(pid);
+    if (it == cache.end()) {
+      long pidfd = ::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
+      if (pidfd < 0) {
+        err = errno;
+        return -1;
+      }
+      if (cache.size() >= 64) {  // bounded: forget the oldest-numbered sender
+        ::close(cache.begin()->second);
+        cache.erase(cache.begin());
+      }
+      it = cache.emplace(pid, static_cast<int>(pidfd)).first;
+    }
+    long fd = ::syscall(SYS_pidfd_getfd, it->second, remote_fd, 0);
+    if (fd >= 0) return fd;
+    err = errno;
+    if (err != ESRCH || attempt == 1) return -1;
+    ::close(it->second);
+    cache.erase(it);
+  }
+  return -1;
 }
 
 // Pulls the descriptor named by a pidfd_getfd ticket and checks that it is the TCP socket the
@@ -322,14 +357,12 @@ int import_fd(const ticket& t, const std::string& channel_name, bool want_listen
     if (fd < 0) return -1;
   } else if (t.method == transfer_method::pidfd_getfd) {
     std::memcpy(&p, t.payload.data(), sizeof p);
-    long pidfd = ::syscall(SYS_pidfd_open, static_cast<pid_t>(t.sender_pid), 0);
-    if (pidfd < 0) {
-      ec = errno == ESRCH ? make_error_code(errc::target_died) : sys_error(errno);
+    int err = 0;
+    fd = pull_with_pidfd(t.sender_pid, p.fd, err);
+    if (fd < 0 && err == ESRCH) {
+      ec = errc::target_died;
       return -1;
     }
-    fd = ::syscall(SYS_pidfd_getfd, static_cast<int>(pidfd), p.fd, 0);
-    const int err = errno;
-    ::close(static_cast<int>(pidfd));
     if (fd < 0) {
       ec = err == EBADF ? make_error_code(errc::handle_mismatch) : sys_error(err);
       return -1;
