@@ -15,6 +15,9 @@
 #include <windows.h>
 #else
 #include <csignal>
+#include <ctime>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -216,6 +219,34 @@ bool wait_for_file(const std::string& path, std::chrono::milliseconds deadline) 
 
 }  // namespace baton::test
 
+namespace {
+// Objects of test channels whose receiver died (a crashed run) are removed before tests start;
+// remove_stale refuses any channel whose owner is alive, so concurrent runs are safe.
+void sweep_stale_test_channels() {
+#ifndef _WIN32
+  DIR* d = ::opendir("/dev/shm");
+  if (!d) return;
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string f = e->d_name;
+    const std::string prefix = "baton.test-", suffix = ".ring";
+    // Only objects older than two minutes: a channel being created right now has a header
+    // whose owner pid is not written yet, and must not be mistaken for a dead one.
+    struct stat st {};
+    if (f.rfind(prefix, 0) == 0 && f.size() > prefix.size() + suffix.size() &&
+        f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+        ::stat(("/dev/shm/" + f).c_str(), &st) == 0 && ::time(nullptr) - st.st_mtime > 120)
+      names.push_back(f.substr(6, f.size() - 6 - suffix.size()));
+  }
+  ::closedir(d);
+  for (auto& n : names) {
+    baton::error_code ec;
+    baton::channel::remove_stale(n, ec);
+  }
+#endif
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--role=", 7) == 0) {
@@ -235,5 +266,6 @@ int main(int argc, char** argv) {
     }
   }
   ::testing::InitGoogleTest(&argc, argv);
+  sweep_stale_test_channels();
   return RUN_ALL_TESTS();
 }
