@@ -134,6 +134,8 @@ BATON_TEST_ROLE(echo_server) {
       }
       if (a.kind == baton::ticket_kind::connection) {
         ++received;
+        // Recorded on arrival too: the report may be written before this connection's EOF.
+        max_seen_moves = std::max(max_seen_moves, load_state(a.conn).moves);
         modes += a.conn.mode() == baton::attach_mode::native ? 'n' : 'e';
         asio::co_spawn(ioc, serve(std::move(a.conn)), asio::detached);
       }
