@@ -1,6 +1,7 @@
 #include "baton/channel.hpp"
 
 #include "channel_impl.hpp"
+#include "detail/ticket_codec.hpp"
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
@@ -288,8 +289,9 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
   // inside this call.
   if (!impl_->closed && impl_->owner_alive()) {
     error_code push_ec;
+    // One captured pointer keeps the std::function free of a heap allocation.
     const bool wake = impl_->ring.push(
-        encoded_size(t), [&](std::span<std::byte> out) { encode(t, out, push_ec, impl_->opts.limits); }, push_ec);
+        encoded_size(t), [tp = &t](std::span<std::byte> out) { detail::encode_checked(*tp, out); }, push_ec);
     if (!push_ec) {
       if (wake) impl_->bell.ring();
       ++impl_->stats.tickets_sent;
@@ -310,7 +312,7 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
   }
   // Slow path (full ring, healing, or a receiver to check): keep an encoded copy for retries.
   op->bytes.resize(encoded_size(t));
-  encode(t, op->bytes, ec, impl_->opts.limits);
+  detail::encode_checked(t, op->bytes);
   // Run the first attempt from the executor so that completion is never inline.
   asio::post(impl_->ex, [op] { op->try_push(); });
 }

@@ -1,6 +1,7 @@
 #include "baton/ticket.hpp"
 
 #include "detail/endian.hpp"
+#include "detail/ticket_codec.hpp"
 
 #include <atomic>
 #include <cstring>
@@ -87,11 +88,17 @@ error_code check_encodable(const ticket& t, const ticket_limits& limits) noexcep
 void encode(const ticket& t, std::span<std::byte> out, error_code& ec, const ticket_limits& limits) {
   ec = check_encodable(t, limits);
   if (ec) return;
-  const std::size_t total = encoded_size(t);
-  if (out.size() != total) {
+  if (out.size() != encoded_size(t)) {
     ec = errc::ticket_bad_length;
     return;
   }
+  detail::encode_checked(t, out);
+}
+
+namespace detail {
+
+void encode_checked(const ticket& t, std::span<std::byte> out) noexcept {
+  const std::size_t total = out.size();
   std::byte* p = out.data();
   std::memset(p, 0, ticket_header_bytes);
   store_le<std::uint32_t>(p + 0, ticket_magic);
@@ -116,6 +123,8 @@ void encode(const ticket& t, std::span<std::byte> out, error_code& ec, const tic
   crc = crc32c({p + ticket_header_bytes, total - ticket_header_bytes}, crc);
   store_le<std::uint32_t>(p + off_crc, crc);
 }
+
+}  // namespace detail
 
 std::vector<std::byte> encode(const ticket& t, const ticket_limits& limits) {
   std::vector<std::byte> out(encoded_size(t));
