@@ -21,11 +21,6 @@
 #include <thread>
 #include <vector>
 
-#ifdef _WIN32
-#include <windows.h>
-#else
-#include <unistd.h>
-#endif
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -33,26 +28,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::uint32_t self_pid() {
-#ifdef _WIN32
-  return GetCurrentProcessId();
-#else
-  return static_cast<std::uint32_t>(getpid());
-#endif
-}
-
-std::string self_exe(const char* argv0) {
-#ifdef _WIN32
-  char buf[MAX_PATH * 2];
-  DWORD n = GetModuleFileNameA(nullptr, buf, sizeof buf);
-  return std::string(buf, n);
-#else
-  (void)argv0;
-  char buf[4096];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf);
-  return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
-#endif
-}
+std::uint32_t self_pid() { return baton::current_process_id(); }
 
 constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
 
@@ -272,7 +248,7 @@ int main(int argc, char** argv) {
     else if (a[i] == "--move-every") move_every = static_cast<unsigned>(std::stoul(a[i + 1]));
   }
   try {
-    return run_demo(self_exe(argv[0]), conns, requests, move_every);
+    return run_demo(baton::current_executable_path(), conns, requests, move_every);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "baton-demo: %s\n", e.what());
     return 2;

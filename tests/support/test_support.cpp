@@ -1,5 +1,7 @@
 #include "test_support.hpp"
 
+#include <baton/spawn.hpp>
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -32,25 +34,8 @@ std::map<std::string, role_fn>& roles() {
   return r;
 }
 
-std::uint32_t self_pid() {
-#ifdef _WIN32
-  return ::GetCurrentProcessId();
-#else
-  return static_cast<std::uint32_t>(::getpid());
-#endif
-}
-
-std::string self_path() {
-#ifdef _WIN32
-  char buf[MAX_PATH * 2];
-  DWORD n = ::GetModuleFileNameA(nullptr, buf, sizeof buf);
-  return std::string(buf, n);
-#else
-  char buf[4096];
-  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf);
-  return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
-#endif
-}
+std::uint32_t self_pid() { return baton::current_process_id(); }
+std::string self_path() { return baton::current_executable_path(); }
 }  // namespace
 
 std::string self_exe() { return self_path(); }

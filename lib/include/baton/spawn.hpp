@@ -20,6 +20,12 @@ struct spawned_process {
   std::uint32_t pid = 0;
 };
 
+/// The calling process's id (the value Baton puts in tickets and channel headers).
+std::uint32_t current_process_id() noexcept;
+
+/// Full path of the running executable, e.g. to start the next generation of oneself.
+std::string current_executable_path();
+
 /// Starts `exe` with `args`, letting it inherit exactly `handles` (socket handles / descriptors,
 /// e.g. from connection::native_handle()). The values are the same in the child.
 spawned_process spawn_with_handles(const std::string& exe, const std::vector<std::string>& args,

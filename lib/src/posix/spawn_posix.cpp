@@ -1,5 +1,7 @@
 #include "baton/spawn.hpp"
 
+#include "detail/platform.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <climits>
@@ -11,6 +13,14 @@
 extern char** environ;
 
 namespace baton {
+
+std::uint32_t current_process_id() noexcept { return detail::current_pid(); }
+
+std::string current_executable_path() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf);
+  return std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+}
 
 namespace {
 

@@ -5,6 +5,18 @@
 
 namespace baton {
 
+std::uint32_t current_process_id() noexcept { return ::GetCurrentProcessId(); }
+
+std::string current_executable_path() {
+  std::wstring buf(32768, L'\0');
+  const DWORD n = ::GetModuleFileNameW(nullptr, buf.data(), static_cast<DWORD>(buf.size()));
+  buf.resize(n);
+  const int len = ::WideCharToMultiByte(CP_UTF8, 0, buf.data(), static_cast<int>(n), nullptr, 0, nullptr, nullptr);
+  std::string out(static_cast<std::size_t>(len), '\0');
+  ::WideCharToMultiByte(CP_UTF8, 0, buf.data(), static_cast<int>(n), out.data(), len, nullptr, nullptr);
+  return out;
+}
+
 namespace {
 std::wstring quote(const std::wstring& a) {
   // Enough for paths and plain arguments: wrap in quotes, escape embedded quotes.

@@ -1,6 +1,7 @@
 // Uses Baton as an installed package: creates a channel, sends one ticket through it and
 // receives it back. Exits 0 on success.
 #include <baton/channel.hpp>
+#include <baton/spawn.hpp>
 #include <baton/ticket.hpp>
 
 #include <boost/asio/io_context.hpp>
@@ -10,18 +11,11 @@
 #include <random>
 #include <string>
 
-#ifdef _WIN32
-#include <process.h>
-#define baton_getpid _getpid
-#else
-#include <unistd.h>
-#define baton_getpid getpid
-#endif
 
 int main() {
   boost::asio::io_context ioc;
   std::random_device rd;
-  const std::string name = "install-consumer-" + std::to_string(baton_getpid()) + "-" + std::to_string(rd() % 1000000);
+  const std::string name = "install-consumer-" + std::to_string(baton::current_process_id()) + "-" + std::to_string(rd() % 1000000);
 
   baton::error_code ec;
   auto rx = baton::channel::create(ioc.get_executor(), name, {}, ec);
