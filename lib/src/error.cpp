@@ -74,6 +74,16 @@ class category_impl final : public boost::system::error_category {
         return "the transferred handle is not a TCP socket";
       case errc::operation_in_progress:
         return "an operation of this kind is already in progress";
+      case errc::restart_in_progress:
+        return "a restart of this service is already in progress; wait for it to finish, then retry";
+      case errc::next_generation_died:
+        return "the next generation exited before it had taken over; the running generation keeps "
+               "serving everything (see the new binary's output for why it exited)";
+      case errc::next_generation_not_ready:
+        return "the next generation did not announce itself within restart_options::ready_timeout; the "
+               "running generation keeps serving (does the new binary call service::async_start?)";
+      case errc::service_not_found:
+        return "no running generation of this service: check the name, or start the service first";
     }
     return "unknown baton error";
   }

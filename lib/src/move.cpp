@@ -18,6 +18,16 @@ namespace {
 
 struct atomic_move_stats {
   std::atomic<std::uint64_t> sent{0}, received{0}, rollbacks{0}, rejected_tickets{0};
+  std::array<std::atomic<std::uint64_t>, move_latency_bounds_us.size() + 1> latency{};
+  std::atomic<std::uint64_t> latency_sum_us{0};
+
+  void record_latency(std::chrono::steady_clock::duration d) noexcept {
+    const auto us = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(d).count());
+    std::size_t b = 0;
+    while (b < move_latency_bounds_us.size() && us > move_latency_bounds_us[b]) ++b;
+    latency[b].fetch_add(1, std::memory_order_relaxed);
+    latency_sum_us.fetch_add(us, std::memory_order_relaxed);
+  }
 };
 atomic_move_stats g_stats;
 
@@ -32,6 +42,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   asio::steady_timer timer;
   std::unique_ptr<detail::pending_export> pending;
   bool idle = false, timed_out = false, retried = false;
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   transfer_method used = transfer_method::none;
 
   send_op(channel& c, std::shared_ptr<State> s, const move_options& o,
@@ -87,6 +98,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       pending->commit();
       st->backend.reset();
       g_stats.sent.fetch_add(1, std::memory_order_relaxed);
+      g_stats.record_latency(std::chrono::steady_clock::now() - started);
       return complete({}, Object());
     }
     error_code rb;
@@ -121,6 +133,9 @@ move_stats get_move_stats() noexcept {
   s.rejected_tickets = g_stats.rejected_tickets.load(std::memory_order_relaxed);
   s.strategy_fallbacks = detail::counters().fallbacks;
   s.refused_pushes = detail::counters().refused_pushes;
+  for (std::size_t i = 0; i < s.latency_buckets.size(); ++i)
+    s.latency_buckets[i] = g_stats.latency[i].load(std::memory_order_relaxed);
+  s.latency_sum_us = g_stats.latency_sum_us.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -43,6 +43,11 @@ enum class errc {
   handle_mismatch,           ///< the received handle is not the socket the ticket describes
   not_a_socket,              ///< the handle in the ticket is not a TCP socket
   operation_in_progress,     ///< another operation of this kind is already running
+  // Hot restart.
+  restart_in_progress,       ///< the service is already handing over to a next generation
+  next_generation_died,      ///< the next generation exited before taking over
+  next_generation_not_ready, ///< the next generation did not announce itself in time
+  service_not_found,         ///< no running generation of this service
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

@@ -14,7 +14,9 @@
 #include <baton/connection.hpp>
 #include <baton/listener.hpp>
 
+#include <array>
 #include <chrono>
+#include <cstdint>
 
 namespace baton {
 
@@ -44,9 +46,17 @@ struct arrival {
 };
 
 /// Counters of the move machinery in this process. Thread-safe reads (relaxed).
+/// Upper bounds (microseconds) of the move latency histogram's buckets; the last bucket counts
+/// the moves above the last bound.
+inline constexpr std::array<std::uint32_t, 11> move_latency_bounds_us{50,   100,   250,   500,    1000,   2500,
+                                                                      5000, 10000, 25000, 100000, 1000000};
+
 struct move_stats {
   std::uint64_t sent = 0, received = 0, rollbacks = 0, rejected_tickets = 0, strategy_fallbacks = 0;
   std::uint64_t refused_pushes = 0;  ///< Linux: descriptors pushed by another uid, dropped
+  /// Source side, successful moves: time from async_send to the target's acknowledgement.
+  std::array<std::uint64_t, move_latency_bounds_us.size() + 1> latency_buckets{};
+  std::uint64_t latency_sum_us = 0;
 };
 move_stats get_move_stats() noexcept;
 

@@ -87,4 +87,19 @@ class doorbell {
   std::unique_ptr<impl> impl_;
 };
 
+/// The operating system's restart trigger of a service: Linux SIGHUP to the process; Windows the
+/// named auto-reset event Local\baton.<service>.restart (owner-only DACL), awaited by the reactor.
+class restart_trigger {
+ public:
+  virtual ~restart_trigger() = default;
+  /// Completes when triggered, or with operation_aborted after cancel().
+  virtual void async_wait(boost::asio::any_completion_handler<void(error_code)> h) = 0;
+  virtual void cancel() noexcept = 0;
+};
+/// errc::name_in_use while another process (the previous generation) still holds the trigger.
+std::unique_ptr<restart_trigger> make_restart_trigger(const boost::asio::any_io_executor& ex,
+                                                      const std::string& service, error_code& ec);
+/// Fires the trigger of `service`, run by process `pid`, from another process.
+void fire_restart_trigger(const std::string& service, std::uint32_t pid, error_code& ec);
+
 }  // namespace baton::detail

@@ -80,6 +80,15 @@ std::unique_ptr<pending_export> export_listener(std::unique_ptr<listener_backend
 std::unique_ptr<listener_backend> import_listener(const boost::asio::any_io_executor& ex, const ticket& t,
                                                   const std::string& channel_name, error_code& ec);
 
+/// A second OS handle to the same listening socket, attached to no reactor: what a generation
+/// keeps during a hot restart so that the socket outlives a successor that dies.
+std::uintptr_t duplicate_socket_handle(std::uintptr_t h, error_code& ec);
+void close_socket_handle(std::uintptr_t h) noexcept;
+/// Makes a listener of a handle from duplicate_socket_handle (native where possible, emulated
+/// otherwise). Takes ownership of `h` (closed on failure).
+std::unique_ptr<listener_backend> adopt_listener(const boost::asio::any_io_executor& ex, std::uintptr_t h,
+                                                 error_code& ec);
+
 /// Platform counters (e.g. fallbacks from one strategy to another).
 struct transfer_counters {
   std::uint64_t fallbacks = 0;

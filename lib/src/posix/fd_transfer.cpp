@@ -511,4 +511,24 @@ std::unique_ptr<listener_backend> import_listener(const asio::any_io_executor& e
   return make_native_listener(std::move(a));
 }
 
+std::uintptr_t duplicate_socket_handle(std::uintptr_t h, error_code& ec) {
+  ec.clear();
+  const int fd = ::fcntl(static_cast<int>(h), F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) ec = {errno, boost::system::system_category()};
+  return static_cast<std::uintptr_t>(fd);
+}
+
+void close_socket_handle(std::uintptr_t h) noexcept { ::close(static_cast<int>(h)); }
+
+std::unique_ptr<listener_backend> adopt_listener(const asio::any_io_executor& ex, std::uintptr_t h, error_code& ec) {
+  const int fd = static_cast<int>(h);
+  tcp::acceptor a(ex);
+  a.assign(protocol_of(fd), fd, ec);
+  if (ec) {
+    ::close(fd);
+    return nullptr;
+  }
+  return make_native_listener(std::move(a));
+}
+
 }  // namespace baton::detail

@@ -174,7 +174,8 @@ class emulated_listener final : public listener_backend {
     st_->closed = true;
     error_code ec;
     st_->wait.cancel(ec);
-    ::WSAEventSelect(st_->s, nullptr, 0);
+    // No WSAEventSelect(s, nullptr, 0) here: the selection belongs to the socket object, which
+    // other processes may hold too (a listener just moved on), and clearing it would clear theirs.
     ::closesocket(st_->s);
     st_->s = INVALID_SOCKET;
   }
@@ -188,6 +189,13 @@ class emulated_listener final : public listener_backend {
                          asio::any_completion_handler<void(error_code, tcp::socket)> h) {
     if (st->closed) {
       asio::post(ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), tcp::socket(ex)));
+      return;
+    }
+    // Select before each accept attempt: the selection is the socket object's, and another
+    // holder of it (a process this listener was moved to and back from) may have replaced it.
+    // Selecting first, then accepting, leaves no window in which a connection goes unsignalled.
+    if (::WSAEventSelect(st->s, st->ev, FD_ACCEPT) != 0) {
+      asio::post(ex, asio::append(std::move(h), wsa_error(::WSAGetLastError()), tcp::socket(ex)));
       return;
     }
     SOCKET c = ::accept(st->s, nullptr, nullptr);

@@ -315,4 +315,39 @@ std::unique_ptr<listener_backend> import_listener(const asio::any_io_executor& e
   return make_emulated_listener(ex, s, proto, ec);
 }
 
+std::uintptr_t duplicate_socket_handle(std::uintptr_t h, error_code& ec) {
+  ec.clear();
+  // WSADuplicateSocketW for our own pid: a new handle that ws2_32 (and Wine's) knows as a socket.
+  WSAPROTOCOL_INFOW info{};
+  if (::WSADuplicateSocketW(static_cast<SOCKET>(h), ::GetCurrentProcessId(), &info) != 0) {
+    ec = wsa_error(::WSAGetLastError());
+    return ~std::uintptr_t{0};
+  }
+  SOCKET s = ::WSASocketW(FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO, &info, 0, WSA_FLAG_OVERLAPPED);
+  if (s == INVALID_SOCKET) {
+    ec = wsa_error(::WSAGetLastError());
+    return ~std::uintptr_t{0};
+  }
+  ::SetHandleInformation(reinterpret_cast<HANDLE>(s), HANDLE_FLAG_INHERIT, 0);
+  return static_cast<std::uintptr_t>(s);
+}
+
+void close_socket_handle(std::uintptr_t h) noexcept { ::closesocket(static_cast<SOCKET>(h)); }
+
+std::unique_ptr<listener_backend> adopt_listener(const asio::any_io_executor& ex, std::uintptr_t h, error_code& ec) {
+  ec.clear();
+  const SOCKET s = static_cast<SOCKET>(h);
+  const tcp proto = protocol_of(s);
+  tcp::acceptor a(ex);
+  error_code aec;
+  a.assign(proto, s, aec);
+  if (!aec) return make_native_listener(std::move(a));
+  if (!bound_elsewhere(aec)) {
+    ::closesocket(s);
+    ec = aec;
+    return nullptr;
+  }
+  return make_emulated_listener(ex, s, proto, ec);
+}
+
 }  // namespace baton::detail

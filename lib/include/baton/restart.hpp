@@ -1,0 +1,183 @@
+#pragma once
+/// Hot restart: a named service whose generations hand over their listeners and their live,
+/// established connections, so that replacing the binary drops nothing and no client notices.
+///
+///   baton::service svc(ex, "shop", opts);
+///   co_await svc.async_start(use_awaitable);          // first generation, or take over from N
+///   if (svc.listener_count() == 0) svc.add_listener(listener(tcp::acceptor(ex, endpoint)));
+///   for (;;) {                                        // each connection, in its own coroutine:
+///     auto c = co_await svc.async_accept(use_awaitable);
+///     ... serve a request ...
+///     auto [ec, moved] = co_await svc.async_safe_point(c, as_tuple(use_awaitable));
+///     if (ec || moved) co_return;                     // moved: the next generation has it
+///   }
+///
+/// Generation N owns the service's control channel (named after the service). Generation N+1 —
+/// started by N (on a trigger) or by the operator — finds N by that name, announces itself, and
+/// receives first every listener (N keeps a duplicate, not accepting, until the hand-over has
+/// succeeded; no connection attempt is refused in between), then every established connection at
+/// its next safe point, with its unread bytes and its application state. N retires when it owns
+/// nothing, or at its deadline, reporting whatever it could not move. If N+1 dies or does not
+/// become ready, N keeps (or takes back) everything and keeps serving.
+///
+/// Triggers: async_restart(); Linux SIGHUP; Windows the named event Local\baton.<service>.restart;
+/// on both, `batonctl restart <service>` through the control channel.
+///
+/// Thread safety: a service object and the connections it hands out must be used from one
+/// thread (or one strand): the executor given to the constructor.
+
+#include <baton/move.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace baton {
+
+struct restart_options {
+  /// How long generation N waits for the next generation to announce itself after starting it.
+  std::chrono::milliseconds ready_timeout{10000};
+  /// How long N keeps moving connections after the listeners have moved; connections still
+  /// here at the deadline are counted as not moved (and closed when N exits).
+  std::chrono::milliseconds drain_deadline{30000};
+  /// Options of each move (per-move timeout, transfer strategy).
+  move_options move{};
+  /// The next generation's executable (empty: this process's own executable) and arguments.
+  std::string next_binary;
+  std::vector<std::string> next_args;
+  /// Listen for SIGHUP (Linux) / the named event Local\baton.<service>.restart (Windows).
+  bool os_triggers = true;
+};
+
+/// The outcome of one hand-over from generation N to N+1.
+struct restart_report {
+  error_code ec;                   ///< success, or why the restart failed (N keeps serving)
+  std::uint64_t old_generation = 0, new_generation = 0;
+  std::uint32_t old_pid = 0, new_pid = 0;
+  std::uint64_t listeners_moved = 0;
+  std::uint64_t connections_moved = 0;
+  std::uint64_t connections_not_moved = 0;  ///< still in N at the deadline (closed as N exits)
+  std::chrono::microseconds ready_time{0};     ///< trigger to N+1's announcement (0 if not started by N)
+  std::chrono::microseconds listeners_time{0}; ///< announcement to the last listener acknowledged
+  std::chrono::microseconds handover_time{0};  ///< announcement to N owning nothing
+  std::chrono::microseconds old_exit_time{0};  ///< announcement to N's exit, as seen by N+1
+};
+
+/// Counters of one service in this process.
+struct service_stats {
+  std::uint64_t generation = 0;
+  std::uint32_t pid = 0;
+  std::uint64_t connections = 0;        ///< connections this generation owns now
+  std::uint64_t accepted = 0;           ///< accepted on this generation's listeners
+  std::uint64_t inherited = 0;          ///< connections received from the previous generation
+  std::uint64_t moved_out = 0;          ///< connections handed to the next generation
+  std::uint64_t restarts_failed = 0;    ///< hand-overs from this generation that failed
+  std::uint64_t restarts_refused = 0;   ///< restart requests refused (one was in progress)
+  std::size_t listeners = 0;
+};
+
+namespace detail {
+struct service_impl;
+}
+
+class service {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// `name` follows channel naming rules and must leave room for ".<pid>" (at most 53 chars).
+  service(const executor_type& ex, std::string name, restart_options opts = {});
+  ~service();
+  service(const service&) = delete;
+  service& operator=(const service&) = delete;
+
+  executor_type get_executor() const;
+  const std::string& name() const noexcept;
+
+  /// Joins the service: becomes its first generation if none runs, or takes over from the
+  /// running generation (its listeners have arrived when this completes; its connections follow
+  /// through async_accept). Signature: void(error_code). errc::operation_in_progress if the
+  /// running generation is already handing over to another process.
+  template <class Token>
+  auto async_start(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this](auto h) { start_start(std::move(h)); }, token);
+  }
+
+  /// Generation number (1 for the first), valid after async_start.
+  std::uint64_t generation() const noexcept;
+  /// Adds a listener of this generation (a first generation opens its own; later ones inherit).
+  void add_listener(listener l);
+  std::size_t listener_count() const noexcept;
+  /// Local endpoints of the listeners.
+  std::vector<boost::asio::ip::tcp::endpoint> local_endpoints() const;
+
+  /// The next connection: accepted here, or moved in from the previous generation with its
+  /// unread bytes and state. Signature: void(error_code, connection). operation_aborted once this
+  /// generation has retired.
+  template <class Token>
+  auto async_accept(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, connection)>(
+        [this](auto h) { start_accept(std::move(h)); }, token);
+  }
+
+  /// Call where `c` is between requests (the last response written, the next request not yet
+  /// read; bytes already read of the next request pushed back with push_front_unread). Completes
+  /// when the client has sent more (moved == false: read the next request) or when `c` has moved
+  /// to the next generation (moved == true: `c` is empty; stop serving it). Signature:
+  /// void(error_code, bool moved); an error (e.g. eof) means the client is gone.
+  template <class Token>
+  auto async_safe_point(connection& c, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, bool)>(
+        [this, &c](auto h) { start_safe_point(c, std::move(h)); }, token);
+  }
+
+  /// Starts the next generation (restart_options::next_binary/next_args) and hands everything
+  /// over to it. Completes with the report when this generation owns nothing (success: exit
+  /// now) or when the restart failed (this generation keeps serving). Signature:
+  /// void(error_code, restart_report). errc::operation_in_progress if one is already running.
+  template <class Token>
+  auto async_restart(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, restart_report)>(
+        [this](auto h) { start_restart(std::move(h)); }, token);
+  }
+
+  /// Completes once this generation has handed everything over, however the restart was
+  /// triggered (signal, event, batonctl, async_restart). The application should then exit.
+  /// Signature: void(error_code, restart_report).
+  template <class Token>
+  auto async_wait_retired(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, restart_report)>(
+        [this](auto h) { start_wait_retired(std::move(h)); }, token);
+  }
+
+  /// The last restart's report (from either side of it).
+  restart_report last_report() const;
+  service_stats stats() const;
+  /// Stops everything: pending operations complete with operation_aborted.
+  void close();
+
+ private:
+  void start_start(boost::asio::any_completion_handler<void(error_code)> h);
+  void start_accept(boost::asio::any_completion_handler<void(error_code, connection)> h);
+  void start_safe_point(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h);
+  void start_restart(boost::asio::any_completion_handler<void(error_code, restart_report)> h);
+  void start_wait_retired(boost::asio::any_completion_handler<void(error_code, restart_report)> h);
+  std::shared_ptr<detail::service_impl> impl_;
+};
+
+/// Text format of a restart report, one line (what batonctl prints).
+std::string to_string(const restart_report& r, const std::string& service_name);
+
+/// Client side of a service's control channel (what batonctl uses): asks the running generation
+/// of `service` to restart and waits (up to `timeout`) for the new generation's report, or asks for
+/// its status as "key value" lines. Blocking; runs its own io_context.
+restart_report request_restart(const std::string& service, const std::string& binary,
+                               std::chrono::milliseconds timeout, error_code& ec);
+std::string request_status(const std::string& service, std::chrono::milliseconds timeout, error_code& ec);
+
+}  // namespace baton

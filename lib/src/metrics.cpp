@@ -1,0 +1,68 @@
+#include "baton/metrics.hpp"
+
+#include <cstdio>
+
+namespace baton {
+
+namespace {
+
+void metric(std::string& out, const char* name, const char* type, const char* help, std::uint64_t value) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
+                static_cast<unsigned long long>(value));
+  out += buf;
+}
+
+}  // namespace
+
+std::string prometheus_metrics(const service* svc) {
+  std::string out;
+  const auto m = get_move_stats();
+  metric(out, "baton_moves_sent_total", "counter", "Connections and listeners this process moved out.", m.sent);
+  metric(out, "baton_moves_received_total", "counter", "Tickets this process received and took.", m.received);
+  metric(out, "baton_move_rollbacks_total", "counter", "Moves that failed and left the object with this process.",
+         m.rollbacks);
+  metric(out, "baton_move_rejected_tickets_total", "counter", "Tickets this process refused (invalid, late).",
+         m.rejected_tickets);
+  metric(out, "baton_move_strategy_fallbacks_total", "counter", "Moves retried with another transfer strategy.",
+         m.strategy_fallbacks);
+  metric(out, "baton_move_refused_pushes_total", "counter", "Descriptors pushed by a foreign process, dropped.",
+         m.refused_pushes);
+
+  out += "# HELP baton_move_latency_seconds Time from async_send to the target's acknowledgement.\n"
+         "# TYPE baton_move_latency_seconds histogram\n";
+  std::uint64_t cumulative = 0;
+  char buf[256];
+  for (std::size_t i = 0; i < m.latency_buckets.size(); ++i) {
+    cumulative += m.latency_buckets[i];
+    if (i < move_latency_bounds_us.size())
+      std::snprintf(buf, sizeof buf, "baton_move_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                    move_latency_bounds_us[i] / 1e6, static_cast<unsigned long long>(cumulative));
+    else
+      std::snprintf(buf, sizeof buf, "baton_move_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+                    static_cast<unsigned long long>(cumulative));
+    out += buf;
+  }
+  std::snprintf(buf, sizeof buf, "baton_move_latency_seconds_sum %.6f\nbaton_move_latency_seconds_count %llu\n",
+                m.latency_sum_us / 1e6, static_cast<unsigned long long>(cumulative));
+  out += buf;
+
+  if (svc) {
+    const auto s = svc->stats();
+    metric(out, "baton_service_generation", "gauge", "Generation number of this process.", s.generation);
+    metric(out, "baton_service_connections", "gauge", "Connections this generation owns.", s.connections);
+    metric(out, "baton_service_listeners", "gauge", "Listeners this generation accepts on.", s.listeners);
+    metric(out, "baton_service_accepted_total", "counter", "Connections accepted by this generation.", s.accepted);
+    metric(out, "baton_service_inherited_total", "counter", "Connections received from the previous generation.",
+           s.inherited);
+    metric(out, "baton_service_moved_out_total", "counter", "Connections handed to the next generation.",
+           s.moved_out);
+    metric(out, "baton_service_restarts_failed_total", "counter", "Restarts from this generation that failed.",
+           s.restarts_failed);
+    metric(out, "baton_service_restarts_refused_total", "counter",
+           "Restart requests refused because one was in progress.", s.restarts_refused);
+  }
+  return out;
+}
+
+}  // namespace baton
