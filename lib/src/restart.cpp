@@ -193,6 +193,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   bool ticking = false;
 
   std::vector<std::shared_ptr<lst_entry>> listeners;
+  std::vector<std::shared_ptr<lst_entry>> handed_over;  // moved; their duplicates kept until success
   std::deque<connection> ready;
   std::optional<asio::any_completion_handler<void(error_code, connection)>> accept_waiter;
   std::vector<std::weak_ptr<connection_impl>> owned;
@@ -208,7 +209,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   std::string reply_to;
   process_watch peer;  // N: the next generation; N+1: the previous one
   clock_type::time_point t_trigger{}, t_hello{}, ready_deadline{}, drain_deadline{}, last_move_failure{},
-      take_charge_deadline{};
+      take_charge_deadline{}, peer_dead_at{};
   bool listeners_done = false, predecessor_done = false;
   std::size_t listener_moves_pending = 0, expected_listeners = 0, received_listeners = 0;
   std::size_t moves_in_flight = 0;  // connections on their way to the next generation
@@ -273,10 +274,16 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
         if (now >= ready_deadline) return finish_start(make_error_code(errc::move_timeout));
         return ensure_tick(20ms);
       case phase::taking_over:
-        if (predecessor_done || !peer.alive()) {
-          if (!peer.alive()) return become_in_charge();
-          if (now >= take_charge_deadline) return become_in_charge();
+        if (predecessor_done) {
+          if (!peer.alive() || now >= take_charge_deadline) return become_in_charge();
           return ensure_tick(1ms);  // measuring the old generation's exit
+        }
+        if (!peer.alive()) {
+          // Its "done" may still be in our inbox, behind the reactor: give it a moment, since it
+          // names who is waiting for the result. A crashed predecessor sent none.
+          if (peer_dead_at == clock_type::time_point{}) peer_dead_at = now;
+          if (now - peer_dead_at >= 500ms) return become_in_charge();
+          return ensure_tick(5ms);
         }
         return ensure_tick(20ms);
       case phase::spawning:
@@ -649,6 +656,8 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   }
 
   void listeners_moved() {
+    for (auto& e : listeners)
+      if (e->gone) handed_over.push_back(e);
     std::erase_if(listeners, [](const std::shared_ptr<lst_entry>& e) { return e->gone; });
     st.listeners = listeners.size();
     listeners_done = true;
@@ -728,6 +737,8 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     report.connections_not_moved = not_moved;
     report.handover_time = std::chrono::microseconds(micros(clock_type::now() - t_hello));
     for (auto& e : listeners) close_kept(*e);
+    for (auto& e : handed_over) close_kept(*e);
+    handed_over.clear();
     // Give up the service's name first, so the next generation can take it as soon as it hears.
     if (control) {
       control->close();
@@ -769,10 +780,16 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     listeners_done = false;
     peer = process_watch();
     // Listeners already with the next generation come back from the duplicates we kept.
+    for (auto& e : handed_over) {
+      listeners.push_back(e);
+      restore_listener(e);
+    }
+    handed_over.clear();
     for (auto& e : listeners) {
       if (e->gone) restore_listener(e);
       else if (e->moving) e->restore_on_success = true;
     }
+    st.listeners = listeners.size();
     refuse(reply_to, ec);
     reply_to.clear();
     complete_restart(ec);

@@ -157,6 +157,36 @@ void child::kill() {
   wait(std::chrono::seconds(10));
 }
 
+void kill_process(std::uint32_t pid) {
+#ifdef _WIN32
+  HANDLE h = ::OpenProcess(PROCESS_TERMINATE | SYNCHRONIZE, FALSE, pid);
+  if (!h) return;
+  ::TerminateProcess(h, 137);
+  ::WaitForSingleObject(h, 10000);
+  ::CloseHandle(h);
+#else
+  ::kill(static_cast<pid_t>(pid), SIGKILL);
+#endif
+}
+
+bool process_exists(std::uint32_t pid) {
+#ifdef _WIN32
+  HANDLE h = ::OpenProcess(SYNCHRONIZE, FALSE, pid);
+  if (!h) return false;
+  const bool alive = ::WaitForSingleObject(h, 0) == WAIT_TIMEOUT;
+  ::CloseHandle(h);
+  return alive;
+#else
+  if (::kill(static_cast<pid_t>(pid), 0) != 0) return false;
+  // A zombie (exited, not yet reaped by its parent) has exited.
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(f, stat);
+  const auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
+#endif
+}
+
 void fill_pattern(std::uint64_t seed, std::byte* out, std::size_t n) {
   // splitmix64 stream: fast, and any offset error shows up as a mismatch.
   std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;

@@ -1,0 +1,433 @@
+// Hot restart of a real HTTP/1.1 server (the baton-http sample's server, run in helper processes
+// of this binary) under real keep-alive client load on loopback. Every response is checked: its
+// status, and X-Baton-Requests, the per-connection request count that travels with the
+// connection's state — a lost or duplicated request, or a connection that silently restarted,
+// breaks the sequence.
+#include "http_server.hpp"
+#include "net_helpers.hpp"
+#include "test_support.hpp"
+
+#include "detail/platform.hpp"
+
+#include <baton/restart.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using namespace std::chrono_literals;
+using namespace baton::test;
+
+namespace {
+
+// Generation process. The mode file, read at start-up, injects faults into later generations:
+//   die-before-ready   exit before announcing itself
+//   die-after-listeners  hard exit right after the listeners arrived (before any connection is acked)
+//   slow-start         announce itself after 1.5 s
+BATON_TEST_ROLE(http_gen) {
+  const std::string& name = args.at(0);
+  const std::string& port_file = args.at(1);
+  const std::string& mode_file = args.at(2);
+  const std::string mode = file_exists(mode_file) ? read_file(mode_file) : std::string();
+  if (mode == "die-before-ready") return 3;
+  if (mode == "slow-start") nap(1500ms);
+  baton_samples::http_service_options o;
+  o.name = name;
+  o.listen = tcp::endpoint(asio::ip::address_v4::loopback(), 0);
+  o.restart.next_args = {"--role=http_gen", name, port_file, mode_file};
+  o.restart.ready_timeout = 20s;
+  if (mode == "die-after-listeners")
+    o.on_started = [](baton::service& svc) {
+      if (svc.generation() > 1) {
+        std::fflush(stdout);
+        std::_Exit(9);
+      }
+    };
+  o.on_listening = [&](const tcp::endpoint& ep) {
+    if (!file_exists(port_file)) write_file(port_file, std::to_string(ep.port()));
+  };
+  return baton_samples::run_http_service(o);
+}
+
+struct response {
+  int status = 0;
+  std::map<std::string, std::string> headers;
+  std::string body;
+  std::uint64_t header_u64(const std::string& k) const {
+    auto it = headers.find(k);
+    return it == headers.end() ? 0 : std::stoull(it->second);
+  }
+};
+
+// A blocking HTTP/1.1 client connection with receive timeouts.
+struct http_conn {
+  asio::io_context ioc;
+  tcp::socket s{ioc};
+  std::string buf;
+
+  bool connect(unsigned short port) {
+    baton::error_code ec;
+    s = tcp::socket(ioc);
+    s.connect({asio::ip::address_v4::loopback(), port}, ec);
+    if (ec) return false;
+    s.set_option(tcp::no_delay(true));
+    set_recv_timeout(s, 30s);
+    buf.clear();
+    return true;
+  }
+  bool send(const std::string& raw) {
+    baton::error_code ec;
+    asio::write(s, asio::buffer(raw), ec);
+    return !ec;
+  }
+  bool read(response& r) {
+    baton::error_code ec;
+    std::size_t hdr_end;
+    while ((hdr_end = buf.find("\r\n\r\n")) == std::string::npos) {
+      char tmp[4096];
+      const auto n = s.read_some(asio::buffer(tmp), ec);
+      if (ec) return false;
+      buf.append(tmp, n);
+    }
+    r = response{};
+    const std::string head = buf.substr(0, hdr_end);
+    if (head.rfind("HTTP/1.1 ", 0) != 0) return false;
+    r.status = std::atoi(head.c_str() + 9);
+    std::size_t pos = head.find("\r\n");
+    while (pos != std::string::npos && pos + 2 < head.size()) {
+      const auto next = head.find("\r\n", pos + 2);
+      const auto line = head.substr(pos + 2, (next == std::string::npos ? head.size() : next) - pos - 2);
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) {
+        std::string k = line.substr(0, colon);
+        for (auto& ch : k) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        r.headers[k] = line.substr(colon + 2);
+      }
+      pos = next;
+    }
+    const std::size_t len = r.header_u64("content-length");
+    buf.erase(0, hdr_end + 4);
+    while (buf.size() < len) {
+      char tmp[4096];
+      const auto n = s.read_some(asio::buffer(tmp), ec);
+      if (ec) return false;
+      buf.append(tmp, n);
+    }
+    r.body = buf.substr(0, len);
+    buf.erase(0, len);
+    return true;
+  }
+  bool get(const std::string& target, response& r) {
+    return send("GET " + target + " HTTP/1.1\r\nHost: t\r\n\r\n") && read(r);
+  }
+};
+
+// Keep-alive clients hammering the server, checking every response.
+struct load {
+  unsigned short port;
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> ok{0}, failed{0}, conn_errors{0}, sequence_errors{0};
+  std::mutex m;
+  std::set<std::uint64_t> generations;
+  std::vector<std::thread> threads;
+
+  load(unsigned short p, unsigned conns) : port(p) {
+    for (unsigned i = 0; i < conns; ++i) threads.emplace_back([this] { run(); });
+  }
+  ~load() { finish(); }
+  void finish() {
+    stop = true;
+    for (auto& t : threads)
+      if (t.joinable()) t.join();
+  }
+  void run() {
+    http_conn c;
+    if (!c.connect(port)) {
+      ++conn_errors;
+      return;
+    }
+    std::uint64_t expect = 1;
+    std::set<std::uint64_t> gens;
+    while (!stop) {
+      response r;
+      if (!c.get("/", r) || r.status != 200) {
+        ++failed;
+        if (!c.connect(port)) ++conn_errors;
+        expect = 1;
+        continue;
+      }
+      if (r.header_u64("x-baton-requests") != expect) ++sequence_errors;
+      expect = r.header_u64("x-baton-requests") + 1;
+      gens.insert(r.header_u64("x-baton-generation"));
+      ++ok;
+    }
+    std::lock_guard lk(m);
+    generations.insert(gens.begin(), gens.end());
+  }
+  std::uint64_t ok_now() const { return ok.load(); }
+};
+
+// A service run by helper processes: the first generation is our child; later ones are started
+// by their predecessors. Whatever generation is last is killed at the end.
+struct running_service {
+  std::string name = unique_name("rs");
+  name_guard guard{name};
+  std::string port_file = temp_path("port");
+  std::string mode_file = temp_path("mode");
+  child first;
+  unsigned short port = 0;
+
+  running_service() {
+    first = child::spawn("http_gen", {name, port_file, mode_file});
+    EXPECT_TRUE(wait_for_file(port_file, 60s));
+    port = static_cast<unsigned short>(std::stoi(read_file(port_file)));
+  }
+  ~running_service() {
+    baton::error_code ec;
+    for (int i = 0; i < 3; ++i) {
+      const auto st = baton::request_status(name, 5s, ec);
+      const auto p = st.find("\npid ");
+      if (ec || p == std::string::npos) break;
+      kill_process(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+      nap(50ms);
+    }
+    first.kill();
+    remove_file(port_file);
+    remove_file(mode_file);
+  }
+  baton::restart_report restart(baton::error_code& ec) { return baton::request_restart(name, "", 120s, ec); }
+  std::uint64_t generation() {
+    baton::error_code ec;
+    const auto st = baton::request_status(name, 10s, ec);
+    const auto p = st.find("generation ");
+    return ec || p == std::string::npos ? 0 : std::stoull(st.substr(p + 11));
+  }
+};
+
+void wait_for_requests(load& l, std::uint64_t more) {
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  const auto target = l.ok_now() + more;
+  while (l.ok_now() < target && std::chrono::steady_clock::now() < until) nap(5ms);
+}
+
+}  // namespace
+
+TEST(restart, under_load_nothing_fails_and_state_travels) {
+  running_service svc;
+  load l(svc.port, 24);
+  wait_for_requests(l, 200);
+  for (int i = 0; i < 3; ++i) {
+    baton::error_code ec;
+    const auto r = svc.restart(ec);
+    ASSERT_FALSE(ec) << ec.message();
+    EXPECT_EQ(r.old_generation, static_cast<std::uint64_t>(i + 1));
+    EXPECT_EQ(r.new_generation, static_cast<std::uint64_t>(i + 2));
+    EXPECT_EQ(r.listeners_moved, 1u);
+    EXPECT_EQ(r.connections_not_moved, 0u);
+    EXPECT_GT(r.connections_moved, 0u);
+    EXPECT_FALSE(process_exists(r.old_pid)) << "the old generation must be gone when batonctl returns";
+    wait_for_requests(l, 200);
+  }
+  l.finish();
+  EXPECT_EQ(l.failed, 0u);
+  EXPECT_EQ(l.conn_errors, 0u);
+  EXPECT_EQ(l.sequence_errors, 0u) << "a request count did not travel with its connection";
+  EXPECT_TRUE(l.generations.count(1) && l.generations.count(4)) << "clients saw generations 1..4";
+}
+
+TEST(restart, os_trigger_sighup_or_named_event) {
+  running_service svc;
+  load l(svc.port, 8);
+  wait_for_requests(l, 100);
+  const auto st = [&] {
+    baton::error_code ec;
+    return baton::request_status(svc.name, 10s, ec);
+  }();
+  const auto p = st.find("\npid ");
+  ASSERT_NE(p, std::string::npos) << st;
+  baton::error_code ec;
+  // Linux: SIGHUP to the process. Windows: SetEvent on Local\baton.<name>.restart.
+  baton::detail::fire_restart_trigger(svc.name, static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))), ec);
+  ASSERT_FALSE(ec) << ec.message();
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (svc.generation() != 2 && std::chrono::steady_clock::now() < until) nap(20ms);
+  EXPECT_EQ(svc.generation(), 2u);
+  wait_for_requests(l, 100);
+  l.finish();
+  EXPECT_EQ(l.failed, 0u);
+  EXPECT_EQ(l.sequence_errors, 0u);
+  EXPECT_TRUE(l.generations.count(2));
+}
+
+TEST(restart, twenty_in_a_row_under_load) {
+  running_service svc;
+  load l(svc.port, 12);
+  wait_for_requests(l, 50);
+  std::uint64_t moved = 0;
+  for (int i = 0; i < 20; ++i) {
+    baton::error_code ec;
+    const auto r = svc.restart(ec);
+    ASSERT_FALSE(ec) << "restart " << i << ": " << ec.message();
+    moved += r.connections_moved;
+    wait_for_requests(l, 20);
+  }
+  l.finish();
+  EXPECT_EQ(svc.generation(), 21u);
+  EXPECT_EQ(l.failed, 0u);
+  EXPECT_EQ(l.conn_errors, 0u);
+  EXPECT_EQ(l.sequence_errors, 0u);
+  EXPECT_GE(moved, 20u * 12u - 12u) << "nearly every connection moved at every restart";
+}
+
+TEST(restart, request_in_flight_finishes_in_old_generation_then_moves) {
+  running_service svc;
+  http_conn c;
+  ASSERT_TRUE(c.connect(svc.port));
+  response r;
+  ASSERT_TRUE(c.get("/", r));
+  ASSERT_EQ(r.header_u64("x-baton-generation"), 1u);
+  // A slow request, then two more pipelined behind it: the first is answered by generation 1;
+  // the other two were read by it (pipelined bytes), travel as unread bytes, and are answered
+  // by generation 2.
+  ASSERT_TRUE(c.send("GET /slow?ms=800 HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"
+                     "GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
+  nap(200ms);
+  baton::error_code ec;
+  baton::restart_report rep;
+  std::thread t([&] { rep = svc.restart(ec); });
+  response a, b, d;
+  ASSERT_TRUE(c.read(a));
+  ASSERT_TRUE(c.read(b));
+  ASSERT_TRUE(c.read(d));
+  t.join();
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_EQ(a.status, 200);
+  EXPECT_EQ(a.header_u64("x-baton-generation"), 1u) << "the request in flight finishes where it started";
+  EXPECT_EQ(b.header_u64("x-baton-generation"), 2u) << "pipelined requests travel with the connection";
+  EXPECT_EQ(d.header_u64("x-baton-generation"), 2u);
+  EXPECT_EQ(a.header_u64("x-baton-requests"), 2u);
+  EXPECT_EQ(b.header_u64("x-baton-requests"), 3u);
+  EXPECT_EQ(d.header_u64("x-baton-requests"), 4u);
+  EXPECT_GE(rep.connections_moved, 1u);
+}
+
+TEST(restart, client_mid_upload_finishes_then_moves) {
+  running_service svc;
+  http_conn c;
+  ASSERT_TRUE(c.connect(svc.port));
+  std::vector<std::byte> body(1u << 20);
+  fill_pattern(77, body.data(), body.size());
+  const std::string b(reinterpret_cast<const char*>(body.data()), body.size());
+  ASSERT_TRUE(c.send("POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(b.size()) + "\r\n\r\n" +
+                     b.substr(0, b.size() / 2)));
+  nap(100ms);
+  baton::error_code ec;
+  baton::restart_report rep;
+  std::thread t([&] { rep = svc.restart(ec); });
+  nap(500ms);  // the restart is under way; the upload is not at a safe point
+  ASSERT_TRUE(c.send(b.substr(b.size() / 2)));
+  response r;
+  ASSERT_TRUE(c.read(r));
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header_u64("x-baton-generation"), 1u);
+  EXPECT_EQ(r.body, std::to_string(b.size()) + " " +
+                        std::to_string(baton::crc32c({body.data(), body.size()})) + "\n");
+  t.join();
+  ASSERT_FALSE(ec) << ec.message();
+  response r2;
+  ASSERT_TRUE(c.get("/", r2));
+  EXPECT_EQ(r2.header_u64("x-baton-generation"), 2u);
+  EXPECT_EQ(r2.header_u64("x-baton-requests"), 2u);
+}
+
+TEST(restart, next_generation_dies_before_ready_old_keeps_serving) {
+  running_service svc;
+  load l(svc.port, 8);
+  wait_for_requests(l, 100);
+  write_file(svc.mode_file, "die-before-ready");
+  baton::error_code ec;
+  const auto r = svc.restart(ec);
+  EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
+  EXPECT_EQ(r.ec, baton::errc::next_generation_died);
+  wait_for_requests(l, 100);
+  // New connections are still accepted by generation 1.
+  http_conn c;
+  response resp;
+  ASSERT_TRUE(c.connect(svc.port));
+  ASSERT_TRUE(c.get("/", resp));
+  EXPECT_EQ(resp.header_u64("x-baton-generation"), 1u);
+  // And a later restart works.
+  remove_file(svc.mode_file);
+  const auto r2 = svc.restart(ec);
+  EXPECT_FALSE(ec) << ec.message();
+  EXPECT_EQ(r2.new_generation, 2u);
+  wait_for_requests(l, 100);
+  l.finish();
+  EXPECT_EQ(l.failed, 0u);
+  EXPECT_EQ(l.conn_errors, 0u);
+  EXPECT_EQ(l.sequence_errors, 0u);
+}
+
+TEST(restart, next_generation_dies_after_listeners_nothing_lost) {
+  running_service svc;
+  load l(svc.port, 8);
+  wait_for_requests(l, 100);
+  write_file(svc.mode_file, "die-after-listeners");
+  baton::error_code ec;
+  const auto r = svc.restart(ec);
+  EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
+  EXPECT_EQ(r.ec, baton::errc::next_generation_died);
+  wait_for_requests(l, 100);
+  // The listening socket survived its new owner's death: generation 1 accepts again.
+  for (int i = 0; i < 5; ++i) {
+    http_conn c;
+    response resp;
+    ASSERT_TRUE(c.connect(svc.port)) << "connection attempt " << i << " refused";
+    ASSERT_TRUE(c.get("/", resp));
+    EXPECT_EQ(resp.header_u64("x-baton-generation"), 1u);
+  }
+  remove_file(svc.mode_file);
+  const auto r2 = svc.restart(ec);
+  EXPECT_FALSE(ec) << ec.message();
+  wait_for_requests(l, 100);
+  l.finish();
+  EXPECT_EQ(l.failed, 0u) << "established connections stayed with generation 1";
+  EXPECT_EQ(l.conn_errors, 0u);
+  EXPECT_EQ(l.sequence_errors, 0u);
+}
+
+TEST(restart, second_restart_during_a_restart_fails_fast) {
+  running_service svc;
+  write_file(svc.mode_file, "slow-start");
+  baton::error_code ec1, ec2;
+  baton::restart_report r1;
+  std::thread t([&] { r1 = svc.restart(ec1); });
+  nap(400ms);  // the first restart is waiting for its slow next generation
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r2 = svc.restart(ec2);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  t.join();
+  EXPECT_EQ(ec2, baton::errc::restart_in_progress) << ec2.message();
+  EXPECT_EQ(r2.ec, baton::errc::restart_in_progress);
+  EXPECT_LT(took, 10s) << "refused at once, not after the first restart";
+  EXPECT_FALSE(ec1) << ec1.message();
+  EXPECT_EQ(r1.new_generation, 2u);
+}
+
+TEST(restart, status_and_unknown_service) {
+  running_service svc;
+  baton::error_code ec;
+  const auto st = baton::request_status(svc.name, 10s, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_NE(st.find("generation 1"), std::string::npos) << st;
+  EXPECT_NE(st.find("state serving"), std::string::npos) << st;
+  baton::request_restart(unique_name("nobody"), "", 5s, ec);
+  EXPECT_EQ(ec, baton::errc::service_not_found);
+  EXPECT_NE(ec.message().find("start the service"), std::string::npos);
+}
