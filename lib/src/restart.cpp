@@ -1026,7 +1026,11 @@ detail::message control_exchange(const std::string& service, detail::message req
       ec = e;
       done = true;
       ioc.stop();
+      return;
     }
+    // Let go of the service's control channel at once: on Windows an open handle keeps its
+    // names alive, and the next generation must create them anew before it reports back to us.
+    asio::post(ioc, [&] { tx = channel(); });
   });
   std::function<void()> receive = [&] {
     rx.async_receive([&](error_code e, ticket t) {
