@@ -214,7 +214,7 @@ struct thread_stats {
   std::map<std::string, std::uint64_t> failure_reasons;
   std::uint64_t pid_switches = 0;   // same connection, next response from another pid
   std::uint64_t server_closes = 0;  // a complete response with `Connection: close`
-  std::uint64_t reconnects = 0;
+  std::uint64_t reconnects = 0;  // successful connects, the first one included
 };
 
 std::uint64_t header_number(const http::response<http::string_body>& res, std::string_view name) {
@@ -553,7 +553,7 @@ struct results {
   std::vector<bucket_result> timeline;
   double load_s = 0;
   std::uint64_t ok = 0, failed = 0, connect_errors = 0, stuck_at_stop = 0;
-  std::uint64_t pid_switches = 0, server_closes = 0;
+  std::uint64_t pid_switches = 0, server_closes = 0, connects = 0;
   histogram overall;
   std::map<std::uint64_t, std::uint64_t> per_generation;
   std::set<std::uint64_t> pids;
@@ -721,7 +721,7 @@ std::string make_json(const results& r, const options& o) {
   s << "  \"totals\": {\"requests_ok\": " << r.ok << ", \"failed_requests\": " << r.failed << ", \"connection_errors\": " << r.connect_errors
     << ", \"stuck_at_stop\": " << r.stuck_at_stop << ", \"requests_per_s\": " << json_num(static_cast<double>(r.ok) / o.duration_s)
     << ", \"p50_ms\": " << json_num(r.overall.percentile_us(0.5) / 1000) << ", \"p99_ms\": " << json_num(r.overall.percentile_us(0.99) / 1000)
-    << ", \"pid_switches\": " << r.pid_switches << ", \"server_closes\": " << r.server_closes << "},\n";
+    << ", \"pid_switches\": " << r.pid_switches << ", \"server_closes\": " << r.server_closes << ", \"connects\": " << r.connects << "},\n";
   s << "  \"generations\": {";
   for (auto it = r.per_generation.begin(); it != r.per_generation.end(); ++it)
     s << (it == r.per_generation.begin() ? "" : ", ") << '"' << it->first << "\": " << it->second;
@@ -888,6 +888,7 @@ int run_load(options o) {
     r.pids.insert(s.pids.begin(), s.pids.end());
     r.pid_switches += s.pid_switches;
     r.server_closes += s.server_closes;
+    r.connects += s.reconnects;
   }
   for (std::size_t i = 0; i < used; ++i) {
     r.timeline[i].open = open_samples[i];
@@ -922,8 +923,10 @@ int run_load(options o) {
   std::printf("server pids   %zu distinct:", r.pids.size());
   for (auto p : r.pids) std::printf(" %llu", static_cast<unsigned long long>(p));
   std::printf("\n");
-  std::printf("keep-alive    %llu times a connection's next response came from another pid without reconnecting; %llu closed by the server\n",
-              static_cast<unsigned long long>(r.pid_switches), static_cast<unsigned long long>(r.server_closes));
+  std::printf("keep-alive    %llu times a connection's next response came from another pid without reconnecting; %llu closed by the server; "
+              "%llu connects for %u connections\n",
+              static_cast<unsigned long long>(r.pid_switches), static_cast<unsigned long long>(r.server_closes),
+              static_cast<unsigned long long>(r.connects), o.connections);
   unsigned restarts_ok = 0;
   for (std::size_t i = 0; i < r.restarts.size(); ++i) {
     const auto& rr = r.restarts[i];
@@ -1027,7 +1030,10 @@ int main(int argc, char** argv) {
       else if (k == "--threads") o.threads = static_cast<unsigned>(positive(std::stod(value()), k));
       else if (k == "--restart-cmd") o.restart_cmd = value();
       else if (k == "--restarts") o.restarts = static_cast<unsigned>(std::stoul(value()));
-      else if (k == "--first-restart-at") o.first_restart_at = std::stod(value());
+      else if (k == "--first-restart-at") {
+        o.first_restart_at = std::stod(value());
+        if (!(*o.first_restart_at >= 0)) throw std::invalid_argument(k + " must not be negative");
+      }
       else if (k == "--restart-interval") o.restart_interval = positive(std::stod(value()), k);
       else if (k == "--upload-every") o.upload_every = static_cast<unsigned>(std::stoul(value()));
       else if (k == "--upload-size") o.upload_size = std::stoul(value());
