@@ -42,6 +42,7 @@ own() { OWNED+=("$1:$(cat "/proc/$1/comm" 2>/dev/null || echo gone)"); }
 still_ours() { alive "${1%%:*}" && [ "$(cat "/proc/${1%%:*}/comm" 2>/dev/null)" = "${1#*:}" ]; }
 
 cleanup() {
+  set +e  # clean up as much as possible, whatever fails
   local e left
   for e in "${OWNED[@]}"; do still_ours "$e" && kill -TERM "${e%%:*}" 2>/dev/null; done
   for _ in $(seq 50); do
@@ -97,6 +98,12 @@ start_wrk() {
   WRK_PID=$!
 }
 
+# Waits for wrk (it stops itself after LOAD_SECS; `timeout` bounds it) and forgets its pid.
+wait_wrk() {
+  wait "$WRK_PID" || true
+  WRK_PID=
+}
+
 # Table row from a wrk output file: req/s, p99, socket errors c/r/w/t, non-2xx.
 ROWS=()
 add_row() {  # name wrk_output old_exit_text
@@ -105,7 +112,7 @@ add_row() {  # name wrk_output old_exit_text
   p99=$(awk '$1 == "99%" {print $2}' "$f")
   errs=$(awk '/Socket errors:/ {gsub(",", ""); print $4 "/" $6 "/" $8 "/" $10}' "$f")
   non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $5}' "$f")
-  ROWS+=("$(printf '| %-38s | %9s | %9s | %-16s | %7s | %-34s |' "$1" "${rps:-?}" "${p99:-?}" "${errs:-0/0/0/0}" "${non2xx:-0}" "$3")")
+  ROWS+=("$(printf '| %-38s | %9s | %9s | %-16s | %7s | %-40s |' "$1" "${rps:-?}" "${p99:-?}" "${errs:-0/0/0/0}" "${non2xx:-0}" "$3")")
 }
 
 # --- nginx -----------------------------------------------------------------------------------
@@ -165,7 +172,7 @@ run_nginx_baseline() {
   port=$(free_port); dir=$(nginx_setup baseline "$port")
   nginx_start "$dir" "$port"
   start_wrk "$port" "$dir/wrk.txt"
-  wait "$WRK_PID" || true
+  wait_wrk
   nginx_stop "$dir"
   add_row "nginx, no restart (baseline)" "$dir/wrk.txt" "-"
 }
@@ -194,7 +201,7 @@ run_nginx_upgrade() {
   else
     note="no new master within 10 s"
   fi
-  wait "$WRK_PID" || true
+  wait_wrk
   nginx_stop "$dir"
   add_row "nginx binary upgrade (USR2/WINCH/QUIT)" "$dir/wrk.txt" "$note"
 }
@@ -213,7 +220,7 @@ run_nginx_reload() {
   else
     note="old workers still alive after 20 s"
   fi
-  wait "$WRK_PID" || true
+  wait_wrk
   nginx_stop "$dir"
   add_row "nginx -s reload (HUP)" "$dir/wrk.txt" "$note"
 }
@@ -225,7 +232,7 @@ run_baton() {
   local http=$SAMPLES/baton-http ctl=$SAMPLES/batonctl
   if [ ! -x "$http" ] || [ ! -x "$ctl" ]; then
     echo "== Baton: skipped, $http or $ctl not found (build them: cmake --build build/linux --target baton-http batonctl)"
-    ROWS+=("$(printf '| %-38s | %9s | %9s | %-16s | %7s | %-34s |' "baton-http + batonctl restart" "skipped" "-" "-" "-" "binaries not built")")
+    ROWS+=("$(printf '| %-38s | %9s | %9s | %-16s | %7s | %-40s |' "baton-http + batonctl restart" "skipped" "-" "-" "-" "binaries not built")")
     return 0
   fi
   local port name dir old new t0 t_exit rc=0 note
@@ -253,7 +260,7 @@ run_baton() {
   # The new generation's pid, from "pid A -> B"; stopped on exit with everything else.
   new=$(sed -n 's/.*pid [0-9]* -> \([0-9]*\).*/\1/p' <<<"$BATON_LINE" | head -1)
   [ -n "$new" ] && own "$new"
-  wait "$WRK_PID" || true
+  wait_wrk
   add_row "baton-http + batonctl restart" "$dir/wrk.txt" "$note"
 }
 
@@ -265,9 +272,9 @@ run_nginx_reload
 run_baton
 
 echo
-printf '| %-38s | %9s | %9s | %-16s | %7s | %-34s |\n' "method" "req/s" "p99" "sock err c/r/w/t" "non-2xx" "old process gone after"
+printf '| %-38s | %9s | %9s | %-16s | %7s | %-40s |\n' "method" "req/s" "p99" "sock err c/r/w/t" "non-2xx" "old process gone after"
 dashes() { printf -- '-%.0s' $(seq "$1"); }
-printf '|%s|%s|%s|%s|%s|%s|\n' "$(dashes 40)" "$(dashes 11)" "$(dashes 11)" "$(dashes 18)" "$(dashes 9)" "$(dashes 36)"
+printf '|%s|%s|%s|%s|%s|%s|\n' "$(dashes 40)" "$(dashes 11)" "$(dashes 11)" "$(dashes 18)" "$(dashes 9)" "$(dashes 42)"
 for r in "${ROWS[@]}"; do echo "$r"; done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -n "$BATON_LINE" ] && echo && echo "batonctl: $BATON_LINE"
