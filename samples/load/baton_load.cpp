@@ -953,13 +953,14 @@ int run_load(options o) {
     for (auto& [why, n] : r.failure_reasons) std::printf(" %llu x %s;", static_cast<unsigned long long>(n), why.c_str());
     std::printf("\n");
   }
+  bool written = true;
   if (!o.svg.empty()) {
     if (write_file(o.svg, make_svg(r, o))) std::printf("svg           %s\n", o.svg.c_str());
-    else std::printf("svg           could not write %s\n", o.svg.c_str());
+    else std::printf("svg           could not write %s\n", o.svg.c_str()), written = false;
   }
   if (!o.json.empty()) {
     if (write_file(o.json, make_json(r, o))) std::printf("json          %s\n", o.json.c_str());
-    else std::printf("json          could not write %s\n", o.json.c_str());
+    else std::printf("json          could not write %s\n", o.json.c_str()), written = false;
   }
   const bool pass = r.failed == 0 && r.connect_errors == 0 && restarts_ok == r.restarts.size();
   std::string result = pass ? "RESULT: PASS (" : "RESULT: FAIL (";
@@ -973,7 +974,7 @@ int run_load(options o) {
   std::printf("%s)\n", result.c_str());
   std::fflush(stdout);
   if (!restarts_done) std::_Exit(1);  // a restart command is stuck; do not wait for it
-  return pass ? 0 : 1;
+  return !pass ? 1 : written ? 0 : 2;
 }
 
 int run_serve(const std::string& where, std::uint64_t generation, double duration_s) {
