@@ -497,6 +497,10 @@ struct restart_runner {
         }
       }
       const auto start = clock_type::now();
+      {
+        std::lock_guard lk(m);
+        records[i].start_s = seconds(start - g.t0);
+      }
       con.event("restart " + std::to_string(i + 1) + ": running `" + cmd + "` at " + fmt("%.2f", seconds(start - g.t0)) + " s");
       FILE* f = nullptr;
       {
@@ -518,7 +522,6 @@ struct restart_runner {
       {
         std::lock_guard lk(m);
         auto& r = records[i];
-        r.start_s = seconds(start - g.t0);
         r.end_s = seconds(end - g.t0);
         r.exit_status = status;
         r.output = last;
@@ -935,7 +938,8 @@ int run_load(options o) {
       continue;
     }
     if (rr.end_s < 0) {
-      std::printf("restart %zu     at %.2f s, still running %.0f s after the load ended\n", i + 1, rr.start_s, seconds(restart_grace));
+      std::printf("restart %zu     at %.2f s, still running %.0f s after the load ended (left running)\n", i + 1, rr.start_s,
+                  seconds(restart_grace));
       continue;
     }
     if (rr.exit_status == 0) ++restarts_ok;
