@@ -257,8 +257,11 @@ run_baton() {
   wait "$ctl_pid" || rc=$?
   note="$note (batonctl exit $rc after $(( $(now_ms) - t0 )) ms)"
   BATON_LINE=$(tail -n 1 "$dir/batonctl.out")
-  # The new generation's pid, from "pid A -> B"; stopped on exit with everything else.
+  # The new generation's pid, from "pid A -> B", and whoever listens on the port now (in case
+  # the line differs); both are stopped on exit with everything else.
   new=$(sed -n 's/.*pid [0-9]* -> \([0-9]*\).*/\1/p' <<<"$BATON_LINE" | head -1)
+  [ -n "$new" ] && own "$new"
+  new=$(ss -Htlnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
   [ -n "$new" ] && own "$new"
   wait_wrk
   add_row "baton-http + batonctl restart" "$dir/wrk.txt" "$note"
