@@ -70,7 +70,10 @@ namespace platform {
 void init() {}
 std::uint64_t process_id() { return ::GetCurrentProcessId(); }
 bool stderr_is_tty() { return ::_isatty(::_fileno(stderr)) != 0; }
-FILE* open_pipe(const std::string& cmd) { return ::_popen(cmd.c_str(), "r"); }
+// _popen runs `cmd.exe /c CMD`. When CMD starts with a quote, cmd.exe removes the first and the
+// last quote of the line, which breaks a quoted program path followed by quoted arguments; one
+// extra pair around the whole line is what it removes instead.
+FILE* open_pipe(const std::string& cmd) { return ::_popen(("\"" + cmd + "\"").c_str(), "r"); }
 // _pclose returns the command's exit code.
 int close_pipe(FILE* f) { return ::_pclose(f); }
 // Winsock sockets are inheritable by default, and _popen starts its child with inheritance on.
