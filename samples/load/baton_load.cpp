@@ -137,7 +137,8 @@ class histogram {
   /// The p-quantile (0..1) in microseconds, or NaN without samples.
   double percentile_us(double p) const {
     if (count_ == 0) return std::nan("");
-    const auto rank = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(p * static_cast<double>(count_))));
+    const auto rank =
+        std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(p * static_cast<double>(count_))));
     std::uint64_t seen = 0;
     for (std::size_t i = 0; i < bins; ++i) {
       seen += n_[i];
@@ -217,7 +218,7 @@ struct thread_stats {
   std::map<std::string, std::uint64_t> failure_reasons;
   std::uint64_t pid_switches = 0;   // same connection, next response from another pid
   std::uint64_t server_closes = 0;  // a complete response with `Connection: close`
-  std::uint64_t reconnects = 0;  // successful connects, the first one included
+  std::uint64_t reconnects = 0;     // successful connects, the first one included
 };
 
 std::uint64_t header_number(const http::response<http::string_body>& res, std::string_view name) {
@@ -311,7 +312,8 @@ asio::awaitable<void> run_connection(shared_state& g, thread_stats& st) {
     const bool upload = g.upload_every != 0 && ++n_requests % g.upload_every == 0;
     const auto t_start = clock_type::now();
     c->set_deadline(t_start + request_timeout);
-    auto [wec, wn] = co_await asio::async_write(c->sock, asio::buffer(upload ? g.upload_request : g.get_request), tuple_aw);
+    auto [wec, wn] =
+        co_await asio::async_write(c->sock, asio::buffer(upload ? g.upload_request : g.get_request), tuple_aw);
     if (wec) {
       fail(c->timed_out ? "write: timeout" : "write: " + wec.message(), false);
       continue;
@@ -321,10 +323,14 @@ asio::awaitable<void> run_connection(shared_state& g, thread_stats& st) {
     auto [rec, rn] = co_await http::async_read(c->sock, buf, parser, tuple_aw);
     const auto t_end = clock_type::now();
     if (rec) {
-      if (c->timed_out) fail("read: timeout", false);
-      else if (rec == http::error::end_of_stream) fail("read: connection closed before the response", false);
-      else if (rec == http::error::partial_message) fail("read: connection closed mid-response", false);
-      else fail("read: " + rec.message(), false);
+      if (c->timed_out)
+        fail("read: timeout", false);
+      else if (rec == http::error::end_of_stream)
+        fail("read: connection closed before the response", false);
+      else if (rec == http::error::partial_message)
+        fail("read: connection closed mid-response", false);
+      else
+        fail("read: " + rec.message(), false);
       continue;
     }
     const auto& res = parser.get();
@@ -336,7 +342,8 @@ asio::awaitable<void> run_connection(shared_state& g, thread_stats& st) {
     } else {
       ++b.ok;
       if (!b.latency) b.latency = std::make_unique<histogram>();
-      b.latency->add(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(t_end - t_start).count()));
+      b.latency->add(
+          static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(t_end - t_start).count()));
       const auto gen = header_number(res, "X-Baton-Generation");
       const auto pid = header_number(res, "X-Baton-Pid");
       ++st.per_generation[gen];
@@ -386,7 +393,8 @@ class stand_in_server {
   void bump_generation() { ++generation_; }
   // Runs the server on the calling thread too (for --serve) until `until`.
   void wait_until(clock_type::time_point until) {
-    while (clock_type::now() < until) std::this_thread::sleep_for(std::min<clock_type::duration>(until - clock_type::now(), 1s));
+    while (clock_type::now() < until)
+      std::this_thread::sleep_for(std::min<clock_type::duration>(until - clock_type::now(), 1s));
   }
 
  private:
@@ -456,8 +464,10 @@ class console {
   void progress(const std::string& line) {
     if (quiet_) return;
     std::lock_guard lk(m_);
-    if (tty_) std::fprintf(stderr, "\r%-100s", line.c_str());
-    else std::fprintf(stderr, "%s\n", line.c_str());
+    if (tty_)
+      std::fprintf(stderr, "\r%-100s", line.c_str());
+    else
+      std::fprintf(stderr, "%s\n", line.c_str());
     std::fflush(stderr);
     pending_ = tty_;
   }
@@ -504,7 +514,8 @@ struct restart_runner {
         std::lock_guard lk(m);
         records[i].start_s = seconds(start - g.t0);
       }
-      con.event("restart " + std::to_string(i + 1) + ": running `" + cmd + "` at " + fmt("%.2f", seconds(start - g.t0)) + " s");
+      con.event("restart " + std::to_string(i + 1) + ": running `" + cmd + "` at " +
+                fmt("%.2f", seconds(start - g.t0)) + " s");
       FILE* f = nullptr;
       {
         std::lock_guard lk(g.spawn_mutex);
@@ -593,12 +604,18 @@ std::string ms(double v) { return std::isnan(v) ? "n/a" : fmt("%.2f", v); }
 std::string json_escape(const std::string& s) {
   std::string o;
   for (const unsigned char ch : s) {
-    if (ch == '"' || ch == '\\') o += '\\', o += static_cast<char>(ch);
-    else if (ch == '\n') o += "\\n";
-    else if (ch == '\r') o += "\\r";
-    else if (ch == '\t') o += "\\t";
-    else if (ch < 0x20) o += fmt("\\u%04x", ch);
-    else o += static_cast<char>(ch);
+    if (ch == '"' || ch == '\\')
+      o += '\\', o += static_cast<char>(ch);
+    else if (ch == '\n')
+      o += "\\n";
+    else if (ch == '\r')
+      o += "\\r";
+    else if (ch == '\t')
+      o += "\\t";
+    else if (ch < 0x20)
+      o += fmt("\\u%04x", ch);
+    else
+      o += static_cast<char>(ch);
   }
   return o;
 }
@@ -607,11 +624,16 @@ std::string json_num(double v) { return std::isnan(v) ? "null" : fmt("%.3f", v);
 std::string xml_escape(const std::string& s) {
   std::string o;
   for (const char ch : s) {
-    if (ch == '<') o += "&lt;";
-    else if (ch == '>') o += "&gt;";
-    else if (ch == '&') o += "&amp;";
-    else if (ch == '"') o += "&quot;";
-    else o += ch;
+    if (ch == '<')
+      o += "&lt;";
+    else if (ch == '>')
+      o += "&gt;";
+    else if (ch == '&')
+      o += "&amp;";
+    else if (ch == '"')
+      o += "&quot;";
+    else
+      o += ch;
   }
   return o;
 }
@@ -624,7 +646,9 @@ double nice_step(double max, int ticks) {
   const double norm = raw / mag;
   return (norm < 1.5 ? 1 : norm < 3 ? 2 : norm < 7 ? 5 : 10) * mag;
 }
-std::string tick_label(double v, double step) { return step >= 1 ? fmt("%.0f", v) : step >= 0.1 ? fmt("%.1f", v) : fmt("%.2f", v); }
+std::string tick_label(double v, double step) {
+  return step >= 1 ? fmt("%.0f", v) : step >= 0.1 ? fmt("%.1f", v) : fmt("%.2f", v);
+}
 
 std::string make_svg(const results& r, const options& o) {
   const double W = 1000, H = 440, left = 80, right = 80, top = 50, bottom = 60;
@@ -645,14 +669,15 @@ std::string make_svg(const results& r, const options& o) {
   auto y_p99 = [&](double v) { return top + ph * (1 - v / p99_top); };
 
   std::ostringstream s;
-  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << ' ' << H
-    << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << ' ' << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
   s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">" << xml_escape("baton-load: " + o.target + ", " + std::to_string(o.connections) + " keep-alive connections")
+  s << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">"
+    << xml_escape("baton-load: " + o.target + ", " + std::to_string(o.connections) + " keep-alive connections")
     << "</text>\n";
-  s << "<text x=\"" << left << "\" y=\"38\" fill=\"#444\">" << r.ok << " requests ok, " << r.failed << " failed, " << r.connect_errors
-    << " connection errors; overall p50 " << ms(r.overall.percentile_us(0.5) / 1000) << " ms, p99 " << ms(r.overall.percentile_us(0.99) / 1000)
-    << " ms</text>\n";
+  s << "<text x=\"" << left << "\" y=\"38\" fill=\"#444\">" << r.ok << " requests ok, " << r.failed << " failed, "
+    << r.connect_errors << " connection errors; overall p50 " << ms(r.overall.percentile_us(0.5) / 1000) << " ms, p99 "
+    << ms(r.overall.percentile_us(0.99) / 1000) << " ms</text>\n";
   // Restart windows first, so the lines are drawn over them.
   for (std::size_t i = 0; i < r.restarts.size(); ++i) {
     const auto& rr = r.restarts[i];
@@ -661,28 +686,39 @@ std::string make_svg(const results& r, const options& o) {
     const double x0 = x(std::min(rr.start_s, t_max)), x1 = std::max(x(end), x0 + 2);
     s << "<rect x=\"" << x0 << "\" y=\"" << top << "\" width=\"" << x1 - x0 << "\" height=\"" << ph
       << "\" fill=\"#f4b942\" fill-opacity=\"0.35\"/>\n";
-    s << "<text x=\"" << x0 + 3 << "\" y=\"" << top + 14 + 14 * static_cast<double>(i % 2) << "\" fill=\"#8a5a00\">restart " << i + 1 << " ("
-      << (rr.end_s < 0 ? std::string("unfinished") : fmt("%.0f ms", (rr.end_s - rr.start_s) * 1000)) << ", exit " << rr.exit_status << ")</text>\n";
+    s << "<text x=\"" << x0 + 3 << "\" y=\"" << top + 14 + 14 * static_cast<double>(i % 2)
+      << "\" fill=\"#8a5a00\">restart " << i + 1 << " ("
+      << (rr.end_s < 0 ? std::string("unfinished") : fmt("%.0f ms", (rr.end_s - rr.start_s) * 1000)) << ", exit "
+      << rr.exit_status << ")</text>\n";
   }
   // Grid and axes.
   for (double v = 0; v <= rps_top + rps_step / 2; v += rps_step) {
-    s << "<line x1=\"" << left << "\" x2=\"" << left + pw << "\" y1=\"" << y_rps(v) << "\" y2=\"" << y_rps(v) << "\" stroke=\"#e4e4e4\"/>\n";
-    s << "<text x=\"" << left - 6 << "\" y=\"" << y_rps(v) + 4 << "\" text-anchor=\"end\" fill=\"#1f5fa8\">" << tick_label(v, rps_step) << "</text>\n";
+    s << "<line x1=\"" << left << "\" x2=\"" << left + pw << "\" y1=\"" << y_rps(v) << "\" y2=\"" << y_rps(v)
+      << "\" stroke=\"#e4e4e4\"/>\n";
+    s << "<text x=\"" << left - 6 << "\" y=\"" << y_rps(v) + 4 << "\" text-anchor=\"end\" fill=\"#1f5fa8\">"
+      << tick_label(v, rps_step) << "</text>\n";
   }
   for (double v = 0; v <= p99_top + p99_step / 2; v += p99_step)
-    s << "<text x=\"" << left + pw + 6 << "\" y=\"" << y_p99(v) + 4 << "\" fill=\"#c0392b\">" << tick_label(v, p99_step) << "</text>\n";
+    s << "<text x=\"" << left + pw + 6 << "\" y=\"" << y_p99(v) + 4 << "\" fill=\"#c0392b\">" << tick_label(v, p99_step)
+      << "</text>\n";
   for (double t = 0; t <= t_max + t_step / 100; t += t_step) {
-    s << "<line x1=\"" << x(t) << "\" x2=\"" << x(t) << "\" y1=\"" << top + ph << "\" y2=\"" << top + ph + 5 << "\" stroke=\"#333\"/>\n";
-    s << "<text x=\"" << x(t) << "\" y=\"" << top + ph + 18 << "\" text-anchor=\"middle\">" << tick_label(t, t_step) << "</text>\n";
+    s << "<line x1=\"" << x(t) << "\" x2=\"" << x(t) << "\" y1=\"" << top + ph << "\" y2=\"" << top + ph + 5
+      << "\" stroke=\"#333\"/>\n";
+    s << "<text x=\"" << x(t) << "\" y=\"" << top + ph + 18 << "\" text-anchor=\"middle\">" << tick_label(t, t_step)
+      << "</text>\n";
   }
-  s << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph << "\" fill=\"none\" stroke=\"#333\"/>\n";
-  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 18 << "\" text-anchor=\"middle\">time since start of load (s), "
-    << fmt("%.0f", bw * 1000) << " ms buckets</text>\n";
-  s << "<text transform=\"translate(22," << top + ph / 2 << ") rotate(-90)\" text-anchor=\"middle\" fill=\"#1f5fa8\">requests/s</text>\n";
-  s << "<text transform=\"translate(" << W - 18 << ',' << top + ph / 2 << ") rotate(90)\" text-anchor=\"middle\" fill=\"#c0392b\">p99 latency (ms)</text>\n";
+  s << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph
+    << "\" fill=\"none\" stroke=\"#333\"/>\n";
+  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 18
+    << "\" text-anchor=\"middle\">time since start of load (s), " << fmt("%.0f", bw * 1000) << " ms buckets</text>\n";
+  s << "<text transform=\"translate(22," << top + ph / 2
+    << ") rotate(-90)\" text-anchor=\"middle\" fill=\"#1f5fa8\">requests/s</text>\n";
+  s << "<text transform=\"translate(" << W - 18 << ',' << top + ph / 2
+    << ") rotate(90)\" text-anchor=\"middle\" fill=\"#c0392b\">p99 latency (ms)</text>\n";
   // Requests/s: one point per bucket, at its middle.
   s << "<polyline fill=\"none\" stroke=\"#1f5fa8\" stroke-width=\"1.5\" points=\"";
-  for (std::size_t i = 0; i < n; ++i) s << x((static_cast<double>(i) + 0.5) * bw) << ',' << y_rps(static_cast<double>(r.timeline[i].ok) / bw) << ' ';
+  for (std::size_t i = 0; i < n; ++i)
+    s << x((static_cast<double>(i) + 0.5) * bw) << ',' << y_rps(static_cast<double>(r.timeline[i].ok) / bw) << ' ';
   s << "\"/>\n";
   // p99: a path broken where a bucket has no completed request.
   s << "<path fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\" d=\"";
@@ -692,7 +728,8 @@ std::string make_svg(const results& r, const options& o) {
       pen_down = false;
       continue;
     }
-    s << (pen_down ? 'L' : 'M') << x((static_cast<double>(i) + 0.5) * bw) << ',' << y_p99(r.timeline[i].latency.percentile_us(0.99) / 1000) << ' ';
+    s << (pen_down ? 'L' : 'M') << x((static_cast<double>(i) + 0.5) * bw) << ','
+      << y_p99(r.timeline[i].latency.percentile_us(0.99) / 1000) << ' ';
     pen_down = true;
   }
   s << "\"/>\n";
@@ -700,21 +737,27 @@ std::string make_svg(const results& r, const options& o) {
   for (std::size_t i = 1; i < n; ++i)
     if (r.timeline[i].generation > r.timeline[i - 1].generation && r.timeline[i - 1].generation != 0) {
       const double gx = x(static_cast<double>(i) * bw);
-      s << "<line x1=\"" << gx << "\" x2=\"" << gx << "\" y1=\"" << top << "\" y2=\"" << top + ph << "\" stroke=\"#2e7d32\" stroke-dasharray=\"4 3\"/>"
-        << "<text x=\"" << gx + 3 << "\" y=\"" << top + ph - 10 << "\" fill=\"#2e7d32\">generation " << r.timeline[i].generation << "</text>\n";
+      s << "<line x1=\"" << gx << "\" x2=\"" << gx << "\" y1=\"" << top << "\" y2=\"" << top + ph
+        << "\" stroke=\"#2e7d32\" stroke-dasharray=\"4 3\"/>"
+        << "<text x=\"" << gx + 3 << "\" y=\"" << top + ph - 10 << "\" fill=\"#2e7d32\">generation "
+        << r.timeline[i].generation << "</text>\n";
     }
   // Failures: a red mark under the plot for every bucket that had one.
   for (std::size_t i = 0; i < n; ++i)
     if (r.timeline[i].failed != 0)
-      s << "<rect x=\"" << x(static_cast<double>(i) * bw) << "\" y=\"" << top + ph - 6 << "\" width=\"" << std::max(2.0, pw * bw / t_max)
-        << "\" height=\"6\" fill=\"red\"><title>" << r.timeline[i].failed << " failed</title></rect>\n";
+      s << "<rect x=\"" << x(static_cast<double>(i) * bw) << "\" y=\"" << top + ph - 6 << "\" width=\""
+        << std::max(2.0, pw * bw / t_max) << "\" height=\"6\" fill=\"red\"><title>" << r.timeline[i].failed
+        << " failed</title></rect>\n";
   // Legend.
   const double lx = left + pw - 300, ly = top - 30;
-  s << "<line x1=\"" << lx << "\" x2=\"" << lx + 20 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\"#1f5fa8\" stroke-width=\"2\"/>"
+  s << "<line x1=\"" << lx << "\" x2=\"" << lx + 20 << "\" y1=\"" << ly << "\" y2=\"" << ly
+    << "\" stroke=\"#1f5fa8\" stroke-width=\"2\"/>"
     << "<text x=\"" << lx + 24 << "\" y=\"" << ly + 4 << "\">requests/s</text>\n";
-  s << "<line x1=\"" << lx + 100 << "\" x2=\"" << lx + 120 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\"#c0392b\" stroke-width=\"2\"/>"
+  s << "<line x1=\"" << lx + 100 << "\" x2=\"" << lx + 120 << "\" y1=\"" << ly << "\" y2=\"" << ly
+    << "\" stroke=\"#c0392b\" stroke-width=\"2\"/>"
     << "<text x=\"" << lx + 124 << "\" y=\"" << ly + 4 << "\">p99 latency</text>\n";
-  s << "<rect x=\"" << lx + 210 << "\" y=\"" << ly - 6 << "\" width=\"20\" height=\"12\" fill=\"#f4b942\" fill-opacity=\"0.35\"/>"
+  s << "<rect x=\"" << lx + 210 << "\" y=\"" << ly - 6
+    << "\" width=\"20\" height=\"12\" fill=\"#f4b942\" fill-opacity=\"0.35\"/>"
     << "<text x=\"" << lx + 234 << "\" y=\"" << ly + 4 << "\">restart</text>\n";
   s << "</svg>\n";
   return s.str();
@@ -722,12 +765,15 @@ std::string make_svg(const results& r, const options& o) {
 
 std::string make_json(const results& r, const options& o) {
   std::ostringstream s;
-  s << "{\n  \"target\": \"" << json_escape(o.target) << "\",\n  \"connections\": " << o.connections << ",\n  \"threads\": " << o.threads
-    << ",\n  \"duration_s\": " << json_num(o.duration_s) << ",\n  \"load_s\": " << json_num(r.load_s) << ",\n";
-  s << "  \"totals\": {\"requests_ok\": " << r.ok << ", \"failed_requests\": " << r.failed << ", \"connection_errors\": " << r.connect_errors
-    << ", \"stuck_at_stop\": " << r.stuck_at_stop << ", \"requests_per_s\": " << json_num(static_cast<double>(r.ok) / o.duration_s)
-    << ", \"p50_ms\": " << json_num(r.overall.percentile_us(0.5) / 1000) << ", \"p99_ms\": " << json_num(r.overall.percentile_us(0.99) / 1000)
-    << ", \"pid_switches\": " << r.pid_switches << ", \"server_closes\": " << r.server_closes << ", \"connects\": " << r.connects << "},\n";
+  s << "{\n  \"target\": \"" << json_escape(o.target) << "\",\n  \"connections\": " << o.connections
+    << ",\n  \"threads\": " << o.threads << ",\n  \"duration_s\": " << json_num(o.duration_s)
+    << ",\n  \"load_s\": " << json_num(r.load_s) << ",\n";
+  s << "  \"totals\": {\"requests_ok\": " << r.ok << ", \"failed_requests\": " << r.failed
+    << ", \"connection_errors\": " << r.connect_errors << ", \"stuck_at_stop\": " << r.stuck_at_stop
+    << ", \"requests_per_s\": " << json_num(static_cast<double>(r.ok) / o.duration_s)
+    << ", \"p50_ms\": " << json_num(r.overall.percentile_us(0.5) / 1000)
+    << ", \"p99_ms\": " << json_num(r.overall.percentile_us(0.99) / 1000) << ", \"pid_switches\": " << r.pid_switches
+    << ", \"server_closes\": " << r.server_closes << ", \"connects\": " << r.connects << "},\n";
   s << "  \"generations\": {";
   for (auto it = r.per_generation.begin(); it != r.per_generation.end(); ++it)
     s << (it == r.per_generation.begin() ? "" : ", ") << '"' << it->first << "\": " << it->second;
@@ -739,19 +785,21 @@ std::string make_json(const results& r, const options& o) {
   s << "},\n  \"restarts\": [";
   for (std::size_t i = 0; i < r.restarts.size(); ++i) {
     const auto& rr = r.restarts[i];
-    s << (i ? "," : "") << "\n    {\"scheduled_s\": " << json_num(rr.scheduled_s) << ", \"start_s\": " << (rr.start_s < 0 ? "null" : json_num(rr.start_s))
-      << ", \"end_s\": " << (rr.end_s < 0 ? "null" : json_num(rr.end_s)) << ", \"exit_status\": " << rr.exit_status << ", \"output\": \""
-      << json_escape(rr.output) << "\", \"error\": \"" << json_escape(rr.error) << "\"";
+    s << (i ? "," : "") << "\n    {\"scheduled_s\": " << json_num(rr.scheduled_s)
+      << ", \"start_s\": " << (rr.start_s < 0 ? "null" : json_num(rr.start_s))
+      << ", \"end_s\": " << (rr.end_s < 0 ? "null" : json_num(rr.end_s)) << ", \"exit_status\": " << rr.exit_status
+      << ", \"output\": \"" << json_escape(rr.output) << "\", \"error\": \"" << json_escape(rr.error) << "\"";
     static constexpr const char* names[3] = {"before", "during", "after"};
     for (int w = 0; w < 3; ++w) {
       const auto& ws = r.restart_windows[i][w];
-      s << ", \"" << names[w] << "\": {\"requests\": " << ws.requests << ", \"failed\": " << ws.failed << ", \"p50_ms\": " << json_num(ws.p50_ms)
-        << ", \"p99_ms\": " << json_num(ws.p99_ms) << "}";
+      s << ", \"" << names[w] << "\": {\"requests\": " << ws.requests << ", \"failed\": " << ws.failed
+        << ", \"p50_ms\": " << json_num(ws.p50_ms) << ", \"p99_ms\": " << json_num(ws.p99_ms) << "}";
     }
     s << "}";
   }
   s << "\n  ],\n  \"command\": \"" << json_escape(o.restart_cmd) << "\",\n";
-  s << "  \"timeline\": {\"bucket_ms\": " << std::chrono::duration_cast<std::chrono::milliseconds>(bucket_width).count();
+  s << "  \"timeline\": {\"bucket_ms\": "
+    << std::chrono::duration_cast<std::chrono::milliseconds>(bucket_width).count();
   auto column = [&](const char* name, auto get) {
     s << ",\n    \"" << name << "\": [";
     for (std::size_t i = 0; i < r.timeline.size(); ++i) s << (i ? "," : "") << get(r.timeline[i]);
@@ -781,7 +829,8 @@ int run_load(options o) {
   std::unique_ptr<stand_in_server> stand_in;
   shared_state g;
   if (o.stand_in) {
-    stand_in = std::make_unique<stand_in_server>(tcp::endpoint(asio::ip::address_v4::loopback(), 0), 1, o.stand_in_fault);
+    stand_in =
+        std::make_unique<stand_in_server>(tcp::endpoint(asio::ip::address_v4::loopback(), 0), 1, o.stand_in_fault);
     g.endpoint = stand_in->local_endpoint();
     o.target = "127.0.0.1:" + std::to_string(g.endpoint.port());
   } else {
@@ -794,7 +843,8 @@ int run_load(options o) {
     g.endpoint = eps.begin()->endpoint();
   }
   g.get_request = "GET / HTTP/1.1\r\nHost: " + o.target + "\r\nUser-Agent: baton-load\r\nAccept: */*\r\n\r\n";
-  g.upload_request = "POST / HTTP/1.1\r\nHost: " + o.target + "\r\nUser-Agent: baton-load\r\nContent-Type: application/octet-stream\r\n" +
+  g.upload_request = "POST / HTTP/1.1\r\nHost: " + o.target +
+                     "\r\nUser-Agent: baton-load\r\nContent-Type: application/octet-stream\r\n" +
                      "Content-Length: " + std::to_string(o.upload_size) + "\r\n\r\n";
   for (std::size_t i = 0; i < o.upload_size; ++i) g.upload_request += static_cast<char>('a' + i % 26);
   g.upload_every = o.upload_every;
@@ -812,7 +862,8 @@ int run_load(options o) {
     }
   }
   if (!o.quiet) {
-    std::fprintf(stderr, "baton-load: %u connections to %s for %.1f s on %u threads", o.connections, o.target.c_str(), o.duration_s, o.threads);
+    std::fprintf(stderr, "baton-load: %u connections to %s for %.1f s on %u threads", o.connections, o.target.c_str(),
+                 o.duration_s, o.threads);
     if (!runner.records.empty()) {
       std::fprintf(stderr, "; %zu restart(s) at", runner.records.size());
       for (const auto& r : runner.records) std::fprintf(stderr, " %.2f s", r.scheduled_s);
@@ -829,7 +880,8 @@ int run_load(options o) {
   g.t0 = clock_type::now();
   g.end = g.t0 + duration;
   g.running_connections = static_cast<int>(o.connections);
-  for (unsigned i = 0; i < o.connections; ++i) asio::co_spawn(*contexts[i % o.threads], run_connection(g, stats[i % o.threads]), asio::detached);
+  for (unsigned i = 0; i < o.connections; ++i)
+    asio::co_spawn(*contexts[i % o.threads], run_connection(g, stats[i % o.threads]), asio::detached);
   std::vector<std::thread> io_threads;
   for (auto& c : contexts) io_threads.emplace_back([&c] { c->run(); });
   std::thread restart_thread;
@@ -849,9 +901,10 @@ int run_load(options o) {
     }
     if (k % 10 == 0) {
       const auto ok = g.ok.load();
-      con.progress(fmt("%6.1f s", seconds(now - g.t0)) + fmt("  %8.0f req/s", static_cast<double>(ok - last_ok)) + "  open " +
-                   std::to_string(g.open_connections.load()) + "  generation " + std::to_string(g.max_generation.load()) + "  failed " +
-                   std::to_string(g.failed.load()) + "  connect errors " + std::to_string(g.connect_errors.load()));
+      con.progress(fmt("%6.1f s", seconds(now - g.t0)) + fmt("  %8.0f req/s", static_cast<double>(ok - last_ok)) +
+                   "  open " + std::to_string(g.open_connections.load()) + "  generation " +
+                   std::to_string(g.max_generation.load()) + "  failed " + std::to_string(g.failed.load()) +
+                   "  connect errors " + std::to_string(g.connect_errors.load()));
       last_ok = ok;
     }
     if ((now >= g.end && g.running_connections.load() == 0) || now >= g.end + grace) {
@@ -870,18 +923,22 @@ int run_load(options o) {
     std::unique_lock lk(runner.m);
     runner.stop = true;
     runner.cv.notify_all();
-    runner.cv.wait_until(lk, clock_type::now() + restart_grace, [&] { return runner.finished || runner.records.empty(); });
+    runner.cv.wait_until(lk, clock_type::now() + restart_grace,
+                         [&] { return runner.finished || runner.records.empty(); });
     r.restarts = runner.records;
   }
   const bool restarts_done = runner.records.empty() || runner.finished;
   if (restart_thread.joinable()) {
-    if (restarts_done) restart_thread.join();
-    else restart_thread.detach();  // stuck in the command; we exit without it (see the end)
+    if (restarts_done)
+      restart_thread.join();
+    else
+      restart_thread.detach();  // stuck in the command; we exit without it (see the end)
   }
 
   // Merge.
   r.load_s = seconds(std::min(stopped_at, g.end + grace) - g.t0);
-  const auto used = std::min<std::size_t>(g.n_buckets, static_cast<std::size_t>(std::ceil(r.load_s / seconds(bucket_width))));
+  const auto used =
+      std::min<std::size_t>(g.n_buckets, static_cast<std::size_t>(std::ceil(r.load_s / seconds(bucket_width))));
   r.timeline.resize(used);
   for (auto& s : stats) {
     for (std::size_t i = 0; i < used; ++i) {
@@ -915,24 +972,32 @@ int run_load(options o) {
   }
 
   // The report.
-  std::printf("baton-load: %s, %u keep-alive connections, %u threads, %.1f s\n", o.target.c_str(), o.connections, o.threads, o.duration_s);
-  std::printf("requests      %llu ok, %llu failed, %llu connection errors, %.0f req/s\n", static_cast<unsigned long long>(r.ok),
-              static_cast<unsigned long long>(r.failed), static_cast<unsigned long long>(r.connect_errors), static_cast<double>(r.ok) / o.duration_s);
-  if (r.overall.count() == 0) std::printf("latency       n/a (no request succeeded)\n");
-  else std::printf("latency       p50 %s ms, p99 %s ms\n", ms(r.overall.percentile_us(0.5) / 1000).c_str(), ms(r.overall.percentile_us(0.99) / 1000).c_str());
+  std::printf("baton-load: %s, %u keep-alive connections, %u threads, %.1f s\n", o.target.c_str(), o.connections,
+              o.threads, o.duration_s);
+  std::printf("requests      %llu ok, %llu failed, %llu connection errors, %.0f req/s\n",
+              static_cast<unsigned long long>(r.ok), static_cast<unsigned long long>(r.failed),
+              static_cast<unsigned long long>(r.connect_errors), static_cast<double>(r.ok) / o.duration_s);
+  if (r.overall.count() == 0)
+    std::printf("latency       n/a (no request succeeded)\n");
+  else
+    std::printf("latency       p50 %s ms, p99 %s ms\n", ms(r.overall.percentile_us(0.5) / 1000).c_str(),
+                ms(r.overall.percentile_us(0.99) / 1000).c_str());
   std::printf("generations  ");
   if (r.per_generation.empty()) std::printf(" (none)");
   for (auto it = r.per_generation.begin(); it != r.per_generation.end(); ++it)
-    std::printf("%s %s: %llu", it == r.per_generation.begin() ? "" : ",", it->first == 0 ? "(no header)" : std::to_string(it->first).c_str(),
+    std::printf("%s %s: %llu", it == r.per_generation.begin() ? "" : ",",
+                it->first == 0 ? "(no header)" : std::to_string(it->first).c_str(),
                 static_cast<unsigned long long>(it->second));
   std::printf("  (highest %llu)\n", static_cast<unsigned long long>(g.max_generation.load()));
   std::printf("server pids   %zu distinct:", r.pids.size());
   for (auto p : r.pids) std::printf(" %llu", static_cast<unsigned long long>(p));
   std::printf("\n");
-  std::printf("keep-alive    %llu times a connection's next response came from another pid without reconnecting; %llu closed by the server; "
-              "%llu connects for %u connections\n",
-              static_cast<unsigned long long>(r.pid_switches), static_cast<unsigned long long>(r.server_closes),
-              static_cast<unsigned long long>(r.connects), o.connections);
+  std::printf(
+      "keep-alive    %llu times a connection's next response came from another pid without reconnecting; %llu closed "
+      "by the server; "
+      "%llu connects for %u connections\n",
+      static_cast<unsigned long long>(r.pid_switches), static_cast<unsigned long long>(r.server_closes),
+      static_cast<unsigned long long>(r.connects), o.connections);
   unsigned restarts_ok = 0;
   for (std::size_t i = 0; i < r.restarts.size(); ++i) {
     const auto& rr = r.restarts[i];
@@ -941,42 +1006,52 @@ int run_load(options o) {
       continue;
     }
     if (rr.end_s < 0) {
-      std::printf("restart %zu     at %.2f s, still running %.0f s after the load ended (left running)\n", i + 1, rr.start_s,
-                  seconds(restart_grace));
+      std::printf("restart %zu     at %.2f s, still running %.0f s after the load ended (left running)\n", i + 1,
+                  rr.start_s, seconds(restart_grace));
       continue;
     }
     if (rr.exit_status == 0) ++restarts_ok;
-    std::printf("restart %zu     at %.2f s, took %.3f s, exit %d: %s\n", i + 1, rr.start_s, rr.end_s - rr.start_s, rr.exit_status,
-                rr.error.empty() ? rr.output.c_str() : rr.error.c_str());
+    std::printf("restart %zu     at %.2f s, took %.3f s, exit %d: %s\n", i + 1, rr.start_s, rr.end_s - rr.start_s,
+                rr.exit_status, rr.error.empty() ? rr.output.c_str() : rr.error.c_str());
     const auto& w = r.restart_windows[i];
     auto show = [](const window_stats& ws) {
-      return ws.covered ? ms(ws.p50_ms) + " / " + ms(ws.p99_ms) + " ms (" + std::to_string(ws.requests) + " req, " + std::to_string(ws.failed) + " failed)"
+      return ws.covered ? ms(ws.p50_ms) + " / " + ms(ws.p99_ms) + " ms (" + std::to_string(ws.requests) + " req, " +
+                              std::to_string(ws.failed) + " failed)"
                         : std::string("n/a (outside the load)");
     };
-    std::printf("  p50 / p99   before %s, during %s, after %s\n", show(w[0]).c_str(), show(w[1]).c_str(), show(w[2]).c_str());
+    std::printf("  p50 / p99   before %s, during %s, after %s\n", show(w[0]).c_str(), show(w[1]).c_str(),
+                show(w[2]).c_str());
   }
   if (!r.failure_reasons.empty()) {
     std::printf("failures     ");
-    for (auto& [why, n] : r.failure_reasons) std::printf(" %llu x %s;", static_cast<unsigned long long>(n), why.c_str());
+    for (auto& [why, n] : r.failure_reasons)
+      std::printf(" %llu x %s;", static_cast<unsigned long long>(n), why.c_str());
     std::printf("\n");
   }
   bool written = true;
   if (!o.svg.empty()) {
-    if (write_file(o.svg, make_svg(r, o))) std::printf("svg           %s\n", o.svg.c_str());
-    else std::printf("svg           could not write %s\n", o.svg.c_str()), written = false;
+    if (write_file(o.svg, make_svg(r, o)))
+      std::printf("svg           %s\n", o.svg.c_str());
+    else
+      std::printf("svg           could not write %s\n", o.svg.c_str()), written = false;
   }
   if (!o.json.empty()) {
-    if (write_file(o.json, make_json(r, o))) std::printf("json          %s\n", o.json.c_str());
-    else std::printf("json          could not write %s\n", o.json.c_str()), written = false;
+    if (write_file(o.json, make_json(r, o)))
+      std::printf("json          %s\n", o.json.c_str());
+    else
+      std::printf("json          could not write %s\n", o.json.c_str()), written = false;
   }
   const bool pass = r.failed == 0 && r.connect_errors == 0 && restarts_ok == r.restarts.size();
   std::string result = pass ? "RESULT: PASS (" : "RESULT: FAIL (";
   result += std::to_string(r.failed) + " failed requests, " + std::to_string(r.connect_errors) + " connection errors";
   for (std::size_t i = 0; i < r.restarts.size(); ++i) {
     const auto& rr = r.restarts[i];
-    if (rr.start_s < 0) result += ", restart " + std::to_string(i + 1) + " not run";
-    else if (rr.end_s < 0) result += ", restart " + std::to_string(i + 1) + " unfinished";
-    else result += ", restart " + std::to_string(i + 1) + " exited " + std::to_string(rr.exit_status);
+    if (rr.start_s < 0)
+      result += ", restart " + std::to_string(i + 1) + " not run";
+    else if (rr.end_s < 0)
+      result += ", restart " + std::to_string(i + 1) + " unfinished";
+    else
+      result += ", restart " + std::to_string(i + 1) + " exited " + std::to_string(rr.exit_status);
   }
   std::printf("%s)\n", result.c_str());
   std::fflush(stdout);
@@ -989,23 +1064,28 @@ int run_serve(const std::string& where, std::uint64_t generation, double duratio
   if (colon == std::string::npos) throw std::invalid_argument("--serve needs HOST:PORT");
   asio::io_context setup;
   tcp::resolver resolver(setup);
-  const auto ep = resolver.resolve(where.substr(0, colon), where.substr(colon + 1), tcp::resolver::numeric_service).begin()->endpoint();
+  const auto ep = resolver.resolve(where.substr(0, colon), where.substr(colon + 1), tcp::resolver::numeric_service)
+                      .begin()
+                      ->endpoint();
   stand_in_server server(ep, generation, 0);
-  std::printf("baton-load stand-in: serving on %s:%u, generation %llu, pid %llu\n", ep.address().to_string().c_str(), server.local_endpoint().port(),
-              static_cast<unsigned long long>(generation), static_cast<unsigned long long>(platform::process_id()));
+  std::printf("baton-load stand-in: serving on %s:%u, generation %llu, pid %llu\n", ep.address().to_string().c_str(),
+              server.local_endpoint().port(), static_cast<unsigned long long>(generation),
+              static_cast<unsigned long long>(platform::process_id()));
   std::fflush(stdout);
-  server.wait_until(duration_s > 0 ? clock_type::now() + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(duration_s))
+  server.wait_until(duration_s > 0 ? clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                                             std::chrono::duration<double>(duration_s))
                                    : clock_type::time_point::max());
   return 0;
 }
 
 void usage() {
-  std::fprintf(stderr,
-               "usage: baton-load --target HOST:PORT [--connections N] [--duration SECS] [--threads T]\n"
-               "                  [--restart-cmd \"CMD\" [--restarts K] [--first-restart-at S] [--restart-interval S]]\n"
-               "                  [--upload-every N [--upload-size BYTES]] [--svg FILE] [--json FILE] [--quiet]\n"
-               "       baton-load --stand-in [options as above, without --target]\n"
-               "       baton-load --serve HOST:PORT [--generation G] [--duration SECS]\n");
+  std::fprintf(
+      stderr,
+      "usage: baton-load --target HOST:PORT [--connections N] [--duration SECS] [--threads T]\n"
+      "                  [--restart-cmd \"CMD\" [--restarts K] [--first-restart-at S] [--restart-interval S]]\n"
+      "                  [--upload-every N [--upload-size BYTES]] [--svg FILE] [--json FILE] [--quiet]\n"
+      "       baton-load --stand-in [options as above, without --target]\n"
+      "       baton-load --serve HOST:PORT [--generation G] [--duration SECS]\n");
 }
 
 }  // namespace
@@ -1028,26 +1108,41 @@ int main(int argc, char** argv) {
         return v;
       };
       const std::string& k = a[i];
-      if (k == "--target") o.target = value();
-      else if (k == "--stand-in") o.stand_in = true;
-      else if (k == "--stand-in-fault") o.stand_in_fault = static_cast<unsigned>(std::stoul(value()));
-      else if (k == "--serve") serve = value();
-      else if (k == "--generation") generation = std::stoull(value());
-      else if (k == "--connections") o.connections = static_cast<unsigned>(positive(std::stod(value()), k));
-      else if (k == "--duration") o.duration_s = positive(std::stod(value()), k), duration_given = true;
-      else if (k == "--threads") o.threads = static_cast<unsigned>(positive(std::stod(value()), k));
-      else if (k == "--restart-cmd") o.restart_cmd = value();
-      else if (k == "--restarts") o.restarts = static_cast<unsigned>(std::stoul(value()));
+      if (k == "--target")
+        o.target = value();
+      else if (k == "--stand-in")
+        o.stand_in = true;
+      else if (k == "--stand-in-fault")
+        o.stand_in_fault = static_cast<unsigned>(std::stoul(value()));
+      else if (k == "--serve")
+        serve = value();
+      else if (k == "--generation")
+        generation = std::stoull(value());
+      else if (k == "--connections")
+        o.connections = static_cast<unsigned>(positive(std::stod(value()), k));
+      else if (k == "--duration")
+        o.duration_s = positive(std::stod(value()), k), duration_given = true;
+      else if (k == "--threads")
+        o.threads = static_cast<unsigned>(positive(std::stod(value()), k));
+      else if (k == "--restart-cmd")
+        o.restart_cmd = value();
+      else if (k == "--restarts")
+        o.restarts = static_cast<unsigned>(std::stoul(value()));
       else if (k == "--first-restart-at") {
         o.first_restart_at = std::stod(value());
         if (!(*o.first_restart_at >= 0)) throw std::invalid_argument(k + " must not be negative");
-      }
-      else if (k == "--restart-interval") o.restart_interval = positive(std::stod(value()), k);
-      else if (k == "--upload-every") o.upload_every = static_cast<unsigned>(std::stoul(value()));
-      else if (k == "--upload-size") o.upload_size = std::stoul(value());
-      else if (k == "--svg") o.svg = value();
-      else if (k == "--json") o.json = value();
-      else if (k == "--quiet") o.quiet = true;
+      } else if (k == "--restart-interval")
+        o.restart_interval = positive(std::stod(value()), k);
+      else if (k == "--upload-every")
+        o.upload_every = static_cast<unsigned>(std::stoul(value()));
+      else if (k == "--upload-size")
+        o.upload_size = std::stoul(value());
+      else if (k == "--svg")
+        o.svg = value();
+      else if (k == "--json")
+        o.json = value();
+      else if (k == "--quiet")
+        o.quiet = true;
       else if (k == "--help" || k == "-h") {
         usage();
         return 0;
@@ -1056,7 +1151,8 @@ int main(int argc, char** argv) {
       }
     }
     if (!serve.empty()) return run_serve(serve, generation, duration_given ? o.duration_s : 0);
-    if (o.target.empty() == !o.stand_in) throw std::invalid_argument("give exactly one of --target HOST:PORT and --stand-in");
+    if (o.target.empty() == !o.stand_in)
+      throw std::invalid_argument("give exactly one of --target HOST:PORT and --stand-in");
     if (!o.restart_cmd.empty() && o.restarts == 0) o.restarts = 1;
     if (o.restart_cmd.empty() && o.restarts != 0) throw std::invalid_argument("--restarts needs --restart-cmd");
     o.threads = std::min(o.threads, o.connections);
