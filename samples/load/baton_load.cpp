@@ -218,7 +218,7 @@ struct thread_stats {
   std::map<std::string, std::uint64_t> failure_reasons;
   std::uint64_t pid_switches = 0;   // same connection, next response from another pid
   std::uint64_t server_closes = 0;  // a complete response with `Connection: close`
-  std::uint64_t reconnects = 0;     // successful connects, the first one included
+  std::uint64_t connects = 0;     // successful connects, the first one included
 };
 
 std::uint64_t header_number(const http::response<http::string_body>& res, std::string_view name) {
@@ -304,7 +304,7 @@ asio::awaitable<void> run_connection(shared_state& g, thread_stats& st) {
       c->sock.set_option(tcp::no_delay(true), ec);
       connected = true;
       ++g.open_connections;
-      ++st.reconnects;
+      ++st.connects;
       buf.clear();
       last_pid = 0;
     }
@@ -356,7 +356,7 @@ asio::awaitable<void> run_connection(shared_state& g, thread_stats& st) {
       }
       ++g.ok;
     }
-    if (!res.keep_alive()) {  // a polite close is not a failure; the next loop reconnects
+    if (!res.keep_alive()) {  // a polite close is not a failure; the next loop connects
       ++st.server_closes;
       --g.open_connections;
       connected = false;
@@ -951,7 +951,7 @@ int run_load(options o) {
     r.pids.insert(s.pids.begin(), s.pids.end());
     r.pid_switches += s.pid_switches;
     r.server_closes += s.server_closes;
-    r.connects += s.reconnects;
+    r.connects += s.connects;
   }
   for (std::size_t i = 0; i < used; ++i) {
     r.timeline[i].open = open_samples[i];
