@@ -53,6 +53,7 @@
 #include <windows.h>
 #else
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #endif
@@ -79,8 +80,17 @@ int close_pipe(FILE* f) { return ::_pclose(f); }
 // Winsock sockets are inheritable by default, and _popen starts its child with inheritance on.
 void not_inherited(SOCKET s) { ::SetHandleInformation(reinterpret_cast<HANDLE>(s), HANDLE_FLAG_INHERIT, 0); }
 #else
-// A write to a connection the server has closed must fail with EPIPE, not kill the tool.
-void init() { std::signal(SIGPIPE, SIG_IGN); }
+// A write to a connection the server has closed must fail with EPIPE, not kill the tool. The
+// soft limit on descriptors (often 1024) is raised to the hard one: each connection takes one,
+// two with --stand-in.
+void init() {
+  std::signal(SIGPIPE, SIG_IGN);
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
 std::uint64_t process_id() { return static_cast<std::uint64_t>(::getpid()); }
 bool stderr_is_tty() { return ::isatty(::fileno(stderr)) != 0; }
 FILE* open_pipe(const std::string& cmd) { return ::popen(cmd.c_str(), "r"); }
