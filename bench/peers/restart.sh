@@ -79,18 +79,26 @@ wait_for() {
   done
 }
 
+# A port below the ephemeral range (wrk's own connections take ports from that range, and a
+# listener cannot bind a port a connection uses), with no socket on it in any state.
 free_port() {
-  local p
+  local p lo
+  lo=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+  [ "$lo" -gt 11024 ] || lo=11024
   for _ in $(seq 100); do
-    p=$(( 20000 + RANDOM % 40000 ))
-    # Connection refused means nobody listens there.
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+    p=$(( lo - 10000 + RANDOM % 9999 ))
+    if [ -z "$(ss -Htan "( sport = :$p )" 2>/dev/null)" ]; then echo "$p"; return 0; fi
   done
   echo "no free port found" >&2
   return 1
 }
 
 port_answers() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/"; }
+
+# The pid a Baton sample server on port $1 puts in its X-Baton-Pid header (empty if none).
+baton_pid() {
+  curl -s --max-time 2 -D - -o /dev/null "http://127.0.0.1:$1/" | tr -d '\r' | sed -n 's/^[Xx]-[Bb]aton-[Pp]id: *\([0-9]*\).*/\1/p'
+}
 
 # Starts wrk in the background against port $1, output to $2.
 start_wrk() {
@@ -242,6 +250,15 @@ run_baton() {
   old=$!
   own "$old"
   wait_for 10 port_answers "$port" || { echo "baton-http does not answer on port $port" >&2; cat "$dir/gen1.log" >&2; return 1; }
+  # The generation that answers names itself (X-Baton-Pid); it is the one to watch, should the
+  # launched process have handed over to a child.
+  local answering
+  answering=$(baton_pid "$port")
+  if [ -n "$answering" ] && [ "$answering" != "$old" ]; then
+    echo "== baton-http $old answers as pid $answering; watching $answering"
+    old=$answering
+    own "$old"
+  fi
   start_wrk "$port" "$dir/wrk.txt"
   sleep $RESTART_AT
   # batonctl runs in the background while we watch the old generation's pid ourselves.
@@ -262,6 +279,8 @@ run_baton() {
   new=$(sed -n 's/.*pid [0-9]* -> \([0-9]*\).*/\1/p' <<<"$BATON_LINE" | head -1)
   [ -n "$new" ] && own "$new"
   new=$(ss -Htlnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
+  [ -n "$new" ] && own "$new"
+  new=$(baton_pid "$port")
   [ -n "$new" ] && own "$new"
   wait_wrk
   add_row "baton-http + batonctl restart" "$dir/wrk.txt" "$note"
