@@ -456,7 +456,7 @@ struct restart_record {
   double scheduled_s = 0;
   double start_s = -1, end_s = -1;  // relative to the start of the load; -1: not started / not ended
   int exit_status = -1;
-  std::string output;  // the command's last non-empty output line (stdout and stderr)
+  std::string output;  // the command's line (stdout and stderr; see restart_runner::run)
   std::string error;   // why it did not run, if so
 };
 
@@ -531,16 +531,21 @@ struct restart_runner {
         std::lock_guard lk(g.spawn_mutex);
         f = platform::open_pipe(cmd + " 2>&1");
       }
-      std::string last;
+      // The command's line: batonctl's verdict ("restarted ..." / "restart of ... failed: ...")
+      // if it printed one, even when something else (a warning on stderr) came after it;
+      // otherwise the last non-empty line.
+      std::string last, verdict;
       int status = -1;
       if (f != nullptr) {
         char line[4096];
         while (std::fgets(line, sizeof line, f) != nullptr) {
           auto t = trim(line);
+          if (t.rfind("restarted ", 0) == 0 || t.rfind("restart of ", 0) == 0) verdict = t;
           if (!t.empty()) last = std::move(t);
         }
         status = platform::close_pipe(f);
       }
+      if (!verdict.empty()) last = std::move(verdict);
       const auto end = clock_type::now();
       if (f != nullptr && status == 0 && stand_in != nullptr) stand_in->bump_generation();
       {
