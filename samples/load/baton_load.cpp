@@ -666,8 +666,9 @@ std::string tick_label(double v, double step) {
 }
 
 std::string make_svg(const results& r, const options& o) {
-  const double W = 1000, H = 440, left = 80, right = 80, top = 50, bottom = 60;
-  const double pw = W - left - right, ph = H - top - bottom;
+  // The main plot, then the time axis, then a strip with the open connections.
+  const double W = 1000, H = 530, left = 80, right = 80, top = 50, ph = 330;
+  const double pw = W - left - right, strip_top = top + ph + 60, strip_h = 50;
   const double bw = seconds(bucket_width);
   const std::size_t n = r.timeline.size();
   const double t_max = std::max(bw, static_cast<double>(n) * bw);
@@ -724,7 +725,7 @@ std::string make_svg(const results& r, const options& o) {
   }
   s << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << pw << "\" height=\"" << ph
     << "\" fill=\"none\" stroke=\"#333\"/>\n";
-  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 18
+  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << top + ph + 38
     << "\" text-anchor=\"middle\">time since start of load (s), " << fmt("%.0f", bw * 1000) << " ms buckets</text>\n";
   s << "<text transform=\"translate(22," << top + ph / 2
     << ") rotate(-90)\" text-anchor=\"middle\" fill=\"#1f5fa8\">requests/s</text>\n";
@@ -763,6 +764,24 @@ std::string make_svg(const results& r, const options& o) {
       s << "<rect x=\"" << x(static_cast<double>(i) * bw) << "\" y=\"" << top + ph - 6 << "\" width=\""
         << std::max(2.0, pw * bw / t_max) << "\" height=\"6\" fill=\"red\"><title>" << r.timeline[i].failed
         << " failed</title></rect>\n";
+  // Open connections, scaled to the configured number, so that a dip (reconnects) stands out.
+  const double open_top = std::max<double>(o.connections, [&] {
+    int m = 0;
+    for (const auto& b : r.timeline) m = std::max(m, b.open);
+    return static_cast<double>(m);
+  }());
+  s << "<rect x=\"" << left << "\" y=\"" << strip_top << "\" width=\"" << pw << "\" height=\"" << strip_h
+    << "\" fill=\"none\" stroke=\"#999\"/>\n";
+  s << "<text x=\"" << left - 6 << "\" y=\"" << strip_top + 4 << "\" text-anchor=\"end\" fill=\"#555\">"
+    << fmt("%.0f", open_top) << "</text>";
+  s << "<text x=\"" << left - 6 << "\" y=\"" << strip_top + strip_h + 4 << "\" text-anchor=\"end\" fill=\"#555\">0</text>\n";
+  s << "<text x=\"" << left + 4 << "\" y=\"" << strip_top + strip_h + 16
+    << "\" fill=\"#555\">open connections (sampled at the end of each bucket)</text>\n";
+  s << "<polyline fill=\"none\" stroke=\"#555\" stroke-width=\"1.2\" points=\"";
+  for (std::size_t i = 0; i < n; ++i)
+    s << x((static_cast<double>(i) + 1) * bw) << ','
+      << strip_top + strip_h * (1 - static_cast<double>(r.timeline[i].open) / open_top) << ' ';
+  s << "\"/>\n";
   // Legend.
   const double lx = left + pw - 300, ly = top - 30;
   s << "<line x1=\"" << lx << "\" x2=\"" << lx + 20 << "\" y1=\"" << ly << "\" y2=\"" << ly
