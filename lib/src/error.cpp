@@ -74,6 +74,12 @@ class category_impl final : public boost::system::error_category {
         return "the transferred handle is not a TCP socket";
       case errc::operation_in_progress:
         return "an operation of this kind is already in progress";
+      case errc::session_moved:
+        return "the connection was handed to another worker process; stop using this session";
+      case errc::no_worker:
+        return "no live worker has joined the dispatcher; start workers (or wait for them to join)";
+      case errc::worker_left:
+        return "the worker left its dispatcher and handed its connections to the other workers";
     }
     return "unknown baton error";
   }

@@ -177,6 +177,7 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
     if (ec) return std::move(handler)(ec, arrival{});
     arrival a;
     a.kind = t.kind;
+    a.sender_pid = t.sender_pid;
     if (t.target_pid != current_pid()) {
       ch.acknowledge(t, false);
       g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);

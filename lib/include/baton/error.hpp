@@ -43,6 +43,10 @@ enum class errc {
   handle_mismatch,           ///< the received handle is not the socket the ticket describes
   not_a_socket,              ///< the handle in the ticket is not a TCP socket
   operation_in_progress,     ///< another operation of this kind is already running
+  // Balancing.
+  session_moved,             ///< the worker handed this session's connection to another process
+  no_worker,                 ///< no live worker has joined the dispatcher
+  worker_left,               ///< the worker has left its dispatcher (scale-down)
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers
