@@ -286,6 +286,7 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
       return;
     }
     ++st.accepted;
+    if (o.no_delay) s.set_option(tcp::no_delay(true), ec);
     pending_conn p;
     if (o.policy == policy::client_hash || o.policy == policy::custom) {
       error_code ignored;
@@ -852,9 +853,11 @@ struct worker::impl : std::enable_shared_from_this<worker::impl> {
   // Moves idle sessions as the dispatcher asked.
   void sweep() {
     if (stopped || finished) return;
+    // Oldest first (new sessions go to the front): a connection that just moved in is the last
+    // to move on, so rebalancing does not bounce the same connections back and forth.
     std::vector<std::shared_ptr<session::state>> idle;
-    for (auto* s : sessions)
-      if (s->waiting && !s->moving && s->handler) idle.push_back(s->shared_from_this());
+    for (auto it = sessions.rbegin(); it != sessions.rend(); ++it)
+      if ((*it)->waiting && !(*it)->moving && (*it)->handler) idle.push_back((*it)->shared_from_this());
     for (auto& s : idle) {
       auto to = target();
       if (!to) break;

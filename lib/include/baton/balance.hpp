@@ -85,6 +85,8 @@ struct dispatcher_options {
   move_options move{};
   /// Workers started with spawn_worker() are started again (same index) when they die.
   bool restart_dead_workers = true;
+  /// TCP_NODELAY on accepted connections (it travels with the socket to the worker).
+  bool no_delay = true;
   /// When non-zero, rebalance() runs at this interval.
   std::chrono::milliseconds auto_rebalance{0};
 };
