@@ -157,6 +157,17 @@ void child::kill() {
   wait(std::chrono::seconds(10));
 }
 
+void kill_process(std::uint32_t pid) {
+#ifdef _WIN32
+  if (HANDLE h = ::OpenProcess(PROCESS_TERMINATE, FALSE, pid)) {
+    ::TerminateProcess(h, 137);
+    ::CloseHandle(h);
+  }
+#else
+  ::kill(static_cast<pid_t>(pid), SIGKILL);
+#endif
+}
+
 void fill_pattern(std::uint64_t seed, std::byte* out, std::size_t n) {
   // splitmix64 stream: fast, and any offset error shows up as a mismatch.
   std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;

@@ -62,6 +62,9 @@ struct role_registrar {
   static ::baton::test::role_registrar BATON_CONCAT(baton_role_reg_, name)(#name, &baton_role_##name); \
   static int baton_role_##name([[maybe_unused]] const std::vector<std::string>& args)
 
+/// Hard-kills a process that is not a `child` of this one (e.g. one a dispatcher started).
+void kill_process(std::uint32_t pid);
+
 /// Deterministic pseudo-random bytes for (seed, index): what senders write and receivers check.
 void fill_pattern(std::uint64_t seed, std::byte* out, std::size_t n);
 bool check_pattern(std::uint64_t seed, const std::byte* data, std::size_t n);
