@@ -110,6 +110,28 @@ bool parse_endpoint(const std::string& s, tcp::endpoint& ep) {
   return true;
 }
 
+// Where the platform has SIGUSR2 (the benchmark script's "print your counts now"), calls `f` on
+// each one, for as long as `ioc` runs.
+void on_report_signal(asio::io_context& ioc, std::function<void()> f) {
+#ifdef SIGUSR2
+  auto sig = std::make_shared<asio::signal_set>(ioc, SIGUSR2);
+  auto loop = std::make_shared<std::function<void()>>();
+  *loop = [sig, f, w = std::weak_ptr<std::function<void()>>(loop)] {
+    sig->async_wait([sig, f, w](baton::error_code ec, int) {
+      if (ec) return;
+      f();
+      if (auto l = w.lock()) (*l)();
+    });
+  };
+  (*loop)();
+  static std::vector<std::shared_ptr<std::function<void()>>> keep;
+  keep.push_back(loop);
+#else
+  (void)ioc;
+  (void)f;
+#endif
+}
+
 // -- worker role --------------------------------------------------------------------------------
 
 int run_worker(const std::string& dispatcher, unsigned index) {
@@ -204,6 +226,7 @@ int run_balancer(const tcp::endpoint& ep, unsigned workers, balance::policy pol)
     s.d->stop();
     s.ioc.stop();
   });
+  on_report_signal(s.ioc, [&] { print_spread(stderr, s.d->workers(), s.d->stats()); });
   s.ioc.run();
   return 0;
 }
@@ -237,11 +260,15 @@ int run_serve(const tcp::endpoint& ep, bool reuseport, const std::string& tag) {
       }, asio::detached);
     }
   }, asio::detached);
+  auto print = [&] {
+    std::fprintf(stderr, "serve %s (pid %s): %llu connections, %llu requests\n", tag.c_str(), pid.c_str(),
+                 static_cast<unsigned long long>(n.connections), static_cast<unsigned long long>(n.requests));
+  };
   asio::signal_set sig(ioc, SIGINT, SIGTERM);
   sig.async_wait([&](baton::error_code, int) { ioc.stop(); });
+  on_report_signal(ioc, print);
   ioc.run();
-  std::fprintf(stderr, "serve %s (pid %s): %llu connections, %llu requests\n", tag.c_str(), pid.c_str(),
-               static_cast<unsigned long long>(n.connections), static_cast<unsigned long long>(n.requests));
+  print();
   return 0;
 }
 

@@ -455,6 +455,7 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
     w->info.channel = field(msg, "channel");
     channel_options copts;
     copts.on_full = full_policy::fail;  // a full worker is skipped, not waited for
+    copts.ack_spin = o.ack_spin;
     error_code ec;
     w->ch = channel::open(ex, w->info.channel, copts, ec);
     if (ec) return;  // gone already, or not a channel of ours: ignore the join

@@ -248,7 +248,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
     // The receiver usually answers within tens of microseconds, less than a timer's slack on
     // Linux (50 us): keep re-checking through the executor (other handlers still run between
     // checks) for up to 200 us, then sleep with a growing interval (capped at 500 us).
-    if (spins++ == 0) spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    if (spins++ == 0) spin_until = std::chrono::steady_clock::now() + ch->opts.ack_spin;
     if (std::chrono::steady_clock::now() < spin_until) {
       asio::post(ch->ex, [self = shared_from_this()] { self->poll_ack(); });
       return;

@@ -83,6 +83,10 @@ struct dispatcher_options {
   /// Per hand-off: its timeout is how long a worker may take to ack before the connection goes
   /// elsewhere.
   move_options move{};
+  /// How long a hand-off re-checks for the worker's ack before sleeping (channel_options::ack_spin).
+  /// The dispatcher never waits on one hand-off, so it does not spin by default: spinning would
+  /// take CPU from the workers.
+  std::chrono::microseconds ack_spin{0};
   /// Workers started with spawn_worker() are started again (same index) when they die.
   bool restart_dead_workers = true;
   /// TCP_NODELAY on accepted connections (it travels with the socket to the worker).

@@ -38,6 +38,10 @@ struct channel_options {
   full_policy on_full = full_policy::wait;
   std::chrono::milliseconds send_timeout{5000};  ///< bound on waiting for room (policy wait)
   bool global_namespace = false;       ///< Windows: create in Global\ instead of Local\ (needs privilege)
+  /// Sender: how long an acked send re-checks its slot through the executor before it sleeps on a
+  /// timer. Short moves see their verdict sooner; 0 saves the CPU (a dispatcher with many moves
+  /// in flight, whose verdicts nobody waits for).
+  std::chrono::microseconds ack_spin{200};
 };
 
 /// Counters of one channel as seen from this process.
