@@ -141,6 +141,7 @@ struct worker_rec {
   detail::process_exit_wait exit;
   std::uint64_t peer_in = 0, departed = 0;  // from the worker's latest load report
   bool dead = false, left = false, full = false, removed = false;
+  bool judged = false;  // after its exit, decided whether it left or died
 
   std::uint64_t active() const {
     const std::uint64_t in = info.dispatched + peer_in;
@@ -182,6 +183,7 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
   std::size_t rr = 0;
   asio::steady_timer retry_timer, full_timer, rebalance_timer;
   bool full_timer_armed = false;
+  bool no_delay_inherited = false;  // set on the acceptor, inherited by accepted sockets
 
   impl(const executor_type& e, dispatcher_options opts)
       : ex(e), o(std::move(opts)), retry_timer(e), full_timer(e), rebalance_timer(e) {}
@@ -286,7 +288,7 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
       return;
     }
     ++st.accepted;
-    if (o.no_delay) s.set_option(tcp::no_delay(true), ec);
+    if (o.no_delay && !no_delay_inherited) s.set_option(tcp::no_delay(true), ec);
     pending_conn p;
     if (o.policy == policy::client_hash || o.policy == policy::custom) {
       error_code ignored;
@@ -398,9 +400,9 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
   }
 
   // -- workers ----------------------------------------------------------------------------
-  std::shared_ptr<worker_rec> by_pid(std::uint32_t pid) {
+  std::shared_ptr<worker_rec> by_pid(std::uint32_t pid, bool even_dead = false) {
     for (auto& w : workers)
-      if (w->info.pid == pid && !w->dead) return w;
+      if (w->info.pid == pid && (even_dead || !w->dead)) return w;
     return nullptr;
   }
   std::shared_ptr<worker_rec> by_id(std::uint32_t id) {
@@ -437,7 +439,8 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
         }
         return;
       case op_left:
-        if (auto w = by_pid(t.sender_pid)) {
+        // The worker may have exited already: its last ticket can be read after its exit.
+        if (auto w = by_pid(t.sender_pid, true)) {
           w->left = true;
           w->info.leaving = true;
         }
@@ -456,6 +459,7 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
     channel_options copts;
     copts.on_full = full_policy::fail;  // a full worker is skipped, not waited for
     copts.ack_spin = o.ack_spin;
+    copts.ack_poll_first = copts.ack_poll_max = o.ack_poll;
     error_code ec;
     w->ch = channel::open(ex, w->info.channel, copts, ec);
     if (ec) return;  // gone already, or not a channel of ours: ignore the join
@@ -475,28 +479,30 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
     if (w->removed) return;
     w->dead = true;
     children.erase(w->info.pid);
-    if (!w->left && !stopped) {
-      ++st.worker_deaths;
-      // Only workers this dispatcher started can be started again: it knows their command.
-      auto it = slots.find(w->info.index);
-      if (o.restart_dead_workers && !w->info.leaving && it != slots.end()) {
-        auto timer = std::make_shared<asio::steady_timer>(ex, std::chrono::milliseconds(50));
-        timer->async_wait([self = shared_from_this(), timer, index = w->info.index](error_code ec) {
-          if (ec || self->stopped) return;
-          auto s = self->slots.find(index);
-          if (s == self->slots.end()) return;
-          error_code sec;
-          if (self->start_process(index, s->second, sec)) ++self->st.restarts;
-        });
-      }
-    }
+    // A worker that left wrote its "left" ticket before exiting, but the exit may be seen before
+    // the ticket: read what is in the control ring now, then tell leaving from dying.
+    ticket t;
+    error_code ec;
+    while (ctl.try_receive(t, ec))
+      if (!ec && t.kind == ticket_kind::control && (t.flags & 0xFFFF0000u) == kMagic) on_control(t);
+    w->judged = true;
+    if (!w->left && !stopped) on_death(w);
     maybe_erase(w);
     send_drains();
     pump();
   }
 
+  void on_death(const std::shared_ptr<worker_rec>& w) {
+    ++st.worker_deaths;
+    // Only workers this dispatcher started can be started again: it knows their command.
+    auto it = slots.find(w->info.index);
+    if (!o.restart_dead_workers || w->info.leaving || it == slots.end()) return;
+    error_code ec;
+    if (start_process(w->info.index, it->second, ec)) ++st.restarts;
+  }
+
   void maybe_erase(const std::shared_ptr<worker_rec>& w) {
-    if (!w->dead || w->info.in_flight != 0 || w->removed) return;
+    if (!w->dead || !w->judged || w->info.in_flight != 0 || w->removed) return;
     w->removed = true;
     w->exit.cancel();
     w->ch.close();
@@ -654,6 +660,11 @@ void dispatcher::start_run(tcp::acceptor& acc, handler_type h) {
   }
   impl_->acc = &acc;
   impl_->running = true;
+  if (impl_->o.no_delay && detail::accepted_socket_inherits_no_delay()) {
+    error_code ec;
+    acc.set_option(tcp::no_delay(true), ec);
+    impl_->no_delay_inherited = !ec;
+  }
   impl_->run_handler.emplace(std::move(h));
   impl_->arm_auto_rebalance();
   impl_->accept_next();

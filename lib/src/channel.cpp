@@ -213,7 +213,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
       ++ch->stats.tickets_sent;
       if (!with_ack) return finish({});
       ack_deadline = std::chrono::steady_clock::now() + ack_timeout;
-      backoff = std::chrono::microseconds(5);
+      backoff = ch->opts.ack_poll_first;
       return poll_ack();
     }
     if (ec == errc::channel_corrupted) ch->bell.ring();  // make the receiver heal the ring
@@ -254,7 +254,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
       return;
     }
     timer.expires_after(backoff);
-    backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::microseconds(500));
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, ch->opts.ack_poll_max);
     timer.async_wait([self = shared_from_this()](error_code) { self->poll_ack(); });
   }
 };
@@ -300,7 +300,7 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
         return;
       }
       op->ack_deadline = std::chrono::steady_clock::now() + timeout;
-      op->backoff = std::chrono::microseconds(5);
+      op->backoff = impl_->opts.ack_poll_first;
       asio::post(impl_->ex, [op] { op->poll_ack(); });
       return;
     }

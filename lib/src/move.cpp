@@ -40,7 +40,17 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
 
   void complete(error_code ec, Object obj) { std::move(handler)(ec, std::move(obj)); }
 
+  static bool writing(const detail::connection_impl& c) { return c.writes > 0; }
+  static bool writing(const listener::state&) { return false; }
+
   void start() {
+    if (!writing(*st)) {
+      // Nothing to wait for but cancelled reads, which complete at once: no busy timer (a timer
+      // armed and cancelled per move re-arms the reactor's timerfd, measurable in a dispatcher).
+      idle = true;
+      st->quiesce([self = this->shared_from_this()] { self->exported(); });
+      return;
+    }
     // A connection with a write that never finishes (a peer that does not read) cannot be moved
     // safely; give up after the move timeout and hand it back.
     timer.expires_after(opts.timeout);

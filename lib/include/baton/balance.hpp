@@ -87,6 +87,9 @@ struct dispatcher_options {
   /// The dispatcher never waits on one hand-off, so it does not spin by default: spinning would
   /// take CPU from the workers.
   std::chrono::microseconds ack_spin{0};
+  /// After that, the ack is checked at this fixed interval (channel_options::ack_poll_first and
+  /// ack_poll_max). A short interval sees acks sooner but re-arms the reactor's timer more often.
+  std::chrono::microseconds ack_poll{500};
   /// Workers started with spawn_worker() are started again (same index) when they die.
   bool restart_dead_workers = true;
   /// TCP_NODELAY on accepted connections (it travels with the socket to the worker).

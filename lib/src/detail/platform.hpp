@@ -75,6 +75,10 @@ class process_exit_wait {
   std::unique_ptr<impl> impl_;
 };
 
+/// True where a socket accepted from a listening socket with TCP_NODELAY has it too (Linux), so a
+/// dispatcher sets it once on the acceptor instead of once per connection.
+bool accepted_socket_inherits_no_delay() noexcept;
+
 /// One-shot liveness probe for a pid (used for the pids of ring producers).
 bool process_alive(std::uint32_t pid) noexcept;
 

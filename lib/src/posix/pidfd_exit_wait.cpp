@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -53,18 +54,30 @@ process_exit_wait::process_exit_wait(const asio::any_io_executor& ex, std::uint3
 
 namespace {
 void poll_exit(process_exit_wait::impl* im, asio::any_completion_handler<void(error_code)> h);
+void wait_readable(process_exit_wait::impl* im, asio::any_completion_handler<void(error_code)> h);
 }
 
 void process_exit_wait::async_wait(asio::any_completion_handler<void(error_code)> handler) {
   impl* im = impl_.get();
   if (im->gone) return asio::post(im->ex, asio::append(std::move(handler), error_code()));
   if (im->poll) return poll_exit(im, std::move(handler));
+  wait_readable(im, std::move(handler));
+}
+
+namespace {
+void wait_readable(process_exit_wait::impl* im, asio::any_completion_handler<void(error_code)> h) {
   im->fd->async_wait(asio::posix::descriptor_base::wait_read,
-                     [im, h = std::move(handler)](error_code ec) mutable {
+                     [im, h = std::move(h)](error_code ec) mutable {
+                       // Seen here (kernel 6.18, multi-threaded target): the reactor reports the
+                       // pidfd ready while the process lives. Trust only a pidfd that is
+                       // readable now; otherwise wait again.
+                       pollfd p{im->fd->native_handle(), POLLIN, 0};
+                       if (!ec && ::poll(&p, 1, 0) == 0) return wait_readable(im, std::move(h));
                        if (!ec && im->reap) ::waitpid(static_cast<pid_t>(im->pid), nullptr, WNOHANG);
                        std::move(h)(ec);
                      });
 }
+}  // namespace
 
 namespace {
 void poll_exit(process_exit_wait::impl* im, asio::any_completion_handler<void(error_code)> h) {
