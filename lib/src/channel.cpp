@@ -213,7 +213,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
       ++ch->stats.tickets_sent;
       if (!with_ack) return finish({});
       ack_deadline = std::chrono::steady_clock::now() + ack_timeout;
-      backoff = std::chrono::microseconds(5);
+      backoff = ch->opts.ack_poll_first;
       return poll_ack();
     }
     if (ec == errc::channel_corrupted) ch->bell.ring();  // make the receiver heal the ring
@@ -248,13 +248,13 @@ struct send_op : std::enable_shared_from_this<send_op> {
     // The receiver usually answers within tens of microseconds, less than a timer's slack on
     // Linux (50 us): keep re-checking through the executor (other handlers still run between
     // checks) for up to 200 us, then sleep with a growing interval (capped at 500 us).
-    if (spins++ == 0) spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    if (spins++ == 0) spin_until = std::chrono::steady_clock::now() + ch->opts.ack_spin;
     if (std::chrono::steady_clock::now() < spin_until) {
       asio::post(ch->ex, [self = shared_from_this()] { self->poll_ack(); });
       return;
     }
     timer.expires_after(backoff);
-    backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::microseconds(500));
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, ch->opts.ack_poll_max);
     timer.async_wait([self = shared_from_this()](error_code) { self->poll_ack(); });
   }
 };
@@ -300,7 +300,7 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
         return;
       }
       op->ack_deadline = std::chrono::steady_clock::now() + timeout;
-      op->backoff = std::chrono::microseconds(5);
+      op->backoff = impl_->opts.ack_poll_first;
       asio::post(impl_->ex, [op] { op->poll_ack(); });
       return;
     }

@@ -84,6 +84,12 @@ class category_impl final : public boost::system::error_category {
                "running generation keeps serving (does the new binary call service::async_start?)";
       case errc::service_not_found:
         return "no running generation of this service: check the name, or start the service first";
+      case errc::session_moved:
+        return "the connection was handed to another worker process; stop using this session";
+      case errc::no_worker:
+        return "no live worker has joined the dispatcher; start workers (or wait for them to join)";
+      case errc::worker_left:
+        return "the worker left its dispatcher and handed its connections to the other workers";
     }
     return "unknown baton error";
   }

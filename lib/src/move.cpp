@@ -51,7 +51,17 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
 
   void complete(error_code ec, Object obj) { std::move(handler)(ec, std::move(obj)); }
 
+  static bool writing(const detail::connection_impl& c) { return c.writes > 0; }
+  static bool writing(const listener::state&) { return false; }
+
   void start() {
+    if (!writing(*st)) {
+      // Nothing to wait for but cancelled reads, which complete at once: no busy timer (a timer
+      // armed and cancelled per move re-arms the reactor's timerfd, measurable in a dispatcher).
+      idle = true;
+      st->quiesce([self = this->shared_from_this()] { self->exported(); });
+      return;
+    }
     // A connection with a write that never finishes (a peer that does not read) cannot be moved
     // safely; give up after the move timeout and hand it back.
     timer.expires_after(opts.timeout);
@@ -192,6 +202,7 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
     if (ec) return std::move(handler)(ec, arrival{});
     arrival a;
     a.kind = t.kind;
+    a.sender_pid = t.sender_pid;
     if (t.target_pid != current_pid()) {
       ch.acknowledge(t, false);
       g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);

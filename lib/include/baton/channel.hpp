@@ -38,6 +38,15 @@ struct channel_options {
   full_policy on_full = full_policy::wait;
   std::chrono::milliseconds send_timeout{5000};  ///< bound on waiting for room (policy wait)
   bool global_namespace = false;       ///< Windows: create in Global\ instead of Local\ (needs privilege)
+  /// Sender: how long an acked send re-checks its slot through the executor before it sleeps on a
+  /// timer. Short moves see their verdict sooner; 0 saves the CPU (a dispatcher with many moves
+  /// in flight, whose verdicts nobody waits for).
+  std::chrono::microseconds ack_spin{200};
+  /// Sender: after the spin, the slot is re-checked on a timer starting at `ack_poll_first` and
+  /// doubling up to `ack_poll_max`. Equal values poll at a fixed interval, which keeps the timer
+  /// queue cheap when many acked sends are in flight.
+  std::chrono::microseconds ack_poll_first{5};
+  std::chrono::microseconds ack_poll_max{500};
 };
 
 /// Counters of one channel as seen from this process.

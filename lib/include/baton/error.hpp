@@ -48,6 +48,10 @@ enum class errc {
   next_generation_died,      ///< the next generation exited before taking over
   next_generation_not_ready, ///< the next generation did not announce itself in time
   service_not_found,         ///< no running generation of this service
+  // Balancing.
+  session_moved,             ///< the worker handed this session's connection to another process
+  no_worker,                 ///< no live worker has joined the dispatcher
+  worker_left,               ///< the worker has left its dispatcher (scale-down)
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

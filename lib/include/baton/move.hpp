@@ -43,6 +43,7 @@ struct arrival {
   connection conn;   ///< kind == connection
   listener lst;      ///< kind == listener
   ticket control;    ///< kind == control: the ticket itself
+  std::uint32_t sender_pid = 0;  ///< the process that sent it
 };
 
 /// Counters of the move machinery in this process. Thread-safe reads (relaxed).

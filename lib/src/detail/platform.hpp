@@ -52,6 +52,33 @@ class process_watch {
   std::intptr_t handle_ = -1;  // pidfd on Linux, HANDLE on Windows
 };
 
+/// Awaits another process's exit through the reactor, without polling: Linux a pidfd
+/// (pidfd_open) in an asio::posix::stream_descriptor waiting for readability; Windows an
+/// OpenProcess(SYNCHRONIZE) handle in an asio::windows::object_handle. With `reap`, a POSIX child
+/// of this process is reaped once it has exited (only for children the caller started itself).
+/// Not thread-safe; use from one strand.
+class process_exit_wait {
+ public:
+  process_exit_wait() noexcept;
+  /// A process that no longer exists is not an error: the wait then completes at once.
+  process_exit_wait(const boost::asio::any_io_executor& ex, std::uint32_t pid, bool reap, error_code& ec);
+  process_exit_wait(process_exit_wait&&) noexcept;
+  process_exit_wait& operator=(process_exit_wait&&) noexcept;
+  ~process_exit_wait();
+  /// Completes with success once the process has exited, operation_aborted after cancel().
+  void async_wait(boost::asio::any_completion_handler<void(error_code)> handler);
+  void cancel() noexcept;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+/// True where a socket accepted from a listening socket with TCP_NODELAY has it too (Linux), so a
+/// dispatcher sets it once on the acceptor instead of once per connection.
+bool accepted_socket_inherits_no_delay() noexcept;
+
 /// One-shot liveness probe for a pid (used for the pids of ring producers).
 bool process_alive(std::uint32_t pid) noexcept;
 

@@ -138,6 +138,8 @@ bool process_watch::alive() const noexcept {
   return r == 0;  // a pidfd becomes readable when the process exits
 }
 
+bool accepted_socket_inherits_no_delay() noexcept { return true; }
+
 bool process_alive(std::uint32_t pid) noexcept {
   if (pid == 0 || pid > 0x3FFFFFFF) return false;
   if (::kill(static_cast<pid_t>(pid), 0) == 0) return true;

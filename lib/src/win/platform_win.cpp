@@ -114,6 +114,8 @@ bool process_watch::alive() const noexcept {
   return ::WaitForSingleObject(reinterpret_cast<HANDLE>(handle_), 0) == WAIT_TIMEOUT;
 }
 
+bool accepted_socket_inherits_no_delay() noexcept { return false; }
+
 bool process_alive(std::uint32_t pid) noexcept {
   if (pid == 0) return false;
   HANDLE h = ::OpenProcess(SYNCHRONIZE, FALSE, pid);

@@ -1,0 +1,260 @@
+#pragma once
+/// Load balancing by handing off connections. A `balance::dispatcher` accepts each connection
+/// once and moves it to a worker process chosen by policy; from then on the bytes flow directly
+/// between client and worker. A `balance::worker` receives those connections as sessions, reports
+/// its load, and at safe points moves idle connections to other workers when the dispatcher asks
+/// (rebalancing) or when it leaves (scale-down).
+///
+/// The protocol between them runs over Baton channels: each worker owns a receiving channel
+/// (connections and control tickets arrive there), the dispatcher owns one control channel that
+/// workers join through. Control tickets carry an opcode in `flags` and a short text message in
+/// `state`.
+///
+/// Thread safety: a dispatcher, a worker and a session are each used from one strand (the
+/// executor they were made with). Hand-offs are transactions (see move.hpp): a connection handed
+/// to a worker that dies or stalls before acknowledging comes back and goes to another worker.
+
+#include <baton/move.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace baton::balance {
+
+/// How the dispatcher chooses a worker for a new connection.
+enum class policy {
+  round_robin,        ///< each eligible worker in turn
+  least_connections,  ///< the worker holding the fewest connections (estimate + hand-offs in flight)
+  client_hash,        ///< rendezvous hash of the client's IP address: one address, one worker
+                      ///< while that worker lives (and only its clients move when it dies)
+  custom,             ///< dispatcher_options::pick decides
+};
+
+/// "round-robin", "least-connections", "client-hash" or "custom" (underscores also accepted).
+bool parse_policy(std::string_view text, policy& out) noexcept;
+const char* to_string(policy p) noexcept;
+
+/// What the dispatcher knows about one worker.
+struct worker_info {
+  std::uint32_t id = 0;          ///< assigned by the dispatcher at join, never reused
+  std::uint32_t index = 0;       ///< the slot the worker joined with; a restarted worker keeps it
+  std::uint32_t pid = 0;
+  std::string channel;           ///< the worker's receiving channel
+  std::uint64_t dispatched = 0;  ///< connections handed to it and acknowledged
+  std::uint64_t active = 0;      ///< connections it holds now (dispatched + moved in - closed or moved
+                                 ///< out, from its latest load report)
+  std::uint32_t in_flight = 0;   ///< hand-offs awaiting its acknowledgement
+  bool leaving = false;          ///< draining: gets no new connections
+};
+
+/// What a policy::custom callback sees. `workers` holds only eligible workers (never empty).
+struct pick_context {
+  boost::asio::ip::tcp::endpoint client;
+  std::span<const std::byte> first_bytes;  ///< what dispatcher_options::peek read (else empty)
+  std::span<const worker_info> workers;
+};
+
+struct dispatcher_options {
+  /// The control channel workers join through (channel::valid_name).
+  std::string name;
+  balance::policy policy = policy::round_robin;
+  /// policy::custom: returns a position in ctx.workers (out of range: round-robin instead).
+  std::function<std::size_t(const pick_context&)> pick;
+  /// A worker with this many hand-offs awaiting its ack is skipped; when every worker is skipped
+  /// (or its ring is full) the dispatcher stops accepting until one frees up, and the kernel's
+  /// backlog holds new clients.
+  std::uint32_t max_in_flight = 64;
+  /// Optional: before choosing, read from the client until `peek` returns true for the bytes so
+  /// far (e.g. a full HTTP request line), `peek_max` bytes arrived, or `peek_timeout` passed. The
+  /// bytes travel with the connection as unread bytes and are shown to the policy.
+  std::function<bool(std::span<const std::byte>)> peek;
+  std::size_t peek_max = 4096;
+  std::chrono::milliseconds peek_timeout{2000};
+  /// Per hand-off: its timeout is how long a worker may take to ack before the connection goes
+  /// elsewhere.
+  move_options move{};
+  /// How long a hand-off re-checks for the worker's ack before sleeping (channel_options::ack_spin).
+  /// The dispatcher never waits on one hand-off, so it does not spin by default: spinning would
+  /// take CPU from the workers.
+  std::chrono::microseconds ack_spin{0};
+  /// After that, the ack is checked at this fixed interval (channel_options::ack_poll_first and
+  /// ack_poll_max). A short interval sees acks sooner but re-arms the reactor's timer more often.
+  std::chrono::microseconds ack_poll{500};
+  /// Workers started with spawn_worker() are started again (same index) when they die.
+  bool restart_dead_workers = true;
+  /// TCP_NODELAY on accepted connections (it travels with the socket to the worker).
+  bool no_delay = true;
+  /// When non-zero, rebalance() runs at this interval.
+  std::chrono::milliseconds auto_rebalance{0};
+};
+
+struct dispatcher_stats {
+  std::uint64_t accepted = 0;        ///< connections accepted
+  std::uint64_t dispatched = 0;      ///< hand-offs acknowledged by a worker
+  std::uint64_t taken_back = 0;      ///< hand-offs that came back (worker died, refused, timed out, full)
+  std::uint64_t pauses = 0;          ///< times accepting stopped because every worker was saturated
+  std::uint64_t worker_joins = 0;
+  std::uint64_t worker_deaths = 0;   ///< workers that exited without leaving
+  std::uint64_t restarts = 0;        ///< workers started again after dying
+  std::uint64_t rebalance_moves = 0; ///< connections workers were asked to move to a lighter worker
+  std::uint64_t dropped = 0;         ///< connections closed after failing to reach any worker 16 times
+};
+
+/// Accepts, chooses, hands off. Construction creates the control channel.
+class dispatcher {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// Fails like channel::create for the control channel (errc::name_in_use, errc::invalid_name).
+  dispatcher(const executor_type& ex, dispatcher_options opts, error_code& ec);
+  dispatcher(const executor_type& ex, dispatcher_options opts);
+  dispatcher(dispatcher&&) noexcept;
+  dispatcher& operator=(dispatcher&&) noexcept;
+  /// Stops; workers notice through their dispatcher watch.
+  ~dispatcher();
+
+  executor_type get_executor() const;
+  const std::string& name() const noexcept;
+
+  /// Starts `exe args...` as a worker process that inherits no handle. In `args`, "{index}" is
+  /// replaced by the worker's slot index and "{dispatcher}" by the control channel name. Returns
+  /// the slot index. The process is this process's child and is reaped when it exits.
+  std::uint32_t spawn_worker(const std::string& exe, const std::vector<std::string>& args, error_code& ec);
+
+  /// Accepts on `acc` and hands connections to workers until stop() (operation_aborted) or an
+  /// accept error that is not transient. Signature: void(error_code).
+  template <class Token>
+  auto async_run(boost::asio::ip::tcp::acceptor& acc, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this, &acc](auto h) { start_run(acc, std::move(h)); }, token);
+  }
+
+  /// Completes when at least `n` workers have joined and are not leaving, or with
+  /// operation_aborted on stop(). Signature: void(error_code).
+  template <class Token>
+  auto async_wait_workers(std::size_t n, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this, n](auto h) { start_wait_workers(n, std::move(h)); }, token);
+  }
+
+  std::vector<worker_info> workers() const;
+  dispatcher_stats stats() const;
+
+  /// Asks the most loaded worker to move idle connections to the least loaded one, if they
+  /// differ by two or more. Returns how many it asked to move.
+  std::size_t rebalance();
+  /// Asks worker `from` to move up to `count` idle connections to worker `to` (ids). False if
+  /// either is unknown, dead or leaving.
+  bool rebalance(std::uint32_t from, std::uint32_t to, std::size_t count);
+  /// Scale down: worker `id` gets no new connections, moves its connections to the other
+  /// workers at safe points, then leaves (and is not restarted). False if unknown.
+  bool remove_worker(std::uint32_t id);
+  /// Stops accepting and completes async_run and waits with operation_aborted. Connections
+  /// accepted but not yet acknowledged are closed only if no worker can take them.
+  void stop();
+
+  struct impl;
+
+ private:
+  void start_run(boost::asio::ip::tcp::acceptor& acc, boost::asio::any_completion_handler<void(error_code)> h);
+  void start_wait_workers(std::size_t n, boost::asio::any_completion_handler<void(error_code)> h);
+  std::shared_ptr<impl> impl_;
+};
+
+struct worker_options {
+  std::string dispatcher;  ///< the dispatcher's control channel
+  std::string channel;     ///< this worker's receiving channel (unique, created by the worker)
+  std::uint32_t index = 0; ///< slot index (spawn_worker's "{index}")
+  move_options move{};     ///< for moves to other workers (rebalancing, leaving)
+  channel_options rx_options{};  ///< of the worker's own channel
+  /// Load reports to the dispatcher are coalesced to at most one per interval.
+  std::chrono::milliseconds report_interval{2};
+};
+
+struct worker_stats {
+  std::uint64_t from_dispatcher = 0;  ///< connections received from the dispatcher
+  std::uint64_t from_peers = 0;       ///< connections moved in from other workers
+  std::uint64_t moved_out = 0;        ///< connections moved to other workers
+  std::uint64_t closed = 0;           ///< sessions ended here
+  std::uint64_t active = 0;           ///< sessions alive now
+};
+
+/// One connection served by a worker. The application reads and writes `stream()` and calls
+/// async_wait_request() whenever it has answered everything it read (its own buffers are
+/// empty): that is the safe point at which the worker may move the connection elsewhere.
+/// Dropping the last session object closes the connection.
+class session {
+ public:
+  session() noexcept = default;
+
+  connection& stream() noexcept;
+  bool is_open() const noexcept;
+  std::uint32_t worker_index() const noexcept;
+
+  /// Waits for the next request's first bytes (they stay in the stream, unread). Completes with
+  /// success, with the stream's error (eof when the client closed), or with errc::session_moved
+  /// when the worker handed the connection to another process at this safe point: the
+  /// application must then stop using the session. Signature: void(error_code).
+  template <class Token>
+  auto async_wait_request(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this](auto h) { start_wait(std::move(h)); }, token);
+  }
+
+  /// Ends the session (closes the connection).
+  void close();
+
+  struct state;
+  explicit session(std::shared_ptr<state> s) noexcept : st_(std::move(s)) {}
+
+ private:
+  void start_wait(boost::asio::any_completion_handler<void(error_code)> h);
+  std::shared_ptr<state> st_;
+};
+
+/// The worker side. Construction creates the worker's channel and joins the dispatcher.
+class worker {
+ public:
+  using executor_type = boost::asio::any_io_executor;
+
+  /// Fails like channel::create (own channel) and channel::open (the dispatcher's).
+  worker(const executor_type& ex, worker_options opts, error_code& ec);
+  worker(const executor_type& ex, worker_options opts);
+  worker(worker&&) noexcept;
+  worker& operator=(worker&&) noexcept;
+  ~worker();
+
+  /// Receives connections and hands each to `on_session`, until the worker has left (success),
+  /// the dispatcher exits (errc::channel_owner_dead), or stop() (operation_aborted).
+  /// Signature: void(error_code).
+  template <class Token>
+  auto async_run(std::function<void(session)> on_session, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this, f = std::move(on_session)](auto h) mutable { start_run(std::move(f), std::move(h)); }, token);
+  }
+
+  /// Scale down from the worker's side: asks the dispatcher to stop sending, moves every session
+  /// to the other workers at its next safe point, then async_run completes with success.
+  void leave();
+  void stop();
+  worker_stats stats() const;
+  std::uint32_t dispatcher_pid() const noexcept;
+
+  struct impl;
+
+ private:
+  void start_run(std::function<void(session)> f, boost::asio::any_completion_handler<void(error_code)> h);
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace baton::balance
