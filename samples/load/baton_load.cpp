@@ -49,7 +49,6 @@
 // The few operating-system calls this sample needs, kept in one place.
 #ifdef _WIN32
 #include <io.h>
-#include <process.h>
 #include <windows.h>
 #else
 #include <fcntl.h>
