@@ -8,7 +8,7 @@
 //   GET /            200 "ok", headers X-Baton-Generation, X-Baton-Pid, X-Baton-Requests
 //                    (requests served on this connection, across generations)
 //   GET /slow?ms=N   the same after N ms (a request in flight during a restart)
-//   POST /upload     200 "<bytes> <crc32c>" of the body (an upload during a restart)
+//   POST /upload     200 "<bytes> <crc32c>" of the body (an upload during a restart); POST / too
 //   GET /metrics     Baton's counters in Prometheus text format
 #include "http_server.hpp"
 

@@ -47,7 +47,7 @@ struct server {
     } else if (req.method() == http::verb::get && (target == "/" || target.rfind("/slow", 0) == 0)) {
       res.set(http::field::content_type, "text/plain");
       res.body() = "ok\n";
-    } else if (req.method() == http::verb::post && target == "/upload") {
+    } else if (req.method() == http::verb::post && (target == "/upload" || target == "/")) {
       const auto& b = req.body();
       const auto crc = baton::crc32c({reinterpret_cast<const std::byte*>(b.data()), b.size()});
       res.body() = std::to_string(b.size()) + " " + std::to_string(crc) + "\n";
