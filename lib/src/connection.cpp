@@ -215,6 +215,12 @@ void connection::start_read(asio::mutable_buffer b, asio::any_completion_handler
   });
 }
 
+asio::mutable_buffer connection::write_scratch(std::size_t n) {
+  if (!impl_) return {};
+  impl_->write_scratch.resize(n);
+  return asio::buffer(impl_->write_scratch.data(), n);
+}
+
 void connection::start_write(asio::const_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
   auto& im = impl_;
   if (!im || !im->backend) {

@@ -16,6 +16,7 @@ struct connection_impl : std::enable_shared_from_this<connection_impl> {
   std::vector<std::byte> unread;  // bytes at [unread_pos, end) are delivered before the socket's
   std::size_t unread_pos = 0;
   std::vector<std::byte> state;
+  std::vector<std::byte> write_scratch;  // a gathered write's bytes (one write at a time)
   int reads = 0, writes = 0;
   bool quiescing = false;
   std::function<void()> on_idle;

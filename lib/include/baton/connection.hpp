@@ -75,12 +75,13 @@ class connection {
         first_buffer<boost::asio::mutable_buffer>(buffers));
   }
 
-  /// Writes some bytes: void(error_code, std::size_t).
+  /// Writes some bytes: void(error_code, std::size_t). A sequence of several small buffers (an
+  /// HTTP header and body, say) is gathered into one write, as a socket's writev would.
   template <class ConstBufferSequence, class Token>
   auto async_write_some(const ConstBufferSequence& buffers, Token&& token) {
     return boost::asio::async_initiate<Token, void(error_code, std::size_t)>(
         [this](auto h, boost::asio::const_buffer b) { start_write(b, std::move(h)); }, token,
-        first_buffer<boost::asio::const_buffer>(buffers));
+        gather(buffers));
   }
 
   /// For Baton's move machinery.
@@ -97,6 +98,23 @@ class connection {
     }
     return Buffer();
   }
+  static constexpr std::size_t max_gather = 64 * 1024;
+  template <class Seq>
+  boost::asio::const_buffer gather(const Seq& seq) {
+    std::size_t parts = 0, total = 0;
+    for (auto it = boost::asio::buffer_sequence_begin(seq), end = boost::asio::buffer_sequence_end(seq); it != end;
+         ++it) {
+      const boost::asio::const_buffer b(*it);
+      if (b.size() == 0) continue;
+      ++parts;
+      total += b.size();
+    }
+    if (parts < 2 || total > max_gather) return first_buffer<boost::asio::const_buffer>(seq);
+    const auto scratch = write_scratch(total);
+    return boost::asio::buffer(scratch.data(), boost::asio::buffer_copy(scratch, seq));
+  }
+  /// Connection-owned storage for a gathered write (one write is outstanding at a time).
+  boost::asio::mutable_buffer write_scratch(std::size_t n);
   void start_read(boost::asio::mutable_buffer b,
                   boost::asio::any_completion_handler<void(error_code, std::size_t)> h);
   void start_write(boost::asio::const_buffer b,
