@@ -2,6 +2,7 @@
 
 #include "channel_impl.hpp"
 #include "connection_impl.hpp"
+#include "detail/fault.hpp"
 #include "detail/platform.hpp"
 
 #include <boost/asio/append.hpp>
@@ -15,6 +16,11 @@ namespace baton {
 namespace asio = boost::asio;
 
 namespace {
+
+using detail::fault_step;
+
+// What an injected failure (BATON_FAULT=<step>:fail) reports.
+error_code injected_failure() { return make_error_code(boost::system::errc::io_error); }
 
 struct atomic_move_stats {
   std::atomic<std::uint64_t> sent{0}, received{0}, rollbacks{0}, rejected_tickets{0};
@@ -59,7 +65,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       // Nothing to wait for but cancelled reads, which complete at once: no busy timer (a timer
       // armed and cancelled per move re-arms the reactor's timerfd, measurable in a dispatcher).
       idle = true;
-      st->quiesce([self = this->shared_from_this()] { self->exported(); });
+      st->quiesce([self = this->shared_from_this()] { self->quiesced(); });
       return;
     }
     // A connection with a write that never finishes (a peer that does not read) cannot be moved
@@ -75,8 +81,16 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       if (self->timed_out) return;
       self->idle = true;
       self->timer.cancel();
-      self->exported();
+      self->quiesced();
     });
+  }
+
+  void quiesced() {
+    if (detail::inject(fault_step::quiesce, ch.owner_pid())) {
+      st->resume();
+      return complete(injected_failure(), Object(st));
+    }
+    exported();
   }
 
   void exported() {
@@ -97,6 +111,8 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       return complete(ec, Object(st));
     }
     used = t.method;
+    if (detail::inject(fault_step::detach, ch.owner_pid())) return verdict(injected_failure());
+    if (detail::inject(fault_step::send_ticket, ch.owner_pid())) return verdict(injected_failure());
     ch.async_transact(std::move(t), opts.timeout, [self = this->shared_from_this()](error_code ec) {
       self->verdict(ec);
     });
@@ -105,6 +121,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   void verdict(error_code ec) {
     if (!ec) {
       // The target owns it now. Close our handle; the kernel object lives on in the target.
+      detail::inject(fault_step::commit, ch.owner_pid());
       pending->commit();
       st->backend.reset();
       g_stats.sent.fetch_add(1, std::memory_order_relaxed);
@@ -208,23 +225,37 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
       g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
       return std::move(handler)(make_error_code(errc::ticket_wrong_target), arrival{});
     }
+    if (t.kind != ticket_kind::control && detail::inject(fault_step::claim, t.sender_pid)) {
+      ch.acknowledge(t, false);
+      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+      return std::move(handler)(injected_failure(), arrival{});
+    }
     const auto ex = ch.get_executor();
     // Re-create, then accept. The order matters: a source that gave up (timeout) before our
     // accept kept its socket, so ours is a duplicate to close, and the next ticket is what the
     // caller wants. Returns null when the caller has already been answered or restarted.
     auto adopt = [&](auto backend) -> decltype(backend) {
+      if (!ec && detail::inject(fault_step::attach, t.sender_pid)) {
+        backend->close();
+        backend = nullptr;
+        ec = injected_failure();
+      }
       if (ec) {
         ch.acknowledge(t, false);
         g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
         std::move(handler)(ec, arrival{});
         return nullptr;
       }
-      if (!ch.acknowledge(t, true)) {
+      // An injected failure of the ack behaves as an ack that lost the race with the sender's
+      // timeout: the slot stays pending on our side, the sender keeps the connection.
+      const bool ack_fails = detail::fault_at(fault_step::ack) == detail::fault_action::fail;
+      if (ack_fails || !ch.acknowledge(t, true)) {
         backend->close();
         g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
         start();
         return nullptr;
       }
+      detail::inject(fault_step::ack, t.sender_pid);  // die / kill_peer / stall after the ack
       return backend;
     };
     if (t.kind == ticket_kind::connection) {

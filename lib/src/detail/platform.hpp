@@ -79,6 +79,9 @@ class process_exit_wait {
 /// dispatcher sets it once on the acceptor instead of once per connection.
 bool accepted_socket_inherits_no_delay() noexcept;
 
+/// Hard kill (SIGKILL / TerminateProcess) and wait until the process is gone (fault injection).
+void kill_process_hard(std::uint32_t pid) noexcept;
+
 /// One-shot liveness probe for a pid (used for the pids of ring producers).
 bool process_alive(std::uint32_t pid) noexcept;
 

@@ -146,4 +146,15 @@ bool process_alive(std::uint32_t pid) noexcept {
   return errno == EPERM;  // exists, but belongs to someone else
 }
 
+void kill_process_hard(std::uint32_t pid) noexcept {
+  ::kill(static_cast<pid_t>(pid), SIGKILL);
+  // SIGKILL to ourselves does not return; for another process wait until it is gone (a zombie
+  // counts as gone: its descriptors are closed).
+  for (int i = 0; i < 2000; ++i) {
+    process_watch w(pid);
+    if (!w.alive()) return;
+    ::usleep(1000);
+  }
+}
+
 }  // namespace baton::detail

@@ -125,4 +125,13 @@ bool process_alive(std::uint32_t pid) noexcept {
   return alive;
 }
 
+void kill_process_hard(std::uint32_t pid) noexcept {
+  if (pid == ::GetCurrentProcessId()) ::TerminateProcess(::GetCurrentProcess(), 137);
+  HANDLE h = ::OpenProcess(PROCESS_TERMINATE | SYNCHRONIZE, FALSE, pid);
+  if (!h) return;
+  ::TerminateProcess(h, 137);
+  ::WaitForSingleObject(h, 10000);
+  ::CloseHandle(h);
+}
+
 }  // namespace baton::detail
