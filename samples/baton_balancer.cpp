@@ -291,10 +291,18 @@ struct client_report {
 std::string http_get(tcp::socket& s, std::string& buf, bool close, std::string& err) {
   const std::string req = std::string("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n") +
                           (close ? "Connection: close\r\n" : "") + "\r\n";
+  // Blocking calls may fail with EINTR where Asio runs on io_uring (its task work interrupts
+  // blocking system calls of the process); they are retried.
   baton::error_code ec;
-  asio::write(s, asio::buffer(req), ec);
+  std::size_t sent = 0;
+  do {
+    sent += asio::write(s, asio::buffer(req.data() + sent, req.size() - sent), ec);
+  } while (ec == asio::error::interrupted);
   if (ec) return err = "write: " + ec.message(), "";
-  const std::size_t hdr = asio::read_until(s, asio::dynamic_buffer(buf), "\r\n\r\n", ec);
+  std::size_t hdr = 0;
+  do {
+    hdr = asio::read_until(s, asio::dynamic_buffer(buf), "\r\n\r\n", ec);
+  } while (ec == asio::error::interrupted);
   if (ec) return err = "read header: " + ec.message(), "";
   const std::string head = buf.substr(0, hdr);
   buf.erase(0, hdr);
@@ -306,7 +314,11 @@ std::string http_get(tcp::socket& s, std::string& buf, bool close, std::string& 
     return head.substr(p, head.find('\r', p) - p);
   };
   const std::size_t len = std::stoul(value("Content-Length: ").empty() ? "0" : value("Content-Length: "));
-  if (buf.size() < len) asio::read(s, asio::dynamic_buffer(buf), asio::transfer_exactly(len - buf.size()), ec);
+  while (buf.size() < len) {
+    asio::read(s, asio::dynamic_buffer(buf), asio::transfer_exactly(len - buf.size()), ec);
+    if (ec && ec != asio::error::interrupted) break;
+    ec.clear();
+  }
   if (ec) return err = "read body: " + ec.message(), "";
   const std::string body = buf.substr(0, len);
   buf.erase(0, len);

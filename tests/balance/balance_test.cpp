@@ -110,11 +110,20 @@ struct client_conn {
     return true;
   }
   // One request; the reply must name `id`. Returns the answering worker's index or -1.
+  // Blocking calls here may fail with EINTR: in a process that uses Asio's io_uring backend
+  // (the linux-uring preset), io_uring's task work interrupts blocking system calls. Retried.
   int request(const std::string& id, bool close = false) {
     baton::error_code ec;
-    asio::write(s, asio::buffer("GET " + id + (close ? " close" : "") + "\n"), ec);
+    const std::string req = "GET " + id + (close ? " close" : "") + "\n";
+    std::size_t sent = 0;
+    do {
+      sent += asio::write(s, asio::buffer(req.data() + sent, req.size() - sent), ec);
+    } while (ec == asio::error::interrupted);
     if (ec) return -1;
-    const std::size_t n = asio::read_until(s, asio::dynamic_buffer(buf), '\n', ec);
+    std::size_t n = 0;
+    do {
+      n = asio::read_until(s, asio::dynamic_buffer(buf), '\n', ec);
+    } while (ec == asio::error::interrupted);
     if (ec) return -1;
     reply r;
     const bool ok = parse_reply(buf.substr(0, n - 1), r) && r.id == id;
@@ -125,7 +134,10 @@ struct client_conn {
   bool at_eof() {
     char c;
     baton::error_code ec;
-    const std::size_t n = s.read_some(asio::buffer(&c, 1), ec);
+    std::size_t n = 0;
+    do {
+      n = s.read_some(asio::buffer(&c, 1), ec);
+    } while (ec == asio::error::interrupted);
     return n == 0 && buf.empty() && ec == asio::error::eof;
   }
 };

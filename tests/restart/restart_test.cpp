@@ -83,7 +83,10 @@ struct http_conn {
   }
   bool send(const std::string& raw) {
     baton::error_code ec;
-    asio::write(s, asio::buffer(raw), ec);
+    std::size_t sent = 0;
+    do {  // EINTR: io_uring task work (linux-uring preset)
+      sent += asio::write(s, asio::buffer(raw.data() + sent, raw.size() - sent), ec);
+    } while (ec == asio::error::interrupted);
     return !ec;
   }
   bool read(response& r) {
@@ -92,6 +95,7 @@ struct http_conn {
     while ((hdr_end = buf.find("\r\n\r\n")) == std::string::npos) {
       char tmp[4096];
       const auto n = s.read_some(asio::buffer(tmp), ec);
+      if (ec == asio::error::interrupted) continue;  // io_uring task work (linux-uring preset)
       if (ec) return false;
       buf.append(tmp, n);
     }
@@ -116,6 +120,7 @@ struct http_conn {
     while (buf.size() < len) {
       char tmp[4096];
       const auto n = s.read_some(asio::buffer(tmp), ec);
+      if (ec == asio::error::interrupted) continue;  // io_uring task work (linux-uring preset)
       if (ec) return false;
       buf.append(tmp, n);
     }

@@ -187,6 +187,11 @@ bool process_exists(std::uint32_t pid) {
 #endif
 }
 
+void report_bytes_checked(std::uint64_t n) {
+  std::printf("[ BYTES    ] %llu bytes checked for continuity\n", static_cast<unsigned long long>(n));
+  std::fflush(stdout);
+}
+
 void fill_pattern(std::uint64_t seed, std::byte* out, std::size_t n) {
   // splitmix64 stream: fast, and any offset error shows up as a mismatch.
   std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;

@@ -67,6 +67,9 @@ void kill_process(std::uint32_t pid);
 /// True while a process with this pid exists (not our child: no reaping needed).
 bool process_exists(std::uint32_t pid);
 
+/// Reports bytes whose continuity a test checked ("[ BYTES    ] N ..."), summed by scripts/test.
+void report_bytes_checked(std::uint64_t n);
+
 /// Deterministic pseudo-random bytes for (seed, index): what senders write and receivers check.
 void fill_pattern(std::uint64_t seed, std::byte* out, std::size_t n);
 bool check_pattern(std::uint64_t seed, const std::byte* data, std::size_t n);
