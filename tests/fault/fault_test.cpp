@@ -104,6 +104,62 @@ BATON_TEST_ROLE(fault_target) {
 
 std::uint64_t g_bytes_checked = 0;
 
+asio::awaitable<void> accept_and_echo(baton::listener& l) {
+  for (;;) {
+    auto [ec, s] = co_await l.async_accept(tuple_aw);
+    if (ec) co_return;
+    asio::co_spawn(l.get_executor(), echo(baton::connection(std::move(s))), asio::detached);
+  }
+}
+
+// Listener source: listens (accepting nothing yet), moves its listener to the target as soon as
+// it starts, writes "moved" or "kept"; a kept listener then accepts and echoes.
+BATON_TEST_ROLE(fault_lsource) {
+  const std::string& target = args.at(0);
+  const std::string& port_file = args.at(1);
+  const std::string& result = args.at(2);
+  asio::io_context ioc;
+  auto tx = baton::channel::open(ioc.get_executor(), target);
+  baton::listener l(tcp::acceptor(ioc, {asio::ip::address_v4::loopback(), 0}));
+  baton::error_code ec;
+  write_file(port_file, std::to_string(l.local_endpoint(ec).port()));
+  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+    baton::move_options o;
+    o.timeout = move_timeout;
+    auto [mec, back] = co_await baton::async_send(tx, std::move(l), o, tuple_aw);
+    write_file(result, mec ? "kept" : "moved");
+    if (mec) {
+      l = std::move(back);
+      co_await accept_and_echo(l);
+    }
+  }, asio::detached);
+  ioc.run_for(30s);
+  return 0;
+}
+
+// Listener target: accepts and echoes on whatever listener arrives; writes "got".
+BATON_TEST_ROLE(fault_ltarget) {
+  const std::string& name = args.at(0);
+  const std::string& ready = args.at(1);
+  const std::string& result = args.at(2);
+  asio::io_context ioc;
+  auto rx = baton::channel::create(ioc.get_executor(), name);
+  touch(ready);
+  std::vector<std::unique_ptr<baton::listener>> held;
+  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+    for (;;) {
+      auto [ec, a] = co_await baton::async_receive(rx, tuple_aw);
+      if (ec == asio::error::operation_aborted) co_return;
+      if (ec || a.kind != baton::ticket_kind::listener) continue;
+      write_file(result, "got");
+      held.push_back(std::make_unique<baton::listener>(std::move(a.lst)));
+      asio::co_spawn(ioc, accept_and_echo(*held.back()), asio::detached);
+    }
+  }, asio::detached);
+  ioc.run_for(30s);
+  return 0;
+}
+
 enum class outcome { source, target, closed, hung, corrupted, duplicated };
 const char* to_string(outcome o) {
   switch (o) {
@@ -242,6 +298,53 @@ outcome run_cell(const cell& c, std::string& detail) {
   return outcome::corrupted;  // served, but nobody says they own it
 }
 
+// The same fault on a listener move. After the verdict a client connects: refused = closed (the
+// listening socket is gone), echoed = served by whoever accepted, no answer = hung.
+outcome run_listener_cell(const cell& c, std::string& detail) {
+  const std::string ch = unique_name("lfault");
+  name_guard guard(ch);
+  const auto port_file = temp_path("port"), ready = temp_path("ready"), src_res = temp_path("src"),
+             tgt_res = temp_path("tgt");
+  const std::string fault = std::string(c.step) + ":" + c.action + ":1500";
+  set_env("BATON_FAULT", c.source_side ? "" : fault);
+  child target = child::spawn("fault_ltarget", {ch, ready, tgt_res});
+  set_env("BATON_FAULT", "");
+  if (!wait_for_file(ready, 30s)) return outcome::hung;
+  set_env("BATON_FAULT", c.source_side ? fault : "");
+  child source = child::spawn("fault_lsource", {ch, port_file, src_res});
+  set_env("BATON_FAULT", "");
+  if (!wait_for_file(port_file, 30s)) return outcome::hung;
+  const auto port = static_cast<unsigned short>(std::stoi(read_file(port_file)));
+  // Wait for the verdict (or the death of whoever was to give it); a stall takes 1.5 s.
+  for (int i = 0; i < 80 && !file_exists(src_res) && source.running() && target.running(); ++i) nap(50ms);
+  nap(200ms);
+  asio::io_context ioc;
+  tcp::socket s(ioc);
+  baton::error_code ec;
+  s.connect({asio::ip::address_v4::loopback(), port}, ec);
+  io_result r = io_result::eof;
+  if (!ec) {
+    set_recv_timeout(s, 10s);
+    const std::uint64_t seed = 0x115 + std::hash<std::string>{}(fault);
+    r = round_trip(s, seed, 0, chunk);
+    if (r == io_result::ok) g_bytes_checked += chunk;
+  }
+  // Read after the client was served: a target stalled after its ack notes the arrival late.
+  const bool kept = file_exists(src_res) && read_file(src_res) == "kept";
+  const bool moved = file_exists(src_res) && read_file(src_res) == "moved";
+  const bool got = file_exists(tgt_res);
+  detail = std::string("source result: ") + (kept ? "kept" : moved ? "moved" : "none") +
+           ", target received: " + (got ? "yes" : "no");
+  for (const auto& f : {port_file, ready, src_res, tgt_res}) remove_file(f);
+  if (r == io_result::corrupted) return outcome::corrupted;
+  if (r == io_result::timeout) return outcome::hung;
+  if (r == io_result::eof) return outcome::closed;
+  if (kept && got) return outcome::duplicated;
+  if (got) return outcome::target;
+  if (kept) return outcome::source;
+  return outcome::corrupted;
+}
+
 std::string promised_text(const std::set<outcome>& s) {
   std::string r;
   for (auto o : s) r += (r.empty() ? "" : " or ") + std::string(to_string(o));
@@ -257,34 +360,46 @@ TEST(fault_matrix, every_step_every_fault_keeps_the_promise) {
         "from its own run on Linux; the same matrix runs under Wine for the Windows build. Do not edit: "
         "the native test fails when this file differs from what it produced "
         "(`cp build/linux/tests/guarantees.md docs/guarantees.md` after a deliberate change).\n\n"
-        "Each row is one move of a live connection between two real processes with one fault injected "
-        "(`BATON_FAULT=<step>:<fault>`, developer builds only). A loopback client streams pattern bytes "
-        "through the connection before and after; *source* / *target* mean that process serves the "
-        "connection afterwards, byte-exact; *closed* means the client saw the connection close "
-        "(its owner died), never a duplicate, a hang or a corrupted stream.\n\n"
+        "Each row is one move between two real processes with one fault injected "
+        "(`BATON_FAULT=<step>:<fault>`, developer builds only). "
         "Faults: *die* = the process at that step is hard-killed (SIGKILL / TerminateProcess); "
         "*kill_peer* = the other side is hard-killed at that moment; *stall* = the step stalls 1.5 s, "
-        "past the 1 s move timeout; *fail* = the step's call fails.\n\n"
-        "| step | in | fault | promised | observed | why |\n|---|---|---|---|---|---|\n";
+        "past the 1 s move timeout; *fail* = the step's call fails.\n";
   std::vector<std::string> broken;
   int faults = 0;
-  for (const auto& c : matrix()) {
-    std::string detail;
-    const auto got = run_cell(c, detail);
-    ++faults;
+  auto run_matrix = [&](const char* what, auto runner) {
+    for (const auto& c : matrix()) {
+      std::string detail;
+      const auto got = runner(c, detail);
+      ++faults;
 #ifdef _WIN32
-    const auto& promised = c.gap ? c.windows_gap : c.promised;
+      const auto& promised = c.gap ? c.windows_gap : c.promised;
 #else
-    const auto& promised = c.promised;
+      const auto& promised = c.promised;
 #endif
-    const bool kept = promised.count(got) != 0;
-    if (!kept)
-      broken.push_back(std::string(c.step) + ":" + c.action + " promised " + promised_text(promised) + ", got " +
-                       to_string(got) + " (" + detail + ")");
-    md << "| " << c.step << " | " << (c.source_side ? "source" : "target") << " | " << c.action << " | "
-       << promised_text(c.promised) << " | " << (kept ? to_string(got) : "**BROKEN**") << " | " << c.why
-       << (c.gap ? std::string(". ") + c.gap : std::string()) << " |\n";
-  }
+      const bool kept = promised.count(got) != 0;
+      if (!kept)
+        broken.push_back(std::string(what) + " " + c.step + ":" + c.action + " promised " + promised_text(promised) +
+                         ", got " + to_string(got) + " (" + detail + ")");
+      md << "| " << c.step << " | " << (c.source_side ? "source" : "target") << " | " << c.action << " | "
+         << promised_text(c.promised) << " | " << (kept ? to_string(got) : "**BROKEN**") << " | " << c.why
+         << (c.gap ? std::string(". ") + c.gap : std::string()) << " |\n";
+    }
+  };
+  md << "\n## Connections\n\n"
+        "A loopback client streams pattern bytes through the connection before and after the move; "
+        "*source* / *target* mean that process serves the connection afterwards, byte-exact; *closed* "
+        "means the client saw the connection close (its owner died), never a duplicate, a hang or a "
+        "corrupted stream.\n\n"
+        "| step | in | fault | promised | observed | why |\n|---|---|---|---|---|---|\n";
+  run_matrix("connection", run_cell);
+  md << "\n## Listening sockets\n\n"
+        "After the verdict a client connects and streams pattern bytes: *source* / *target* mean that "
+        "process accepts and serves new connections; *closed* means connection attempts are refused "
+        "(the listening socket died with its owner). The reasons read the same with *it* = the "
+        "listening socket.\n\n"
+        "| step | in | fault | promised | observed | why |\n|---|---|---|---|---|---|\n";
+  run_matrix("listener", run_listener_cell);
   RecordProperty("injected_faults", faults);
   std::printf("[ FAULTS   ] %d injected faults exercised\n", faults);
   report_bytes_checked(g_bytes_checked);
