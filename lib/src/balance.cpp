@@ -44,7 +44,7 @@ ticket control_ticket(op o, const std::string& text) {
   t.id = ticket_id::random();
   t.flags = kMagic | o;
   t.state.resize(text.size());
-  std::memcpy(t.state.data(), text.data(), text.size());
+  if (!text.empty()) std::memcpy(t.state.data(), text.data(), text.size());
   return t;
 }
 
