@@ -507,6 +507,10 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
     w->removed = true;
     w->exit.cancel();
     w->ch.close();
+    // A worker that was killed could not remove its channel's names; its owner is dead now, so
+    // remove_stale may (it refuses while an owner lives).
+    error_code ignored;
+    channel::remove_stale(w->info.channel, ignored);
     workers.erase(std::remove(workers.begin(), workers.end(), w), workers.end());
   }
 
