@@ -507,6 +507,10 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
     w->removed = true;
     w->exit.cancel();
     w->ch.close();
+    // A worker that was killed could not remove its channel's names; its owner is dead now, so
+    // remove_stale may (it refuses while an owner lives).
+    error_code ignored;
+    channel::remove_stale(w->info.channel, ignored);
     workers.erase(std::remove(workers.begin(), workers.end(), w), workers.end());
   }
 
@@ -652,7 +656,8 @@ std::uint32_t dispatcher::spawn_worker(const std::string& exe, const std::vector
 
 void dispatcher::start_run(tcp::acceptor& acc, handler_type h) {
   if (!impl_ || impl_->stopped) {
-    asio::post(impl_ ? impl_->ex : acc.get_executor(), asio::append(std::move(h), error_code(asio::error::operation_aborted)));
+    const error_code ec = impl_ ? error_code(asio::error::operation_aborted) : error_code(asio::error::bad_descriptor);
+    asio::post(impl_ ? impl_->ex : acc.get_executor(), asio::append(std::move(h), ec));
     return;
   }
   if (impl_->running) {
@@ -672,7 +677,8 @@ void dispatcher::start_run(tcp::acceptor& acc, handler_type h) {
 }
 
 void dispatcher::start_wait_workers(std::size_t n, handler_type h) {
-  if (!impl_ || impl_->stopped) {
+  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));  // moved-from
+  if (impl_->stopped) {
     asio::post(impl_->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted)));
     return;
   }
@@ -1007,7 +1013,8 @@ worker& worker::operator=(worker&& o) noexcept {
 worker::~worker() { stop(); }
 
 void worker::start_run(std::function<void(session)> f, handler_type h) {
-  if (!impl_ || impl_->finished || impl_->run_handler) {
+  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));  // moved-from
+  if (impl_->finished || impl_->run_handler) {
     asio::post(impl_->ex, asio::append(std::move(h), make_error_code(errc::operation_in_progress)));
     return;
   }

@@ -16,6 +16,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <future>
 #include <map>
@@ -347,6 +348,30 @@ TEST(balance, client_hash_keeps_an_address_on_one_worker) {
   }
   // Eight addresses over two workers: both are used unless the hash is degenerate (1 in 128).
   std::printf("workers used by 8 addresses: %zu\n", used.size());
+}
+
+TEST(balance, peeked_bytes_choose_the_worker_and_travel_as_unread_bytes) {
+  auto o = with_policy(balance::policy::custom);
+  // Read up to the end of the request line before choosing; the line names the worker.
+  o.peek = [](std::span<const std::byte> b) {
+    return std::find(b.begin(), b.end(), std::byte{'\n'}) != b.end();
+  };
+  o.pick = [](const balance::pick_context& ctx) -> std::size_t {
+    const std::string first(reinterpret_cast<const char*>(ctx.first_bytes.data()), ctx.first_bytes.size());
+    const std::uint32_t want = first.find("to1") != std::string::npos ? 1 : 0;
+    for (std::size_t k = 0; k < ctx.workers.size(); ++k)
+      if (ctx.workers[k].index == want) return k;
+    return ctx.workers.size();  // out of range: round-robin
+  };
+  balance_rig rig(o, {"serve", "serve"});
+  ASSERT_TRUE(rig.ready());
+  for (int i = 0; i < 6; ++i) {
+    const std::string id = (i % 3 == 0 ? "to0-" : "to1-") + std::to_string(i);
+    client_conn c;
+    ASSERT_TRUE(c.open(rig.port));
+    // The worker answers the very line the dispatcher read: it arrived as unread bytes.
+    EXPECT_EQ(c.request(id, true), i % 3 == 0 ? 0 : 1) << id;
+  }
 }
 
 TEST(balance, killed_worker_loses_no_unacknowledged_connection) {

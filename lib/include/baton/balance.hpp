@@ -160,7 +160,8 @@ class dispatcher {
   /// workers at safe points, then leaves (and is not restarted). False if unknown.
   bool remove_worker(std::uint32_t id);
   /// Stops accepting and completes async_run and waits with operation_aborted. Connections
-  /// accepted but not yet acknowledged are closed only if no worker can take them.
+  /// still queued for a worker are closed; hand-offs in flight finish (one that comes back is
+  /// closed and counted in `dropped`). Workers notice the dispatcher's exit, not its stop.
   void stop();
 
   struct impl;
