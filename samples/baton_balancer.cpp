@@ -489,7 +489,13 @@ int run_selftest(unsigned workers, balance::policy pol, unsigned conns, unsigned
     std::printf("scale         worker added and one removed: %s\n", scaled ? "yes" : "NO");
     ok = ok && scaled;
   }
-  s.d->stop();
+  // The dispatcher belongs to the io thread: stop it there (found by ThreadSanitizer).
+  std::promise<void> stopped;
+  asio::post(s.ioc, [&] {
+    s.d->stop();
+    stopped.set_value();
+  });
+  stopped.get_future().wait_for(std::chrono::seconds(10));
   s.ioc.stop();
   io.join();
   std::printf("%s\n", ok ? "RESULT: every request answered" : "RESULT: FAILED");
