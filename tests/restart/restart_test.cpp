@@ -36,6 +36,14 @@ BATON_TEST_ROLE(http_gen) {
   const std::string& mode_file = args.at(2);
   const std::string mode = file_exists(mode_file) ? read_file(mode_file) : std::string();
   if (mode == "die-before-ready") return 3;
+  // "fault:<step>:<action>": a fault injected into this generation's moves (docs/guarantees.md).
+  if (mode.rfind("fault:", 0) == 0) {
+#ifdef _WIN32
+    _putenv_s("BATON_FAULT", mode.substr(6).c_str());
+#else
+    ::setenv("BATON_FAULT", mode.substr(6).c_str(), 1);
+#endif
+  }
   if (mode == "slow-start") nap(1500ms);
   baton_samples::http_service_options o;
   o.name = name;
@@ -188,8 +196,20 @@ struct running_service {
   child first;
   unsigned short port = 0;
 
-  running_service() {
+  explicit running_service(const std::string& first_generation_fault = "") {
+    // The first generation is our child: a fault for it travels in its environment.
+#ifdef _WIN32
+    _putenv_s("BATON_FAULT", first_generation_fault.c_str());
+#else
+    if (first_generation_fault.empty()) ::unsetenv("BATON_FAULT");
+    else ::setenv("BATON_FAULT", first_generation_fault.c_str(), 1);
+#endif
     first = child::spawn("http_gen", {name, port_file, mode_file});
+#ifdef _WIN32
+    _putenv_s("BATON_FAULT", "");
+#else
+    ::unsetenv("BATON_FAULT");
+#endif
     EXPECT_TRUE(wait_for_file(port_file, 60s));
     port = static_cast<unsigned short>(std::stoi(read_file(port_file)));
   }
@@ -206,7 +226,9 @@ struct running_service {
     remove_file(port_file);
     remove_file(mode_file);
   }
-  baton::restart_report restart(baton::error_code& ec) { return baton::request_restart(name, "", 120s, ec); }
+  baton::restart_report restart(baton::error_code& ec, std::chrono::milliseconds timeout = 120s) {
+    return baton::request_restart(name, "", timeout, ec);
+  }
   std::uint64_t generation() {
     baton::error_code ec;
     const auto st = baton::request_status(name, 10s, ec);
@@ -435,4 +457,45 @@ TEST(restart, status_and_unknown_service) {
   baton::request_restart(unique_name("nobody"), "", 5s, ec);
   EXPECT_EQ(ec, baton::errc::service_not_found);
   EXPECT_NE(ec.message().find("start the service"), std::string::npos);
+}
+
+// Hot restart phases with a process killed (the move steps themselves: docs/guarantees.md).
+TEST(restart_faults, old_generation_killed_mid_hand_over_new_one_takes_charge) {
+  running_service svc("commit:die");  // generation 1 dies right after its first connection moved
+  load l(svc.port, 8);
+  wait_for_requests(l, 100);
+  baton::error_code ec;
+  svc.restart(ec, 5s);  // nobody is left to report: the requester times out
+  EXPECT_EQ(ec, baton::errc::move_timeout);
+  const auto until = std::chrono::steady_clock::now() + 60s;
+  while (svc.generation() != 2 && std::chrono::steady_clock::now() < until) nap(20ms);
+  ASSERT_EQ(svc.generation(), 2u) << "the new generation takes charge when the old one dies";
+  wait_for_requests(l, 200);
+  l.finish();
+  // Connections the old generation still owned died with it (closed, and the clients
+  // reconnected to generation 2); the one it had moved kept its sequence.
+  EXPECT_LE(l.failed, 8u);
+  EXPECT_EQ(l.conn_errors, 0u) << "the listener lived on in generation 2";
+  EXPECT_EQ(l.sequence_errors, 0u) << "no request lost or duplicated on a surviving connection";
+  EXPECT_TRUE(l.generations.count(2));
+}
+
+TEST(restart_faults, new_generation_killed_after_acking_a_connection_old_keeps_the_rest) {
+  running_service svc;
+  load l(svc.port, 8);
+  wait_for_requests(l, 100);
+  write_file(svc.mode_file, "fault:ack:die");  // generation 2 dies right after its first ack
+  baton::error_code ec;
+  const auto r = svc.restart(ec);
+  EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
+  EXPECT_EQ(r.ec, baton::errc::next_generation_died);
+  remove_file(svc.mode_file);
+  wait_for_requests(l, 200);
+  l.finish();
+  // Only the connection generation 2 had acknowledged died with it; generation 1 kept and
+  // served all the others, and took its listener back.
+  EXPECT_LE(l.failed, 1u);
+  EXPECT_EQ(l.conn_errors, 0u);
+  EXPECT_EQ(l.sequence_errors, 0u);
+  EXPECT_EQ(svc.generation(), 1u);
 }
