@@ -173,11 +173,11 @@ bool run_until(asio::io_context& ioc, Cond cond, std::chrono::milliseconds deadl
 //
 // The home mover (A) accepts the pool. Every connection hops A -> B -> A ... : a streaming one
 // echoes one read on each hop, an idle one moves straight on. Its state counts its moves, so
-// the total is exact: pool * total-moves. Both barriers (warm and total, even numbers) find
-// every connection back in A, parked, and B holding none: that is where both processes measure
-// themselves, A first (file sync.a1 / sync.a2), then B (sync.b1 / sync.b2), and where A waits
-// for B's measurement before it lets the pool move on. After the last barrier A echoes on every
-// connection until its client closes.
+// the total is exact: pool * total-moves. Each of three barriers (after the warm-up, half-way,
+// at the end; even numbers of moves) finds every connection back in A, parked, and B holding
+// none: that is where both processes measure themselves, A first (file sync.aN), then B
+// (sync.bN), and where A waits for B's measurement before it lets the pool move on. After the
+// last barrier A echoes on every connection until its client closes.
 BATON_TEST_ROLE(soak_mover) {
   const std::string own = args.at(0), peer = args.at(1), ready = args.at(3), sync = args.at(4), stop = args.at(8);
   const bool home = args.at(2) == "1";
@@ -452,10 +452,15 @@ TEST(soak, pool_moved_back_and_forth_between_two_processes_without_loss_or_leak)
   }
   ASSERT_EQ(streams.size(), streaming);
 
-  // Both barriers passed: every connection made all its moves and is back in A.
+  // The last barrier passed: every connection made all its moves and is back in A.
   const bool finished = baton::test::wait_for_file(sync + ".b2", 170s);
   const auto took = std::chrono::steady_clock::now() - t0;
   EXPECT_TRUE(finished) << "the pool did not finish its moves in time";
+  if (!finished) {
+    // Unblock the clients' writers and readers, so that the test ends now.
+    a.kill();
+    b.kill();
+  }
   for (auto& c : streams) c->finish();
   // The idle connections survived every move: each still echoes.
   int idle_ok = 0;
@@ -617,11 +622,12 @@ asio::awaitable<void> echo_until_eof(baton::connection& c, int& finished) {
 }
 
 // One pattern-checked echo round trip through `server` (driven by ioc) from `client`.
+// With `written`, the client already sent the pattern (e.g. while a move was under way).
 ::testing::AssertionResult echo_once(asio::io_context& ioc, baton::connection& server, tcp::socket& client,
-                                     std::uint64_t seed, std::size_t n = 2048) {
+                                     std::uint64_t seed, bool written = false, std::size_t n = 2048) {
   std::vector<std::byte> out(n), back(n);
   baton::test::fill_pattern(seed, out.data(), n);
-  asio::write(client, asio::buffer(out));
+  if (!written) asio::write(client, asio::buffer(out));
   const bool done = baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
     std::vector<std::byte> buf(n);
     co_await asio::async_read(server, asio::buffer(buf), asio::use_awaitable);
@@ -744,6 +750,15 @@ TEST(soak_stall, a_target_that_never_reads_cannot_stall_other_moves_or_traffic_n
   int timeouts = 0, full = 0, first_full = -1, echo_ok = 0, echo_checks = 0;
   usage at_measure, at_end;
   for (int i = 1; i <= attempts; ++i) {
+    // Now and then (in both regimes) the client sends a block before the attempt, which must
+    // still be there, in order, once the connection is back.
+    const bool check = i % 25 == 0 || i == 2;
+    const std::uint64_t seed = 100 + static_cast<std::uint64_t>(i);
+    if (check) {
+      std::vector<std::byte> out(2048);
+      baton::test::fill_pattern(seed, out.data(), out.size());
+      asio::write(victim_client, asio::buffer(out));
+    }
     baton::error_code ec = asio::error::would_block;
     baton::async_send(tx_stalled, std::move(victim), quick, [&](baton::error_code e, baton::connection back) {
       ec = e;
@@ -759,9 +774,9 @@ TEST(soak_stall, a_target_that_never_reads_cannot_stall_other_moves_or_traffic_n
     ++outcomes[ec.message()];
     ASSERT_TRUE(victim.is_open()) << "attempt " << i;
     ASSERT_EQ(victim.state(), victim_state) << "attempt " << i;
-    if (i % 25 == 0) {
+    if (check) {
       ++echo_checks;
-      if (echo_once(ioc, victim, victim_client, 100 + static_cast<std::uint64_t>(i))) ++echo_ok;
+      if (echo_once(ioc, victim, victim_client, seed, true)) ++echo_ok;
     }
     if (i == measure_at) at_measure = measure();
   }
