@@ -46,7 +46,7 @@ constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
 
 // What this process holds: open descriptors (Linux) or handles (Windows), and memory.
 struct usage {
-  std::uint64_t handles = 0;  ///< entries of /proc/self/fd, or GetProcessHandleCount
+  std::uint64_t handles = 0;  ///< entries of /proc/self/fd, or GetProcessHandleCount (probed under Wine)
   std::uint64_t rss = 0;      ///< VmRSS, or the working set (bytes)
   /// Private memory (bytes): VmRSS without RssShmem (the pages of the channels' shared rings),
   /// or PagefileUsage (private committed bytes, which exclude section views).
@@ -403,6 +403,15 @@ struct stream_client {
     writer.join();
     reader.join();
   }
+  // A test that ends early (a failed assertion) unblocks both threads by shutting the socket.
+  ~stream_client() {
+    if (!writer.joinable() && !reader.joinable()) return;
+    stop = true;
+    baton::error_code ec;
+    s.shutdown(tcp::socket::shutdown_both, ec);
+    if (writer.joinable()) writer.join();
+    if (reader.joinable()) reader.join();
+  }
 };
 
 TEST(soak, pool_moved_back_and_forth_between_two_processes_without_loss_or_leak) {
@@ -450,7 +459,6 @@ TEST(soak, pool_moved_back_and_forth_between_two_processes_without_loss_or_leak)
     else
       idle.push_back(std::move(s));
   }
-  ASSERT_EQ(streams.size(), streaming);
 
   // The last barrier passed: every connection made all its moves and is back in A.
   const bool finished = baton::test::wait_for_file(sync + ".b2", 170s);
@@ -607,6 +615,14 @@ struct busy_client {
       }
       done = true;
     });
+  }
+  // A test that ends early (a failed assertion) unblocks the thread by shutting the socket.
+  ~busy_client() {
+    if (!t.joinable()) return;
+    stop = true;
+    baton::error_code ec;
+    s.shutdown(tcp::socket::shutdown_both, ec);
+    t.join();
   }
 };
 
