@@ -142,6 +142,16 @@ bool accepted_socket_inherits_no_delay() noexcept { return true; }
 
 bool process_alive(std::uint32_t pid) noexcept {
   if (pid == 0 || pid > 0x3FFFFFFF) return false;
+  // A pidfd tells an exited process that its parent has not reaped yet (a zombie: its
+  // descriptors and mappings are gone) from a live one; kill(pid, 0) cannot.
+  const long fd = ::syscall(SYS_pidfd_open, static_cast<pid_t>(pid), 0);
+  if (fd >= 0) {
+    pollfd p{static_cast<int>(fd), POLLIN, 0};
+    const int r = ::poll(&p, 1, 0);
+    ::close(static_cast<int>(fd));
+    return r == 0;
+  }
+  if (errno == ESRCH) return false;
   if (::kill(static_cast<pid_t>(pid), 0) == 0) return true;
   return errno == EPERM;  // exists, but belongs to someone else
 }
