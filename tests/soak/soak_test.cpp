@@ -506,6 +506,7 @@ TEST(soak, pool_moved_back_and_forth_between_two_processes_without_loss_or_leak)
   EXPECT_EQ(field(ra, "echo_failures") + field(rb, "echo_failures"), 0u);
   EXPECT_EQ(field(ra, "served"), pool) << ra;
   const auto secs = std::chrono::duration<double>(took).count();
+  baton::test::report_bytes_checked(verified);
   std::printf("[ info ] %llu moves in %.1f s; %llu echoed bytes verified on %zu streams\n",
               static_cast<unsigned long long>(moves), secs, static_cast<unsigned long long>(verified), streaming);
   RecordProperty("moves", std::to_string(moves));
