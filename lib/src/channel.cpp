@@ -1,6 +1,7 @@
 #include "baton/channel.hpp"
 
 #include "channel_impl.hpp"
+#include "detail/fault.hpp"
 #include "detail/ticket_codec.hpp"
 
 #include <boost/asio/append.hpp>
@@ -209,7 +210,8 @@ struct send_op : std::enable_shared_from_this<send_op> {
     const bool wake = ch->ring.push(
         bytes.size(), [&](std::span<std::byte> out) { std::memcpy(out.data(), bytes.data(), bytes.size()); }, ec);
     if (!ec) {
-      if (wake) ch->bell.ring();
+      const bool bell_fails = detail::inject(detail::fault_step::doorbell, ch->owner.pid());
+      if (wake && !bell_fails) ch->bell.ring();
       ++ch->stats.tickets_sent;
       if (!with_ack) return finish({});
       ack_deadline = std::chrono::steady_clock::now() + ack_timeout;
@@ -293,7 +295,8 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
     const bool wake = impl_->ring.push(
         encoded_size(t), [tp = &t](std::span<std::byte> out) { detail::encode_checked(*tp, out); }, push_ec);
     if (!push_ec) {
-      if (wake) impl_->bell.ring();
+      const bool bell_fails = detail::inject(detail::fault_step::doorbell, impl_->owner.pid());
+      if (wake && !bell_fails) impl_->bell.ring();
       ++impl_->stats.tickets_sent;
       if (!with_ack) {
         asio::post(impl_->ex, asio::append(std::move(op->handler), error_code()));

@@ -25,14 +25,14 @@ const fault_config& config() {
     fault_config f;
     const char* env = std::getenv("BATON_FAULT");
     if (!env || !*env) return f;
-    static const char* steps[] = {"quiesce", "detach", "send_ticket", "claim", "attach", "ack", "commit"};
+    static const char* steps[] = {"quiesce", "detach", "send_ticket", "doorbell", "claim", "attach", "ack", "commit"};
     static const char* actions[] = {"none", "die", "kill_peer", "stall", "fail"};
     const std::string s(env);
     const auto c1 = s.find(':');
     const auto c2 = s.find(':', c1 == std::string::npos ? s.size() : c1 + 1);
     const auto step = s.substr(0, c1);
     const auto action = c1 == std::string::npos ? "" : s.substr(c1 + 1, c2 == std::string::npos ? std::string::npos : c2 - c1 - 1);
-    for (int i = 0; i < 7; ++i)
+    for (int i = 0; i < 8; ++i)
       if (step == steps[i]) f.step = i;
     for (int i = 0; i < 5; ++i)
       if (action == actions[i]) f.action = static_cast<fault_action>(i);

@@ -208,6 +208,13 @@ std::vector<cell> matrix() {
       {"send_ticket", true, "kill_peer", {o::source}, "the target died before acknowledging"},
       {"send_ticket", true, "stall", {o::target}, "a slow source only delays the move"},
       {"send_ticket", true, "fail", {o::source}, "rolled back"},
+      {"doorbell", true, "die", {o::closed, o::target},
+       "the source died with its ticket in the ring: the receiver finds it by its 50 ms re-check; closed "
+       "where the target must pull the descriptor from the dead source (Linux), the target's where the "
+       "handle was already made for it (Windows)"},
+      {"doorbell", true, "kill_peer", {o::source}, "the target died before acknowledging"},
+      {"doorbell", true, "stall", {o::target}, "the receiver's 50 ms re-check finds the ticket without a doorbell"},
+      {"doorbell", true, "fail", {o::target}, "a doorbell that does not ring only delays the receiver (50 ms re-check)"},
       {"claim", false, "die", {o::source}, "the target died before acknowledging"},
       {"claim", false, "kill_peer", {o::closed, o::target},
        "the owner (source) died before the ack: closed, or, where the handle was already duplicated "
@@ -408,7 +415,8 @@ TEST(fault_matrix, every_step_every_fault_keeps_the_promise) {
 #if !defined(_WIN32) && defined(BATON_DOCS_DIR)
   if (broken.empty()) {
     const std::string doc = read_file(std::string(BATON_DOCS_DIR) + "/guarantees.md");
-    EXPECT_EQ(doc, md.str()) << "docs/guarantees.md is out of date: cp build/linux/tests/guarantees.md docs/guarantees.md";
+    EXPECT_TRUE(doc == md.str())
+        << "docs/guarantees.md is out of date: cp build/linux/tests/guarantees.md docs/guarantees.md";
   }
 #endif
 }

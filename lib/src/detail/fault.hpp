@@ -11,7 +11,8 @@ namespace baton::detail {
 enum class fault_step : std::uint8_t {
   quiesce,      // source: the connection is idle (reads cancelled, writes finished)
   detach,       // source: detached from its reactor, transferable handle made
-  send_ticket,  // source: the ticket is about to enter the ring (and the doorbell rings)
+  send_ticket,  // source: the ticket is about to enter the ring
+  doorbell,     // source: the ticket is in the ring, the receiver's doorbell not rung yet
   claim,        // target: the ticket was taken from the ring, nothing imported yet
   attach,       // target: the socket is re-created and attached, not acknowledged yet
   ack,          // target: acknowledged, not yet handed to the application

@@ -6,6 +6,9 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 
 #include <cerrno>
+#include <csignal>
+#include <ctime>
+#include <pthread.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -79,8 +82,23 @@ void doorbell::remove(const std::string& os_name) noexcept { ::unlink(fifo_path(
 
 void doorbell::ring() noexcept {
   if (!impl_ || impl_->write_fd < 0) return;
+  // A receiver that has died leaves the FIFO without a reader, and write() then raises SIGPIPE,
+  // whose default action would kill this (sending) process. Block it for the write and consume
+  // the one our write raised, unless one was already pending for someone else. (Found by the
+  // fault matrix: the target killed between the ticket and the doorbell killed the source.)
+  sigset_t pipe_set, old_set, pending;
+  ::sigemptyset(&pipe_set);
+  ::sigaddset(&pipe_set, SIGPIPE);
+  ::pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
+  ::sigpending(&pending);
+  const bool was_pending = ::sigismember(&pending, SIGPIPE) == 1;
   char b = 1;
-  [[maybe_unused]] auto r = ::write(impl_->write_fd, &b, 1);
+  const auto r = ::write(impl_->write_fd, &b, 1);
+  if (r < 0 && errno == EPIPE && !was_pending) {
+    const timespec zero{0, 0};
+    ::sigtimedwait(&pipe_set, nullptr, &zero);
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
 }
 
 void doorbell::async_wait(wait_handler handler) {
