@@ -130,6 +130,16 @@ constexpr std::uint64_t memory_slack = 2u << 20;
 // starts such threads under load; their number follows the concurrency, not the moves. So the
 // bound grows by 1.5 MiB per additional thread, and the thread counts are reported.
 constexpr std::uint64_t per_new_thread = 1536u << 10;
+// Under AddressSanitizer freed memory sits in a quarantine (256 MiB by default) and TSan keeps
+// shadow state, so resident memory grows with the number of allocations whatever the program
+// does: the memory bounds mean nothing there (LeakSanitizer checks leaks in that build). The
+// descriptor/handle counts are checked in every build.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool memory_is_measurable = false;
+#else
+constexpr bool memory_is_measurable = true;
+#endif
+
 std::uint64_t memory_bound(std::uint64_t threads_before, std::uint64_t threads_after) {
   return memory_slack + (threads_after > threads_before ? threads_after - threads_before : 0) * per_new_thread;
 }
@@ -532,8 +542,10 @@ TEST(soak, pool_moved_back_and_forth_between_two_processes_without_loss_or_leak)
     EXPECT_GT(wh, 0u);
     EXPECT_EQ(mh, wh) << who << " leaked descriptors/handles";
     EXPECT_EQ(eh, wh) << who << " leaked descriptors/handles";
-    EXPECT_LT(ep, wp + memory_bound(wt, et)) << who << " private memory grew after the warm-up";
-    EXPECT_LT(er, wr + memory_bound(wt, et) + mover_rings_bytes) << who << " resident memory grew beyond its rings";
+    if (memory_is_measurable) {
+      EXPECT_LT(ep, wp + memory_bound(wt, et)) << who << " private memory grew after the warm-up";
+      EXPECT_LT(er, wr + memory_bound(wt, et) + mover_rings_bytes) << who << " resident memory grew beyond its rings";
+    }
   }
   for (auto* f : {&ready_a, &ready_b, &stop})
     baton::test::remove_file(*f);
@@ -833,8 +845,10 @@ TEST(soak_stall, a_target_that_never_reads_cannot_stall_other_moves_or_traffic_n
   EXPECT_GT(busy_total, 0u);
   EXPECT_EQ(at_end.handles, at_measure.handles) << "the sender leaked descriptors/handles";
   const auto bound = memory_bound(at_measure.threads, at_end.threads);
-  EXPECT_LT(at_end.rss, at_measure.rss + bound) << "the sender's memory grew with the attempts";
-  EXPECT_LT(at_end.priv, at_measure.priv + bound) << "the sender's memory grew with the attempts";
+  if (memory_is_measurable) {
+    EXPECT_LT(at_end.rss, at_measure.rss + bound) << "the sender's memory grew with the attempts";
+    EXPECT_LT(at_end.priv, at_measure.priv + bound) << "the sender's memory grew with the attempts";
+  }
   EXPECT_TRUE(echo_once(ioc, victim, victim_client, 7));
   // The local echo loops see their clients' EOF and end before their connections are destroyed.
   EXPECT_TRUE(run_until(ioc, [&] { return local_finished == busy_n; }, 20s));
