@@ -395,7 +395,15 @@ int run_selftest(unsigned workers, balance::policy pol, unsigned conns, unsigned
   const unsigned half = std::max(1u, requests / 2);
   std::size_t asked = 0;
   bool scaled = false;
+  // Keep-alive clients keep their connection open (bounded) until every client has made all its
+  // requests: otherwise a finished client's close frees its worker, later connections rightly go
+  // there under least-connections, and the spread check below would test the client's timing.
+  std::atomic<unsigned> finished{0};
   auto after = [&](unsigned done) {
+    if (done == requests && !close) {
+      ++finished;
+      for (int k = 0; k < 3000 && finished < conns; ++k) std::this_thread::sleep_for(10ms);
+    }
     if (done != half || (!rebalance && !scale)) return;
     if (++halfway == conns) {
       // Waits (bounded) until `cond` holds on the dispatcher's thread.
@@ -468,7 +476,8 @@ int run_selftest(unsigned workers, balance::policy pol, unsigned conns, unsigned
   bool ok = r.failed == 0 && r.ok == std::uint64_t{conns} * requests;
   if (ok && !rebalance && !scale && st.taken_back == 0 &&
       (pol == balance::policy::round_robin || pol == balance::policy::least_connections) && !close) {
-    // Keep-alive connections all stay open until the end, so both policies spread evenly.
+    // Keep-alive connections all stay open until every client is done (see `after`), so both
+    // policies spread evenly.
     std::uint64_t lo = ~0ull, hi = 0;
     for (unsigned i = 0; i < workers; ++i) {
       const auto k = r.first_worker[std::to_string(i)];
