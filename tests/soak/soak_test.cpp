@@ -336,18 +336,24 @@ BATON_TEST_ROLE(soak_mover) {
 
   // On the stop signal A still waits (briefly) for the EOF of every connection, which its
   // clients closed just before.
+  // The checks run from a 5 ms timer inside the io_context, which runs without a time limit of
+  // its own: on Asio's io_uring backend a loop of run_for(5ms) stalled the pool (docs/io_uring.md).
   const auto deadline = std::chrono::steady_clock::now() + 200s;
   std::chrono::steady_clock::time_point stop_seen{};
-  while (std::chrono::steady_clock::now() < deadline) {
-    ioc.run_for(5ms);
-    if (ioc.stopped()) ioc.restart();
+  asio::steady_timer ticker(ioc);
+  std::function<void()> tick = [&] {
     step();
     if (stop_seen == std::chrono::steady_clock::time_point{}) {
       if (baton::test::file_exists(stop)) stop_seen = std::chrono::steady_clock::now();
     } else if (!home || phase < last || held == 0 || std::chrono::steady_clock::now() - stop_seen > 20s) {
-      break;
+      return ioc.stop();
     }
-  }
+    if (std::chrono::steady_clock::now() >= deadline) return ioc.stop();
+    ticker.expires_after(5ms);
+    ticker.async_wait([&](baton::error_code) { tick(); });
+  };
+  asio::post(ioc, tick);
+  ioc.run();
   const std::string result = " sent=" + std::to_string(sent) + " received=" + std::to_string(received) +
                              " rollbacks=" + std::to_string(rollbacks) + " served=" + std::to_string(served) +
                              " echo_failures=" + std::to_string(echo_failures) + " phase=" + std::to_string(phase) +
