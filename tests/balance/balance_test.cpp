@@ -112,7 +112,7 @@ struct client_conn {
   }
   // One request; the reply must name `id`. Returns the answering worker's index or -1.
   // Blocking calls here may fail with EINTR: in a process that uses Asio's io_uring backend
-  // (the linux-uring preset), io_uring's task work interrupts blocking system calls. Retried.
+  // (docs/io_uring.md), io_uring's task work interrupts blocking system calls. Retried.
   int request(const std::string& id, bool close = false) {
     baton::error_code ec;
     const std::string req = "GET " + id + (close ? " close" : "") + "\n";

@@ -92,7 +92,7 @@ struct http_conn {
   bool send(const std::string& raw) {
     baton::error_code ec;
     std::size_t sent = 0;
-    do {  // EINTR: io_uring task work (linux-uring preset)
+    do {  // EINTR: io_uring task work (Asio's io_uring backend, docs/io_uring.md)
       sent += asio::write(s, asio::buffer(raw.data() + sent, raw.size() - sent), ec);
     } while (ec == asio::error::interrupted);
     return !ec;
@@ -103,7 +103,7 @@ struct http_conn {
     while ((hdr_end = buf.find("\r\n\r\n")) == std::string::npos) {
       char tmp[4096];
       const auto n = s.read_some(asio::buffer(tmp), ec);
-      if (ec == asio::error::interrupted) continue;  // io_uring task work (linux-uring preset)
+      if (ec == asio::error::interrupted) continue;  // io_uring task work (Asio's io_uring backend, docs/io_uring.md)
       if (ec) return false;
       buf.append(tmp, n);
     }
@@ -128,7 +128,7 @@ struct http_conn {
     while (buf.size() < len) {
       char tmp[4096];
       const auto n = s.read_some(asio::buffer(tmp), ec);
-      if (ec == asio::error::interrupted) continue;  // io_uring task work (linux-uring preset)
+      if (ec == asio::error::interrupted) continue;  // io_uring task work (Asio's io_uring backend, docs/io_uring.md)
       if (ec) return false;
       buf.append(tmp, n);
     }
