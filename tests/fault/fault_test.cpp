@@ -29,15 +29,6 @@ constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t chunk = 4096;
 constexpr auto move_timeout = 1000ms;
 
-void set_env(const char* k, const std::string& v) {
-#ifdef _WIN32
-  _putenv_s(k, v.c_str());
-#else
-  if (v.empty()) ::unsetenv(k);
-  else ::setenv(k, v.c_str(), 1);
-#endif
-}
-
 asio::awaitable<void> echo(baton::connection c) {
   std::array<char, 8192> buf;
   for (;;) {
@@ -257,24 +248,59 @@ io_result round_trip(tcp::socket& s, std::uint64_t seed, std::size_t offset, std
   return std::memcmp(got.data(), all.data() + offset, n) == 0 ? io_result::ok : io_result::corrupted;
 }
 
+// One cell's processes and files. The target starts first (it owns the channel), then the
+// source; only the side the cell names gets the fault in its environment.
+struct cell_run {
+  std::string ch;
+  name_guard guard;
+  std::string fault;  // a stall lasts 1.5 s, past the 1 s move timeout
+  std::string port_file = temp_path("port"), ready = temp_path("ready"), src_res = temp_path("src"),
+              tgt_res = temp_path("tgt");
+  child target, source;
+
+  cell_run(const cell& c, const char* tag)
+      : ch(unique_name(tag)), guard(ch), fault(std::string(c.step) + ":" + c.action + ":1500") {}
+  ~cell_run() {
+    for (const auto& f : {port_file, ready, src_res, tgt_res}) remove_file(f);
+  }
+  /// false: a process never became ready.
+  bool start(const cell& c, const char* target_role, const char* source_role) {
+    set_env("BATON_FAULT", c.source_side ? "" : fault);
+    target = child::spawn(target_role, {ch, ready, tgt_res});
+    set_env("BATON_FAULT", "");
+    if (!wait_for_file(ready, 30s)) return false;
+    set_env("BATON_FAULT", c.source_side ? fault : "");
+    source = child::spawn(source_role, {ch, port_file, src_res});
+    set_env("BATON_FAULT", "");
+    return wait_for_file(port_file, 30s);
+  }
+  unsigned short port() const { return static_cast<unsigned short>(std::stoi(read_file(port_file))); }
+  /// Who owns the object, from the client's last exchange and the processes' own reports.
+  outcome verdict(io_result client, std::string& detail) const {
+    const bool kept = file_exists(src_res) && read_file(src_res) == "kept";
+    const bool moved = file_exists(src_res) && read_file(src_res) == "moved";
+    const bool got = file_exists(tgt_res);
+    detail = std::string("source result: ") + (kept ? "kept" : moved ? "moved" : "none") +
+             ", target received: " + (got ? "yes" : "no");
+    if (client == io_result::corrupted) return outcome::corrupted;
+    if (client == io_result::timeout) return outcome::hung;
+    if (client == io_result::eof) return outcome::closed;
+    if (kept && got) return outcome::duplicated;
+    if (got) return outcome::target;
+    if (kept) return outcome::source;
+    return outcome::corrupted;  // served, but nobody says they own it
+  }
+};
+
 outcome run_cell(const cell& c, std::string& detail) {
-  const std::string ch = unique_name("fault");
-  name_guard guard(ch);
-  const auto port_file = temp_path("port"), ready = temp_path("ready"), src_res = temp_path("src"),
-             tgt_res = temp_path("tgt");
-  const std::string fault = std::string(c.step) + ":" + c.action + ":1500";  // stall 1.5 s > 1 s timeout
-  set_env("BATON_FAULT", c.source_side ? "" : fault);
-  child target = child::spawn("fault_target", {ch, ready, tgt_res});
-  set_env("BATON_FAULT", "");
-  if (!wait_for_file(ready, 30s)) return outcome::hung;
-  set_env("BATON_FAULT", c.source_side ? fault : "");
-  child source = child::spawn("fault_source", {ch, port_file, src_res});
-  set_env("BATON_FAULT", "");
-  if (!wait_for_file(port_file, 30s)) return outcome::hung;
+  cell_run run(c, "fault");
+  if (!run.start(c, "fault_target", "fault_source")) return outcome::hung;
+  const std::string& fault = run.fault;
+  child& source = run.source;
 
   asio::io_context ioc;
   tcp::socket s(ioc);
-  s.connect({asio::ip::address_v4::loopback(), static_cast<unsigned short>(std::stoi(read_file(port_file)))});
+  s.connect({asio::ip::address_v4::loopback(), run.port()});
   s.set_option(tcp::no_delay(true));
   set_recv_timeout(s, 10s);
   const std::uint64_t seed = 0xFA017 + std::hash<std::string>{}(fault);
@@ -289,41 +315,19 @@ outcome run_cell(const cell& c, std::string& detail) {
   auto third = second == io_result::ok ? round_trip(s, seed, 2 * chunk, chunk) : second;
   g_bytes_checked += (second == io_result::ok ? chunk : 0) + (third == io_result::ok ? chunk : 0);
   // Let the verdicts land (a stalled step takes 1.5 s; the move timeout is 1 s).
-  for (int i = 0; i < 60 && !file_exists(src_res) && source.running(); ++i) nap(50ms);
-  const bool kept = file_exists(src_res) && read_file(src_res) == "kept";
-  const bool moved = file_exists(src_res) && read_file(src_res) == "moved";
-  const bool got = file_exists(tgt_res);
-  detail = std::string("source result: ") + (kept ? "kept" : moved ? "moved" : "none") +
-           ", target received: " + (got ? "yes" : "no");
-  for (const auto& f : {port_file, ready, src_res, tgt_res}) remove_file(f);
-  if (third == io_result::corrupted || second == io_result::corrupted) return outcome::corrupted;
-  if (third == io_result::timeout) return outcome::hung;
-  if (third == io_result::eof) return outcome::closed;
-  if (kept && got) return outcome::duplicated;
-  if (got) return outcome::target;
-  if (kept) return outcome::source;
-  return outcome::corrupted;  // served, but nobody says they own it
+  for (int i = 0; i < 60 && !file_exists(run.src_res) && source.running(); ++i) nap(50ms);
+  return run.verdict(second == io_result::corrupted ? second : third, detail);
 }
 
 // The same fault on a listener move. After the verdict a client connects: refused = closed (the
 // listening socket is gone), echoed = served by whoever accepted, no answer = hung.
 outcome run_listener_cell(const cell& c, std::string& detail) {
-  const std::string ch = unique_name("lfault");
-  name_guard guard(ch);
-  const auto port_file = temp_path("port"), ready = temp_path("ready"), src_res = temp_path("src"),
-             tgt_res = temp_path("tgt");
-  const std::string fault = std::string(c.step) + ":" + c.action + ":1500";
-  set_env("BATON_FAULT", c.source_side ? "" : fault);
-  child target = child::spawn("fault_ltarget", {ch, ready, tgt_res});
-  set_env("BATON_FAULT", "");
-  if (!wait_for_file(ready, 30s)) return outcome::hung;
-  set_env("BATON_FAULT", c.source_side ? fault : "");
-  child source = child::spawn("fault_lsource", {ch, port_file, src_res});
-  set_env("BATON_FAULT", "");
-  if (!wait_for_file(port_file, 30s)) return outcome::hung;
-  const auto port = static_cast<unsigned short>(std::stoi(read_file(port_file)));
+  cell_run run(c, "lfault");
+  if (!run.start(c, "fault_ltarget", "fault_lsource")) return outcome::hung;
+  const auto port = run.port();
   // Wait for the verdict (or the death of whoever was to give it); a stall takes 1.5 s.
-  for (int i = 0; i < 80 && !file_exists(src_res) && source.running() && target.running(); ++i) nap(50ms);
+  for (int i = 0; i < 80 && !file_exists(run.src_res) && run.source.running() && run.target.running(); ++i)
+    nap(50ms);
   nap(200ms);
   asio::io_context ioc;
   tcp::socket s(ioc);
@@ -332,24 +336,12 @@ outcome run_listener_cell(const cell& c, std::string& detail) {
   io_result r = io_result::eof;
   if (!ec) {
     set_recv_timeout(s, 10s);
-    const std::uint64_t seed = 0x115 + std::hash<std::string>{}(fault);
+    const std::uint64_t seed = 0x115 + std::hash<std::string>{}(run.fault);
     r = round_trip(s, seed, 0, chunk);
     if (r == io_result::ok) g_bytes_checked += chunk;
   }
   // Read after the client was served: a target stalled after its ack notes the arrival late.
-  const bool kept = file_exists(src_res) && read_file(src_res) == "kept";
-  const bool moved = file_exists(src_res) && read_file(src_res) == "moved";
-  const bool got = file_exists(tgt_res);
-  detail = std::string("source result: ") + (kept ? "kept" : moved ? "moved" : "none") +
-           ", target received: " + (got ? "yes" : "no");
-  for (const auto& f : {port_file, ready, src_res, tgt_res}) remove_file(f);
-  if (r == io_result::corrupted) return outcome::corrupted;
-  if (r == io_result::timeout) return outcome::hung;
-  if (r == io_result::eof) return outcome::closed;
-  if (kept && got) return outcome::duplicated;
-  if (got) return outcome::target;
-  if (kept) return outcome::source;
-  return outcome::corrupted;
+  return run.verdict(r, detail);
 }
 
 std::string promised_text(const std::set<outcome>& s) {

@@ -37,13 +37,7 @@ BATON_TEST_ROLE(http_gen) {
   const std::string mode = file_exists(mode_file) ? read_file(mode_file) : std::string();
   if (mode == "die-before-ready") return 3;
   // "fault:<step>:<action>": a fault injected into this generation's moves (docs/guarantees.md).
-  if (mode.rfind("fault:", 0) == 0) {
-#ifdef _WIN32
-    _putenv_s("BATON_FAULT", mode.substr(6).c_str());
-#else
-    ::setenv("BATON_FAULT", mode.substr(6).c_str(), 1);
-#endif
-  }
+  if (mode.rfind("fault:", 0) == 0) set_env("BATON_FAULT", mode.substr(6));
   if (mode == "slow-start") nap(1500ms);
   baton_samples::http_service_options o;
   o.name = name;
@@ -198,18 +192,9 @@ struct running_service {
 
   explicit running_service(const std::string& first_generation_fault = "") {
     // The first generation is our child: a fault for it travels in its environment.
-#ifdef _WIN32
-    _putenv_s("BATON_FAULT", first_generation_fault.c_str());
-#else
-    if (first_generation_fault.empty()) ::unsetenv("BATON_FAULT");
-    else ::setenv("BATON_FAULT", first_generation_fault.c_str(), 1);
-#endif
+    set_env("BATON_FAULT", first_generation_fault);
     first = child::spawn("http_gen", {name, port_file, mode_file});
-#ifdef _WIN32
-    _putenv_s("BATON_FAULT", "");
-#else
-    ::unsetenv("BATON_FAULT");
-#endif
+    set_env("BATON_FAULT", "");
     EXPECT_TRUE(wait_for_file(port_file, 60s));
     port = static_cast<unsigned short>(std::stoi(read_file(port_file)));
   }
@@ -373,16 +358,22 @@ TEST(restart, client_mid_upload_finishes_then_moves) {
   EXPECT_EQ(r2.header_u64("x-baton-requests"), 2u);
 }
 
-TEST(restart, next_generation_dies_before_ready_old_keeps_serving) {
-  running_service svc;
-  load l(svc.port, 8);
+// Under load, makes the next generation die as `mode` says; the restart must report its death.
+void restart_with_dying_next_generation(running_service& svc, load& l, const char* mode) {
   wait_for_requests(l, 100);
-  write_file(svc.mode_file, "die-before-ready");
+  write_file(svc.mode_file, mode);
   baton::error_code ec;
   const auto r = svc.restart(ec);
   EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
   EXPECT_EQ(r.ec, baton::errc::next_generation_died);
   wait_for_requests(l, 100);
+}
+
+TEST(restart, next_generation_dies_before_ready_old_keeps_serving) {
+  running_service svc;
+  load l(svc.port, 8);
+  restart_with_dying_next_generation(svc, l, "die-before-ready");
+  baton::error_code ec;
   // New connections are still accepted by generation 1.
   http_conn c;
   response resp;
@@ -404,13 +395,8 @@ TEST(restart, next_generation_dies_before_ready_old_keeps_serving) {
 TEST(restart, next_generation_dies_after_listeners_nothing_lost) {
   running_service svc;
   load l(svc.port, 8);
-  wait_for_requests(l, 100);
-  write_file(svc.mode_file, "die-after-listeners");
+  restart_with_dying_next_generation(svc, l, "die-after-listeners");
   baton::error_code ec;
-  const auto r = svc.restart(ec);
-  EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
-  EXPECT_EQ(r.ec, baton::errc::next_generation_died);
-  wait_for_requests(l, 100);
   // The listening socket survived its new owner's death: generation 1 accepts again.
   for (int i = 0; i < 5; ++i) {
     http_conn c;

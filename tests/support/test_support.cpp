@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -215,6 +216,15 @@ bool check_pattern(std::uint64_t seed, const std::byte* data, std::size_t n) {
 }
 
 void nap(std::chrono::milliseconds ms) { std::this_thread::sleep_for(ms); }
+
+void set_env(const char* name, const std::string& value) {
+#ifdef _WIN32
+  _putenv_s(name, value.c_str());
+#else
+  if (value.empty()) ::unsetenv(name);
+  else ::setenv(name, value.c_str(), 1);
+#endif
+}
 
 std::string temp_path(const std::string& tag) {
 #ifdef _WIN32

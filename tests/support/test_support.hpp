@@ -76,6 +76,8 @@ bool check_pattern(std::uint64_t seed, const std::byte* data, std::size_t n);
 
 /// Sleeps a little (a child waiting for its parent's signal polls with this).
 void nap(std::chrono::milliseconds ms);
+/// Sets an environment variable of this process (children inherit it); empty removes it.
+void set_env(const char* name, const std::string& value);
 
 /// Simple cross-process flag: a file whose existence signals an event between parent and child.
 std::string temp_path(const std::string& tag);

@@ -502,13 +502,7 @@ std::unique_ptr<listener_backend> import_listener(const asio::any_io_executor& e
                                                   const std::string& channel_name, error_code& ec) {
   int fd = import_fd(t, channel_name, true, ec);
   if (fd < 0) return nullptr;
-  tcp::acceptor a(ex);
-  a.assign(protocol_of(fd), fd, ec);
-  if (ec) {
-    ::close(fd);
-    return nullptr;
-  }
-  return make_native_listener(std::move(a));
+  return adopt_listener(ex, static_cast<std::uintptr_t>(fd), ec);
 }
 
 std::uintptr_t duplicate_socket_handle(std::uintptr_t h, error_code& ec) {

@@ -302,17 +302,7 @@ std::unique_ptr<listener_backend> import_listener(const asio::any_io_executor& e
                                                   const std::string&, error_code& ec) {
   SOCKET s = import_socket(t, true, ec);
   if (ec) return nullptr;
-  const tcp proto = protocol_of(s);
-  tcp::acceptor a(ex);
-  error_code aec;
-  a.assign(proto, s, aec);
-  if (!aec) return make_native_listener(std::move(a));
-  if (!bound_elsewhere(aec)) {
-    ::closesocket(s);
-    ec = aec;
-    return nullptr;
-  }
-  return make_emulated_listener(ex, s, proto, ec);
+  return adopt_listener(ex, static_cast<std::uintptr_t>(s), ec);
 }
 
 std::uintptr_t duplicate_socket_handle(std::uintptr_t h, error_code& ec) {
