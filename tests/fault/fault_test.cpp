@@ -72,29 +72,6 @@ BATON_TEST_ROLE(fault_source) {
   return 0;
 }
 
-// Target: owns the channel, echoes whatever arrives; writes "got" to its result file.
-BATON_TEST_ROLE(fault_target) {
-  const std::string& name = args.at(0);
-  const std::string& ready = args.at(1);
-  const std::string& result = args.at(2);
-  asio::io_context ioc;
-  auto rx = baton::channel::create(ioc.get_executor(), name);
-  touch(ready);
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    for (;;) {
-      auto [ec, a] = co_await baton::async_receive(rx, tuple_aw);
-      if (ec == asio::error::operation_aborted) co_return;
-      if (ec || a.kind != baton::ticket_kind::connection) continue;
-      write_file(result, "got");
-      asio::co_spawn(ioc, echo(std::move(a.conn)), asio::detached);
-    }
-  }, asio::detached);
-  ioc.run_for(30s);
-  return 0;
-}
-
-std::uint64_t g_bytes_checked = 0;
-
 asio::awaitable<void> accept_and_echo(baton::listener& l) {
   for (;;) {
     auto [ec, s] = co_await l.async_accept(tuple_aw);
@@ -102,6 +79,37 @@ asio::awaitable<void> accept_and_echo(baton::listener& l) {
     asio::co_spawn(l.get_executor(), echo(baton::connection(std::move(s))), asio::detached);
   }
 }
+
+// Target of both kinds of cell: owns the channel, echoes on a connection that arrives, accepts
+// and echoes on a listener that arrives; writes "got" to its result file.
+BATON_TEST_ROLE(fault_target) {
+  const std::string& name = args.at(0);
+  const std::string& ready = args.at(1);
+  const std::string& result = args.at(2);
+  asio::io_context ioc;
+  auto rx = baton::channel::create(ioc.get_executor(), name);
+  touch(ready);
+  std::vector<std::unique_ptr<baton::listener>> held;
+  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+    for (;;) {
+      auto [ec, a] = co_await baton::async_receive(rx, tuple_aw);
+      if (ec == asio::error::operation_aborted) co_return;
+      if (ec) continue;
+      if (a.kind == baton::ticket_kind::connection) {
+        write_file(result, "got");
+        asio::co_spawn(ioc, echo(std::move(a.conn)), asio::detached);
+      } else if (a.kind == baton::ticket_kind::listener) {
+        write_file(result, "got");
+        held.push_back(std::make_unique<baton::listener>(std::move(a.lst)));
+        asio::co_spawn(ioc, accept_and_echo(*held.back()), asio::detached);
+      }
+    }
+  }, asio::detached);
+  ioc.run_for(30s);
+  return 0;
+}
+
+std::uint64_t g_bytes_checked = 0;
 
 // Listener source: listens (accepting nothing yet), moves its listener to the target as soon as
 // it starts, writes "moved" or "kept"; a kept listener then accepts and echoes.
@@ -122,29 +130,6 @@ BATON_TEST_ROLE(fault_lsource) {
     if (mec) {
       l = std::move(back);
       co_await accept_and_echo(l);
-    }
-  }, asio::detached);
-  ioc.run_for(30s);
-  return 0;
-}
-
-// Listener target: accepts and echoes on whatever listener arrives; writes "got".
-BATON_TEST_ROLE(fault_ltarget) {
-  const std::string& name = args.at(0);
-  const std::string& ready = args.at(1);
-  const std::string& result = args.at(2);
-  asio::io_context ioc;
-  auto rx = baton::channel::create(ioc.get_executor(), name);
-  touch(ready);
-  std::vector<std::unique_ptr<baton::listener>> held;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    for (;;) {
-      auto [ec, a] = co_await baton::async_receive(rx, tuple_aw);
-      if (ec == asio::error::operation_aborted) co_return;
-      if (ec || a.kind != baton::ticket_kind::listener) continue;
-      write_file(result, "got");
-      held.push_back(std::make_unique<baton::listener>(std::move(a.lst)));
-      asio::co_spawn(ioc, accept_and_echo(*held.back()), asio::detached);
     }
   }, asio::detached);
   ioc.run_for(30s);
@@ -323,7 +308,7 @@ outcome run_cell(const cell& c, std::string& detail) {
 // listening socket is gone), echoed = served by whoever accepted, no answer = hung.
 outcome run_listener_cell(const cell& c, std::string& detail) {
   cell_run run(c, "lfault");
-  if (!run.start(c, "fault_ltarget", "fault_lsource")) return outcome::hung;
+  if (!run.start(c, "fault_target", "fault_lsource")) return outcome::hung;
   const auto port = run.port();
   // Wait for the verdict (or the death of whoever was to give it); a stall takes 1.5 s.
   for (int i = 0; i < 80 && !file_exists(run.src_res) && run.source.running() && run.target.running(); ++i)
