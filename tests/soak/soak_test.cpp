@@ -167,6 +167,19 @@ void save(baton::connection& c, const hop_state& s) {
   std::memcpy(c.state().data(), &s, sizeof s);
 }
 
+// Echoes on `c` until its client closes (or an error), then counts it in `finished`.
+template <class Counter>
+asio::awaitable<void> echo_until_eof(baton::connection& c, Counter& finished) {
+  std::vector<char> buf(16 * 1024);
+  for (;;) {
+    auto [ec, n] = co_await c.async_read_some(asio::buffer(buf), tuple_aw);
+    if (ec) break;
+    auto [wec, wn] = co_await asio::async_write(c, asio::buffer(buf.data(), n), tuple_aw);
+    if (wec) break;
+  }
+  ++finished;
+}
+
 // Polls the io_context until `cond` holds or `deadline` passes.
 template <class Cond>
 bool run_until(asio::io_context& ioc, Cond cond, std::chrono::milliseconds deadline) {
@@ -219,16 +232,9 @@ BATON_TEST_ROLE(soak_mover) {
     return tx;
   };
 
-  std::function<asio::awaitable<void>(baton::connection)> echo_until_eof =
+  std::function<asio::awaitable<void>(baton::connection)> echo_to_the_end =
       [&](baton::connection conn) -> asio::awaitable<void> {
-    std::vector<char> buf(16 * 1024);
-    for (;;) {
-      auto [ec, n] = co_await conn.async_read_some(asio::buffer(buf), tuple_aw);
-      if (ec) break;
-      auto [wec, wn] = co_await asio::async_write(conn, asio::buffer(buf.data(), n), tuple_aw);
-      if (wec) break;
-    }
-    ++served;
+    co_await echo_until_eof(conn, served);
     --held;
     conn.close();
   };
@@ -324,7 +330,7 @@ BATON_TEST_ROLE(soak_mover) {
         auto conns = std::move(parked);
         parked.clear();
         for (auto& c : conns)
-          asio::co_spawn(ioc, (phase + 1 < last ? hop : echo_until_eof)(std::move(c)), asio::detached);
+          asio::co_spawn(ioc, (phase + 1 < last ? hop : echo_to_the_end)(std::move(c)), asio::detached);
         ++phase;
       }
     } else if (phase < last && held == 0 && baton::test::file_exists(sync + ".a" + std::to_string(phase))) {
@@ -593,14 +599,7 @@ BATON_TEST_ROLE(healthy_target) {
       if (ec || a.kind != baton::ticket_kind::connection) continue;
       ++received;
       asio::co_spawn(ioc, [&, c = std::move(a.conn)]() mutable -> asio::awaitable<void> {
-        char buf[4096];
-        for (;;) {
-          auto [rec, n] = co_await c.async_read_some(asio::buffer(buf), tuple_aw);
-          if (rec) break;
-          auto [wec, wn] = co_await asio::async_write(c, asio::buffer(buf, n), tuple_aw);
-          if (wec) break;
-        }
-        ++served;
+        co_await echo_until_eof(c, served);
       }, asio::detached);
     }
   }, asio::detached);
@@ -644,17 +643,6 @@ struct busy_client {
     t.join();
   }
 };
-
-asio::awaitable<void> echo_until_eof(baton::connection& c, int& finished) {
-  char buf[4096];
-  for (;;) {
-    auto [ec, n] = co_await c.async_read_some(asio::buffer(buf), tuple_aw);
-    if (ec) break;
-    auto [wec, wn] = co_await asio::async_write(c, asio::buffer(buf, n), tuple_aw);
-    if (wec) break;
-  }
-  ++finished;
-}
 
 // One pattern-checked echo round trip through `server` (driven by ioc) from `client`.
 // With `written`, the client already sent the pattern (e.g. while a move was under way).
