@@ -116,10 +116,7 @@ struct client_conn {
   int request(const std::string& id, bool close = false) {
     baton::error_code ec;
     const std::string req = "GET " + id + (close ? " close" : "") + "\n";
-    std::size_t sent = 0;
-    do {
-      sent += asio::write(s, asio::buffer(req.data() + sent, req.size() - sent), ec);
-    } while (ec == asio::error::interrupted);
+    baton::test::write_all(s, asio::buffer(req), ec);
     if (ec) return -1;
     std::size_t n = 0;
     do {

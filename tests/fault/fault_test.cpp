@@ -217,15 +217,9 @@ io_result round_trip(tcp::socket& s, std::uint64_t seed, std::size_t offset, std
   std::vector<std::byte> all(offset + n), got(n);
   fill_pattern(seed, all.data(), all.size());
   baton::error_code ec;
-  std::size_t sent = 0;
-  do {  // EINTR: io_uring task work (Asio's io_uring backend, docs/io_uring.md)
-    sent += asio::write(s, asio::buffer(all.data() + offset + sent, n - sent), ec);
-  } while (ec == asio::error::interrupted);
+  write_all(s, asio::buffer(all.data() + offset, n), ec);
   if (ec) return io_result::eof;
-  std::size_t have = 0;
-  do {  // EINTR: io_uring task work interrupts blocking calls (Asio's io_uring backend, docs/io_uring.md)
-    have += asio::read(s, asio::buffer(got.data() + have, n - have), ec);
-  } while (ec == asio::error::interrupted);
+  read_all(s, asio::buffer(got), ec);
   if (ec == asio::error::would_block || ec == asio::error::timed_out || ec.value() == 10060 /*WSAETIMEDOUT*/ ||
       ec == asio::error::try_again)
     return io_result::timeout;

@@ -218,10 +218,7 @@ std::uint64_t stream_and_verify(unsigned short port, std::uint64_t total, std::u
       baton::test::fill_pattern(seed + i, buf.data(), block);
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, total - off));
       baton::error_code ec;
-      std::size_t done = 0;
-      do {
-        done += asio::write(s, asio::buffer(buf.data() + done, n - done), ec);
-      } while (ec == asio::error::interrupted && done < n);
+      baton::test::write_all(s, asio::buffer(buf.data(), n), ec);
       if (ec) {
         write_failed = true;
         return;
@@ -234,11 +231,7 @@ std::uint64_t stream_and_verify(unsigned short port, std::uint64_t total, std::u
     baton::test::fill_pattern(seed + i, expect.data(), block);
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(block, total - verified));
     baton::error_code ec;
-    std::size_t have = 0;
-    // A blocking read interrupted by a signal is retried (it carries no data and loses none).
-    do {
-      have += asio::read(s, asio::buffer(got.data() + have, n - have), ec);
-    } while (ec == asio::error::interrupted && have < n);
+    const std::size_t have = baton::test::read_all(s, asio::buffer(got.data(), n), ec);
     if (ec) {
       ADD_FAILURE() << "client read failed after " << verified + have << " bytes: " << ec.message();
       break;

@@ -85,10 +85,7 @@ struct http_conn {
   }
   bool send(const std::string& raw) {
     baton::error_code ec;
-    std::size_t sent = 0;
-    do {  // EINTR: io_uring task work (Asio's io_uring backend, docs/io_uring.md)
-      sent += asio::write(s, asio::buffer(raw.data() + sent, raw.size() - sent), ec);
-    } while (ec == asio::error::interrupted);
+    write_all(s, asio::buffer(raw), ec);
     return !ec;
   }
   bool read(response& r) {

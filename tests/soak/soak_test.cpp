@@ -386,10 +386,7 @@ struct stream_client {
       for (std::uint64_t i = 0; !stop; ++i) {
         baton::test::fill_pattern(seed + i, buf.data(), block);
         baton::error_code ec;
-        std::size_t done = 0;
-        do {
-          done += asio::write(s, asio::buffer(buf.data() + done, block - done), ec);
-        } while (ec == asio::error::interrupted && done < block);
+        baton::test::write_all(s, asio::buffer(buf), ec);
         if (ec) {
           write_failed = true;
           return;
@@ -403,10 +400,7 @@ struct stream_client {
       std::vector<std::byte> got(block);
       for (std::uint64_t i = 0;; ++i) {
         baton::error_code ec;
-        std::size_t have = 0;
-        do {
-          have += asio::read(s, asio::buffer(got.data() + have, block - have), ec);
-        } while (ec == asio::error::interrupted && have < block);
+        const std::size_t have = baton::test::read_all(s, asio::buffer(got), ec);
         if (ec == asio::error::eof && have == 0) return;
         if (ec) {
           failure = "read failed after " + std::to_string(i * block + have) + " bytes: " + ec.message();

@@ -38,6 +38,27 @@ inline boost::asio::ip::tcp::socket connect_loopback(boost::asio::io_context& io
   return s;
 }
 
+/// Writes all of `b`. A blocking call that a signal interrupts (EINTR; io_uring's task work does
+/// this too) carries no data and loses none, so it is retried. Returns the bytes written.
+inline std::size_t write_all(boost::asio::ip::tcp::socket& s, boost::asio::const_buffer b,
+                             boost::system::error_code& ec) {
+  std::size_t done = 0;
+  do {
+    done += boost::asio::write(s, b + done, ec);
+  } while (ec == boost::asio::error::interrupted && done < b.size());
+  return done;
+}
+
+/// Reads exactly `b.size()` bytes (fewer on an error), retrying interrupted calls like write_all.
+inline std::size_t read_all(boost::asio::ip::tcp::socket& s, boost::asio::mutable_buffer b,
+                            boost::system::error_code& ec) {
+  std::size_t done = 0;
+  do {
+    done += boost::asio::read(s, b + done, ec);
+  } while (ec == boost::asio::error::interrupted && done < b.size());
+  return done;
+}
+
 /// Raises the open-file limit to its hard maximum (bursts of 1,000 connections).
 inline void raise_fd_limit() {
 #ifndef _WIN32
