@@ -25,13 +25,6 @@
 #include <sstream>
 #include <thread>
 
-#ifdef _WIN32
-#include <windows.h>
-#include <psapi.h>
-#include <tlhelp32.h>
-#else
-#include <dirent.h>
-#endif
 
 namespace {
 
@@ -44,65 +37,7 @@ using baton::test::unique_name;
 using namespace std::chrono_literals;
 constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
 
-// What this process holds: open descriptors (Linux) or handles (Windows), and memory.
-struct usage {
-  std::uint64_t handles = 0;  ///< entries of /proc/self/fd, or GetProcessHandleCount (probed under Wine)
-  std::uint64_t rss = 0;      ///< VmRSS, or the working set (bytes)
-  /// Private memory (bytes): VmRSS without RssShmem (the pages of the channels' shared rings),
-  /// or PagefileUsage (private committed bytes, which exclude section views).
-  std::uint64_t priv = 0;
-  std::uint64_t threads = 0;  ///< threads of this process (reported, not checked)
-};
-
-usage measure() {
-  usage u;
-#ifdef _WIN32
-  DWORD n = 0;
-  ::GetProcessHandleCount(::GetCurrentProcess(), &n);
-  if (n == 0) {
-    // Wine 8 reports 0 here. Its handle values are small multiples of 4 (indexes into the
-    // process's handle table), so the open ones can be counted by asking about each.
-    for (std::uintptr_t v = 4; v < (1u << 16); v += 4) {
-      DWORD flags = 0;
-      if (::GetHandleInformation(reinterpret_cast<HANDLE>(v), &flags)) ++n;
-    }
-  }
-  u.handles = n;
-  PROCESS_MEMORY_COUNTERS pmc{};
-  pmc.cb = sizeof pmc;
-  ::GetProcessMemoryInfo(::GetCurrentProcess(), &pmc, sizeof pmc);
-  u.rss = pmc.WorkingSetSize;
-  u.priv = pmc.PagefileUsage;
-  if (HANDLE snap = ::CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0); snap != INVALID_HANDLE_VALUE) {
-    THREADENTRY32 te{};
-    te.dwSize = sizeof te;
-    for (BOOL ok = ::Thread32First(snap, &te); ok; ok = ::Thread32Next(snap, &te))
-      if (te.th32OwnerProcessID == ::GetCurrentProcessId()) ++u.threads;
-    ::CloseHandle(snap);
-  }
-#else
-  // The directory stream itself holds one descriptor while it is read: the same at every call.
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (dirent* e = ::readdir(d))
-      if (e->d_name[0] != '.') ++u.handles;
-    ::closedir(d);
-  }
-  std::istringstream status(baton::test::read_file("/proc/self/status"));
-  std::string line;
-  std::uint64_t shmem = 0;
-  while (std::getline(status, line)) {
-    auto kib = [&](const char* key) -> std::uint64_t {
-      const std::size_t k = std::strlen(key);
-      return line.compare(0, k, key) == 0 ? std::stoull(line.substr(k)) * 1024 : 0;
-    };
-    if (auto v = kib("VmRSS:")) u.rss = v;
-    if (auto v = kib("RssShmem:")) shmem = v;
-    if (line.compare(0, 8, "Threads:") == 0) u.threads = std::stoull(line.substr(8));
-  }
-  u.priv = u.rss - std::min(shmem, u.rss);
-#endif
-  return u;
-}
+using usage = baton::test::process_usage;
 
 std::string usage_text(const std::string& tag, const usage& u) {
   return tag + "handles=" + std::to_string(u.handles) + " " + tag + "rss=" + std::to_string(u.rss) + " " + tag +
@@ -323,7 +258,7 @@ BATON_TEST_ROLE(soak_mover) {
       if (phase < last && parked.size() == pool && held == pool) {
         const std::string mine = sync + ".a" + std::to_string(phase), theirs = sync + ".b" + std::to_string(phase);
         if (!baton::test::file_exists(mine)) {
-          u[static_cast<std::size_t>(phase)] = measure();
+          u[static_cast<std::size_t>(phase)] = baton::test::measure_process();
           baton::test::write_file(mine, "ok");
         }
         if (!baton::test::file_exists(theirs)) return;
@@ -334,7 +269,7 @@ BATON_TEST_ROLE(soak_mover) {
         ++phase;
       }
     } else if (phase < last && held == 0 && baton::test::file_exists(sync + ".a" + std::to_string(phase))) {
-      u[static_cast<std::size_t>(phase)] = measure();
+      u[static_cast<std::size_t>(phase)] = baton::test::measure_process();
       baton::test::write_file(sync + ".b" + std::to_string(phase), "ok");
       ++phase;
     }
@@ -795,9 +730,9 @@ TEST(soak_stall, a_target_that_never_reads_cannot_stall_other_moves_or_traffic_n
       ++echo_checks;
       if (echo_once(ioc, victim, victim_client, seed, true)) ++echo_ok;
     }
-    if (i == measure_at) at_measure = measure();
+    if (i == measure_at) at_measure = baton::test::measure_process();
   }
-  at_end = measure();
+  at_end = baton::test::measure_process();
   // The busy clients' echoes are served by this io_context: keep it running while they stop.
   for (auto& c : busy) c->stop = true;
   EXPECT_TRUE(run_until(ioc, [&] { return std::all_of(busy.begin(), busy.end(), [](auto& c) { return c->done.load(); }); }, 60s));

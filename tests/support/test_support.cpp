@@ -1,5 +1,7 @@
 #include "test_support.hpp"
 
+#include "net_helpers.hpp"
+
 #include <baton/spawn.hpp>
 
 #include <gtest/gtest.h>
@@ -11,11 +13,14 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #ifdef _WIN32
 #include <boost/asio/detail/socket_types.hpp>
 #include <windows.h>
+#include <psapi.h>
+#include <tlhelp32.h>
 #else
 #include <csignal>
 #include <ctime>
@@ -187,6 +192,57 @@ bool process_exists(std::uint32_t pid) {
   return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
 #endif
 }
+
+process_usage measure_process() {
+  process_usage u;
+#ifdef _WIN32
+  DWORD n = 0;
+  ::GetProcessHandleCount(::GetCurrentProcess(), &n);
+  if (n == 0) {
+    // Wine 8 reports 0 here. Its handle values are small multiples of 4 (indexes into the
+    // process's handle table), so the open ones can be counted by asking about each.
+    for (std::uintptr_t v = 4; v < (1u << 16); v += 4) {
+      DWORD flags = 0;
+      if (::GetHandleInformation(reinterpret_cast<HANDLE>(v), &flags)) ++n;
+    }
+  }
+  u.handles = n;
+  PROCESS_MEMORY_COUNTERS pmc{};
+  pmc.cb = sizeof pmc;
+  ::GetProcessMemoryInfo(::GetCurrentProcess(), &pmc, sizeof pmc);
+  u.rss = pmc.WorkingSetSize;
+  u.priv = pmc.PagefileUsage;
+  if (HANDLE snap = ::CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0); snap != INVALID_HANDLE_VALUE) {
+    THREADENTRY32 te{};
+    te.dwSize = sizeof te;
+    for (BOOL ok = ::Thread32First(snap, &te); ok; ok = ::Thread32Next(snap, &te))
+      if (te.th32OwnerProcessID == ::GetCurrentProcessId()) ++u.threads;
+    ::CloseHandle(snap);
+  }
+#else
+  // The directory stream itself holds one descriptor while it is read: the same at every call.
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (dirent* e = ::readdir(d))
+      if (e->d_name[0] != '.') ++u.handles;
+    ::closedir(d);
+  }
+  std::istringstream status(baton::test::read_file("/proc/self/status"));
+  std::string line;
+  std::uint64_t shmem = 0;
+  while (std::getline(status, line)) {
+    auto kib = [&](const char* key) -> std::uint64_t {
+      const std::size_t k = std::strlen(key);
+      return line.compare(0, k, key) == 0 ? std::stoull(line.substr(k)) * 1024 : 0;
+    };
+    if (auto v = kib("VmRSS:")) u.rss = v;
+    if (auto v = kib("RssShmem:")) shmem = v;
+    if (line.compare(0, 8, "Threads:") == 0) u.threads = std::stoull(line.substr(8));
+  }
+  u.priv = u.rss - std::min(shmem, u.rss);
+#endif
+  return u;
+}
+
 
 void report_bytes_checked(std::uint64_t n) {
   std::printf("[ BYTES    ] %llu bytes checked for continuity\n", static_cast<unsigned long long>(n));

@@ -67,6 +67,17 @@ void kill_process(std::uint32_t pid);
 /// True while a process with this pid exists (not our child: no reaping needed).
 bool process_exists(std::uint32_t pid);
 
+/// What this process holds: open descriptors (Linux) or handles (Windows), and memory.
+struct process_usage {
+  std::uint64_t handles = 0;  ///< entries of /proc/self/fd, or GetProcessHandleCount (probed under Wine)
+  std::uint64_t rss = 0;      ///< VmRSS, or the working set (bytes)
+  /// Private memory (bytes): VmRSS without RssShmem (the pages of the channels' shared rings),
+  /// or PagefileUsage (private committed bytes, which exclude section views).
+  std::uint64_t priv = 0;
+  std::uint64_t threads = 0;  ///< threads of this process
+};
+process_usage measure_process();
+
 /// Reports bytes whose continuity a test checked ("[ BYTES    ] N ..."), summed by scripts/test.
 void report_bytes_checked(std::uint64_t n);
 
