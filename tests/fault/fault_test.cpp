@@ -94,12 +94,11 @@ BATON_TEST_ROLE(fault_target) {
     for (;;) {
       auto [ec, a] = co_await baton::async_receive(rx, tuple_aw);
       if (ec == asio::error::operation_aborted) co_return;
-      if (ec) continue;
+      if (ec || a.kind == baton::ticket_kind::control) continue;
+      write_file(result, "got");
       if (a.kind == baton::ticket_kind::connection) {
-        write_file(result, "got");
         asio::co_spawn(ioc, echo(std::move(a.conn)), asio::detached);
-      } else if (a.kind == baton::ticket_kind::listener) {
-        write_file(result, "got");
+      } else {
         held.push_back(std::make_unique<baton::listener>(std::move(a.lst)));
         asio::co_spawn(ioc, accept_and_echo(*held.back()), asio::detached);
       }
@@ -232,23 +231,24 @@ io_result round_trip(tcp::socket& s, std::uint64_t seed, std::size_t offset, std
 struct cell_run {
   std::string ch;
   name_guard guard;
+  bool source_side;   // the faulty side
   std::string fault;  // a stall lasts 1.5 s, past the 1 s move timeout
   std::string port_file = temp_path("port"), ready = temp_path("ready"), src_res = temp_path("src"),
               tgt_res = temp_path("tgt");
   child target, source;
 
   cell_run(const cell& c, const char* tag)
-      : ch(unique_name(tag)), guard(ch), fault(std::string(c.step) + ":" + c.action + ":1500") {}
+      : ch(unique_name(tag)), guard(ch), source_side(c.source_side), fault(std::string(c.step) + ":" + c.action + ":1500") {}
   ~cell_run() {
     for (const auto& f : {port_file, ready, src_res, tgt_res}) remove_file(f);
   }
   /// false: a process never became ready.
-  bool start(const cell& c, const char* target_role, const char* source_role) {
-    set_env("BATON_FAULT", c.source_side ? "" : fault);
+  bool start(const char* target_role, const char* source_role) {
+    set_env("BATON_FAULT", source_side ? "" : fault);
     target = child::spawn(target_role, {ch, ready, tgt_res});
     set_env("BATON_FAULT", "");
     if (!wait_for_file(ready, 30s)) return false;
-    set_env("BATON_FAULT", c.source_side ? fault : "");
+    set_env("BATON_FAULT", source_side ? fault : "");
     source = child::spawn(source_role, {ch, port_file, src_res});
     set_env("BATON_FAULT", "");
     return wait_for_file(port_file, 30s);
@@ -273,7 +273,7 @@ struct cell_run {
 
 outcome run_cell(const cell& c, std::string& detail) {
   cell_run run(c, "fault");
-  if (!run.start(c, "fault_target", "fault_source")) return outcome::hung;
+  if (!run.start("fault_target", "fault_source")) return outcome::hung;
   const std::string& fault = run.fault;
   child& source = run.source;
 
@@ -302,7 +302,7 @@ outcome run_cell(const cell& c, std::string& detail) {
 // listening socket is gone), echoed = served by whoever accepted, no answer = hung.
 outcome run_listener_cell(const cell& c, std::string& detail) {
   cell_run run(c, "lfault");
-  if (!run.start(c, "fault_target", "fault_lsource")) return outcome::hung;
+  if (!run.start("fault_target", "fault_lsource")) return outcome::hung;
   const auto port = run.port();
   // Wait for the verdict (or the death of whoever was to give it); a stall takes 1.5 s.
   for (int i = 0; i < 80 && !file_exists(run.src_res) && run.source.running() && run.target.running(); ++i)

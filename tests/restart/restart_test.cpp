@@ -356,7 +356,7 @@ TEST(restart, client_mid_upload_finishes_then_moves) {
 }
 
 // Under load, makes the next generation die as `mode` says; the restart must report its death.
-void restart_with_dying_next_generation(running_service& svc, load& l, const char* mode) {
+static void restart_with_dying_next_generation(running_service& svc, load& l, const char* mode) {
   wait_for_requests(l, 100);
   write_file(svc.mode_file, mode);
   baton::error_code ec;

@@ -25,7 +25,6 @@
 #include <sstream>
 #include <thread>
 
-
 namespace {
 
 namespace asio = boost::asio;
@@ -276,8 +275,7 @@ BATON_TEST_ROLE(soak_mover) {
   };
 
   // On the stop signal A still waits (briefly) for the EOF of every connection, which its
-  // clients closed just before.
-  // The checks run from a 5 ms timer inside the io_context, which runs without a time limit of
+  // clients closed just before. The checks run from a 5 ms timer inside the io_context, which runs without a time limit of
   // its own: on Asio's io_uring backend a loop of run_for(5ms) stalled the pool (docs/io_uring.md).
   const auto deadline = std::chrono::steady_clock::now() + 200s;
   std::chrono::steady_clock::time_point stop_seen{};
