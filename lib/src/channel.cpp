@@ -71,7 +71,7 @@ channel channel::create(const executor_type& ex, std::string_view name, const ch
     im->receiver = false;
     return c;
   }
-  detail::open_transfer_endpoint(im->name, ec);
+  detail::open_transfer_endpoint(im->name, slots, opts.global_namespace, ec);
   if (ec) return c;  // the impl's destructor removes what was created
   im->ring.create(im->region.get_address(), im->region.get_size(), data_bytes, slots, max_record,
                   detail::current_pid());
@@ -264,7 +264,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
 }  // namespace
 
 void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
-                      asio::any_completion_handler<void(error_code)> h) {
+                      asio::any_completion_handler<void(error_code)> h, bool slot_held) {
   if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));
   auto fail = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(h), ec)); };
   if (impl_->receiver) return fail(asio::error::operation_not_supported);
@@ -275,7 +275,9 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
   op->with_ack = with_ack;
   op->ack_timeout = timeout;
   op->id = t.id;
-  if (with_ack) {
+  if (with_ack && slot_held) {
+    op->slot = t.ack_slot;
+  } else if (with_ack) {
     auto s = impl_->ring.ack_acquire(t.id, t.sender_pid);
     if (s < 0) return fail_op(errc::no_free_ack_slot);
     op->slot = static_cast<std::uint32_t>(s);
@@ -349,6 +351,7 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
         return complete({}, std::move(t));
       }
       if (r == detail::ring::pop_result::error) return complete(ec, {});
+      if (r == detail::ring::pop_result::empty) ch->collect_orphans();
       if (ch->ring.prepare_wait()) break;
     }
     // Sleep until a sender rings. A periodic wake-up also re-checks the ring for a record whose
@@ -403,6 +406,25 @@ bool channel::try_receive(ticket& out, error_code& ec) {
   }
   return r == detail::ring::pop_result::error;
 }
+
+namespace detail {
+
+std::uint32_t acquire_ack_slot(channel& ch, const ticket_id& id) {
+  auto& im = channel_access::get(ch);
+  const auto s = im.ring.ack_acquire(id, current_pid());
+  return s < 0 ? no_ack_slot : static_cast<std::uint32_t>(s);
+}
+
+void release_ack_slot(channel& ch, std::uint32_t slot) noexcept {
+  if (slot != no_ack_slot) channel_access::get(ch).ring.ack_release(slot);
+}
+
+void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout,
+                        asio::any_completion_handler<void(error_code)> h) {
+  channel_access::do_send(ch, std::move(t), timeout, std::move(h));
+}
+
+}  // namespace detail
 
 bool channel::acknowledge(const ticket& t, bool accept) noexcept {
   if (!impl_ || !impl_->receiver) return false;

@@ -36,6 +36,19 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
     return true;
   }
 
+  // Receiver: handles transferred to us whose tickets will never be claimed (their sender gave up
+  // or died) are closed here, so that a rolled-back move leaves no copy of the socket with us.
+  // Called when the ring was just seen empty; at most every 10 ms.
+  std::chrono::steady_clock::time_point orphans_checked{};
+  void collect_orphans() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - orphans_checked < std::chrono::milliseconds(10)) return;
+    orphans_checked = now;
+    detail::collect_orphan_transfers(name, [this](std::uint32_t slot, const ticket_id& id) {
+      return ring.ack_wanted(slot, id);
+    });
+  }
+
   explicit impl(const executor_type& e) : ex(e), wait_timer(e) {}
   ~impl();
 };
@@ -44,7 +57,20 @@ namespace detail {
 struct channel_access {
   static channel::impl& get(channel& c) { return *c.impl_; }
   static std::shared_ptr<channel::impl> shared(channel& c) { return c.impl_; }
+  static void do_send(channel& c, ticket t, std::chrono::milliseconds timeout,
+                      boost::asio::any_completion_handler<void(error_code)> h) {
+    c.do_send(std::move(t), true, timeout, std::move(h), true);
+  }
 };
+
+/// Sender: claims an ack slot for ticket `id` before anything irreversible is done for the move
+/// (no_ack_slot if none is free).
+std::uint32_t acquire_ack_slot(channel& ch, const ticket_id& id);
+void release_ack_slot(channel& ch, std::uint32_t slot) noexcept;
+/// Sender: like async_transact for a ticket whose t.ack_slot came from acquire_ack_slot; the slot
+/// is released when this completes, whatever the outcome.
+void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout,
+                        boost::asio::any_completion_handler<void(error_code)> h);
 }  // namespace detail
 
 }  // namespace baton

@@ -10,6 +10,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <utility>
 
 namespace baton {
 
@@ -37,8 +38,8 @@ struct atomic_move_stats {
 };
 atomic_move_stats g_stats;
 
-// Drives a source-side move: quiesce, export, transact, then commit or roll back. Works for
-// connections and listeners alike; `Traits` knows which.
+// Drives a source-side move: quiesce, claim an ack slot, export, publish, transact, then commit
+// or roll back. Works for connections and listeners alike (`Object` says which).
 template <class Object, class State>
 struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   channel& ch;
@@ -47,6 +48,8 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   asio::any_completion_handler<void(error_code, Object)> handler;
   asio::steady_timer timer;
   std::unique_ptr<detail::pending_export> pending;
+  ticket t;
+  std::uint32_t slot = no_ack_slot;  // held by this move until the ticket goes to the channel
   bool idle = false, timed_out = false, retried = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   transfer_method used = transfer_method::none;
@@ -93,27 +96,63 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     exported();
   }
 
+  // Everything that can refuse the move for reasons of its own (no free ack slot, a ticket too
+  // large) is checked before the socket is exported, so that such a refusal leaves no copy of
+  // the socket anywhere.
   void exported() {
-    ticket t;
+    t = ticket{};
     t.id = ticket_id::random();
-    error_code ec;
     if constexpr (std::is_same_v<Object, connection>) {
       t.kind = ticket_kind::connection;
       t.unread = st->remaining_unread();
       t.state = st->state;
-      pending = detail::export_stream(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
     } else {
       t.kind = ticket_kind::listener;
-      pending = detail::export_listener(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
+    }
+    error_code ec = bounded(t);
+    if (!ec) {
+      slot = detail::acquire_ack_slot(ch, t.id);
+      if (slot == no_ack_slot) ec = errc::no_free_ack_slot;
     }
     if (ec) {
       st->resume();
       return complete(ec, Object(st));
     }
+    t.ack_slot = slot;
+    if constexpr (std::is_same_v<Object, connection>)
+      pending = detail::export_stream(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
+    else
+      pending = detail::export_listener(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
+    if (ec) {
+      detail::release_ack_slot(ch, std::exchange(slot, no_ack_slot));
+      st->resume();
+      return complete(ec, Object(st));
+    }
     used = t.method;
-    if (detail::inject(fault_step::detach, ch.owner_pid())) return verdict(injected_failure());
-    if (detail::inject(fault_step::send_ticket, ch.owner_pid())) return verdict(injected_failure());
-    ch.async_transact(std::move(t), opts.timeout, [self = this->shared_from_this()](error_code ec) {
+    if (detail::inject(fault_step::detach, ch.owner_pid())) return abandon(injected_failure());
+    pending->async_publish(st->ex, std::chrono::steady_clock::now() + opts.timeout,
+                           [self = this->shared_from_this()](error_code ec) { self->published(ec); });
+  }
+
+  // The largest ticket this move can make (the platform's largest payload) must fit the channel.
+  error_code bounded(const ticket& base) const {
+    const std::size_t size = encoded_size(base) + detail::largest_transfer_payload();
+    return size > detail::channel_access::get(ch).opts.limits.max_ticket_bytes ? make_error_code(errc::record_too_large)
+                                                                              : error_code();
+  }
+
+  // The socket was exported but its ticket never entered the ring: release the slot (which makes
+  // any published copy unwanted, see collect_orphan_transfers) and roll back.
+  void abandon(error_code ec) {
+    detail::release_ack_slot(ch, std::exchange(slot, no_ack_slot));
+    verdict(ec);
+  }
+
+  void published(error_code ec) {
+    if (ec) return abandon(ec);
+    if (detail::inject(fault_step::send_ticket, ch.owner_pid())) return abandon(injected_failure());
+    slot = no_ack_slot;  // from here the channel releases it
+    detail::transact_with_slot(ch, std::move(t), opts.timeout, [self = this->shared_from_this()](error_code ec) {
       self->verdict(ec);
     });
   }
@@ -122,6 +161,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     if (!ec) {
       // The target owns it now. Close our handle; the kernel object lives on in the target.
       detail::inject(fault_step::commit, ch.owner_pid());
+      if (st->backend) st->backend->set_shutdown_on_close(false);  // the target owns the socket now
       pending->commit();
       st->backend.reset();
       g_stats.sent.fetch_add(1, std::memory_order_relaxed);
@@ -133,6 +173,10 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       st->backend = pending->rollback_stream(st->ex, rb);
     else
       st->backend = pending->rollback_listener(st->ex, rb);
+    pending.reset();
+    // The target may have taken a copy and stalled before its verdict: from now on closing this
+    // socket shuts it down, so the client sees the close whoever else still holds it.
+    if (st->backend) st->backend->set_shutdown_on_close(true);
     g_stats.rollbacks.fetch_add(1, std::memory_order_relaxed);
     if (!rb && ec == errc::move_rejected && used == transfer_method::pidfd_getfd &&
         opts.strategy == transfer_strategy::automatic && !retried) {
@@ -160,6 +204,7 @@ move_stats get_move_stats() noexcept {
   s.rejected_tickets = g_stats.rejected_tickets.load(std::memory_order_relaxed);
   s.strategy_fallbacks = detail::counters().fallbacks;
   s.refused_pushes = detail::counters().refused_pushes;
+  s.orphans_closed = detail::counters().orphans_closed;
   for (std::size_t i = 0; i < s.latency_buckets.size(); ++i)
     s.latency_buckets[i] = g_stats.latency[i].load(std::memory_order_relaxed);
   s.latency_sum_us = g_stats.latency_sum_us.load(std::memory_order_relaxed);

@@ -24,7 +24,7 @@
 namespace baton::detail {
 
 inline constexpr std::uint32_t ring_magic = 0x52544E42;  // "BNTR"
-inline constexpr std::uint16_t ring_layout_version = 1;
+inline constexpr std::uint16_t ring_layout_version = 2;
 inline constexpr std::size_t ring_header_bytes = 256;
 inline constexpr std::size_t ack_slot_bytes = 32;
 inline constexpr std::size_t record_header_bytes = 16;
@@ -52,6 +52,10 @@ struct ring_counters {
   std::uint64_t corruptions = 0;      ///< times the consumer found garbage and healed the ring
   std::uint64_t doorbells = 0;        ///< doorbell rings by producers (coalescing shows here)
 };
+
+/// Test hook: called by ack_resolve between its reading of a slot and its compare-and-swap, so
+/// that a test can force another sender's release and reclaim into that window.
+inline void (*ack_resolve_hook)(std::uint32_t slot) = nullptr;
 
 /// One mapped ring, seen from one process. Not thread-safe; use from one strand.
 class ring {
@@ -101,6 +105,9 @@ class ring {
   /// (timeout) or the slot does not belong to this ticket: the consumer must then not keep the
   /// connection.
   bool ack_resolve(std::uint32_t slot, const ticket_id& id, bool accept) noexcept;
+  /// Consumer: true while the slot still waits for a verdict on ticket `id` (its sender has not
+  /// given up). A transferred handle whose slot is no longer wanted will never be claimed.
+  bool ack_wanted(std::uint32_t slot, const ticket_id& id) const noexcept;
 
   ring_counters counters() const noexcept;
 

@@ -138,8 +138,10 @@ class channel {
 
  private:
   friend struct detail::channel_access;
+  /// `slot_held`: t.ack_slot was claimed beforehand (detail::acquire_ack_slot); it is released
+  /// when the send completes, whatever the outcome.
   void do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
-               boost::asio::any_completion_handler<void(error_code)> h);
+               boost::asio::any_completion_handler<void(error_code)> h, bool slot_held = false);
   void do_receive(boost::asio::any_completion_handler<void(error_code, ticket)> h);
   std::shared_ptr<impl> impl_;
 };

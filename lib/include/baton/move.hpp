@@ -55,6 +55,9 @@ inline constexpr std::array<std::uint32_t, 11> move_latency_bounds_us{50,   100,
 struct move_stats {
   std::uint64_t sent = 0, received = 0, rollbacks = 0, rejected_tickets = 0, strategy_fallbacks = 0;
   std::uint64_t refused_pushes = 0;  ///< Linux: descriptors pushed by another uid, dropped
+  /// Receiver: socket handles made for this process whose tickets never came (the sender rolled
+  /// the move back, or died first), closed so that such a connection ends with its owner.
+  std::uint64_t orphans_closed = 0;
   /// Source side, successful moves: time from async_send to the target's acknowledgement.
   std::array<std::uint64_t, move_latency_bounds_us.size() + 1> latency_buckets{};
   std::uint64_t latency_sum_us = 0;

@@ -3,6 +3,7 @@
 // (lib/src/win/ and lib/src/posix/). Shared code includes only this header for OS services.
 
 #include <baton/error.hpp>
+#include <baton/ticket.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
@@ -10,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -31,9 +33,21 @@ boost::interprocess::mapped_region open_region(const std::string& os_name, error
 void remove_region(const std::string& os_name) noexcept;
 
 /// Per-channel endpoint of the transfer layer on the receiving side (Linux: the Unix socket that
-/// SCM_RIGHTS pushes arrive on; Windows: nothing). Created with the channel, removed with it.
-void open_transfer_endpoint(const std::string& channel_name, error_code& ec);
+/// SCM_RIGHTS pushes arrive on; Windows: a table with one entry per ack slot, in which a source
+/// records the handle it made for us before the ticket exists, so that we can close it if the
+/// ticket never comes). Created with the channel, removed with it.
+void open_transfer_endpoint(const std::string& channel_name, std::uint32_t ack_slots, bool global_namespace,
+                            error_code& ec);
 void close_transfer_endpoint(const std::string& channel_name) noexcept;
+
+/// Receiving side: closes the socket handles that senders made for this process (SCM_RIGHTS
+/// datagrams on Linux) whose tickets will never be claimed: `wanted(slot, id)` is false (the
+/// sender gave up and its ack slot moved on), or the sender died before this call's previous
+/// one and no ticket of it is left in the ring (the caller calls this only when the ring was
+/// just seen empty). Without this, a copy of a rolled-back socket would stay with the receiver
+/// and the client would never see the source's close.
+using transfer_wanted = std::function<bool(std::uint32_t slot, const ticket_id& id)>;
+void collect_orphan_transfers(const std::string& channel_name, const transfer_wanted& wanted) noexcept;
 
 /// Watches another process for exit. Thread-safe after construction.
 class process_watch {

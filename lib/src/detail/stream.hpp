@@ -8,6 +8,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 
@@ -31,6 +32,12 @@ class stream_backend {
   virtual void shutdown_send(error_code& ec) = 0;
   /// The OS handle (fd or SOCKET), still owned by the backend.
   virtual std::uintptr_t native_handle() const = 0;
+  /// After a rolled-back move another process may still hold a handle to this socket (a target
+  /// that took it and stalled before its verdict), so closing ours alone would not end the
+  /// connection. With `on`, close() (and the destructor) shut the socket down first, which the
+  /// peer sees whoever else holds it. Off again before a handle is closed because the socket
+  /// moved away (the target owns it then).
+  virtual void set_shutdown_on_close(bool on) = 0;
 };
 
 /// A native backend around an Asio socket (all platforms).
@@ -47,6 +54,14 @@ class pending_export {
   virtual std::unique_ptr<stream_backend> rollback_stream(const boost::asio::any_io_executor& ex, error_code& ec) = 0;
   virtual std::unique_ptr<class listener_backend> rollback_listener(const boost::asio::any_io_executor& ex,
                                                                     error_code& ec) = 0;
+  /// Makes the handle reachable by the target. Called once the ticket's ack slot is held and
+  /// before the ticket enters the ring, so that a failure to publish costs nothing and a handle
+  /// that was published names a slot the receiver can check (collect_orphan_transfers). Linux's
+  /// SCM_RIGHTS push sends its datagram here, waiting through the reactor (never blocking the
+  /// thread) for room in the target's queue until `deadline`, then failing with
+  /// errc::channel_full. Other methods complete at once (through the executor).
+  virtual void async_publish(const boost::asio::any_io_executor& ex, std::chrono::steady_clock::time_point deadline,
+                             boost::asio::any_completion_handler<void(error_code)> h);
 };
 
 /// Detaches `s` (idle: no operation pending) from the source's reactor and makes a transferable
@@ -72,6 +87,9 @@ class listener_backend {
   virtual boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const = 0;
   virtual boost::asio::ip::tcp::acceptor* acceptor() { return nullptr; }
   virtual std::uintptr_t native_handle() const = 0;
+  /// As for streams: after a rolled-back move, close() stops the socket listening in every
+  /// process that holds it (where the platform can: Linux).
+  virtual void set_shutdown_on_close(bool on) = 0;
 };
 std::unique_ptr<listener_backend> make_native_listener(boost::asio::ip::tcp::acceptor a);
 std::unique_ptr<pending_export> export_listener(std::unique_ptr<listener_backend>& l, std::uint32_t target_pid,
@@ -89,10 +107,15 @@ void close_socket_handle(std::uintptr_t h) noexcept;
 std::unique_ptr<listener_backend> adopt_listener(const boost::asio::any_io_executor& ex, std::uintptr_t h,
                                                  error_code& ec);
 
+/// The largest t.payload an export on this platform writes (Linux: pidfd_getfd's 24 bytes;
+/// Windows: a WSAPROTOCOL_INFOW), so that a move can check its ticket's size before exporting.
+std::size_t largest_transfer_payload() noexcept;
+
 /// Platform counters (e.g. fallbacks from one strategy to another).
 struct transfer_counters {
   std::uint64_t fallbacks = 0;
   std::uint64_t refused_pushes = 0;  ///< SCM_RIGHTS datagrams dropped (another uid, malformed)
+  std::uint64_t orphans_closed = 0;  ///< handles made for us whose tickets never came, closed
 };
 transfer_counters& counters() noexcept;
 

@@ -118,6 +118,7 @@ class emulated_stream final : public stream_backend {
     if (st_->closed) return;
     st_->closed = true;
     ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+    if (shutdown_on_close_) ::shutdown(st_->s, SD_BOTH);
     ::closesocket(st_->s);
     st_->s = INVALID_SOCKET;
   }
@@ -130,11 +131,13 @@ class emulated_stream final : public stream_backend {
     if (::shutdown(st_->s, SD_SEND) != 0) ec = wsa_error(::WSAGetLastError());
   }
   std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
+  void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
 
  private:
   void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
   asio::any_io_executor ex_;
   std::shared_ptr<emu_state> st_;
+  bool shutdown_on_close_ = false;
 };
 
 // An imported listener still bound to another port: readiness through WSAEventSelect(FD_ACCEPT)
@@ -183,6 +186,9 @@ class emulated_listener final : public listener_backend {
   attach_mode mode() const override { return attach_mode::emulated; }
   tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
   std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
+  // Windows cannot shut a listening socket down; a copy left with a stalled target is closed by
+  // that target's orphan collection instead.
+  void set_shutdown_on_close(bool) override {}
 
  private:
   static void try_accept(const asio::any_io_executor& ex, std::shared_ptr<emu_listener_state> st,

@@ -76,10 +76,6 @@ bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
 
 void remove_region(const std::string&) noexcept {}
 
-// Windows strategies need no receiving endpoint: WSADuplicateSocketW and DuplicateHandle work
-// from the source alone.
-void open_transfer_endpoint(const std::string&, error_code& ec) { ec.clear(); }
-void close_transfer_endpoint(const std::string&) noexcept {}
 
 process_watch::process_watch() noexcept = default;
 
