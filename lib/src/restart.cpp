@@ -309,6 +309,16 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     start_handler.emplace(std::move(h));
     if (!channel::valid_name(name) || name.size() > 53) return finish_start(make_error_code(errc::invalid_name));
     ph = phase::joining;
+    // From here on a restart request (SIGHUP's default action would kill this process and every
+    // connection it already holds) is answered, and refused until this generation is in charge.
+    // Where the trigger is a named object the running generation still owns (Windows), it is
+    // created when taking charge instead.
+    if (opts.os_triggers) {
+      error_code tec;
+      trigger = make_restart_trigger(ex, name, tec);
+      if (tec) trigger.reset();
+      else wait_trigger();
+    }
     error_code ec;
     auto ctl = channel::open(ex, name, small_channel(), ec);
     if (ec == errc::channel_owner_dead) {
@@ -351,6 +361,10 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   void finish_start(error_code ec) {
     if (ec) {
       ph = phase::closed;
+      if (trigger) {
+        trigger->cancel();
+        trigger.reset();
+      }
       if (inbox) {
         inbox->close();
         asio::post(ex, [self = shared_from_this()] { self->inbox.reset(); });
@@ -470,7 +484,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     control = std::make_shared<channel>(std::move(ctl));
     ph = phase::serving;
     receive_control();
-    if (opts.os_triggers) arm_trigger(clock_type::now() + 5s);
+    if (opts.os_triggers && !trigger) arm_trigger(clock_type::now() + 5s);
   }
 
   void arm_trigger(clock_type::time_point until) {
