@@ -527,7 +527,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     const auto m = parse_message(a.control);
     const auto op = get(m, "op");
     if (op == "hello") {
-      on_hello(static_cast<std::uint32_t>(get_u64(m, "pid")), get(m, "inbox"));
+      on_hello(get(m, "inbox"));
     } else if (op == "restart") {
       begin_restart(std::nullopt, get(m, "reply"), get(m, "binary"));
     } else if (op == "status") {
@@ -591,7 +591,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     send_message(ex, reply, m);
   }
 
-  void on_hello(std::uint32_t from, const std::string& inbox_name) {
+  void on_hello(const std::string& inbox_name) {
+    if (ph != phase::serving && ph != phase::spawning) {
+      ++st.restarts_refused;
+      send_message(ex, inbox_name, {{"op", "busy"}});
+      return;
+    }
     if (ph == phase::serving) {
       // Started by the operator rather than by us: a restart all the same.
       report = {};
@@ -599,24 +604,21 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       report.old_pid = pid;
       t_trigger = clock_type::now();
       ph = phase::spawning;
-      peer = process_watch(from);
-    } else if (ph != phase::spawning) {
-      ++st.restarts_refused;
-      send_message(ex, inbox_name, {{"op", "busy"}});
-      return;
-    } else if (peer.pid() != from) {
-      peer = process_watch(from);  // someone else answered first; they get it
     }
-    t_hello = clock_type::now();
-    report.ready_time = std::chrono::microseconds(micros(t_hello - t_trigger));
-    report.new_pid = from;
-    report.new_generation = gen + 1;
     error_code ec;
     next = std::make_shared<channel>(channel::open(ex, inbox_name, {}, ec));
     if (ec) {
       next.reset();
       return fail_restart(ec);
     }
+    // The next generation is the process that owns the inbox we just opened (the only process
+    // its tickets are for), whatever pid the hello names.
+    const std::uint32_t from = next->owner_pid();
+    if (peer.pid() != from) peer = process_watch(from);  // not the one we started: it answered first
+    t_hello = clock_type::now();
+    report.ready_time = std::chrono::microseconds(micros(t_hello - t_trigger));
+    report.new_pid = from;
+    report.new_generation = gen + 1;
     ph = phase::handing_over;
     listeners_done = false;
     drain_deadline = t_hello + opts.drain_deadline;
