@@ -270,7 +270,16 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     const auto now = clock_type::now();
     switch (ph) {
       case phase::joining:
-        if (!peer.alive()) return finish_start(make_error_code(errc::channel_owner_dead));
+        if (!peer.alive()) {
+          // The previous generation died in the middle of handing over its listeners. The ones
+          // that arrived are this generation's now (its own copies died with it): take charge
+          // with them rather than close them, since nobody else can serve them any more.
+          if (gen != 0 && received_listeners > 0) {
+            started_as_successor();
+            return tick();
+          }
+          return finish_start(make_error_code(errc::channel_owner_dead));
+        }
         if (now >= ready_deadline) return finish_start(make_error_code(errc::move_timeout));
         return ensure_tick(20ms);
       case phase::taking_over:
@@ -390,7 +399,10 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   void on_inbox(arrival a) {
     if (a.kind == ticket_kind::listener) {
-      add_listener(std::move(a.lst));
+      // While joining, a listener is held but not accepted on: if the hand-over is abandoned,
+      // the previous generation takes it back, and connections still in the kernel's backlog go
+      // with it instead of dying here with connections accepted for nobody.
+      add_listener(std::move(a.lst), ph != phase::joining);
       if (++received_listeners == expected_listeners && ph == phase::joining) started_as_successor();
       return;
     }
@@ -433,6 +445,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   void started_as_successor() {
     ph = phase::taking_over;
+    for (auto& e : listeners) accept_loop(e);
     finish_start({});
     ensure_tick(20ms);
   }
@@ -836,12 +849,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   // ---- listeners and connections ------------------------------------------------------------
 
-  void add_listener(listener l) {
+  void add_listener(listener l, bool accepting = true) {
     auto e = std::make_shared<lst_entry>();
     e->l = std::move(l);
     listeners.push_back(e);
     st.listeners = listeners.size();
-    accept_loop(e);
+    if (accepting) accept_loop(e);
   }
 
   void accept_loop(const std::shared_ptr<lst_entry>& e) {
