@@ -169,6 +169,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   struct lst_entry {
     listener l;
     bool moving = false, gone = false, restore_on_success = false;
+    bool paused = false;  // not accepting: `ready` is full (see resume_accepting)
     std::uintptr_t kept = ~std::uintptr_t{0};  // duplicate held during a hand-over
   };
 
@@ -858,6 +859,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   }
 
   void accept_loop(const std::shared_ptr<lst_entry>& e) {
+    e->paused = false;
     if (!e->l.is_open()) return;
     e->l.async_accept([self = shared_from_this(), e](error_code ec, asio::ip::tcp::socket s) {
       if (!ec) {
@@ -866,6 +868,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       }
       if (e->moving || e->gone || self->ph == phase::closed || self->ph == phase::retired) return;
       if (ec == asio::error::operation_aborted || !e->l.is_open()) return;
+      if (self->ready.size() >= std::max<std::size_t>(self->opts.max_ready, 1)) {
+        // The application is behind: leave further connections in the kernel's backlog, where
+        // they cost this process no descriptor, until it takes some of these.
+        e->paused = true;
+        return;
+      }
       if (ec) {
         // Out of descriptors and the like: do not spin; the backlog holds the connections.
         auto t = std::make_shared<asio::steady_timer>(self->ex, 20ms);
@@ -888,6 +896,17 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       auto c = std::move(ready.front());
       ready.pop_front();
       post_accept({}, std::move(c));
+      resume_accepting();
+    }
+  }
+
+  // Restarts the accept loops that a full `ready` paused, once it has room again.
+  void resume_accepting() {
+    if (ready.size() >= std::max<std::size_t>(opts.max_ready, 1)) return;
+    for (auto& e : listeners) {
+      if (!e->paused) continue;
+      e->paused = false;
+      if (!e->moving && !e->gone && ph != phase::closed && ph != phase::retired && ph != phase::joining) accept_loop(e);
     }
   }
 
