@@ -315,6 +315,9 @@ TEST(restart_audit, old_generation_killed_between_two_listeners_new_one_serves_w
   while (status_value(st = svc.status(), "generation") != 2 && std::chrono::steady_clock::now() < until) nap(20ms);
   EXPECT_EQ(status_value(st, "generation"), 2) << "generation 2 took charge: " << st;
   EXPECT_EQ(status_value(st, "listeners"), served) << st;
+  // Which case ran: a listener whose move was under way when generation 1 died may or may not
+  // have reached generation 2 (Linux pulls it from the dead process and cannot; Wine can).
+  std::printf("[ INFO     ] generation 2 serves %d of 2 listeners\n", served);
   // Every port that generation 2 holds keeps serving new clients.
   for (std::size_t i = 0; i < svc.ports.size(); ++i) {
     line_client c;
