@@ -169,6 +169,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   struct lst_entry {
     listener l;
     bool moving = false, gone = false, restore_on_success = false;
+    bool paused = false;  // not accepting: `ready` is full (see resume_accepting)
     std::uintptr_t kept = ~std::uintptr_t{0};  // duplicate held during a hand-over
   };
 
@@ -270,7 +271,16 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     const auto now = clock_type::now();
     switch (ph) {
       case phase::joining:
-        if (!peer.alive()) return finish_start(make_error_code(errc::channel_owner_dead));
+        if (!peer.alive()) {
+          // The previous generation died in the middle of handing over its listeners. The ones
+          // that arrived are this generation's now (its own copies died with it): take charge
+          // with them rather than close them, since nobody else can serve them any more.
+          if (gen != 0 && received_listeners > 0) {
+            started_as_successor();
+            return tick();
+          }
+          return finish_start(make_error_code(errc::channel_owner_dead));
+        }
         if (now >= ready_deadline) return finish_start(make_error_code(errc::move_timeout));
         return ensure_tick(20ms);
       case phase::taking_over:
@@ -309,6 +319,16 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     start_handler.emplace(std::move(h));
     if (!channel::valid_name(name) || name.size() > 53) return finish_start(make_error_code(errc::invalid_name));
     ph = phase::joining;
+    // From here on a restart request (SIGHUP's default action would kill this process and every
+    // connection it already holds) is answered, and refused until this generation is in charge.
+    // Where the trigger is a named object the running generation still owns (Windows), it is
+    // created when taking charge instead.
+    if (opts.os_triggers) {
+      error_code tec;
+      trigger = make_restart_trigger(ex, name, tec);
+      if (tec) trigger.reset();
+      else wait_trigger();
+    }
     error_code ec;
     auto ctl = channel::open(ex, name, small_channel(), ec);
     if (ec == errc::channel_owner_dead) {
@@ -351,6 +371,10 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   void finish_start(error_code ec) {
     if (ec) {
       ph = phase::closed;
+      if (trigger) {
+        trigger->cancel();
+        trigger.reset();
+      }
       if (inbox) {
         inbox->close();
         asio::post(ex, [self = shared_from_this()] { self->inbox.reset(); });
@@ -376,7 +400,10 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   void on_inbox(arrival a) {
     if (a.kind == ticket_kind::listener) {
-      add_listener(std::move(a.lst));
+      // While joining, a listener is held but not accepted on: if the hand-over is abandoned,
+      // the previous generation takes it back, and connections still in the kernel's backlog go
+      // with it instead of dying here with connections accepted for nobody.
+      add_listener(std::move(a.lst), ph != phase::joining);
       if (++received_listeners == expected_listeners && ph == phase::joining) started_as_successor();
       return;
     }
@@ -419,6 +446,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   void started_as_successor() {
     ph = phase::taking_over;
+    for (auto& e : listeners) accept_loop(e);
     finish_start({});
     ensure_tick(20ms);
   }
@@ -470,7 +498,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     control = std::make_shared<channel>(std::move(ctl));
     ph = phase::serving;
     receive_control();
-    if (opts.os_triggers) arm_trigger(clock_type::now() + 5s);
+    if (opts.os_triggers && !trigger) arm_trigger(clock_type::now() + 5s);
   }
 
   void arm_trigger(clock_type::time_point until) {
@@ -513,7 +541,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     const auto m = parse_message(a.control);
     const auto op = get(m, "op");
     if (op == "hello") {
-      on_hello(static_cast<std::uint32_t>(get_u64(m, "pid")), get(m, "inbox"));
+      on_hello(get(m, "inbox"));
     } else if (op == "restart") {
       begin_restart(std::nullopt, get(m, "reply"), get(m, "binary"));
     } else if (op == "status") {
@@ -577,7 +605,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     send_message(ex, reply, m);
   }
 
-  void on_hello(std::uint32_t from, const std::string& inbox_name) {
+  void on_hello(const std::string& inbox_name) {
+    if (ph != phase::serving && ph != phase::spawning) {
+      ++st.restarts_refused;
+      send_message(ex, inbox_name, {{"op", "busy"}});
+      return;
+    }
     if (ph == phase::serving) {
       // Started by the operator rather than by us: a restart all the same.
       report = {};
@@ -585,24 +618,21 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       report.old_pid = pid;
       t_trigger = clock_type::now();
       ph = phase::spawning;
-      peer = process_watch(from);
-    } else if (ph != phase::spawning) {
-      ++st.restarts_refused;
-      send_message(ex, inbox_name, {{"op", "busy"}});
-      return;
-    } else if (peer.pid() != from) {
-      peer = process_watch(from);  // someone else answered first; they get it
     }
-    t_hello = clock_type::now();
-    report.ready_time = std::chrono::microseconds(micros(t_hello - t_trigger));
-    report.new_pid = from;
-    report.new_generation = gen + 1;
     error_code ec;
     next = std::make_shared<channel>(channel::open(ex, inbox_name, {}, ec));
     if (ec) {
       next.reset();
       return fail_restart(ec);
     }
+    // The next generation is the process that owns the inbox we just opened (the only process
+    // its tickets are for), whatever pid the hello names.
+    const std::uint32_t from = next->owner_pid();
+    if (peer.pid() != from) peer = process_watch(from);  // not the one we started: it answered first
+    t_hello = clock_type::now();
+    report.ready_time = std::chrono::microseconds(micros(t_hello - t_trigger));
+    report.new_pid = from;
+    report.new_generation = gen + 1;
     ph = phase::handing_over;
     listeners_done = false;
     drain_deadline = t_hello + opts.drain_deadline;
@@ -820,15 +850,16 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   // ---- listeners and connections ------------------------------------------------------------
 
-  void add_listener(listener l) {
+  void add_listener(listener l, bool accepting = true) {
     auto e = std::make_shared<lst_entry>();
     e->l = std::move(l);
     listeners.push_back(e);
     st.listeners = listeners.size();
-    accept_loop(e);
+    if (accepting) accept_loop(e);
   }
 
   void accept_loop(const std::shared_ptr<lst_entry>& e) {
+    e->paused = false;
     if (!e->l.is_open()) return;
     e->l.async_accept([self = shared_from_this(), e](error_code ec, asio::ip::tcp::socket s) {
       if (!ec) {
@@ -837,6 +868,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       }
       if (e->moving || e->gone || self->ph == phase::closed || self->ph == phase::retired) return;
       if (ec == asio::error::operation_aborted || !e->l.is_open()) return;
+      if (self->ready.size() >= std::max<std::size_t>(self->opts.max_ready, 1)) {
+        // The application is behind: leave further connections in the kernel's backlog, where
+        // they cost this process no descriptor, until it takes some of these.
+        e->paused = true;
+        return;
+      }
       if (ec) {
         // Out of descriptors and the like: do not spin; the backlog holds the connections.
         auto t = std::make_shared<asio::steady_timer>(self->ex, 20ms);
@@ -859,6 +896,17 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       auto c = std::move(ready.front());
       ready.pop_front();
       post_accept({}, std::move(c));
+      resume_accepting();
+    }
+  }
+
+  // Restarts the accept loops that a full `ready` paused, once it has room again.
+  void resume_accepting() {
+    if (ready.size() >= std::max<std::size_t>(opts.max_ready, 1)) return;
+    for (auto& e : listeners) {
+      if (!e->paused) continue;
+      e->paused = false;
+      if (!e->moving && !e->gone && ph != phase::closed && ph != phase::retired && ph != phase::joining) accept_loop(e);
     }
   }
 

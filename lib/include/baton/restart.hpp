@@ -50,6 +50,10 @@ struct restart_options {
   /// The next generation's executable (empty: this process's own executable) and arguments.
   std::string next_binary;
   std::vector<std::string> next_args;
+  /// Connections the service accepts ahead of the application (accepted, not yet taken by
+  /// service::async_accept). At this many it stops accepting until the application takes one;
+  /// the kernel's backlog holds the rest, at no descriptor cost to the process.
+  std::size_t max_ready = 1024;
   /// Listen for SIGHUP (Linux) / the named event Local\baton.<service>.restart (Windows).
   bool os_triggers = true;
 };
