@@ -17,6 +17,10 @@
 #include <cstring>
 #include <functional>
 
+#ifndef _WIN32
+#include <csignal>
+#endif
+
 namespace {
 
 namespace asio = boost::asio;
@@ -301,6 +305,66 @@ TEST_P(move_orphan, a_source_killed_after_the_export_leaves_no_copy_behind) {
   target.wait(30s);
   baton::test::remove_file(port_file);
 }
+
+#ifndef _WIN32
+// A stopped target's datagram queue (net.unix.max_dgram_qlen, 10 by default) fills after a few
+// pushes; later pushes wait for room through the reactor, so the source's event loop keeps
+// running (issue 11, item 11: each waited 50 ms in poll() on the event-loop thread before).
+TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_thread) {
+  name_guard g(unique_name("stallr"));
+  target_files files;
+  auto target = child::spawn("lazy_target", {g.name, "65536", "64", files.ready, files.go, files.result, files.stop});
+  ASSERT_TRUE(baton::test::wait_for_file(files.ready));
+  asio::io_context ioc;
+  tcp::acceptor acc(ioc, {asio::ip::address_v4::loopback(), 0});
+  constexpr int n = 40;
+  std::vector<tcp::socket> clients;
+  std::vector<baton::connection> conns;
+  for (int i = 0; i < n; ++i) {
+    clients.push_back(baton::test::connect_loopback(ioc, acc.local_endpoint().port()));
+    conns.emplace_back(acc.accept(), std::vector<std::byte>{}, std::vector<std::byte>{std::byte(i)});
+  }
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  ::kill(static_cast<pid_t>(target.pid()), SIGSTOP);
+  // A 1 ms timer on the same event loop counts the times it was held up by 40 ms or more.
+  asio::steady_timer tick(ioc);
+  int held_up = 0, ticks = 0;
+  bool ticking = true;
+  auto last = std::chrono::steady_clock::now();
+  std::function<void()> arm = [&] {
+    tick.expires_after(1ms);
+    tick.async_wait([&](baton::error_code) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last >= 40ms) ++held_up;
+      last = now;
+      ++ticks;
+      if (ticking) arm();
+    });
+  };
+  arm();
+  baton::move_options o;
+  o.strategy = baton::transfer_strategy::scm_rights;
+  o.timeout = 1s;
+  int done = 0;
+  std::vector<baton::connection> back(n);
+  for (int i = 0; i < n; ++i)
+    baton::async_send(tx, std::move(conns[static_cast<std::size_t>(i)]), o,
+                      [&, i](baton::error_code, baton::connection c) {
+                        ++done;
+                        back[static_cast<std::size_t>(i)] = std::move(c);
+                      });
+  for (int i = 0; i < 3000 && done < n; ++i) ioc.run_for(10ms);
+  ticking = false;
+  ioc.run_for(5ms);
+  ::kill(static_cast<pid_t>(target.pid()), SIGCONT);
+  EXPECT_EQ(done, n);
+  EXPECT_GT(ticks, 100);
+  EXPECT_LE(held_up, 5) << "the event loop was held up " << held_up << " times for 40 ms or more";
+  for (int i = 0; i < n; ++i) EXPECT_TRUE(back[static_cast<std::size_t>(i)].is_open()) << i;
+  baton::test::touch(files.stop);
+  target.wait(30s);
+}
+#endif
 
 std::vector<std::string> strategies() {
 #ifdef _WIN32
