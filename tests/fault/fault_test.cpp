@@ -39,6 +39,10 @@ asio::awaitable<void> echo(baton::connection c) {
   }
 }
 
+baton::transfer_strategy strategy_named(const std::string& s) {
+  return s == "scm_rights" ? baton::transfer_strategy::scm_rights : baton::transfer_strategy::automatic;
+}
+
 // Source: echoes one connection; once it has echoed `chunk` bytes it moves the connection to the
 // target's channel. Writes "moved" or "kept" to its result file when the verdict is in.
 BATON_TEST_ROLE(fault_source) {
@@ -64,6 +68,7 @@ BATON_TEST_ROLE(fault_source) {
     }
     baton::move_options o;
     o.timeout = move_timeout;
+    o.strategy = strategy_named(args.at(3));
     auto [mec, back] = co_await baton::async_send(tx, std::move(c), o, tuple_aw);
     write_file(result, mec ? "kept" : "moved");
     if (mec) co_await echo(std::move(back));
@@ -124,6 +129,7 @@ BATON_TEST_ROLE(fault_lsource) {
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     baton::move_options o;
     o.timeout = move_timeout;
+    o.strategy = strategy_named(args.at(3));
     auto [mec, back] = co_await baton::async_send(tx, std::move(l), o, tuple_aw);
     write_file(result, mec ? "kept" : "moved");
     if (mec) {
@@ -158,14 +164,8 @@ struct cell {
   // changes, so the gap cannot close or widen unnoticed).
   std::set<outcome> windows_gap = {};
   const char* gap = nullptr;
+  const char* strategy = "automatic";  // the source's transfer strategy
 };
-
-// WSADuplicateSocketW creates the target's handle when the source calls it (before any ticket).
-// If the source dies after that and before the ticket is in the ring, the target holds a handle
-// it has never heard of: the connection stays open, unserved, until the target exits.
-constexpr const char* orphan_gap =
-    "Windows (known gap): WSADuplicateSocketW already made the target's handle, which the target never "
-    "learns about; the connection stays open, unserved, until the target exits";
 
 // The promises (DESIGN.md: until the target acknowledges, the source owns the connection).
 std::vector<cell> matrix() {
@@ -175,11 +175,15 @@ std::vector<cell> matrix() {
       {"quiesce", true, "kill_peer", {o::source}, "no ticket yet: the move fails (target died), the source keeps it"},
       {"quiesce", true, "stall", {o::target}, "a slow source only delays the move"},
       {"quiesce", true, "fail", {o::source}, "the move fails before any ticket; the source resumes"},
-      {"detach", true, "die", {o::closed}, "the source owned it and died", {o::hung}, orphan_gap},
+      {"detach", true, "die", {o::closed},
+       "the source owned it and died; a handle already made for the target (Windows) is closed by the target, "
+       "which finds it in its transfer table with no ticket"},
       {"detach", true, "kill_peer", {o::source}, "the ticket finds no target; rolled back"},
       {"detach", true, "stall", {o::target}, "a slow source only delays the move"},
       {"detach", true, "fail", {o::source}, "rolled back: re-attached to the source's reactor"},
-      {"send_ticket", true, "die", {o::closed}, "the source owned it and died", {o::hung}, orphan_gap},
+      {"send_ticket", true, "die", {o::closed},
+       "the source owned it and died; a handle already made for the target (Windows) is closed by the target, "
+       "which finds it in its transfer table with no ticket"},
       {"send_ticket", true, "kill_peer", {o::source}, "the target died before acknowledging"},
       {"send_ticket", true, "stall", {o::target}, "a slow source only delays the move"},
       {"send_ticket", true, "fail", {o::source}, "rolled back"},
@@ -207,6 +211,24 @@ std::vector<cell> matrix() {
       {"commit", true, "die", {o::target}, "acknowledged before the source died"},
       {"commit", true, "kill_peer", {o::closed}, "the target owned it and died"},
       {"commit", true, "stall", {o::target}, "acknowledged: the target serves it while the source is slow"},
+#ifndef _WIN32
+      // The SCM_RIGHTS push (Linux's fallback when pidfd_getfd is refused): the datagram carrying
+      // the descriptor reaches the target before the ticket, at send_ticket.
+      {"send_ticket", true, "die", {o::closed},
+       "SCM_RIGHTS: the source died after its datagram reached the target; the target closes a datagram "
+       "whose sender died with no ticket in the ring",
+       {}, nullptr, "scm_rights"},
+      {"send_ticket", true, "kill_peer", {o::source}, "SCM_RIGHTS: the target died with the datagram; rolled back",
+       {}, nullptr, "scm_rights"},
+      {"send_ticket", true, "fail", {o::source},
+       "SCM_RIGHTS: rolled back after the datagram was sent; the target closes the datagram its ack slot no longer "
+       "wants, and the source shuts the socket down when it closes it",
+       {}, nullptr, "scm_rights"},
+      {"doorbell", true, "die", {o::target},
+       "SCM_RIGHTS: the source died with its ticket in the ring and its descriptor in the target's queue: "
+       "the target takes it whole",
+       {}, nullptr, "scm_rights"},
+#endif
   };
 }
 
@@ -233,12 +255,14 @@ struct cell_run {
   name_guard guard;
   bool source_side;   // the faulty side
   std::string fault;  // a stall lasts 1.5 s, past the 1 s move timeout
+  std::string strategy;
   std::string port_file = temp_path("port"), ready = temp_path("ready"), src_res = temp_path("src"),
               tgt_res = temp_path("tgt");
   child target, source;
 
   cell_run(const cell& c, const char* tag)
-      : ch(unique_name(tag)), guard(ch), source_side(c.source_side), fault(std::string(c.step) + ":" + c.action + ":1500") {}
+      : ch(unique_name(tag)), guard(ch), source_side(c.source_side), fault(std::string(c.step) + ":" + c.action + ":1500"),
+        strategy(c.strategy) {}
   ~cell_run() {
     for (const auto& f : {port_file, ready, src_res, tgt_res}) remove_file(f);
   }
@@ -249,7 +273,7 @@ struct cell_run {
     set_env("BATON_FAULT", "");
     if (!wait_for_file(ready, 30s)) return false;
     set_env("BATON_FAULT", source_side ? fault : "");
-    source = child::spawn(source_role, {ch, port_file, src_res});
+    source = child::spawn(source_role, {ch, port_file, src_res, strategy});
     set_env("BATON_FAULT", "");
     return wait_for_file(port_file, 30s);
   }
@@ -359,7 +383,7 @@ TEST(fault_matrix, every_step_every_fault_keeps_the_promise) {
       if (!kept)
         broken.push_back(std::string(what) + " " + c.step + ":" + c.action + " promised " + promised_text(promised) +
                          ", got " + to_string(got) + " (" + detail + ")");
-      md << "| " << c.step << " | " << (c.source_side ? "source" : "target") << " | " << c.action << " | "
+      md << "| " << c.step << (std::string(c.strategy) == "scm_rights" ? " (SCM_RIGHTS)" : "") << " | " << (c.source_side ? "source" : "target") << " | " << c.action << " | "
          << promised_text(c.promised) << " | " << (kept ? to_string(got) : "**BROKEN**") << " | " << c.why
          << (c.gap ? std::string(". ") + c.gap : std::string()) << " |\n";
     }
