@@ -26,6 +26,13 @@
 #include <thread>
 
 namespace {
+// Handles a process may gain between two measurements without a leak of ours: Wine's own
+// handles, a pidfd cached for a new peer. Every leak these tests look for grows with the number
+// of moves, which is in the hundreds or thousands.
+constexpr std::uint64_t handle_noise = 8;
+}  // namespace
+
+namespace {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
@@ -479,8 +486,10 @@ TEST(soak, pool_moved_back_and_forth_between_two_processes_without_loss_or_leak)
     RecordProperty(who + "_rss_kib", rss);
     RecordProperty(who + "_private_kib", priv);
     EXPECT_GT(wh, 0u);
-    EXPECT_EQ(mh, wh) << who << " leaked descriptors/handles";
-    EXPECT_EQ(eh, wh) << who << " leaked descriptors/handles";
+    // A leak grows with the moves (thousands here); a few handles the runtime opens or closes on
+    // its own are noise, and a decrease is never a leak.
+    EXPECT_LT(mh, wh + handle_noise) << who << " leaked descriptors/handles: " << handles;
+    EXPECT_LT(eh, wh + handle_noise) << who << " leaked descriptors/handles: " << handles;
     if (memory_is_measurable) {
       EXPECT_LT(ep, wp + memory_bound(wt, et)) << who << " private memory grew after the warm-up";
       EXPECT_LT(er, wr + memory_bound(wt, et) + mover_rings_bytes) << who << " resident memory grew beyond its rings";
@@ -764,7 +773,11 @@ TEST(soak_stall, a_target_that_never_reads_cannot_stall_other_moves_or_traffic_n
   EXPECT_LT(first_full, measure_at) << outcome_text;
   EXPECT_EQ(echo_ok, echo_checks);
   EXPECT_GT(busy_total, 0u);
-  EXPECT_EQ(at_end.handles, at_measure.handles) << "the sender leaked descriptors/handles";
+  // A leak grows with the attempts (200 between the two measurements); a few handles that the
+  // runtime opens or closes on its own (Wine's own handles, a cached pidfd) are noise the test
+  // cannot attribute, and a decrease is never a leak.
+  EXPECT_LT(at_end.handles, at_measure.handles + handle_noise)
+      << "the sender leaked descriptors/handles: " << at_measure.handles << " -> " << at_end.handles;
   const auto bound = memory_bound(at_measure.threads, at_end.threads);
   if (memory_is_measurable) {
     EXPECT_LT(at_end.rss, at_measure.rss + bound) << "the sender's memory grew with the attempts";
