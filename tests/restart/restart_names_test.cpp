@@ -1,0 +1,194 @@
+// Hot restart and the names of a service (outside audit, issue 11, items 4, 12 and 14): one owner
+// per name however many processes start at once, squatted names reported with their owner, inbox
+// names nobody can guess, and `binary=` in a restart request refused unless the service allows it.
+#include <baton/restart.hpp>
+
+#include "restart_support.hpp"
+
+#include "detail/platform.hpp"
+
+#include <baton/spawn.hpp>
+
+#include <boost/asio.hpp>
+
+#include <fstream>
+#include <set>
+
+#ifndef _WIN32
+#include <dirent.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using namespace std::chrono_literals;
+using namespace baton::test;
+
+namespace {
+
+// A generation that starts when `go` appears: args name out go. It writes out.fail.<pid> (the
+// error) if its start fails, else out.gen<generation>.<pid>; the first generation opens a
+// listener and writes its port to out.port. Every connection is answered with this process's pid.
+BATON_TEST_ROLE(race_gen) {
+  const std::string& name = args.at(0);
+  const std::string& out = args.at(1);
+  const std::string& go = args.at(2);
+  const std::string pid = std::to_string(baton::current_process_id());
+  asio::io_context ioc(1);
+  baton::restart_options ro;
+  ro.os_triggers = false;
+  baton::service svc(ioc.get_executor(), name, ro);
+  std::optional<tcp::acceptor> acc;
+  std::function<void()> accept = [&] {
+    svc.async_accept([&](baton::error_code ec, baton::connection c) {
+      if (ec) return;
+      auto reply = std::make_shared<std::string>(pid + "\n");
+      auto conn = std::make_shared<baton::connection>(std::move(c));
+      asio::async_write(*conn, asio::buffer(*reply), [conn, reply](baton::error_code, std::size_t) {});
+      accept();
+    });
+  };
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (!file_exists(go) && std::chrono::steady_clock::now() < until) nap(1ms);
+  svc.async_start([&](baton::error_code ec) {
+    if (ec) {
+      write_file(out + ".fail." + pid, ec.message());
+      ioc.stop();
+      return;
+    }
+    if (svc.generation() == 1) {
+      acc.emplace(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+      const auto port = acc->local_endpoint().port();
+      svc.add_listener(baton::listener(std::move(*acc)));
+      write_file(out + ".port", std::to_string(port));
+    }
+    write_file(out + ".gen" + std::to_string(svc.generation()) + "." + pid, "");
+    accept();
+    svc.async_wait_retired([&](baton::error_code, baton::restart_report) { ioc.stop(); });
+  });
+  ioc.run_for(60s);
+  return 0;
+}
+
+// Removes what dead processes left of a service's channels (the control channel and inboxes,
+// whatever their suffix): a killed generation leaves its inbox behind.
+void remove_service_names(const std::string& service) {
+#ifndef _WIN32
+  const std::string prefix = "baton." + service + ".";
+  std::set<std::string> names{service};
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string f = e->d_name;
+      if (f.rfind(prefix, 0) != 0) continue;
+      const auto dot = f.rfind('.');
+      if (dot > 6) names.insert(f.substr(6, dot - 6));
+    }
+    ::closedir(d);
+  }
+  for (const auto& n : names) {
+    baton::error_code ec;
+    baton::channel::remove_stale(n, ec);
+  }
+#else
+  (void)service;  // Windows names die with the last handle
+#endif
+}
+
+unsigned count_files(const std::string& prefix, const std::vector<std::uint32_t>& pids) {
+  unsigned n = 0;
+  for (auto p : pids) n += file_exists(prefix + std::to_string(p)) ? 1 : 0;
+  return n;
+}
+
+}  // namespace
+
+// Item 4: two processes start one service at the same instant, many times over. Each time exactly
+// one becomes generation 1; the other either takes over from it (generation 2) or fails to start,
+// and the service's control channel (what batonctl reaches) is owned by the process holding the port.
+TEST(restart_names, simultaneous_starts_make_exactly_one_first_generation) {
+#ifdef _WIN32
+  const int runs = 50;
+#else
+  const int runs = 300;
+#endif
+  int double_owner = 0, status_elsewhere = 0, joined = 0, refused = 0;
+  std::string first_problem;
+  for (int run = 0; run < runs; ++run) {
+    const std::string name = unique_name("race");
+    name_guard guard(name);
+    const std::string out = temp_path("race"), go = out + ".go";
+    child a = child::spawn("race_gen", {name, out, go});
+    child b = child::spawn("race_gen", {name, out, go});
+    const std::vector<std::uint32_t> pids{a.pid(), b.pid()};
+    touch(go);
+    // Each process has either started (as some generation) or failed.
+    auto settled = [&] {
+      for (auto p : pids) {
+        const bool any = file_exists(out + ".fail." + std::to_string(p)) ||
+                         file_exists(out + ".gen1." + std::to_string(p)) ||
+                         file_exists(out + ".gen2." + std::to_string(p));
+        if (!any) return false;
+      }
+      return true;
+    };
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (!settled() && std::chrono::steady_clock::now() < until) nap(1ms);
+    ASSERT_TRUE(settled()) << "run " << run << ": a starting process neither started nor failed within 30 s";
+    const unsigned gen1 = count_files(out + ".gen1.", pids), gen2 = count_files(out + ".gen2.", pids);
+    if (gen1 != 1) {
+      ++double_owner;
+      if (first_problem.empty())
+        first_problem = "run " + std::to_string(run) + ": " + std::to_string(gen1) + " processes are generation 1";
+      for (auto p : pids)
+        if (file_exists(out + ".fail." + std::to_string(p)))
+          first_problem += "; " + std::to_string(p) + " failed: " + read_file(out + ".fail." + std::to_string(p));
+    }
+    if (gen2 == 1) {
+      ++joined;
+      // The first generation hands over to the second and exits.
+      for (auto* c : {&a, &b})
+        if (file_exists(out + ".gen1." + std::to_string(c->pid()))) EXPECT_EQ(c->wait(30s), 0) << "run " << run;
+    } else {
+      ++refused;
+    }
+    // batonctl status reaches the process that answers on the service's port.
+    // (The second generation owns the control channel once the first has exited: give it time.)
+    baton::error_code ec;
+    std::string owner = "?";
+    const auto status_until = std::chrono::steady_clock::now() + 20s;
+    while (owner == "?" && std::chrono::steady_clock::now() < status_until) {
+      const auto st = baton::request_status(name, 5s, ec);
+      const auto p = st.find("\npid ");
+      if (!ec && p != std::string::npos) owner = st.substr(p + 5, st.find('\n', p + 5) - p - 5);
+      else nap(5ms);
+    }
+    std::string answer = "none";
+    if (file_exists(out + ".port")) {
+      asio::io_context ioc;
+      tcp::socket s(ioc);
+      s.connect({asio::ip::address_v4::loopback(), static_cast<unsigned short>(std::stoi(read_file(out + ".port")))},
+                ec);
+      set_recv_timeout(s, 10s);
+      asio::streambuf buf;
+      if (!ec) asio::read_until(s, buf, '\n', ec);
+      std::istream(&buf) >> answer;
+    }
+    if (owner != answer) {
+      ++status_elsewhere;
+      if (first_problem.empty())
+        first_problem = "run " + std::to_string(run) + ": status names pid " + owner + ", the port is served by " + answer;
+    }
+    a.kill();
+    b.kill();
+    for (auto pid : pids)
+      for (const char* f : {".fail.", ".gen1.", ".gen2."}) remove_file(out + f + std::to_string(pid));
+    remove_file(out + ".port");
+    remove_file(go);
+    remove_service_names(name);
+  }
+  std::printf("[ RACES    ] %d runs: %d took over from the first, %d refused to start\n", runs, joined, refused);
+  EXPECT_EQ(double_owner, 0) << first_problem;
+  EXPECT_EQ(status_elsewhere, 0) << first_problem;
+}
