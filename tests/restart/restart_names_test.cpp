@@ -1,6 +1,6 @@
-// Hot restart and the names of a service (outside audit, issue 11, items 4, 12 and 14): one owner
-// per name however many processes start at once, squatted names reported with their owner, inbox
-// names nobody can guess, and `binary=` in a restart request refused unless the service allows it.
+// Hot restart and the names of a service (outside audit, issue 11, items 4 and 12): one owner per
+// name however many processes start at once, squatted names reported with their owner, and inbox
+// names nobody can guess.
 #include <baton/restart.hpp>
 
 #include "restart_support.hpp"
@@ -16,6 +16,7 @@
 
 #ifndef _WIN32
 #include <dirent.h>
+#include <fcntl.h>
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -54,7 +55,7 @@ BATON_TEST_ROLE(race_gen) {
   while (!file_exists(go) && std::chrono::steady_clock::now() < until) nap(1ms);
   svc.async_start([&](baton::error_code ec) {
     if (ec) {
-      write_file(out + ".fail." + pid, ec.message());
+      write_file(out + ".fail." + pid, ec.message() + "\n" + svc.last_report().detail);
       ioc.stop();
       return;
     }
@@ -191,4 +192,102 @@ TEST(restart_names, simultaneous_starts_make_exactly_one_first_generation) {
   std::printf("[ RACES    ] %d runs: %d took over from the first, %d refused to start\n", runs, joined, refused);
   EXPECT_EQ(double_owner, 0) << first_problem;
   EXPECT_EQ(status_elsewhere, 0) << first_problem;
+}
+
+namespace {
+
+// Runs `ioc` until `done` or the deadline.
+template <class Pred>
+void run_until(asio::io_context& ioc, Pred done, std::chrono::seconds deadline = 60s) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (!done() && std::chrono::steady_clock::now() < until) {
+    ioc.restart();
+    ioc.run_for(10ms);
+  }
+}
+
+#ifndef _WIN32
+// Objects of another uid under /dev/shm, removed before and after the test (root may remove them).
+struct foreign_objects {
+  std::vector<std::string> paths;
+  ~foreign_objects() {
+    for (const auto& p : paths) ::unlink(p.c_str());
+  }
+  uid_t uid() const {
+    const passwd* pw = ::getpwnam("nobody");
+    return pw ? pw->pw_uid : 65534;
+  }
+  bool add_region(const std::string& path) {
+    ::unlink(path.c_str());
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return false;
+    paths.push_back(path);
+    const bool ok = ::ftruncate(fd, 4096) == 0 && ::fchown(fd, uid(), uid()) == 0;
+    ::close(fd);
+    return ok;
+  }
+  bool add_fifo(const std::string& path) {
+    ::unlink(path.c_str());
+    if (::mkfifo(path.c_str(), 0600) != 0) return false;
+    paths.push_back(path);
+    return ::chown(path.c_str(), uid(), uid()) == 0;
+  }
+};
+#endif
+
+}  // namespace
+
+// Item 12: another uid holds an object of the service's name. The start fails, and what it
+// reports names the object's path and its owner's uid (Linux only: Windows reports the error
+// code alone).
+TEST(restart_names, squatted_service_name_names_its_owner_uid_and_path) {
+#ifdef _WIN32
+  GTEST_SKIP() << "Linux only: the report of a squatted name's owner uid";
+#else
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to create an object owned by another uid";
+  for (const std::string suffix : {"ring", "bell"}) {
+    const std::string name = unique_name("squat");
+    name_guard guard(name);
+    foreign_objects squat;
+    const std::string path = "/dev/shm/baton." + name + "." + suffix;
+    ASSERT_TRUE(suffix == "ring" ? squat.add_region(path) : squat.add_fifo(path)) << path;
+    asio::io_context ioc;
+    baton::restart_options ro;
+    ro.os_triggers = false;
+    baton::service svc(ioc.get_executor(), name, ro);
+    baton::error_code ec = asio::error::would_block;
+    svc.async_start([&](baton::error_code e) { ec = e; });
+    run_until(ioc, [&] { return ec != asio::error::would_block; });
+    ASSERT_TRUE(ec) << "a start must fail while another uid holds " << path;
+    const std::string text = ec.message() + " | " + baton::to_string(svc.last_report(), name);
+    EXPECT_NE(text.find(path), std::string::npos) << text;
+    EXPECT_NE(text.find("uid " + std::to_string(squat.uid())), std::string::npos) << text;
+    std::printf("[ SQUATTED ] %s: %s\n", suffix.c_str(), text.c_str());
+  }
+#endif
+}
+
+// Item 12: another uid creates the inbox names a next generation would have used had they been
+// predictable (service.<pid>) for the next 1,500 pids; a restart still succeeds.
+TEST(restart_names, squatted_inbox_names_of_the_next_pids_do_not_deny_a_restart) {
+#ifdef _WIN32
+  GTEST_SKIP() << "Linux only: needs objects of another uid";
+#else
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to create objects owned by another uid";
+  running_service svc;
+  ASSERT_NE(svc.port, 0);
+  const long pid_max = std::stol(read_file("/proc/sys/kernel/pid_max"));
+  const long last = std::stol(read_file("/proc/sys/kernel/ns_last_pid"));
+  foreign_objects squat;
+  for (long k = 1; k <= 1500; ++k) {
+    const long pid = (last + k) % pid_max;
+    if (pid < 300) continue;
+    ASSERT_TRUE(squat.add_region("/dev/shm/baton." + svc.name + "." + std::to_string(pid) + ".ring"));
+  }
+  baton::error_code ec;
+  const auto r = svc.restart(ec, 60s);
+  EXPECT_FALSE(ec) << ec.message() << " | " << baton::to_string(r, svc.name);
+  EXPECT_EQ(r.new_generation, 2u);
+  EXPECT_EQ(svc.generation(), 2u);
+#endif
 }

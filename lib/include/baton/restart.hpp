@@ -61,6 +61,9 @@ struct restart_options {
 /// The outcome of one hand-over from generation N to N+1.
 struct restart_report {
   error_code ec;                   ///< success, or why the restart failed (N keeps serving)
+  /// More about `ec` where Baton can say it, e.g. for a start that failed with errc::name_in_use
+  /// or errc::not_owner: the squatted objects' paths and owner uids (Linux), and what to do.
+  std::string detail;
   std::uint64_t old_generation = 0, new_generation = 0;
   std::uint32_t old_pid = 0, new_pid = 0;
   std::uint64_t listeners_moved = 0;
