@@ -91,6 +91,10 @@ class category_impl final : public boost::system::error_category {
         return "no live worker has joined the dispatcher; start workers (or wait for them to join)";
       case errc::worker_left:
         return "the worker left its dispatcher and handed its connections to the other workers";
+      case errc::restart_binary_refused:
+        return "the service does not accept a restart request that names an executable; restart without "
+               "--binary (the service runs restart_options::next_binary), or set "
+               "restart_options::allow_restart_binary in the service";
     }
     return "unknown baton error";
   }

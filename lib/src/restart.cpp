@@ -596,6 +596,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   void begin_restart(std::optional<asio::any_completion_handler<void(error_code, restart_report)>> h,
                      std::string reply, std::string binary) {
+    if (!binary.empty() && !opts.allow_restart_binary) {
+      // Whoever can write to the control channel would otherwise choose what this service runs.
+      ++st.restarts_refused;
+      refuse(reply, make_error_code(errc::restart_binary_refused));
+      return;
+    }
     if (ph != phase::serving) {
       const error_code ec = make_error_code(ph == phase::spawning || ph == phase::handing_over ||
                                                     ph == phase::taking_over || ph == phase::joining

@@ -56,6 +56,11 @@ struct restart_options {
   std::size_t max_ready = 1024;
   /// Listen for SIGHUP (Linux) / the named event Local\baton.<service>.restart (Windows).
   bool os_triggers = true;
+  /// Accept a restart request that names the next generation's executable (`batonctl restart
+  /// NAME --binary PATH`, request_restart's `binary`). Off: such a request is refused with
+  /// errc::restart_binary_refused, so that a process able to reach the control channel cannot
+  /// choose what this service runs; next_binary (or this executable) is what restarts.
+  bool allow_restart_binary = false;
 };
 
 /// The outcome of one hand-over from generation N to N+1.
