@@ -231,9 +231,17 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
   }
   // Removers of one region take turns; the first removes it, the others then find the name gone
   // or naming another (new, live) region, and leave it alone.
-  if (::flock(fd, LOCK_EX) != 0) {
-    ec = last_errno();
-    return;
+  // (A remover holds the lock for a few system calls; one held for long is not a remover's.)
+  for (int i = 0; ::flock(fd, LOCK_EX | LOCK_NB) != 0; ++i) {
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      ec = last_errno();
+      return;
+    }
+    if (i == 2000) {
+      ec = errc::name_in_use;
+      return;
+    }
+    ::usleep(1000);
   }
   unsigned char header[256] = {};
   const ssize_t got = ::pread(fd, header, sizeof header, 0);
