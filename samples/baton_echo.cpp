@@ -36,19 +36,22 @@ asio::awaitable<void> session(baton::service& svc, baton::connection c) {
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
   std::string name, listen;
+  bool allow_binary = false;
   for (std::size_t i = 0; i + 1 < args.size(); i += 2) {
     if (args[i] == "--name") name = args[i + 1];
     else if (args[i] == "--listen") listen = args[i + 1];
+    else if (args[i] == "--allow-restart-binary") allow_binary = args[i + 1] == "1";
   }
   const auto colon = listen.rfind(':');
   if (name.empty() || colon == std::string::npos) {
-    std::fprintf(stderr, "usage: baton-echo --name NAME --listen HOST:PORT\n");
+    std::fprintf(stderr, "usage: baton-echo --name NAME --listen HOST:PORT [--allow-restart-binary 1]\n");
     return 2;
   }
   const tcp::endpoint ep(asio::ip::make_address(listen.substr(0, colon)),
                          static_cast<unsigned short>(std::stoi(listen.substr(colon + 1))));
   baton::restart_options opts;
   opts.next_args = args;
+  opts.allow_restart_binary = allow_binary;
   asio::io_context ioc(1);
   baton::service svc(ioc.get_executor(), name, opts);
   int status = 0;

@@ -23,9 +23,11 @@ int main(int argc, char** argv) {
     else if (args[i] == "--listen") listen = args[i + 1];
     else if (args[i] == "--drain-deadline-ms") o.restart.drain_deadline = std::chrono::milliseconds(std::stol(args[i + 1]));
     else if (args[i] == "--ready-timeout-ms") o.restart.ready_timeout = std::chrono::milliseconds(std::stol(args[i + 1]));
+    else if (args[i] == "--allow-restart-binary") o.restart.allow_restart_binary = args[i + 1] == "1";
   }
   if (o.name.empty() || !parse_endpoint(listen, o.listen)) {
-    std::fprintf(stderr, "usage: baton-http --name NAME --listen HOST:PORT [--drain-deadline-ms N] [--ready-timeout-ms N]\n");
+    std::fprintf(stderr, "usage: baton-http --name NAME --listen HOST:PORT [--drain-deadline-ms N] [--ready-timeout-ms N] "
+                 "[--allow-restart-binary 1]\n");
     return 2;
   }
   o.restart.next_args = args;  // the next generation runs with the same command line

@@ -3,6 +3,8 @@
 //   batonctl restart NAME [--binary PATH] [--timeout-ms N]
 //       Starts the next generation of NAME (its own binary, or PATH) and returns once it has
 //       taken over everything: exit 0 and one line of summary; or exit 1 and the reason.
+//       --binary is refused (errc::restart_binary_refused) unless the service allows it
+//       (restart_options::allow_restart_binary; baton-http/baton-echo --allow-restart-binary 1).
 //   batonctl status NAME
 //       Generation, pid, connections and counters of the running generation.
 #include <baton/restart.hpp>

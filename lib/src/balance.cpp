@@ -178,6 +178,8 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
   std::deque<pending_conn> waiting;  // accepted, not yet with a worker
   tcp::acceptor* acc = nullptr;
   bool accepting = false, paused = false, running = false, stopped = false, receiving = false;
+  bool peek_paused = false;
+  std::size_t peeking = 0;  // accepted connections whose first bytes are being read
   std::optional<handler_type> run_handler;
   std::list<std::pair<std::size_t, handler_type>> worker_waiters;
   dispatcher_stats st;
@@ -270,6 +272,16 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
       return;
     }
     paused = false;
+    if (o.max_peeking != 0 && peeking >= o.max_peeking) {
+      // Each peek holds a descriptor until its client has sent enough or peek_timeout passes: a
+      // crowd of slow clients would otherwise hold as many as it likes. The backlog holds the rest.
+      if (!peek_paused) {
+        peek_paused = true;
+        ++st.peek_pauses;
+      }
+      return;
+    }
+    peek_paused = false;
     accepting = true;
     acc->async_accept([self = shared_from_this()](error_code ec, tcp::socket s) {
       self->accepting = false;
@@ -296,8 +308,10 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
       p.client = s.remote_endpoint(ignored);
     }
     p.conn = connection(std::move(s));
-    if (o.peek)
+    if (o.peek) {
+      ++peeking;
       start_peek(std::make_shared<pending_conn>(std::move(p)));
+    }
     else
       dispatch(std::move(p));
     accept_next();
@@ -326,11 +340,13 @@ struct dispatcher::impl : std::enable_shared_from_this<dispatcher::impl> {
 
   void peek_done(std::shared_ptr<pending_conn> p, std::shared_ptr<asio::steady_timer> timer) {
     timer->cancel();
+    --peeking;
     // Whatever was read travels with the connection; a client that closed or timed out is still
     // handed over (the worker sees its bytes, then the end of the stream).
     if (!p->first.empty()) p->conn.push_front_unread(p->first.data(), p->first.size());
     if (stopped) return;
     dispatch(std::move(*p));
+    accept_next();  // a peek slot is free
   }
 
   void dispatch(pending_conn p) {
@@ -696,7 +712,11 @@ std::vector<worker_info> dispatcher::workers() const {
   return out;
 }
 
-dispatcher_stats dispatcher::stats() const { return impl_->st; }
+dispatcher_stats dispatcher::stats() const {
+  auto s = impl_->st;
+  s.peeking = impl_->peeking;
+  return s;
+}
 std::size_t dispatcher::rebalance() { return impl_->rebalance(); }
 
 bool dispatcher::rebalance(std::uint32_t from, std::uint32_t to, std::size_t count) {

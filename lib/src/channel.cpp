@@ -8,6 +8,8 @@
 #include <boost/asio/post.hpp>
 
 #include <bit>
+#include <cstring>
+#include <thread>
 
 namespace baton {
 
@@ -16,11 +18,24 @@ using namespace std::chrono_literals;
 
 channel::impl::~impl() {
   if (receiver) {
-    detail::remove_region(region_name);
-    detail::doorbell::remove(bell_name);
+    // The region goes last: while it holds the name, nobody else can create a channel of it, so
+    // the names removed before it are certainly ours (see remove_stale_channel).
     detail::close_transfer_endpoint(name);
+    detail::doorbell::remove(bell_name);
+    detail::remove_region(region_name);
   }
 }
+
+namespace {
+// The owner pid of a ring header (0 unless the magic is right), at its fixed offset (ring.cpp).
+std::uint32_t header_owner(const void* header, std::size_t bytes) {
+  if (bytes < 40) return 0;
+  std::uint32_t magic = 0, pid = 0;
+  std::memcpy(&magic, header, 4);
+  std::memcpy(&pid, static_cast<const char*>(header) + 36, 4);
+  return magic == detail::ring_magic ? pid : 0;
+}
+}  // namespace
 
 bool channel::valid_name(std::string_view name) noexcept {
   if (name.empty() || name.size() > 64 || name.front() == '.') return false;
@@ -62,19 +77,31 @@ channel channel::create(const executor_type& ex, std::string_view name, const ch
   im->region_name = detail::object_name(im->name, "ring", opts.global_namespace);
   im->bell_name = detail::object_name(im->name, "bell", opts.global_namespace);
   const std::uint32_t slots = std::max<std::uint32_t>(opts.ack_slots, 1);
-  im->region = detail::create_region(im->region_name, detail::ring::mapping_bytes(data_bytes, slots), ec);
+  // The region claims the name, and other processes judge the channel by its header (owner pid),
+  // so it is published with its header already written, before the other objects exist.
+  im->region = detail::create_region(
+      im->region_name, detail::ring::mapping_bytes(data_bytes, slots),
+      [&](void* base, std::size_t size) {
+        im->ring.create(base, size, data_bytes, slots, max_record, detail::current_pid());
+      },
+      ec);
   if (ec) return c;
   im->receiver = true;  // from here on the destructor removes what we created
-  im->bell = detail::doorbell::create(ex, im->bell_name, ec);
-  if (ec) {
-    detail::remove_region(im->region_name);
-    im->receiver = false;
-    return c;
-  }
+  // A transfer endpoint or doorbell of this name is a leftover of a dead owner that did not clean
+  // up: no live channel can have them while we hold the region's name. Remove it (only if it is
+  // this user's) and try again once.
   detail::open_transfer_endpoint(im->name, slots, opts.global_namespace, ec);
+  if (ec == errc::name_in_use) {
+    detail::close_transfer_endpoint(im->name);
+    detail::open_transfer_endpoint(im->name, slots, opts.global_namespace, ec);
+  }
   if (ec) return c;  // the impl's destructor removes what was created
-  im->ring.create(im->region.get_address(), im->region.get_size(), data_bytes, slots, max_record,
-                  detail::current_pid());
+  im->bell = detail::doorbell::create(ex, im->bell_name, ec);
+  if (ec == errc::name_in_use) {
+    detail::doorbell::remove(im->bell_name);
+    im->bell = detail::doorbell::create(ex, im->bell_name, ec);
+  }
+  if (ec) return c;
   c.impl_ = std::move(im);
   return c;
 }
@@ -98,17 +125,31 @@ channel channel::open(const executor_type& ex, std::string_view name, const chan
   im->opts = opts;
   im->region_name = detail::object_name(im->name, "ring", opts.global_namespace);
   im->bell_name = detail::object_name(im->name, "bell", opts.global_namespace);
-  im->region = detail::open_region(im->region_name, ec);
-  if (ec) return c;
-  im->ring.attach(im->region.get_address(), im->region.get_size(), ec);
-  if (ec) return c;
-  im->owner = detail::process_watch(im->ring.identity().owner_pid);
-  if (!im->owner.alive()) {
-    ec = errc::channel_owner_dead;
-    return c;
+  // A channel being created may show a zero header for a moment (Windows, where a mapping's name
+  // is visible from its creation), or not have its doorbell yet: wait for it, briefly.
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    const auto waited = std::chrono::steady_clock::now() - start;
+    im->region = detail::open_region(im->region_name, ec);
+    if (!ec) im->ring.attach(im->region.get_address(), im->region.get_size(), ec);
+    if (ec == errc::bad_channel_header && waited < 500ms) {
+      std::this_thread::sleep_for(1ms);
+      continue;
+    }
+    if (ec) return c;
+    im->owner = detail::process_watch(im->ring.identity().owner_pid);
+    if (!im->owner.alive()) {
+      ec = errc::channel_owner_dead;
+      return c;
+    }
+    im->bell = detail::doorbell::open(im->bell_name, ec);
+    if (ec == errc::channel_not_found && waited < 2s) {
+      std::this_thread::sleep_for(1ms);
+      continue;
+    }
+    if (ec) return c;
+    break;
   }
-  im->bell = detail::doorbell::open(im->bell_name, ec);
-  if (ec) return c;
   // The receiver's limit bounds what it will accept; never send more than that.
   im->opts.limits.max_ticket_bytes =
       std::min<std::size_t>(opts.limits.max_ticket_bytes, im->ring.identity().max_record_bytes);
@@ -129,24 +170,12 @@ void channel::remove_stale(std::string_view name, error_code& ec) {
     ec = errc::invalid_name;
     return;
   }
-  const std::string n(name);
-  const auto region_name = detail::object_name(n, "ring", false);
-  auto region = detail::open_region(region_name, ec);
-  if (!ec && region.get_size() >= detail::ring_header_bytes) {
-    // The owner pid sits at a fixed offset of the header (see ring.cpp).
-    std::uint32_t pid = 0;
-    std::memcpy(&pid, static_cast<const char*>(region.get_address()) + 36, 4);
-    if (detail::process_alive(pid)) {
-      ec = errc::name_in_use;
-      return;
-    }
-  } else if (ec && ec != errc::channel_not_found && ec != errc::bad_channel_header) {
-    return;  // someone else's object: leave it alone
-  }
-  ec.clear();
-  detail::remove_region(region_name);
-  detail::doorbell::remove(detail::object_name(n, "bell", false));
-  detail::close_transfer_endpoint(n);
+  detail::remove_stale_channel(std::string(name), &header_owner, ec);
+}
+
+std::string channel::describe_foreign_objects(std::string_view name) {
+  if (!valid_name(name)) return {};
+  return detail::describe_foreign_objects(std::string(name));
 }
 
 channel::executor_type channel::get_executor() const { return impl_->ex; }

@@ -12,8 +12,9 @@ class category_impl final : public boost::system::error_category {
       case errc::invalid_name:
         return "invalid channel name: use 1-64 characters from A-Z a-z 0-9 . _ -";
       case errc::name_in_use:
-        return "a channel (or another object) with this name already exists; it may be a squatter: "
-               "pick another name, or remove the stale one if it is yours";
+        return "a channel (or another object) with this name already exists, and its owner lives or it "
+               "belongs to another user (a squatter?): pick another name, or remove it if it is stale; "
+               "channel::describe_foreign_objects (restart_report::detail) names another user's objects";
       case errc::channel_not_found:
         return "no channel with this name: start the receiving process first";
       case errc::not_owner:
@@ -90,6 +91,10 @@ class category_impl final : public boost::system::error_category {
         return "no live worker has joined the dispatcher; start workers (or wait for them to join)";
       case errc::worker_left:
         return "the worker left its dispatcher and handed its connections to the other workers";
+      case errc::restart_binary_refused:
+        return "the service does not accept a restart request that names an executable; restart without "
+               "--binary (the service runs restart_options::next_binary), or set "
+               "restart_options::allow_restart_binary in the service";
     }
     return "unknown baton error";
   }

@@ -45,6 +45,16 @@ namespace {
 
 using message = std::map<std::string, std::string>;
 
+// Ten characters of [0-9a-z] from the OS's random source (about 51 bits): with a service name of
+// at most 53 characters, "<service>.<suffix>" stays within a channel name's 64.
+std::string random_suffix() {
+  static constexpr char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+  std::random_device rd;
+  std::string s(10, '0');
+  for (auto& ch : s) ch = digits[rd() % 36];
+  return s;
+}
+
 ticket make_message(const message& m) {
   ticket t;
   t.kind = ticket_kind::control;
@@ -330,17 +340,25 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       else wait_trigger();
     }
     error_code ec;
-    auto ctl = channel::open(ex, name, small_channel(), ec);
-    if (ec == errc::channel_owner_dead) {
-      error_code ignored;
-      channel::remove_stale(name, ignored);
-      ec = errc::channel_not_found;
-    }
-    if (ec == errc::channel_not_found) {
+    channel ctl;
+    for (int attempt = 0;; ++attempt) {
+      ctl = channel::open(ex, name, small_channel(), ec);
+      if (ec == errc::channel_owner_dead) {
+        // remove_stale removes only what it verified dead; a channel created meanwhile stays,
+        // and taking charge below then fails with name_in_use.
+        error_code ignored;
+        channel::remove_stale(name, ignored);
+        ec = errc::channel_not_found;
+      }
+      if (ec != errc::channel_not_found) break;
       gen = 1;
       st.generation = gen;
       take_charge(ec);
-      return finish_start(ec);
+      if (!ec) return finish_start(ec);
+      gen = 0;
+      st.generation = 0;
+      // Another process became generation 1 between our look and our creation: join it instead.
+      if (ec != errc::name_in_use || attempt == 3) return finish_start(ec);
     }
     if (ec) return finish_start(ec);
 
@@ -349,11 +367,19 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     report = {};
     report.old_pid = ctl.owner_pid();
     report.new_pid = pid;
-    const std::string inbox_name = name + "." + std::to_string(pid);
-    error_code ignored;
-    channel::remove_stale(inbox_name, ignored);
-    inbox = std::make_shared<channel>(channel::create(ex, inbox_name, {}, ec));
-    if (ec) return finish_start(ec);
+    // The inbox's name is unpredictable, so that nobody can hold it in advance and deny the
+    // restart; the hello carries it. (A name of the service plus the pid could be squatted for
+    // every pid to come.) A name taken by chance or on purpose is simply not used.
+    std::string inbox_name;
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      inbox_name = name + "." + random_suffix();
+      inbox = std::make_shared<channel>(channel::create(ex, inbox_name, {}, ec));
+      if (ec != errc::name_in_use) break;
+    }
+    if (ec) {
+      inbox.reset();
+      return finish_start(ec);
+    }
     receive_inbox();
     hello_sender = std::make_shared<channel>(std::move(ctl));
     t_hello = clock_type::now();
@@ -370,6 +396,9 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   void finish_start(error_code ec) {
     if (ec) {
+      report.ec = ec;
+      // Someone else's object under the service's name: say whose, and where, and what to do.
+      if (ec == errc::name_in_use || ec == errc::not_owner) report.detail = channel::describe_foreign_objects(name);
       ph = phase::closed;
       if (trigger) {
         trigger->cancel();
@@ -567,6 +596,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
 
   void begin_restart(std::optional<asio::any_completion_handler<void(error_code, restart_report)>> h,
                      std::string reply, std::string binary) {
+    if (!binary.empty() && !opts.allow_restart_binary) {
+      // Whoever can write to the control channel would otherwise choose what this service runs.
+      ++st.restarts_refused;
+      refuse(reply, make_error_code(errc::restart_binary_refused));
+      return;
+    }
     if (ph != phase::serving) {
       const error_code ec = make_error_code(ph == phase::spawning || ph == phase::handing_over ||
                                                     ph == phase::taking_over || ph == phase::joining
@@ -1037,7 +1072,7 @@ std::string to_string(const restart_report& r, const std::string& service_name) 
   char buf[512];
   if (r.ec) {
     std::snprintf(buf, sizeof buf, "restart of %s failed: %s", service_name.c_str(), r.ec.message().c_str());
-    return buf;
+    return r.detail.empty() ? std::string(buf) : std::string(buf) + " (" + r.detail + ")";
   }
   std::snprintf(buf, sizeof buf,
                 "restarted %s: generation %llu -> %llu, pid %u -> %u, %llu connections moved, hand-over %.1f ms, "

@@ -522,4 +522,93 @@ TEST(balance, workers_join_and_leave_under_load_without_a_failed_request) {
   EXPECT_EQ(st.dropped, 0u);
 }
 
+// Slow clients (issue 11 item 13): args port count seconds. Opens `count` connections to the
+// port at once, sends one byte on each and then nothing, and holds them for `seconds`.
+BATON_TEST_ROLE(slow_clients) {
+  baton::test::raise_fd_limit();
+  const auto port = static_cast<unsigned short>(std::stoi(args.at(0)));
+  const std::size_t count = std::stoul(args.at(1));
+  const auto seconds = std::chrono::seconds(std::stol(args.at(2)));
+  asio::io_context ioc(1);
+  const tcp::endpoint ep(asio::ip::address_v4::loopback(), port);
+  std::vector<std::unique_ptr<tcp::socket>> socks(count);
+  static const char one = 'G';
+  char sink[16];
+  for (std::size_t k = 0; k < count; ++k) {
+    socks[k] = std::make_unique<tcp::socket>(ioc);
+    socks[k]->async_connect(ep, [&, k](baton::error_code ec) {
+      if (ec) return;
+      asio::async_write(*socks[k], asio::buffer(&one, 1), [](baton::error_code, std::size_t) {});
+      socks[k]->async_read_some(asio::buffer(sink), [](baton::error_code, std::size_t) {});
+    });
+  }
+  ioc.run_for(seconds);
+  return 0;
+}
+
+// Item 13 of issue 11: connections being peeked count toward the dispatcher's limit. Thousands of
+// clients that send one byte and then nothing (each would hold a dispatcher descriptor for
+// peek_timeout) leave the dispatcher's descriptors bounded by max_peeking, and healthy clients,
+// which wait in the backlog like everybody else, keep being served.
+TEST(balance, slow_clients_being_peeked_are_bounded_and_healthy_clients_are_served) {
+#ifdef _WIN32
+  // Fewer, slower peeks under Wine: a peek that lasts is what holds a handle.
+  const std::size_t slow = 300, limit = 32;
+  const auto peek_timeout = 1000ms;
+#else
+  const std::size_t slow = 5000, limit = 128;
+  const auto peek_timeout = 100ms;
+#endif
+  auto o = with_policy(balance::policy::round_robin);
+  o.peek = [](std::span<const std::byte> b) { return std::find(b.begin(), b.end(), std::byte{'\n'}) != b.end(); };
+  o.peek_timeout = peek_timeout;
+  o.max_peeking = limit;
+  balance_rig rig(o, {"serve", "serve"});
+  ASSERT_TRUE(rig.ready());
+  {
+    client_conn warm;  // every lazily opened handle of the dispatcher exists before the baseline
+    ASSERT_TRUE(warm.open(rig.port));
+    ASSERT_GE(warm.request("warm", true), 0);
+  }
+  const std::uint64_t baseline = baton::test::measure_process().handles;
+  std::atomic<std::uint64_t> peak{baseline};
+  std::atomic<bool> sampling{true};
+  std::thread sampler([&] {
+    while (sampling) {
+      const auto h = baton::test::measure_process().handles;
+      if (h > peak) peak = h;
+      std::this_thread::sleep_for(2ms);
+    }
+  });
+  auto slowloris = baton::test::child::spawn("slow_clients", {std::to_string(rig.port), std::to_string(slow), "120"});
+  // Let the slow clients arrive first: healthy clients come behind them.
+  rig.settle([&] { return rig.d->stats().accepted >= limit; }, 30s);
+  std::atomic<unsigned> ok{0}, failures{0};
+  std::vector<std::thread> healthy;
+  for (unsigned t = 0; t < 4; ++t)
+    healthy.emplace_back([&, t] {
+      for (unsigned k = 0; k < 10; ++k) {
+        client_conn c;
+        if (!c.open(rig.port) || c.request(std::to_string(t) + "." + std::to_string(k), true) < 0)
+          ++failures;
+        else
+          ++ok;
+      }
+    });
+  for (auto& t : healthy) t.join();
+  const auto st = rig.on_io([&] { return rig.d->stats(); });
+  sampling = false;
+  sampler.join();
+  slowloris.kill();
+  std::printf("[ SLOWLORIS] %zu slow clients: %llu accepted, %llu peek pauses; dispatcher handles %llu -> peak %llu\n",
+              slow, static_cast<unsigned long long>(st.accepted), static_cast<unsigned long long>(st.peek_pauses),
+              static_cast<unsigned long long>(baseline), static_cast<unsigned long long>(peak.load()));
+  EXPECT_EQ(failures, 0u);
+  EXPECT_EQ(ok, 40u);
+  // Peeks, hand-offs in flight (max_in_flight per worker), the healthy clients' own sockets,
+  // and some slack for the reactor and the transfer layer.
+  EXPECT_LE(peak.load(), baseline + limit + 2 * o.max_in_flight + 64);
+  EXPECT_GT(st.peek_pauses, 0u);
+}
+
 }  // namespace

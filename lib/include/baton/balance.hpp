@@ -80,6 +80,11 @@ struct dispatcher_options {
   std::function<bool(std::span<const std::byte>)> peek;
   std::size_t peek_max = 4096;
   std::chrono::milliseconds peek_timeout{2000};
+  /// Connections being peeked at once (each holds a descriptor for up to peek_timeout, however
+  /// slowly its client sends). At this many the dispatcher stops accepting until a peek ends, and
+  /// the kernel's backlog holds new clients, so that slow clients cannot exhaust its descriptors.
+  /// 0: no limit.
+  std::size_t max_peeking = 256;
   /// Per hand-off: its timeout is how long a worker may take to ack before the connection goes
   /// elsewhere.
   move_options move{};
@@ -103,6 +108,8 @@ struct dispatcher_stats {
   std::uint64_t dispatched = 0;      ///< hand-offs acknowledged by a worker
   std::uint64_t taken_back = 0;      ///< hand-offs that came back (worker died, refused, timed out, full)
   std::uint64_t pauses = 0;          ///< times accepting stopped because every worker was saturated
+  std::uint64_t peek_pauses = 0;     ///< times accepting stopped because max_peeking peeks were under way
+  std::uint64_t peeking = 0;         ///< connections being peeked now
   std::uint64_t worker_joins = 0;
   std::uint64_t worker_deaths = 0;   ///< workers that exited without leaving
   std::uint64_t restarts = 0;        ///< workers started again after dying

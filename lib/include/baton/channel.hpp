@@ -77,8 +77,15 @@ class channel {
   static channel open(const executor_type& ex, std::string_view name, const channel_options& opts = {});
 
   /// Removes the names of a channel whose receiver died without cleaning up (POSIX; no-op on
-  /// Windows, where names vanish with their last handle). Refuses a channel whose owner lives.
+  /// Windows, where names vanish with their last handle). Refuses (errc::name_in_use) a channel
+  /// whose owner lives or that is being created, and leaves another user's objects alone
+  /// (errc::not_owner). Removes only objects it verified, never a newer channel of the same name.
   static void remove_stale(std::string_view name, error_code& ec);
+
+  /// Which of the objects of channel `name` belong to another user (a squatter, or another user's
+  /// service of the same name): their paths and owner uids, and what to do about them. Empty if
+  /// none does. Linux only: empty on Windows. Thread-safe.
+  static std::string describe_foreign_objects(std::string_view name);
 
   /// True for 1-64 characters from [A-Za-z0-9._-], not starting with '.'.
   static bool valid_name(std::string_view name) noexcept;

@@ -52,6 +52,8 @@ enum class errc {
   session_moved,             ///< the worker handed this session's connection to another process
   no_worker,                 ///< no live worker has joined the dispatcher
   worker_left,               ///< the worker has left its dispatcher (scale-down)
+  // Hot restart (continued).
+  restart_binary_refused,    ///< a restart request named an executable; the service does not allow it
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

@@ -56,11 +56,19 @@ struct restart_options {
   std::size_t max_ready = 1024;
   /// Listen for SIGHUP (Linux) / the named event Local\baton.<service>.restart (Windows).
   bool os_triggers = true;
+  /// Accept a restart request that names the next generation's executable (`batonctl restart
+  /// NAME --binary PATH`, request_restart's `binary`). Off: such a request is refused with
+  /// errc::restart_binary_refused, so that a process able to reach the control channel cannot
+  /// choose what this service runs; next_binary (or this executable) is what restarts.
+  bool allow_restart_binary = false;
 };
 
 /// The outcome of one hand-over from generation N to N+1.
 struct restart_report {
   error_code ec;                   ///< success, or why the restart failed (N keeps serving)
+  /// More about `ec` where Baton can say it, e.g. for a start that failed with errc::name_in_use
+  /// or errc::not_owner: the squatted objects' paths and owner uids (Linux), and what to do.
+  std::string detail;
   std::uint64_t old_generation = 0, new_generation = 0;
   std::uint32_t old_pid = 0, new_pid = 0;
   std::uint64_t listeners_moved = 0;

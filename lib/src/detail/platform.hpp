@@ -27,10 +27,31 @@ std::string object_name(const std::string& name, const char* suffix, bool global
 /// Creates a private (owner-only) shared memory region; fails with errc::name_in_use if the name
 /// exists. The region is zero-filled.
 boost::interprocess::mapped_region create_region(const std::string& os_name, std::size_t size, error_code& ec);
+/// Like create_region, but `init` fills the region before any other process can open it by name:
+/// POSIX creates it under a private name and links it into place (failing with errc::name_in_use
+/// if the name exists by then); Windows runs `init` right after creation, and openers wait for a
+/// header that is still zero (see channel::open).
+using region_init = std::function<void(void* base, std::size_t size)>;
+boost::interprocess::mapped_region create_region(const std::string& os_name, std::size_t size, const region_init& init,
+                                                 error_code& ec);
 /// Opens an existing region, refusing one not owned by the caller's user (errc::not_owner).
 boost::interprocess::mapped_region open_region(const std::string& os_name, error_code& ec);
 /// Removes the region's name (POSIX unlink; a no-op on Windows where names die with their last handle).
 void remove_region(const std::string& os_name) noexcept;
+
+/// Removes the names of channel `name` if its receiver is dead. `owner_of` reads the owner pid
+/// from the first bytes of the region (0: no valid header). errc::name_in_use while the owner lives
+/// or the region is young and has no valid header yet; errc::not_owner for another user's object
+/// (left alone). POSIX removes only what it verified: under an exclusive lock of the region it
+/// checked, and only while the name still names that region; the doorbell and the transfer
+/// endpoint go before the region, so that no new channel of the name can exist meanwhile.
+/// Windows removes nothing (names die with their last handle) but reports the same errors.
+using owner_reader = std::function<std::uint32_t(const void* header, std::size_t bytes)>;
+void remove_stale_channel(const std::string& name, const owner_reader& owner_of, error_code& ec);
+
+/// Says which of channel `name`'s objects belong to another user, with their paths and owners,
+/// and what to do; empty if none does (or the platform cannot tell: Windows).
+std::string describe_foreign_objects(const std::string& name);
 
 /// Per-channel endpoint of the transfer layer on the receiving side (Linux: the Unix socket that
 /// SCM_RIGHTS pushes arrive on; Windows: a table with one entry per ack slot, in which a source
@@ -115,7 +136,7 @@ class doorbell {
   static doorbell create(const boost::asio::any_io_executor& ex, const std::string& os_name, error_code& ec);
   /// Ringing end.
   static doorbell open(const std::string& os_name, error_code& ec);
-  /// Removes the name (POSIX only).
+  /// Removes the name (POSIX only), if it is a FIFO of this user.
   static void remove(const std::string& os_name) noexcept;
 
   /// Wakes the receiver. Async-signal-safe in spirit: one system call, never blocks.

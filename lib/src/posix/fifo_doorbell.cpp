@@ -78,7 +78,11 @@ doorbell doorbell::open(const std::string& os_name, error_code& ec) {
   return d;
 }
 
-void doorbell::remove(const std::string& os_name) noexcept { ::unlink(fifo_path(os_name).c_str()); }
+void doorbell::remove(const std::string& os_name) noexcept {
+  const auto path = fifo_path(os_name);
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode) && st.st_uid == ::geteuid()) ::unlink(path.c_str());
+}
 
 void doorbell::ring() noexcept {
   if (!impl_ || impl_->write_fd < 0) return;

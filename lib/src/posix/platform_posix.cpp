@@ -4,6 +4,11 @@
 #include <boost/interprocess/shared_memory_object.hpp>
 
 #include <atomic>
+#include <cstdio>
+#include <ctime>
+#include <pwd.h>
+#include <random>
+#include <sys/file.h>
 #include <cerrno>
 #include <pthread.h>
 #include <csignal>
@@ -44,8 +49,12 @@ namespace {
 error_code last_errno() { return {errno, boost::system::system_category()}; }
 }  // namespace
 
-bip::mapped_region create_region(const std::string& os_name, std::size_t size, error_code& ec) {
-  ec.clear();
+namespace {
+std::string shm_path(const std::string& os_name) { return "/dev/shm" + os_name; }
+
+// Creates a region (O_EXCL, mode 0600 whatever the umask) and maps it; on failure the name is
+// removed again.
+bip::mapped_region make_region(const std::string& os_name, std::size_t size, error_code& ec) {
   // shm_open directly rather than through bip::shared_memory_object: O_EXCL and mode 0600 must be
   // applied atomically at creation, and the umask must not widen or narrow them.
   int fd = ::shm_open(os_name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -70,6 +79,35 @@ bip::mapped_region create_region(const std::string& os_name, std::size_t size, e
     ec = {e.get_native_error() ? e.get_native_error() : EIO, boost::system::system_category()};
     return {};
   }
+}
+}  // namespace
+
+bip::mapped_region create_region(const std::string& os_name, std::size_t size, error_code& ec) {
+  ec.clear();
+  return make_region(os_name, size, ec);
+}
+
+bip::mapped_region create_region(const std::string& os_name, std::size_t size, const region_init& init,
+                                 error_code& ec) {
+  ec.clear();
+  // Other processes decide from the header whether a channel is live (its owner pid) or stale:
+  // the name must never be visible before the header is. So the region is made and filled under
+  // a private name, then linked into place; link() fails if the name exists, which keeps O_EXCL's
+  // one-owner guarantee.
+  std::random_device rd;
+  char tmp[64];
+  std::snprintf(tmp, sizeof tmp, "/baton-creating.%u.%08x%08x", static_cast<unsigned>(::getpid()), rd(), rd());
+  auto region = make_region(tmp, size, ec);
+  if (ec) return {};
+  init(region.get_address(), region.get_size());
+  const int rc = ::link(shm_path(tmp).c_str(), shm_path(os_name).c_str());
+  const int err = errno;
+  ::shm_unlink(tmp);
+  if (rc != 0) {
+    ec = err == EEXIST ? make_error_code(errc::name_in_use) : error_code(err, boost::system::system_category());
+    return {};
+  }
+  return region;
 }
 
 bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
@@ -165,6 +203,82 @@ void kill_process_hard(std::uint32_t pid) noexcept {
     if (!w.alive()) return;
     ::usleep(1000);
   }
+}
+
+void remove_stale_channel(const std::string& name, const owner_reader& owner_of, error_code& ec) {
+  ec.clear();
+  const std::string region = object_name(name, "ring", false);
+  const std::string path = shm_path(region);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    // No region: nothing is verifiably stale. A doorbell or transfer endpoint left without one
+    // is removed by the next creator, who holds the region's name when it finds them.
+    if (errno != ENOENT) ec = errno == ELOOP ? make_error_code(errc::not_owner) : last_errno();
+    return;
+  }
+  struct closer {
+    int fd;
+    ~closer() { ::close(fd); }  // also releases the lock
+  } guard{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ec = last_errno();
+    return;
+  }
+  if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid()) {
+    ec = errc::not_owner;  // someone else's object: never ours to remove
+    return;
+  }
+  // Removers of one region take turns; the first removes it, the others then find the name gone
+  // or naming another (new, live) region, and leave it alone.
+  // (A remover holds the lock for a few system calls; one held for long is not a remover's.)
+  for (int i = 0; ::flock(fd, LOCK_EX | LOCK_NB) != 0; ++i) {
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      ec = last_errno();
+      return;
+    }
+    if (i == 2000) {
+      ec = errc::name_in_use;
+      return;
+    }
+    ::usleep(1000);
+  }
+  unsigned char header[256] = {};
+  const ssize_t got = ::pread(fd, header, sizeof header, 0);
+  const std::uint32_t pid = got > 0 ? owner_of(header, static_cast<std::size_t>(got)) : 0;
+  if (pid != 0 && process_alive(pid)) {
+    ec = errc::name_in_use;
+    return;
+  }
+  // Baton publishes a region only with its header written; one without a valid header that is
+  // only seconds old may be an older Baton's channel being created. Leave it alone for a while.
+  if (pid == 0 && std::time(nullptr) - st.st_ctime < 5) {
+    ec = errc::name_in_use;
+    return;
+  }
+  struct stat now {};
+  if (::lstat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) return;
+  // While the stale region holds the name no new channel of it can be created, so its doorbell
+  // and transfer endpoint are the dead owner's: remove them first, the region last.
+  close_transfer_endpoint(name);
+  doorbell::remove(object_name(name, "bell", false));
+  ::unlink(path.c_str());
+}
+
+std::string describe_foreign_objects(const std::string& name) {
+  std::string out;
+  for (const char* suffix : {"ring", "bell", "sock"}) {
+    const std::string path = shm_path(object_name(name, suffix, false));
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || st.st_uid == ::geteuid()) continue;
+    std::string owner = "uid " + std::to_string(st.st_uid);
+    if (const passwd* pw = ::getpwuid(st.st_uid)) owner += " (" + std::string(pw->pw_name) + ")";
+    if (!out.empty()) out += "; ";
+    out += path + " belongs to " + owner + ", not to uid " + std::to_string(::geteuid()) +
+           " (this process): if that user does not run this service, the name is squatted; remove the "
+           "object as root or as that user (rm " + path + "), or use another name";
+  }
+  return out;
 }
 
 }  // namespace baton::detail

@@ -38,6 +38,16 @@ bip::mapped_region create_region(const std::string& os_name, std::size_t size, e
   }
 }
 
+bip::mapped_region create_region(const std::string& os_name, std::size_t size, const region_init& init,
+                                 error_code& ec) {
+  // A mapping cannot be created under one name and renamed: the name is visible from creation
+  // on, with a zero header until `init` has run. channel::open waits for the header, and
+  // remove_stale_channel treats a zero header as a channel being created.
+  auto region = create_region(os_name, size, ec);
+  if (!ec) init(region.get_address(), region.get_size());
+  return region;
+}
+
 bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
   ec.clear();
   // Boost opens without READ_CONTROL, which reading the security descriptor needs, so we hold a
@@ -75,6 +85,23 @@ bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
 }
 
 void remove_region(const std::string&) noexcept {}
+
+void remove_stale_channel(const std::string& name, const owner_reader& owner_of, error_code& ec) {
+  ec.clear();
+  // Names die with their last handle: there is nothing to remove, only the same answer to give
+  // as on POSIX about whether the name is in use.
+  auto region = open_region(object_name(name, "ring", false), ec);
+  if (ec == errc::channel_not_found) {
+    ec.clear();
+    return;
+  }
+  if (ec) return;
+  const std::uint32_t pid = owner_of(region.get_address(), region.get_size());
+  // A zero header belongs to a channel being created (a dead creator's name would be gone).
+  if (pid == 0 || process_alive(pid)) ec = errc::name_in_use;
+}
+
+std::string describe_foreign_objects(const std::string&) { return {}; }
 
 
 process_watch::process_watch() noexcept = default;

@@ -39,12 +39,40 @@ std::wstring current_user_sid(error_code& ec) {
   return out;
 }
 
+std::wstring owner_only_sddl(const std::wstring& user_sid, bool high_integrity) {
+  // Specific rights as well as GA: Wine does not map generic rights on stored ACEs when an
+  // object is opened by name. 0x001F001F covers SECTION_ALL_ACCESS and EVENT_ALL_ACCESS.
+  std::wstring sddl = L"O:" + user_sid + L"D:P(A;;GA;;;" + user_sid + L")(A;;0x001F001F;;;" + user_sid + L")(A;;GA;;;SY)";
+  // The DACL admits every process of the user, whatever its integrity level. An elevated
+  // service's objects get a high mandatory label, so that a medium-integrity process of the same
+  // user (no write up) cannot write to its rings, ring its doorbells, or fire its restart event.
+  if (high_integrity) sddl += L"S:(ML;;NW;;;HI)";
+  return sddl;
+}
+
+bool process_is_high_integrity() noexcept {
+  HANDLE tok = nullptr;
+  if (!::OpenProcessToken(::GetCurrentProcess(), TOKEN_QUERY, &tok)) return false;
+  bool high = false;
+  DWORD len = 0;
+  ::GetTokenInformation(tok, TokenIntegrityLevel, nullptr, 0, &len);
+  std::vector<unsigned char> buf(len);
+  if (len && ::GetTokenInformation(tok, TokenIntegrityLevel, buf.data(), len, &len)) {
+    PSID sid = reinterpret_cast<TOKEN_MANDATORY_LABEL*>(buf.data())->Label.Sid;
+    const DWORD rid = *::GetSidSubAuthority(sid, *::GetSidSubAuthorityCount(sid) - 1);
+    high = rid >= SECURITY_MANDATORY_HIGH_RID;
+  } else {
+    TOKEN_ELEVATION elevation{};
+    if (::GetTokenInformation(tok, TokenElevation, &elevation, sizeof elevation, &len)) high = elevation.TokenIsElevated;
+  }
+  ::CloseHandle(tok);
+  return high;
+}
+
 owner_only_security::owner_only_security(error_code& ec) {
   auto sid = current_user_sid(ec);
   if (ec) return;
-  // Specific rights as well as GA: Wine does not map generic rights on stored ACEs when an
-  // object is opened by name. 0x001F001F covers SECTION_ALL_ACCESS and EVENT_ALL_ACCESS.
-  std::wstring sddl = L"O:" + sid + L"D:P(A;;GA;;;" + sid + L")(A;;0x001F001F;;;" + sid + L")(A;;GA;;;SY)";
+  const std::wstring sddl = owner_only_sddl(sid, process_is_high_integrity());
   if (!::ConvertStringSecurityDescriptorToSecurityDescriptorW(sddl.c_str(), SDDL_REVISION_1, &sd_, nullptr)) {
     ec = last_error();
     return;

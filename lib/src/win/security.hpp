@@ -9,7 +9,8 @@
 
 namespace baton::detail {
 
-/// SECURITY_ATTRIBUTES with DACL "D:P(A;;GA;;;<user>)(A;;GA;;;SY)". Non-inheritable.
+/// SECURITY_ATTRIBUTES with DACL "D:P(A;;GA;;;<user>)(A;;GA;;;SY)" and, in an elevated process,
+/// a high mandatory label (owner_only_sddl). Non-inheritable.
 class owner_only_security {
  public:
   explicit owner_only_security(error_code& ec);
@@ -22,6 +23,13 @@ class owner_only_security {
   SECURITY_ATTRIBUTES sa_{};
   PSECURITY_DESCRIPTOR sd_ = nullptr;
 };
+
+/// The SDDL of owner_only_security: owner and DACL for `user_sid` (and SYSTEM), plus the
+/// mandatory label S:(ML;;NW;;;HI) when `high_integrity` (the process is elevated).
+std::wstring owner_only_sddl(const std::wstring& user_sid, bool high_integrity);
+
+/// True when this process's token has a high (or higher) integrity level, or is elevated.
+bool process_is_high_integrity() noexcept;
 
 /// The current user's SID as a string ("S-1-5-21-...").
 std::wstring current_user_sid(error_code& ec);

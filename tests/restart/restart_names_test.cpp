@@ -1,0 +1,384 @@
+// Hot restart and the names of a service (outside audit, issue 11, items 4, 12 and 14): one owner
+// per name however many processes start at once, squatted names reported with their owner, inbox
+// names nobody can guess, and `binary=` in a restart request refused unless the service allows it.
+#include <baton/restart.hpp>
+
+#include "restart_support.hpp"
+
+#include "detail/platform.hpp"
+
+#include <baton/spawn.hpp>
+
+#include <boost/asio.hpp>
+
+#include <fstream>
+#include <set>
+
+#ifdef _WIN32
+#include "win/security.hpp"
+#endif
+
+#ifndef _WIN32
+#include <dirent.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using namespace std::chrono_literals;
+using namespace baton::test;
+
+namespace {
+
+// A generation that starts when `go` appears: args name out go. It writes out.fail.<pid> (the
+// error) if its start fails, else out.gen<generation>.<pid>; the first generation opens a
+// listener and writes its port to out.port. Every connection is answered with this process's pid.
+BATON_TEST_ROLE(race_gen) {
+  const std::string& name = args.at(0);
+  const std::string& out = args.at(1);
+  const std::string& go = args.at(2);
+  const std::string pid = std::to_string(baton::current_process_id());
+  asio::io_context ioc(1);
+  baton::restart_options ro;
+  ro.os_triggers = false;
+  baton::service svc(ioc.get_executor(), name, ro);
+  std::optional<tcp::acceptor> acc;
+  std::function<void()> accept = [&] {
+    svc.async_accept([&](baton::error_code ec, baton::connection c) {
+      if (ec) return;
+      auto reply = std::make_shared<std::string>(pid + "\n");
+      auto conn = std::make_shared<baton::connection>(std::move(c));
+      asio::async_write(*conn, asio::buffer(*reply), [conn, reply](baton::error_code, std::size_t) {});
+      accept();
+    });
+  };
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (!file_exists(go) && std::chrono::steady_clock::now() < until) nap(1ms);
+  svc.async_start([&](baton::error_code ec) {
+    if (ec) {
+      write_file(out + ".fail." + pid, ec.message() + "\n" + svc.last_report().detail);
+      ioc.stop();
+      return;
+    }
+    if (svc.generation() == 1) {
+      acc.emplace(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+      const auto port = acc->local_endpoint().port();
+      svc.add_listener(baton::listener(std::move(*acc)));
+      write_file(out + ".port", std::to_string(port));
+    }
+    write_file(out + ".gen" + std::to_string(svc.generation()) + "." + pid, "");
+    accept();
+    svc.async_wait_retired([&](baton::error_code, baton::restart_report) { ioc.stop(); });
+  });
+  ioc.run_for(60s);
+  return 0;
+}
+
+// Removes what dead processes left of a service's channels (the control channel and inboxes,
+// whatever their suffix): a killed generation leaves its inbox behind.
+void remove_service_names(const std::string& service) {
+#ifndef _WIN32
+  const std::string prefix = "baton." + service + ".";
+  std::set<std::string> names{service};
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string f = e->d_name;
+      if (f.rfind(prefix, 0) != 0) continue;
+      const auto dot = f.rfind('.');
+      if (dot > 6) names.insert(f.substr(6, dot - 6));
+    }
+    ::closedir(d);
+  }
+  for (const auto& n : names) {
+    baton::error_code ec;
+    baton::channel::remove_stale(n, ec);
+  }
+#else
+  (void)service;  // Windows names die with the last handle
+#endif
+}
+
+unsigned count_files(const std::string& prefix, const std::vector<std::uint32_t>& pids) {
+  unsigned n = 0;
+  for (auto p : pids) n += file_exists(prefix + std::to_string(p)) ? 1 : 0;
+  return n;
+}
+
+}  // namespace
+
+// Item 4: two processes start one service at the same instant, many times over. Each time exactly
+// one becomes generation 1; the other either takes over from it (generation 2) or fails to start,
+// and the service's control channel (what batonctl reaches) is owned by the process holding the port.
+TEST(restart_names, simultaneous_starts_make_exactly_one_first_generation) {
+#ifdef _WIN32
+  const int runs = 50;
+#else
+  const int runs = 300;
+#endif
+  int double_owner = 0, status_elsewhere = 0, joined = 0, refused = 0;
+  std::string first_problem;
+  for (int run = 0; run < runs; ++run) {
+    const std::string name = unique_name("race");
+    name_guard guard(name);
+    const std::string out = temp_path("race"), go = out + ".go";
+    child a = child::spawn("race_gen", {name, out, go});
+    child b = child::spawn("race_gen", {name, out, go});
+    const std::vector<std::uint32_t> pids{a.pid(), b.pid()};
+    touch(go);
+    // Each process has either started (as some generation) or failed.
+    auto settled = [&] {
+      for (auto p : pids) {
+        const bool any = file_exists(out + ".fail." + std::to_string(p)) ||
+                         file_exists(out + ".gen1." + std::to_string(p)) ||
+                         file_exists(out + ".gen2." + std::to_string(p));
+        if (!any) return false;
+      }
+      return true;
+    };
+    const auto until = std::chrono::steady_clock::now() + 30s;
+    while (!settled() && std::chrono::steady_clock::now() < until) nap(1ms);
+    ASSERT_TRUE(settled()) << "run " << run << ": a starting process neither started nor failed within 30 s";
+    const unsigned gen1 = count_files(out + ".gen1.", pids), gen2 = count_files(out + ".gen2.", pids);
+    if (gen1 != 1) {
+      ++double_owner;
+      if (first_problem.empty())
+        first_problem = "run " + std::to_string(run) + ": " + std::to_string(gen1) + " processes are generation 1";
+      for (auto p : pids)
+        if (file_exists(out + ".fail." + std::to_string(p)))
+          first_problem += "; " + std::to_string(p) + " failed: " + read_file(out + ".fail." + std::to_string(p));
+    }
+    if (gen2 == 1) {
+      ++joined;
+      // The first generation hands over to the second and exits.
+      for (auto* c : {&a, &b})
+        if (file_exists(out + ".gen1." + std::to_string(c->pid()))) EXPECT_EQ(c->wait(30s), 0) << "run " << run;
+    } else {
+      ++refused;
+    }
+    // batonctl status reaches the process that answers on the service's port.
+    // (The second generation owns the control channel once the first has exited: give it time.)
+    baton::error_code ec;
+    std::string owner = "?";
+    const auto status_until = std::chrono::steady_clock::now() + 20s;
+    while (owner == "?" && std::chrono::steady_clock::now() < status_until) {
+      const auto st = baton::request_status(name, 5s, ec);
+      const auto p = st.find("\npid ");
+      if (!ec && p != std::string::npos) owner = st.substr(p + 5, st.find('\n', p + 5) - p - 5);
+      else nap(5ms);
+    }
+    std::string answer = "none";
+    if (file_exists(out + ".port")) {
+      asio::io_context ioc;
+      tcp::socket s(ioc);
+      s.connect({asio::ip::address_v4::loopback(), static_cast<unsigned short>(std::stoi(read_file(out + ".port")))},
+                ec);
+      set_recv_timeout(s, 10s);
+      asio::streambuf buf;
+      if (!ec) asio::read_until(s, buf, '\n', ec);
+      std::istream(&buf) >> answer;
+    }
+    if (owner != answer) {
+      ++status_elsewhere;
+      if (first_problem.empty())
+        first_problem = "run " + std::to_string(run) + ": status names pid " + owner + ", the port is served by " + answer;
+    }
+    a.kill();
+    b.kill();
+    for (auto pid : pids)
+      for (const char* f : {".fail.", ".gen1.", ".gen2."}) remove_file(out + f + std::to_string(pid));
+    remove_file(out + ".port");
+    remove_file(go);
+    remove_service_names(name);
+  }
+  std::printf("[ RACES    ] %d runs: %d took over from the first, %d refused to start\n", runs, joined, refused);
+  EXPECT_EQ(double_owner, 0) << first_problem;
+  EXPECT_EQ(status_elsewhere, 0) << first_problem;
+}
+
+namespace {
+
+// Runs `ioc` until `done` or the deadline.
+template <class Pred>
+void run_until(asio::io_context& ioc, Pred done, std::chrono::seconds deadline = 60s) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (!done() && std::chrono::steady_clock::now() < until) {
+    ioc.restart();
+    ioc.run_for(10ms);
+  }
+}
+
+#ifndef _WIN32
+// Objects of another uid under /dev/shm, removed before and after the test (root may remove them).
+struct foreign_objects {
+  std::vector<std::string> paths;
+  ~foreign_objects() {
+    for (const auto& p : paths) ::unlink(p.c_str());
+  }
+  uid_t uid() const {
+    const passwd* pw = ::getpwnam("nobody");
+    return pw ? pw->pw_uid : 65534;
+  }
+  bool add_region(const std::string& path) {
+    ::unlink(path.c_str());
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return false;
+    paths.push_back(path);
+    const bool ok = ::ftruncate(fd, 4096) == 0 && ::fchown(fd, uid(), uid()) == 0;
+    ::close(fd);
+    return ok;
+  }
+  bool add_fifo(const std::string& path) {
+    ::unlink(path.c_str());
+    if (::mkfifo(path.c_str(), 0600) != 0) return false;
+    paths.push_back(path);
+    return ::chown(path.c_str(), uid(), uid()) == 0;
+  }
+};
+#endif
+
+}  // namespace
+
+// Item 12: another uid holds an object of the service's name. The start fails, and what it
+// reports names the object's path and its owner's uid (Linux only: Windows reports the error
+// code alone).
+TEST(restart_names, squatted_service_name_names_its_owner_uid_and_path) {
+#ifdef _WIN32
+  GTEST_SKIP() << "Linux only: the report of a squatted name's owner uid";
+#else
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to create an object owned by another uid";
+  for (const std::string suffix : {"ring", "bell"}) {
+    const std::string name = unique_name("squat");
+    name_guard guard(name);
+    foreign_objects squat;
+    const std::string path = "/dev/shm/baton." + name + "." + suffix;
+    ASSERT_TRUE(suffix == "ring" ? squat.add_region(path) : squat.add_fifo(path)) << path;
+    asio::io_context ioc;
+    baton::restart_options ro;
+    ro.os_triggers = false;
+    baton::service svc(ioc.get_executor(), name, ro);
+    baton::error_code ec = asio::error::would_block;
+    svc.async_start([&](baton::error_code e) { ec = e; });
+    run_until(ioc, [&] { return ec != asio::error::would_block; });
+    ASSERT_TRUE(ec) << "a start must fail while another uid holds " << path;
+    const std::string text = ec.message() + " | " + baton::to_string(svc.last_report(), name);
+    EXPECT_NE(text.find(path), std::string::npos) << text;
+    EXPECT_NE(text.find("uid " + std::to_string(squat.uid())), std::string::npos) << text;
+    std::printf("[ SQUATTED ] %s: %s\n", suffix.c_str(), text.c_str());
+  }
+#endif
+}
+
+// Item 12: another uid creates the inbox names a next generation would have used had they been
+// predictable (service.<pid>) for the next 1,500 pids; a restart still succeeds.
+TEST(restart_names, squatted_inbox_names_of_the_next_pids_do_not_deny_a_restart) {
+#ifdef _WIN32
+  GTEST_SKIP() << "Linux only: needs objects of another uid";
+#else
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to create objects owned by another uid";
+  running_service svc;
+  ASSERT_NE(svc.port, 0);
+  const long pid_max = std::stol(read_file("/proc/sys/kernel/pid_max"));
+  const long last = std::stol(read_file("/proc/sys/kernel/ns_last_pid"));
+  foreign_objects squat;
+  for (long k = 1; k <= 1500; ++k) {
+    const long pid = (last + k) % pid_max;
+    if (pid < 300) continue;
+    ASSERT_TRUE(squat.add_region("/dev/shm/baton." + svc.name + "." + std::to_string(pid) + ".ring"));
+  }
+  baton::error_code ec;
+  const auto r = svc.restart(ec, 60s);
+  EXPECT_FALSE(ec) << ec.message() << " | " << baton::to_string(r, svc.name);
+  EXPECT_EQ(r.new_generation, 2u);
+  EXPECT_EQ(svc.generation(), 2u);
+#endif
+}
+
+// Item 14: a restart request that names an executable is refused unless the service allows it.
+// Where it is allowed, the named executable is what runs (POSIX: /usr/bin/touch MARKER, which
+// then exits without announcing itself, so that restart fails but leaves its mark).
+TEST(restart_names, restart_request_naming_a_binary_is_refused_unless_allowed) {
+  for (const bool allow : {false, true}) {
+    SCOPED_TRACE(allow ? "allowed" : "default");
+    const std::string name = unique_name("bin");
+    name_guard guard(name);
+    const std::string marker = temp_path("ran");
+#ifdef _WIN32
+    const std::string binary = "C:\\baton-does-not-exist\\next.exe";
+#else
+    const std::string binary = "/usr/bin/touch";
+#endif
+    asio::io_context ioc;
+    baton::restart_options ro;
+    ro.os_triggers = false;
+    ro.ready_timeout = 3s;
+    ro.next_args = {marker};
+    ro.allow_restart_binary = allow;
+    baton::service svc(ioc.get_executor(), name, ro);
+    baton::error_code start_ec = asio::error::would_block;
+    svc.async_start([&](baton::error_code e) { start_ec = e; });
+    run_until(ioc, [&] { return start_ec != asio::error::would_block; });
+    ASSERT_FALSE(start_ec) << start_ec.message();
+    std::atomic<bool> done{false};
+    baton::error_code ec;
+    std::thread requester([&] {
+      baton::request_restart(name, binary, 30s, ec);
+      done = true;
+    });
+    run_until(ioc, [&] { return done.load(); });
+    requester.join();
+    ASSERT_TRUE(ec) << "this restart cannot succeed either way";
+    if (!allow) {
+      EXPECT_EQ(ec, baton::errc::restart_binary_refused) << ec.message();
+      EXPECT_FALSE(file_exists(marker)) << "the service ran the executable the request named";
+    } else {
+      EXPECT_NE(ec, baton::errc::restart_binary_refused) << ec.message();
+#ifndef _WIN32
+      EXPECT_TRUE(wait_for_file(marker, 10s)) << "the named executable did not run";
+#endif
+    }
+    EXPECT_EQ(svc.generation(), 1u);
+    EXPECT_EQ(svc.stats().generation, 1u);
+    remove_file(marker);
+  }
+}
+
+// Item 14: an elevated process labels its named objects high integrity, so that a medium-integrity
+// process of the same user cannot write to them (not checkable under Wine, which has no integrity
+// levels to enforce: here the SDDL is checked, and that Windows accepts it for a named object).
+TEST(restart_names, elevated_objects_carry_a_high_mandatory_label) {
+#ifndef _WIN32
+  GTEST_SKIP() << "Windows only";
+#else
+  baton::error_code ec;
+  const std::wstring sid = baton::detail::current_user_sid(ec);
+  ASSERT_FALSE(ec) << ec.message();
+  const std::wstring plain = baton::detail::owner_only_sddl(sid, false);
+  const std::wstring labelled = baton::detail::owner_only_sddl(sid, true);
+  EXPECT_EQ(plain.find(L"S:"), std::wstring::npos);
+  EXPECT_EQ(labelled, plain + L"S:(ML;;NW;;;HI)");
+  EXPECT_EQ(labelled.rfind(L"O:" + sid + L"D:P(", 0), 0u);
+  PSECURITY_DESCRIPTOR sd = nullptr;
+  ASSERT_TRUE(::ConvertStringSecurityDescriptorToSecurityDescriptorW(labelled.c_str(), SDDL_REVISION_1, &sd, nullptr))
+      << ::GetLastError();
+  BOOL present = FALSE, defaulted = FALSE;
+  PACL sacl = nullptr;
+  ASSERT_TRUE(::GetSecurityDescriptorSacl(sd, &present, &sacl, &defaulted));
+  EXPECT_TRUE(present && sacl && sacl->AceCount == 1);
+  if (present && sacl && sacl->AceCount == 1) {
+    void* ace = nullptr;
+    ASSERT_TRUE(::GetAce(sacl, 0, &ace));
+    auto* label = static_cast<SYSTEM_MANDATORY_LABEL_ACE*>(ace);
+    EXPECT_EQ(label->Header.AceType, SYSTEM_MANDATORY_LABEL_ACE_TYPE);
+    EXPECT_EQ(label->Mask, static_cast<DWORD>(SYSTEM_MANDATORY_LABEL_NO_WRITE_UP));
+    PSID level = reinterpret_cast<PSID>(&label->SidStart);
+    EXPECT_EQ(*::GetSidSubAuthority(level, 0), static_cast<DWORD>(SECURITY_MANDATORY_HIGH_RID));
+  }
+  ::LocalFree(sd);
+  std::printf("[ ELEVATED ] this process is %s\n",
+              baton::detail::process_is_high_integrity() ? "high integrity: its objects are labelled"
+                                                          : "not high integrity: no label");
+#endif
+}
