@@ -90,6 +90,15 @@ class category_impl final : public boost::system::error_category {
         return "no live worker has joined the dispatcher; start workers (or wait for them to join)";
       case errc::worker_left:
         return "the worker left its dispatcher and handed its connections to the other workers";
+      case errc::producer_stalled:
+        return "a sender kept a record reserved for longer than the bound (2 s) while alive (stopped, "
+               "debugged, or a recycled pid); the record was skipped so that other senders go on";
+      case errc::record_skipped:
+        return "this sender stalled between reserving and committing a record (stopped or debugged) "
+               "and the receiver skipped it; the ticket was not delivered, send it again";
+      case errc::channel_truncated:
+        return "the channel's shared memory was truncated (or zeroed) by another process; its size was "
+               "restored and the ring reset, tickets in flight were lost and senders should resend";
     }
     return "unknown baton error";
   }

@@ -51,6 +51,8 @@ struct ring_counters {
   std::uint64_t producer_deaths = 0;  ///< records skipped because their producer died
   std::uint64_t corruptions = 0;      ///< times the consumer found garbage and healed the ring
   std::uint64_t doorbells = 0;        ///< doorbell rings by producers (coalescing shows here)
+  std::uint64_t stalled = 0;          ///< records skipped because a live producer kept them reserved too long
+  std::uint64_t truncations = 0;      ///< times the consumer found the header zeroed (object truncated)
 };
 
 /// One mapped ring, seen from one process. Not thread-safe; use from one strand.
