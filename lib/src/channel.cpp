@@ -15,6 +15,7 @@ namespace asio = boost::asio;
 using namespace std::chrono_literals;
 
 channel::impl::~impl() {
+  detail::unguard_region(region.get_address());
   if (receiver) {
     detail::remove_region(region_name);
     detail::doorbell::remove(bell_name);
@@ -165,6 +166,9 @@ channel_stats channel::stats() const {
   s.producer_deaths = rc.producer_deaths;
   s.corruptions = rc.corruptions;
   s.doorbells_rung = rc.doorbells;
+  s.stalled_records = rc.stalled;
+  // The receiver sees a truncation as a zeroed header; a sender only through its region guard.
+  s.truncations = impl_->receiver ? rc.truncations : detail::region_faults(impl_->region.get_address());
   return s;
 }
 
@@ -336,6 +340,7 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
 
   void step() {
     if (ch->closed) return complete(asio::error::operation_aborted, {});
+    if (detail::region_lost(ch->region.get_address())) return complete(errc::channel_truncated, {});
     for (;;) {
       error_code ec;
       auto r = ch->ring.pop(ch->rx_buf, ec);
@@ -392,6 +397,10 @@ bool channel::try_receive(ticket& out, error_code& ec) {
   if (!impl_ || !impl_->receiver) {
     ec = asio::error::operation_not_supported;
     return false;
+  }
+  if (detail::region_lost(impl_->region.get_address())) {
+    ec = errc::channel_truncated;
+    return true;
   }
   auto& buf = impl_->rx_buf;
   auto r = impl_->ring.pop(buf, ec);

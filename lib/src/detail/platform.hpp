@@ -30,6 +30,18 @@ boost::interprocess::mapped_region open_region(const std::string& os_name, error
 /// Removes the region's name (POSIX unlink; a no-op on Windows where names die with their last handle).
 void remove_region(const std::string& os_name) noexcept;
 
+/// Regions from create_region/open_region are guarded against another process truncating their
+/// object (POSIX: an access past the end would raise SIGBUS). A fault inside a guarded region
+/// grows the object back to the region's size (the lost pages read as zeros) or, if that fails,
+/// replaces the region's pages with private zero pages and marks it lost. Windows: a mapped
+/// section cannot be truncated; these are no-ops. Thread-safe.
+/// Faults recovered in the region starting at `base` so far (0 for an unknown region).
+std::uint64_t region_faults(const void* base) noexcept;
+/// True once the region could not be restored and no longer reaches the shared object.
+bool region_lost(const void* base) noexcept;
+/// Stops guarding the region (before it is unmapped). A null or unknown base is ignored.
+void unguard_region(const void* base) noexcept;
+
 /// Per-channel endpoint of the transfer layer on the receiving side (Linux: the Unix socket that
 /// SCM_RIGHTS pushes arrive on; Windows: nothing). Created with the channel, removed with it.
 void open_transfer_endpoint(const std::string& channel_name, error_code& ec);

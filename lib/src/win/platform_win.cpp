@@ -76,6 +76,13 @@ bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
 
 void remove_region(const std::string&) noexcept {}
 
+// A section's size is fixed when it is created and cannot change while it is mapped (there is
+// no ftruncate for a pagefile-backed section, and SetEndOfFile on a file with a mapped view fails
+// with ERROR_USER_MAPPED_FILE), so no peer can pull the pages from under us.
+std::uint64_t region_faults(const void*) noexcept { return 0; }
+bool region_lost(const void*) noexcept { return false; }
+void unguard_region(const void*) noexcept {}
+
 // Windows strategies need no receiving endpoint: WSADuplicateSocketW and DuplicateHandle work
 // from the source alone.
 void open_transfer_endpoint(const std::string&, error_code& ec) { ec.clear(); }
