@@ -396,10 +396,24 @@ TEST(ring_process, truncated_ring_is_reported_and_nobody_crashes) {
     EXPECT_TRUE(e == errc::channel_truncated || e == errc::channel_corrupted) << e.message();
     std::printf("[ info ] reported: %s\n", e.message().c_str());
   }
-  EXPECT_TRUE(receive_tag(ioc, rx, 6, 100, errors, 30s, &got)) << "tickets stopped after the truncation: " << got;
+  // Tickets flow again: take them until the sender has sent all it had (it survives too; a
+  // SIGBUS would show as exit code 135).
+  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+    for (;;) {
+      auto [ec, t] = co_await rx.async_receive(asio::as_tuple(asio::use_awaitable));
+      if (ec == asio::error::operation_aborted) co_return;
+      if (!ec && (t.flags >> 24) == 6 && intact(t)) ++got;
+    }
+  }, asio::detached);
+  const auto until = std::chrono::steady_clock::now() + 90s;
+  while (sender.running() && std::chrono::steady_clock::now() < until) ioc.run_for(20ms);
+  ioc.run_for(100ms);
+  std::printf("[ info ] %u tickets after the truncation\n", got);
+  EXPECT_GE(got, 100u) << "tickets stopped after the truncation";
   EXPECT_GE(rx.stats().truncations + rx.stats().corruptions, 1u);
-  // The sender survives too (a SIGBUS would show as exit code 135).
-  EXPECT_EQ(sender.wait(120s), 0);
+  EXPECT_EQ(sender.wait(10s), 0);
+  rx.close();
+  ioc.run_for(20ms);
 #endif
 }
 
