@@ -222,7 +222,11 @@ bool ring::lock(std::uint32_t pid) noexcept {
   for (std::uint32_t i = 0;; ++i) {
     std::uint32_t expected = 0;
     if (lk.compare_exchange_weak(expected, pid, std::memory_order_acquire)) return true;
-    if (i > 64) std::this_thread::yield();
+    // The holder keeps the lock for a few stores: spin, then yield; a lock still held after
+    // 4096 tries (and 4 liveness probes) belongs to a stopped process or to garbage: stop burning
+    // a core on it (the 2 s below are the sender's, but the CPU is everyone's, the receiver's too).
+    if (i > 4096) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    else if (i > 64) std::this_thread::yield();
     if (i == 1023) start = std::chrono::steady_clock::now();  // contended: start the clock
     if ((i & 1023) == 1023) {
       // The lock is held for a few stores only. A holder that is dead is broken at once. A live
