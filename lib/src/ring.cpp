@@ -141,7 +141,10 @@ void ring::rewrite_header() noexcept {
   // so only the active ones (stalled producers that may still write) are kept, and the shared
   // table is rewritten from the private list.
   std::erase_if(holes_, [](const hole& x) { return !x.active; });
-  for (std::size_t i = 0; i < ring_max_holes; ++i) at(h->hole_len[i]).store(0, std::memory_order_relaxed);
+  for (std::size_t i = 0; i < ring_max_holes; ++i) {
+    at(h->hole_len[i]).store(0, std::memory_order_relaxed);
+    h->hole_off[i] = 0;
+  }
   for (const auto& x : holes_) {
     h->hole_off[x.slot] = x.off;
     at(h->hole_len[x.slot]).store(x.len, std::memory_order_release);
@@ -467,6 +470,7 @@ void ring::tend_holes() noexcept {
     // `expire_at`) or without it (after). No lock now: try again later.
     if (!locked && !(locked = try_lock_nowait(me))) return;
     at(h->hole_len[x.slot]).store(0, std::memory_order_release);
+    h->hole_off[x.slot] = 0;
     x.active = false;
     x.expire_at = at(h->tail).load(std::memory_order_acquire);
   }

@@ -24,6 +24,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -217,6 +219,112 @@ TEST(ring, late_write_and_commit_after_a_skip_cannot_corrupt_the_ring) {
   auto c = cons.counters();
   EXPECT_EQ(c.corruptions, 0u);
   EXPECT_EQ(c.stalled, 1u);
+}
+
+// Three producers stalled at once (nested fills), while a fourth pushes records of every size
+// for many laps: records must be placed around all three areas, whatever the gap left before
+// each (a padding record, or a gap too small for one), and the areas given back once their
+// producers have learnt of the skip.
+TEST(ring, several_stalled_producers_over_many_laps_of_every_record_size) {
+  asio::io_context ioc;
+  name_guard g(unique_name("holes"));
+  baton::channel_options o;
+  o.ring_bytes = 4096;
+  o.limits.max_ticket_bytes = 1024;
+  auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
+  std::vector<baton::channel> tx;
+  for (int i = 0; i < 4; ++i) tx.push_back(baton::channel::open(ioc.get_executor(), g.name));
+  auto& cons = baton::detail::channel_access::get(rx).ring;
+  auto ring_of = [&](int i) -> baton::detail::ring& { return baton::detail::channel_access::get(tx[i]).ring; };
+  const auto* table = static_cast<const unsigned char*>(baton::detail::channel_access::get(rx).region.get_address()) + 192;
+  auto table_empty = [&] {
+    for (int i = 0; i < 64; ++i)
+      if (table[i] != 0) return false;
+    return true;
+  };
+
+  std::vector<std::byte> out;
+  std::uint64_t pushed = 0, bad = 0, lost = 0;
+  std::uint32_t lcg = 12345;
+  std::deque<std::pair<std::uint64_t, std::size_t>> pending;  // pushed, not yet popped: (seq, size)
+  auto fast_push = [&](std::size_t max) {
+    lcg = lcg * 1664525u + 1013904223u;
+    const std::size_t n = (lcg >> 8) % (max + 1);
+    const auto seq = pushed++;
+    baton::error_code e;
+    ring_of(3).push(n, [&](std::span<std::byte> sp) { baton::test::fill_pattern(seq, sp.data(), sp.size()); }, e);
+    ASSERT_FALSE(e) << e.message();
+    pending.emplace_back(seq, n);
+  };
+  // One pop; a record must be the oldest pending one, intact.
+  auto pop_one = [&](baton::error_code& e) {
+    auto r = cons.pop(out, e);
+    if (r == baton::detail::ring::pop_result::record) {
+      if (pending.empty()) {
+        ++bad;
+      } else {
+        const auto [seq, n] = pending.front();
+        pending.pop_front();
+        if (out.size() != n || !baton::test::check_pattern(seq, out.data(), out.size())) ++bad;
+      }
+    }
+    return r;
+  };
+  auto fast_round = [&] {
+    fast_push(1000);
+    for (int tries = 0; tries < 1000 && !pending.empty(); ++tries) {
+      baton::error_code e;
+      if (pop_one(e) == baton::detail::ring::pop_result::error) ++lost;
+    }
+    if (!pending.empty()) FAIL() << "record " << pending.front().first << " never came out";
+  };
+  for (int i = 0; i < 7; ++i) fast_round();
+
+  int skips = 0;
+  baton::error_code ec[3];
+  const std::size_t sizes[3] = {300, 8, 700};
+  std::function<void(int)> stall = [&](int k) {
+    ring_of(k).push(
+        sizes[k],
+        [&, k](std::span<std::byte> sp) {
+          // Records behind the stalled one wait for its skip; they also set the gaps between.
+          for (int i = 0; i < k + 1; ++i) fast_push(200);
+          if (k < 2) {
+            stall(k + 1);
+          } else {
+            const auto until = std::chrono::steady_clock::now() + 3 * (stall_bound + 2s);
+            while ((skips < 3 || !pending.empty()) && std::chrono::steady_clock::now() < until) {
+              baton::error_code e;
+              const auto r = pop_one(e);
+              if (r == baton::detail::ring::pop_result::error) {
+                EXPECT_EQ(e, errc::producer_stalled) << e.message();
+                ++skips;
+              }
+              if (r != baton::detail::ring::pop_result::record) baton::test::nap(5ms);
+            }
+            EXPECT_FALSE(table_empty()) << "no area was quarantined";
+            for (int i = 0; i < 2000 && !::testing::Test::HasFatalFailure(); ++i) fast_round();
+          }
+          std::memset(sp.data(), 0xEE, sp.size());  // the late write
+        },
+        ec[k]);
+  };
+  stall(0);
+  EXPECT_EQ(skips, 3);
+  for (auto& e : ec) EXPECT_EQ(e, errc::record_skipped) << e.message();
+  // The areas are given back (lifted within tens of milliseconds), and the ring goes on.
+  const auto until = std::chrono::steady_clock::now() + 5s;
+  while (!table_empty() && std::chrono::steady_clock::now() < until && !::testing::Test::HasFatalFailure()) {
+    fast_round();
+    baton::test::nap(1ms);
+  }
+  EXPECT_TRUE(table_empty()) << "a quarantined area was never given back";
+  for (int i = 0; i < 2000 && !::testing::Test::HasFatalFailure(); ++i) fast_round();
+  EXPECT_EQ(bad, 0u);
+  EXPECT_EQ(lost, 0u);
+  const auto c = cons.counters();
+  EXPECT_EQ(c.corruptions, 0u);
+  EXPECT_EQ(c.stalled, 3u);
 }
 
 // Pushes one record and is stopped (SIGSTOP on POSIX; a wait for a file on Windows) between
