@@ -500,8 +500,10 @@ TEST(ring_process, truncated_ring_is_reported_and_nobody_crashes) {
     }
   }(), 10s);
   EXPECT_TRUE(noticed) << "the truncation was not reported";
+  // Whichever process faulted first grew the object back; the receiver then finds a zeroed
+  // header (a sender refuses to write into one), which it reports as a truncation.
   for (auto& e : errors) {
-    EXPECT_TRUE(e == errc::channel_truncated || e == errc::channel_corrupted) << e.message();
+    EXPECT_EQ(e, errc::channel_truncated) << e.message();
     std::printf("[ info ] reported: %s\n", e.message().c_str());
   }
   // Tickets flow again: take them until the sender has sent all it had (it survives too; a
@@ -518,7 +520,7 @@ TEST(ring_process, truncated_ring_is_reported_and_nobody_crashes) {
   ioc.run_for(100ms);
   std::printf("[ info ] %u tickets after the truncation\n", got);
   EXPECT_GE(got, 100u) << "tickets stopped after the truncation";
-  EXPECT_GE(rx.stats().truncations + rx.stats().corruptions, 1u);
+  EXPECT_GE(rx.stats().truncations, 1u);
   EXPECT_EQ(sender.wait(10s), 0);
   rx.close();
   ioc.run_for(20ms);
