@@ -225,13 +225,16 @@ bool ring::lock(std::uint32_t pid) noexcept {
   for (std::uint32_t i = 0;; ++i) {
     std::uint32_t expected = 0;
     if (lk.compare_exchange_weak(expected, pid, std::memory_order_acquire)) return true;
-    // The holder keeps the lock for a few stores: spin, then yield; a lock still held after
-    // 4096 tries (and 4 liveness probes) belongs to a stopped process or to garbage: stop burning
-    // a core on it (the 2 s below are the sender's, but the CPU is everyone's, the receiver's too).
-    if (i > 4096) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    // The holder keeps the lock for a few stores: spin, then yield. A lock still held after
+    // 4096 tries (and 4 liveness probes) belongs to a stopped process or to garbage: then sleep
+    // a millisecond between tries and probe every 16, instead of burning a core and flooding
+    // the system with probes for the 2 s below (under Wine a probe is three wineserver calls,
+    // and the receiver's reactor waits on the same wineserver).
+    const bool sleeping = i >= 4096;
+    if (sleeping) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     else if (i > 64) std::this_thread::yield();
     if (i == 1023) start = std::chrono::steady_clock::now();  // contended: start the clock
-    if ((i & 1023) == 1023) {
+    if (sleeping ? (i % 16 == 0) : ((i & 1023) == 1023)) {
       // The lock is held for a few stores only. A holder that is dead is broken at once. A live
       // holder is waited for up to 2 s: longer than any scheduling delay, so only a stopped
       // process or garbage in the lock word that happens to name a live pid gets its lock

@@ -28,6 +28,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <thread>
 
 namespace {
 
@@ -436,29 +437,39 @@ TEST(ring_process, replanted_lock_word_does_not_block_the_receivers_reactor) {
     }
   }, asio::detached);
   // A 1 ms timer on the receiver's reactor, for 6 s of planting. Its ticks are due on a fixed
-  // schedule (start + k ms), so a blocked reactor shows as many late ticks, not as one.
-  std::vector<double> lateness_ms;
-  const bool timed = baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
-    asio::steady_timer timer(ioc);
+  // schedule (start + k ms), so a blocked reactor shows as many late ticks, not as one. The same
+  // timer on a reactor of its own thread, which has nothing to do with the ring, tells how late
+  // this machine (shared, and under Wine) makes timers anyway: the bound is 50 ms above that.
+  auto timer_run = [](asio::io_context& io, std::vector<double>& lateness) -> asio::awaitable<void> {
+    asio::steady_timer timer(io);
     const auto start = std::chrono::steady_clock::now();
     for (int k = 1; k <= 6000; ++k) {
       const auto due = start + k * 1ms;
       timer.expires_at(due);
       co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-      lateness_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - due).count());
+      lateness.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - due).count());
     }
-  }(), 60s);
+  };
+  auto p99_of = [](std::vector<double>& v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 1e9 : v[v.size() * 99 / 100];
+  };
+  std::vector<double> lateness_ms, control_ms;
+  asio::io_context control_ioc;
+  std::thread control([&] { baton::test::run_with_deadline(control_ioc, timer_run(control_ioc, control_ms), 60s); });
+  const bool timed = baton::test::run_with_deadline(ioc, timer_run(ioc, lateness_ms), 60s);
+  control.join();
   EXPECT_TRUE(timed);
   const std::uint32_t during = got[4];
   baton::test::touch(stop);
   EXPECT_EQ(planter.wait(30s), 0);
   sender.kill();
   ASSERT_FALSE(lateness_ms.empty());
-  std::sort(lateness_ms.begin(), lateness_ms.end());
-  const double p99 = lateness_ms[lateness_ms.size() * 99 / 100], worst = lateness_ms.back();
-  std::printf("[ info ] %zu timer ticks, lateness p99 %.1f ms, worst %.1f ms; %u tickets during planting, %zu errors\n",
-              lateness_ms.size(), p99, worst, during, errors.size());
-  EXPECT_LT(p99, 50.0) << "the receiver's reactor was blocked";
+  const double p99 = p99_of(lateness_ms), control_p99 = p99_of(control_ms);
+  std::printf("[ info ] receiver's timer: p99 %.1f ms, worst %.1f ms; control timer: p99 %.1f ms, worst %.1f ms; "
+              "%u tickets during planting, %zu errors\n",
+              p99, lateness_ms.back(), control_p99, control_ms.empty() ? 0.0 : control_ms.back(), during, errors.size());
+  EXPECT_LT(p99, 50.0 + control_p99) << "the receiver's reactor was blocked";
   EXPECT_GE(during, 1u) << "no ticket arrived while the lock word was planted";
   EXPECT_FALSE(errors.empty()) << "the broken magic was not reported";
   // With the planter gone, a fresh sender's tickets all arrive.
