@@ -17,6 +17,7 @@ namespace asio = boost::asio;
 using namespace std::chrono_literals;
 
 channel::impl::~impl() {
+  detail::unguard_region(region.get_address());
   if (receiver) {
     // The region goes last: while it holds the name, nobody else can create a channel of it, so
     // the names removed before it are certainly ours (see remove_stale_channel).
@@ -130,6 +131,7 @@ channel channel::open(const executor_type& ex, std::string_view name, const chan
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
     const auto waited = std::chrono::steady_clock::now() - start;
+    detail::unguard_region(im->region.get_address());  // a previous attempt's mapping
     im->region = detail::open_region(im->region_name, ec);
     if (!ec) im->ring.attach(im->region.get_address(), im->region.get_size(), ec);
     if (ec == errc::bad_channel_header && waited < 500ms) {
@@ -194,6 +196,9 @@ channel_stats channel::stats() const {
   s.producer_deaths = rc.producer_deaths;
   s.corruptions = rc.corruptions;
   s.doorbells_rung = rc.doorbells;
+  s.stalled_records = rc.stalled;
+  // The receiver sees a truncation as a zeroed header; a sender only through its region guard.
+  s.truncations = impl_->receiver ? rc.truncations : detail::region_faults(impl_->region.get_address());
   return s;
 }
 
@@ -367,6 +372,7 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
 
   void step() {
     if (ch->closed) return complete(asio::error::operation_aborted, {});
+    if (detail::region_lost(ch->region.get_address())) return complete(errc::channel_truncated, {});
     for (;;) {
       error_code ec;
       auto r = ch->ring.pop(ch->rx_buf, ec);
@@ -424,6 +430,10 @@ bool channel::try_receive(ticket& out, error_code& ec) {
   if (!impl_ || !impl_->receiver) {
     ec = asio::error::operation_not_supported;
     return false;
+  }
+  if (detail::region_lost(impl_->region.get_address())) {
+    ec = errc::channel_truncated;
+    return true;
   }
   auto& buf = impl_->rx_buf;
   auto r = impl_->ring.pop(buf, ec);

@@ -95,6 +95,15 @@ class category_impl final : public boost::system::error_category {
         return "the service does not accept a restart request that names an executable; restart without "
                "--binary (the service runs restart_options::next_binary), or set "
                "restart_options::allow_restart_binary in the service";
+      case errc::producer_stalled:
+        return "a sender kept a record reserved for longer than the bound (2 s) while alive (stopped, "
+               "debugged, or a recycled pid); the record was skipped so that other senders go on";
+      case errc::record_skipped:
+        return "this sender stalled between reserving and committing a record (stopped or debugged) "
+               "and the receiver skipped it; the ticket was not delivered, send it again";
+      case errc::channel_truncated:
+        return "the channel's shared memory was truncated (or zeroed) by another process; its size was "
+               "restored and the ring reset, tickets in flight were lost and senders should resend";
     }
     return "unknown baton error";
   }

@@ -20,14 +20,20 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <vector>
 
 namespace baton::detail {
 
 inline constexpr std::uint32_t ring_magic = 0x52544E42;  // "BNTR"
-inline constexpr std::uint16_t ring_layout_version = 2;
+inline constexpr std::uint16_t ring_layout_version = 2;  // 2: quarantined areas in the header, ack slots with a generation
 inline constexpr std::size_t ring_header_bytes = 256;
 inline constexpr std::size_t ack_slot_bytes = 32;
 inline constexpr std::size_t record_header_bytes = 16;
+/// How long a record may stay reserved by a live producer (stopped, debugged, recycled pid)
+/// before the consumer skips it; the same bound as a producer's wait for the lock.
+inline constexpr std::chrono::milliseconds ring_stall_bound{2000};
+/// Areas of skipped records that a stalled producer may still write into (see ring::pop).
+inline constexpr std::size_t ring_max_holes = 8;
 
 struct ring_identity {
   std::uint32_t magic = ring_magic;
@@ -51,6 +57,8 @@ struct ring_counters {
   std::uint64_t producer_deaths = 0;  ///< records skipped because their producer died
   std::uint64_t corruptions = 0;      ///< times the consumer found garbage and healed the ring
   std::uint64_t doorbells = 0;        ///< doorbell rings by producers (coalescing shows here)
+  std::uint64_t stalled = 0;          ///< records skipped because a live producer kept them reserved too long
+  std::uint64_t truncations = 0;      ///< times the consumer found the header zeroed (object truncated)
 };
 
 /// Test hook: called by ack_resolve between its reading of a slot and its compare-and-swap, so
@@ -84,12 +92,16 @@ class ring {
   // Consumer side -----------------------------------------------------------------------------
   enum class pop_result { record, empty, error, blocked };
   /// Pops the next record into `out`. `blocked` means the next record is being written by a live
-  /// producer. `error` reports a skipped dead producer's record or a healed corruption in `ec`.
+  /// producer (or a heal waits for the lock). `error` reports in `ec` a skipped record of a dead
+  /// (producer_died) or stalled (producer_stalled) producer, a healed corruption
+  /// (channel_corrupted) or a zeroed, i.e. truncated, header (channel_truncated). Never waits.
   pop_result pop(std::vector<std::byte>& out, error_code& ec);
   /// Announces that the consumer is about to sleep. Returns false if records arrived meanwhile.
   bool prepare_wait() noexcept;
   void cancel_wait() noexcept;
   /// Rewrites the header from the private copy and empties the ring (after garbage was found).
+  /// Never waits for the producer lock: if it is held, the heal stays pending (pop() retries it)
+  /// and after a short grace goes ahead without the lock.
   void heal() noexcept;
 
   // Ack table ---------------------------------------------------------------------------------
@@ -122,6 +134,24 @@ class ring {
   bool lock(std::uint32_t pid) noexcept;
   void unlock(std::uint32_t pid) noexcept;
   std::size_t reserve(std::size_t n, std::uint64_t& pos, error_code& ec);
+  bool try_lock_nowait(std::uint32_t pid) noexcept;
+  void rewrite_header() noexcept;
+  std::uint64_t hole_jump(std::uint64_t pos) const noexcept;
+  bool hole_starts_at(std::uint64_t pos, std::uint64_t off) const noexcept;
+  void quarantine(std::uint64_t pos, std::uint64_t off, std::uint64_t size, std::uint32_t pid) noexcept;
+  void tend_holes() noexcept;
+  bool consumer_words_intact() const noexcept;
+
+  // A skipped record's area, kept away from producers while its stalled producer may still write
+  // into it. `slot` indexes the shared table while active; afterwards the hole still applies to
+  // positions reserved before `expire_at` (the tail when it was lifted).
+  struct hole {
+    std::uint64_t pos = 0;
+    std::uint32_t off = 0, len = 0, pid = 0, slot = 0;
+    bool active = true;
+    std::uint64_t expire_at = ~std::uint64_t{0};
+    std::chrono::steady_clock::time_point probed{};
+  };
 
   std::byte* base_ = nullptr;
   std::size_t size_ = 0;
@@ -130,6 +160,12 @@ class ring {
   bool owner_ = false;
   std::uint64_t corruptions_ = 0;
   std::uint64_t deaths_ = 0;
+  std::uint64_t stalled_ = 0;
+  std::uint64_t truncations_ = 0;
+  std::vector<hole> holes_;
+  bool heal_pending_ = false;
+  std::chrono::steady_clock::time_point heal_since_{}, holes_tended_{}, lock_seen_since_{}, lock_probed_{};
+  std::uint32_t lock_seen_ = 0;
   std::uint64_t out_ = 0;
   std::uint64_t blocked_at_ = ~std::uint64_t{0};
   std::uint64_t cached_head_ = 0;  // producer: last head seen

@@ -36,9 +36,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t map = baton::fuzz::mapping_for_input(size);
   aligned_buffer buf(map);
   std::memcpy(buf.p, data, std::min(size, map));
-  // The producer lock word (offset 64) is cleared: a lock held by garbage is broken only after
-  // a spin (1024 tries, or 200 ms if the garbage names a live pid such as 1), which is a timing
-  // path, not a parsing one, and would slow this fuzzer from thousands to ~200 runs a second.
+  // The producer lock word (offset 64) is cleared: with a lock held by garbage a heal stays
+  // pending (pop() reports `blocked`) until a 10 ms grace or the holder's death, which is a
+  // timing path, not a parsing one, and would leave the header unhealed at the end of a run.
   std::memset(buf.p + 64, 0, 4);
 
   ring r;

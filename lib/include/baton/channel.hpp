@@ -58,6 +58,8 @@ struct channel_stats {
   std::uint64_t corruptions = 0;       ///< times garbage in shared memory was found and healed
   std::uint64_t doorbells_rung = 0;    ///< wake-ups by senders (all senders); lower = more coalescing
   std::uint64_t full_waits = 0;        ///< sends that had to wait for room
+  std::uint64_t stalled_records = 0;   ///< records skipped because a live sender kept them reserved past the bound
+  std::uint64_t truncations = 0;       ///< times this process found the channel's shared memory truncated
 };
 
 class channel {

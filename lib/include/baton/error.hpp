@@ -54,6 +54,10 @@ enum class errc {
   worker_left,               ///< the worker has left its dispatcher (scale-down)
   // Hot restart (continued).
   restart_binary_refused,    ///< a restart request named an executable; the service does not allow it
+  // Channels (added later; appended to keep the values above stable).
+  producer_stalled,          ///< receiver: a live sender kept a record reserved past the bound; it was skipped
+  record_skipped,            ///< sender: this process stalled mid-write and the receiver skipped its record
+  channel_truncated,         ///< the channel's shared memory object was truncated by another process
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

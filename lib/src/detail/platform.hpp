@@ -52,6 +52,17 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
 /// Says which of channel `name`'s objects belong to another user, with their paths and owners,
 /// and what to do; empty if none does (or the platform cannot tell: Windows).
 std::string describe_foreign_objects(const std::string& name);
+/// Regions from create_region/open_region are guarded against another process truncating their
+/// object (POSIX: an access past the end would raise SIGBUS). A fault inside a guarded region
+/// grows the object back to the region's size (the lost pages read as zeros) or, if that fails,
+/// replaces the region's pages with private zero pages and marks it lost. Windows: a mapped
+/// section cannot be truncated; these are no-ops. Thread-safe.
+/// Faults recovered in the region starting at `base` so far (0 for an unknown region).
+std::uint64_t region_faults(const void* base) noexcept;
+/// True once the region could not be restored and no longer reaches the shared object.
+bool region_lost(const void* base) noexcept;
+/// Stops guarding the region (before it is unmapped). A null or unknown base is ignored.
+void unguard_region(const void* base) noexcept;
 
 /// Per-channel endpoint of the transfer layer on the receiving side (Linux: the Unix socket that
 /// SCM_RIGHTS pushes arrive on; Windows: a table with one entry per ack slot, in which a source

@@ -10,6 +10,7 @@
 #include <random>
 #include <sys/file.h>
 #include <cerrno>
+#include <mutex>
 #include <pthread.h>
 #include <csignal>
 #include <fcntl.h>
@@ -47,7 +48,115 @@ std::string object_name(const std::string& name, const char* suffix, bool /*glob
 
 namespace {
 error_code last_errno() { return {errno, boost::system::system_category()}; }
+
+// The region guard. A process that can open a channel's object (any sender: same user) can
+// ftruncate it, and every later access to the lost pages raises SIGBUS in every process that
+// maps it. Checking the size with fstat before touching the ring cannot help (the object can
+// shrink between the check and the access, and the ring is touched on every send and receive),
+// and senders open the object by name, so it cannot be a sealed memfd. So each mapped region is
+// registered here, with a descriptor of its object, and a SIGBUS handler that finds the faulting
+// address in a registered region grows the object back to the region's size and returns: the
+// access is retried and reads zeros where the truncation removed pages, in this process and in
+// all others (they share the object). The ring then finds a zeroed header, reports
+// errc::channel_truncated and heals. If growing back fails, the handler puts private zero pages
+// over the region so that this process lives on, and marks the region lost (the channel then
+// fails every receive with channel_truncated). Faults outside registered regions go to the
+// handler that was installed before, or to the default action.
+struct guarded_region {
+  std::atomic<std::uintptr_t> base{0};
+  std::atomic<std::size_t> size{0};
+  std::atomic<int> fd{-1};
+  std::atomic<std::uint64_t> faults{0};
+  std::atomic<bool> lost{false};
+};
+constexpr std::size_t max_guarded_regions = 64;
+guarded_region guarded[max_guarded_regions];
+struct sigaction previous_sigbus {};
+std::mutex guard_mutex;  // registration only; the handler reads the table lock-free
+
+void on_sigbus(int sig, siginfo_t* info, void* context) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
+  for (auto& g : guarded) {
+    const std::uintptr_t base = g.base.load(std::memory_order_acquire);
+    const std::size_t size = g.size.load(std::memory_order_relaxed);
+    if (base == 0 || addr < base || addr - base >= size) continue;
+    const int saved_errno = errno;
+    g.faults.fetch_add(1, std::memory_order_relaxed);
+    // fstat and ftruncate are async-signal-safe; mmap is a plain system call.
+    const int fd = g.fd.load(std::memory_order_relaxed);
+    struct stat st {};
+    const bool restored = fd >= 0 && ::fstat(fd, &st) == 0 &&
+                          (st.st_size >= static_cast<off_t>(size) || ::ftruncate(fd, static_cast<off_t>(size)) == 0);
+    if (!restored) {
+      ::mmap(reinterpret_cast<void*>(base), size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+      g.lost.store(true, std::memory_order_relaxed);
+    }
+    errno = saved_errno;
+    return;
+  }
+  if ((previous_sigbus.sa_flags & SA_SIGINFO) != 0 && previous_sigbus.sa_sigaction != nullptr) {
+    previous_sigbus.sa_sigaction(sig, info, context);
+  } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
+    previous_sigbus.sa_handler(sig);
+  } else {
+    // Not ours and nobody else's: the default action, taken when the access is retried.
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    ::sigemptyset(&dfl.sa_mask);
+    ::sigaction(SIGBUS, &dfl, nullptr);
+  }
+}
+
+// Takes ownership of `fd`. With every slot taken the region goes unguarded.
+void guard_region(void* base, std::size_t size, int fd) noexcept {
+  std::lock_guard lk(guard_mutex);
+  static const bool installed = [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = &on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    ::sigemptyset(&sa.sa_mask);
+    return ::sigaction(SIGBUS, &sa, &previous_sigbus) == 0;
+  }();
+  if (installed && base != nullptr) {
+    for (auto& g : guarded) {
+      if (g.base.load(std::memory_order_relaxed) != 0) continue;
+      g.size.store(size, std::memory_order_relaxed);
+      g.fd.store(fd, std::memory_order_relaxed);
+      g.faults.store(0, std::memory_order_relaxed);
+      g.lost.store(false, std::memory_order_relaxed);
+      g.base.store(reinterpret_cast<std::uintptr_t>(base), std::memory_order_release);
+      return;
+    }
+  }
+  ::close(fd);
+}
+
+guarded_region* find_guarded(const void* base) noexcept {
+  if (base == nullptr) return nullptr;
+  for (auto& g : guarded)
+    if (g.base.load(std::memory_order_acquire) == reinterpret_cast<std::uintptr_t>(base)) return &g;
+  return nullptr;
+}
 }  // namespace
+
+std::uint64_t region_faults(const void* base) noexcept {
+  auto* g = find_guarded(base);
+  return g ? g->faults.load(std::memory_order_relaxed) : 0;
+}
+
+bool region_lost(const void* base) noexcept {
+  auto* g = find_guarded(base);
+  return g && g->lost.load(std::memory_order_relaxed);
+}
+
+void unguard_region(const void* base) noexcept {
+  std::lock_guard lk(guard_mutex);
+  auto* g = find_guarded(base);
+  if (!g) return;
+  g->base.store(0, std::memory_order_release);
+  ::close(g->fd.exchange(-1, std::memory_order_relaxed));
+}
+
 
 namespace {
 std::string shm_path(const std::string& os_name) { return "/dev/shm" + os_name; }
@@ -71,8 +180,9 @@ bip::mapped_region make_region(const std::string& os_name, std::size_t size, err
   }
   try {
     bip::shared_memory_object shm(bip::open_only, os_name.c_str(), bip::read_write);
-    ::close(fd);
-    return bip::mapped_region(shm, bip::read_write, 0, size);
+    bip::mapped_region region(shm, bip::read_write, 0, size);
+    guard_region(region.get_address(), size, fd);  // takes the descriptor
+    return region;
   } catch (const bip::interprocess_exception& e) {
     ::close(fd);
     ::shm_unlink(os_name.c_str());
@@ -105,6 +215,7 @@ bip::mapped_region create_region(const std::string& os_name, std::size_t size, c
   ::shm_unlink(tmp);
   if (rc != 0) {
     ec = err == EEXIST ? make_error_code(errc::name_in_use) : error_code(err, boost::system::system_category());
+    unguard_region(region.get_address());
     return {};
   }
   return region;
@@ -128,7 +239,19 @@ bip::mapped_region open_region(const std::string& os_name, error_code& ec) {
       ec = errc::bad_channel_header;
       return {};
     }
-    return bip::mapped_region(shm, bip::read_write, 0, static_cast<std::size_t>(st.st_size));
+    const int fd = ::fcntl(shm.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+      ec = last_errno();
+      return {};
+    }
+    try {
+      bip::mapped_region region(shm, bip::read_write, 0, static_cast<std::size_t>(st.st_size));
+      guard_region(region.get_address(), region.get_size(), fd);
+      return region;
+    } catch (...) {
+      ::close(fd);
+      throw;
+    }
   } catch (const bip::interprocess_exception& e) {
     if (e.get_error_code() == bip::not_found_error)
       ec = errc::channel_not_found;

@@ -103,6 +103,12 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
 
 std::string describe_foreign_objects(const std::string&) { return {}; }
 
+// A section's size is fixed when it is created and cannot change while it is mapped (there is
+// no ftruncate for a pagefile-backed section, and SetEndOfFile on a file with a mapped view fails
+// with ERROR_USER_MAPPED_FILE), so no peer can pull the pages from under us.
+std::uint64_t region_faults(const void*) noexcept { return 0; }
+bool region_lost(const void*) noexcept { return false; }
+void unguard_region(const void*) noexcept {}
 
 process_watch::process_watch() noexcept = default;
 
