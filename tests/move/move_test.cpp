@@ -360,7 +360,10 @@ struct rollback_fixture {
     asio::read(client, asio::buffer(got));
     EXPECT_EQ(got, msg);
   }
-  baton::error_code move_to(baton::channel& tx, std::chrono::milliseconds timeout, const std::function<void()>& during = {}) {
+  // `during` is polled between turns of the io_context until it returns true; it must not block
+  // (the move advances only while the io_context runs).
+  baton::error_code move_to(baton::channel& tx, std::chrono::milliseconds timeout,
+                            const std::function<bool()>& during = {}) {
     baton::error_code result = asio::error::would_block;
     baton::move_options o;
     o.timeout = timeout;
@@ -369,14 +372,11 @@ struct rollback_fixture {
       server = std::move(back);
     });
     auto end = std::chrono::steady_clock::now() + 30s;
-    bool called = false;
+    bool done_during = !during;
     while (result == asio::error::would_block && std::chrono::steady_clock::now() < end) {
       ioc.run_for(10ms);
       if (ioc.stopped()) ioc.restart();
-      if (during && !called) {
-        called = true;
-        during();
-      }
+      if (!done_during) done_during = during();
     }
     return result;
   }
@@ -393,9 +393,10 @@ void rollback_case(const std::string& mode, std::chrono::milliseconds timeout, b
   // Bytes the client sent before the move must survive the rollback too.
   asio::write(f.client, asio::buffer(std::string("in flight;")));
   auto ec = f.move_to(tx, timeout, [&] {
-    if (!kill) return;
-    ASSERT_TRUE(baton::test::wait_for_file(ready + ".got"));  // the ticket is in the target
+    if (!kill) return true;
+    if (!baton::test::file_exists(ready + ".got")) return false;  // the ticket is not in the target yet
     target.kill();
+    return true;
   });
   EXPECT_EQ(ec, expect) << ec.message();
   ASSERT_TRUE(f.server.is_open());
