@@ -52,6 +52,8 @@ int main(int argc, char** argv) {
   baton::restart_options opts;
   opts.next_args = args;
   opts.allow_restart_binary = allow_binary;
+  // The library reports and never prints; the server writes what its service reports to stderr.
+  opts.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
   asio::io_context ioc(1);
   baton::service svc(ioc.get_executor(), name, opts);
   int status = 0;

@@ -127,7 +127,10 @@ struct http_service_options {
 /// Runs the server until this generation retires (exit status 0) or fails to start (1).
 inline int run_http_service(const http_service_options& o) {
   asio::io_context ioc(1);
-  baton::service svc(ioc.get_executor(), o.name, o.restart);
+  auto ro = o.restart;
+  // The library reports and never prints; a server writes what its service reports to stderr.
+  if (!ro.log) ro.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  baton::service svc(ioc.get_executor(), o.name, ro);
   server srv{svc};
   int status = 0;
   const std::string& name = o.name;

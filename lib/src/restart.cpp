@@ -150,16 +150,14 @@ channel_options small_channel() {
 }
 
 // Sends one message to a channel by name, fire and forget (the sender channel lives until the
-// ticket is in the ring).
-void send_message(const asio::any_io_executor& ex, const std::string& to, const message& m) {
-  if (to.empty()) return;
+// ticket is in the ring). A channel that cannot be opened is reported to the caller.
+error_code send_message(const asio::any_io_executor& ex, const std::string& to, const message& m) {
+  if (to.empty()) return {};
   error_code ec;
   auto ch = std::make_shared<channel>(channel::open(ex, to, small_channel(), ec));
-  if (ec) {
-    std::fprintf(stderr, "baton: cannot answer on channel %s: %s\n", to.c_str(), ec.message().c_str());
-    return;
-  }
+  if (ec) return ec;
   ch->async_send(make_message(m), [ch](error_code) {});
+  return {};
 }
 
 }  // namespace
@@ -194,6 +192,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   asio::any_io_executor ex;
   std::string name;
   restart_options opts;
+  void note(const std::string& line) const {
+    if (opts.log) opts.log(line);
+  }
+  void reply(const std::string& to, const message& m) const {
+    if (auto ec = send_message(ex, to, m)) note("baton: service " + name + " cannot answer on channel " + to + ": " + ec.message());
+  }
   phase ph = phase::created;
   std::uint64_t gen = 0;
   std::uint32_t pid = current_pid();
@@ -503,14 +507,14 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       return;
     }
     if (ec) {
-      std::fprintf(stderr, "baton: service %s generation %llu cannot own its control channel: %s\n", name.c_str(),
-                   static_cast<unsigned long long>(gen), ec.message().c_str());
+      note("baton: service " + name + " generation " + std::to_string(gen) +
+           " cannot own its control channel: " + ec.message());
     }
     if (!reply_to.empty()) {
       message m{{"op", "result"}, {"ok", ec ? "0" : "1"}};
       put_report(m, report);
       if (ec) put_error(m, ec);
-      send_message(ex, reply_to, m);
+      reply(reply_to, m);
       reply_to.clear();
     }
   }
@@ -541,8 +545,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       return;
     }
     if (ec) {
-      std::fprintf(stderr, "baton: service %s: OS restart trigger unavailable (%s); batonctl still works\n",
-                   name.c_str(), ec.message().c_str());
+      note("baton: service " + name + ": OS restart trigger unavailable (" + ec.message() + "); batonctl still works");
       return;
     }
     wait_trigger();
@@ -574,7 +577,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     } else if (op == "restart") {
       begin_restart(std::nullopt, get(m, "reply"), get(m, "binary"));
     } else if (op == "status") {
-      send_message(ex, get(m, "reply"), {{"op", "status-reply"}, {"text", status_text()}});
+      reply(get(m, "reply"), {{"op", "status-reply"}, {"text", status_text()}});
     }
   }
 
@@ -637,13 +640,13 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     if (reply.empty()) return;
     message m{{"op", "result"}, {"ok", "0"}};
     put_error(m, ec);
-    send_message(ex, reply, m);
+    this->reply(reply, m);
   }
 
   void on_hello(const std::string& inbox_name) {
     if (ph != phase::serving && ph != phase::spawning) {
       ++st.restarts_refused;
-      send_message(ex, inbox_name, {{"op", "busy"}});
+      reply(inbox_name, {{"op", "busy"}});
       return;
     }
     if (ph == phase::serving) {
@@ -834,8 +837,8 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   void fail_restart(error_code ec) {
     if (ph != phase::spawning && ph != phase::handing_over) return;
     ++st.restarts_failed;
-    std::fprintf(stderr, "baton: restart of %s failed: %s; generation %llu keeps serving\n", name.c_str(),
-                 ec.message().c_str(), static_cast<unsigned long long>(gen));
+    note("baton: restart of " + name + " failed: " + ec.message() + "; generation " + std::to_string(gen) +
+         " keeps serving");
     if (next) {
       auto nx = next;
       nx->async_send(make_message({{"op", "abort"}, {"reason", ec.message()}}), [nx](error_code) {});
@@ -868,7 +871,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
     auto b = adopt_listener(ex, e->kept, ec);
     e->kept = ~std::uintptr_t{0};
     if (ec) {
-      std::fprintf(stderr, "baton: cannot take listener back: %s\n", ec.message().c_str());
+      note("baton: service " + name + " cannot take a listener back: " + ec.message());
       return;
     }
     auto s = std::make_shared<listener::state>();

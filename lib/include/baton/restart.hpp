@@ -32,6 +32,7 @@
 #include <boost/asio/async_result.hpp>
 
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -61,6 +62,12 @@ struct restart_options {
   /// errc::restart_binary_refused, so that a process able to reach the control channel cannot
   /// choose what this service runs; next_binary (or this executable) is what restarts.
   bool allow_restart_binary = false;
+  /// Called with one line of text for an event the service handled on its own and the caller
+  /// may want to log: a reply it could not send, a control channel or OS trigger it could not
+  /// own, a failed restart it recovered from (also in the restart report), a listener it could
+  /// not take back. Empty (the default): the library writes nothing anywhere. Called on the
+  /// service's executor.
+  std::function<void(const std::string&)> log;
 };
 
 /// The outcome of one hand-over from generation N to N+1.
@@ -112,7 +119,7 @@ class service {
 
   /// Joins the service: becomes its first generation if none runs, or takes over from the
   /// running generation (its listeners have arrived when this completes; its connections follow
-  /// through async_accept). Signature: void(error_code). errc::operation_in_progress if the
+  /// through async_accept). Signature: void(error_code). errc::restart_in_progress if the
   /// running generation is already handing over to another process.
   template <class Token>
   auto async_start(Token&& token) {
@@ -151,7 +158,7 @@ class service {
   /// Starts the next generation (restart_options::next_binary/next_args) and hands everything
   /// over to it. Completes with the report when this generation owns nothing (success: exit
   /// now) or when the restart failed (this generation keeps serving). Signature:
-  /// void(error_code, restart_report). errc::operation_in_progress if one is already running.
+  /// void(error_code, restart_report). errc::restart_in_progress if one is already running.
   template <class Token>
   auto async_restart(Token&& token) {
     return boost::asio::async_initiate<Token, void(error_code, restart_report)>(
