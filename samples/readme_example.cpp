@@ -23,8 +23,9 @@ asio::awaitable<void> serve(baton::connection c) {  // echo; bytes read before t
 
 asio::awaitable<void> worker(baton::channel& rx) {  // owns a channel, serves what arrives
   for (;;) {
-    baton::arrival a = co_await baton::async_receive(rx, asio::use_awaitable);
-    asio::co_spawn(rx.get_executor(), serve(std::move(a.conn)), asio::detached);
+    auto [ec, a] = co_await baton::async_receive(rx, asio::as_tuple(asio::use_awaitable));
+    if (!ec && a.kind == baton::ticket_kind::connection)  // a bad ticket is an error: take the next
+      asio::co_spawn(rx.get_executor(), serve(std::move(a.conn)), asio::detached);
   }
 }
 

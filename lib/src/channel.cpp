@@ -1,3 +1,7 @@
+// A channel: the receiver creates the ring, doorbell and transfer endpoint under one name;
+// senders open it, push tickets (waiting for room per full_policy) and poll their ack slot for
+// the verdict; the receiver pops tickets, sleeping on the doorbell with a 50 ms re-check, and
+// closes orphaned transfers whenever its ring is empty.
 #include "baton/channel.hpp"
 
 #include "channel_impl.hpp"

@@ -1,3 +1,6 @@
+// baton::connection and baton::listener over a stream/listener backend: the native backends
+// (an Asio socket on this process's reactor), unread bytes delivered before the socket, and the
+// quiesce/resume a move needs (pending reads cancelled, writes finished first).
 #include "baton/connection.hpp"
 
 #include "connection_impl.hpp"

@@ -1,3 +1,6 @@
+// The move: a source-side operation per connection or listener (quiesce, claim an ack slot,
+// export, publish, transact, then commit or roll back) and the target-side receive that
+// re-creates what a ticket names and acknowledges it. See docs/design.md, "The move".
 #include "baton/move.hpp"
 
 #include "channel_impl.hpp"

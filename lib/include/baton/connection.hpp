@@ -23,7 +23,7 @@ namespace baton {
 
 /// How a connection is driven by its io_context.
 enum class attach_mode {
-  native,    ///< the socket is associated with the reactor (IOCP / epoll / io_uring)
+  native,    ///< the socket is associated with the reactor (IOCP on Windows, epoll on Linux)
   emulated,  ///< Windows: the socket is still bound to another process's completion port; I/O is
              ///< overlapped with low-bit events awaited through the reactor ("emulated IOCP")
 };

@@ -46,12 +46,12 @@ struct arrival {
   std::uint32_t sender_pid = 0;  ///< the process that sent it
 };
 
-/// Counters of the move machinery in this process. Thread-safe reads (relaxed).
 /// Upper bounds (microseconds) of the move latency histogram's buckets; the last bucket counts
 /// the moves above the last bound.
 inline constexpr std::array<std::uint32_t, 11> move_latency_bounds_us{50,   100,   250,   500,    1000,   2500,
                                                                       5000, 10000, 25000, 100000, 1000000};
 
+/// Counters of the move machinery in this process (get_move_stats). Thread-safe reads (relaxed).
 struct move_stats {
   std::uint64_t sent = 0, received = 0, rollbacks = 0, rejected_tickets = 0, strategy_fallbacks = 0;
   std::uint64_t refused_pushes = 0;  ///< Linux: descriptors pushed by another uid, dropped

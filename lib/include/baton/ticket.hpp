@@ -55,7 +55,7 @@ struct ticket {
   std::uint32_t target_pid = 0;
   ticket_id id{};
   std::uint32_t ack_slot = 0;  ///< index of the sender's slot in the channel's ack table
-  std::uint32_t flags = 0;     ///< kind-specific flags (see move.hpp)
+  std::uint32_t flags = 0;     ///< reserved for kind-specific flags; none is defined yet (0)
   std::vector<std::byte> payload;  ///< platform handle payload
   std::vector<std::byte> unread;   ///< bytes read from the kernel, not yet consumed
   std::vector<std::byte> state;    ///< opaque application state

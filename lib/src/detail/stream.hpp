@@ -8,6 +8,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -111,11 +112,11 @@ std::unique_ptr<listener_backend> adopt_listener(const boost::asio::any_io_execu
 /// Windows: a WSAPROTOCOL_INFOW), so that a move can check its ticket's size before exporting.
 std::size_t largest_transfer_payload() noexcept;
 
-/// Platform counters (e.g. fallbacks from one strategy to another).
+/// Platform counters, read by get_move_stats from any thread.
 struct transfer_counters {
-  std::uint64_t fallbacks = 0;
-  std::uint64_t refused_pushes = 0;  ///< SCM_RIGHTS datagrams dropped (another uid, malformed)
-  std::uint64_t orphans_closed = 0;  ///< handles made for us whose tickets never came, closed
+  std::atomic<std::uint64_t> fallbacks{0};
+  std::atomic<std::uint64_t> refused_pushes{0};  ///< SCM_RIGHTS datagrams dropped (another uid, malformed)
+  std::atomic<std::uint64_t> orphans_closed{0};  ///< handles made for us whose tickets never came, closed
 };
 transfer_counters& counters() noexcept;
 
