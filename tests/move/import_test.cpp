@@ -77,8 +77,10 @@ TEST(move_import, a_connected_socket_named_as_a_listener_is_refused_and_left_ope
   EXPECT_FALSE(ec);
 }
 
-#ifndef _WIN32
 TEST(move_import, a_descriptor_that_is_not_a_socket_keeps_its_flags) {
+#ifdef _WIN32
+  GTEST_SKIP() << "descriptor flags are POSIX's (Windows' counterpart is the handle test above)";
+#else
   asio::io_context ioc;
   int p[2];
   ASSERT_EQ(::pipe(p), 0);  // no FD_CLOEXEC
@@ -87,7 +89,7 @@ TEST(move_import, a_descriptor_that_is_not_a_socket_keeps_its_flags) {
   EXPECT_EQ(::fcntl(p[0], F_GETFD), 0) << "the import changed the flags of a descriptor it does not own";
   ::close(p[0]);
   ::close(p[1]);
-}
 #endif
+}
 
 }  // namespace
