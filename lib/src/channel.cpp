@@ -25,7 +25,7 @@ channel::impl::~impl() {
   if (receiver) {
     // The region goes last: while it holds the name, nobody else can create a channel of it, so
     // the names removed before it are certainly ours (see remove_stale_channel).
-    detail::close_transfer_endpoint(name);
+    xfer.reset();
     detail::doorbell::remove(bell_name);
     detail::remove_region(region_name);
   }
@@ -95,10 +95,10 @@ channel channel::create(const executor_type& ex, std::string_view name, const ch
   // A transfer endpoint or doorbell of this name is a leftover of a dead owner that did not clean
   // up: no live channel can have them while we hold the region's name. Remove it (only if it is
   // this user's) and try again once.
-  detail::open_transfer_endpoint(im->name, slots, opts.global_namespace, ec);
+  im->xfer = detail::open_transfer_endpoint(im->name, slots, opts.global_namespace, true, ec);
   if (ec == errc::name_in_use) {
-    detail::close_transfer_endpoint(im->name);
-    detail::open_transfer_endpoint(im->name, slots, opts.global_namespace, ec);
+    detail::remove_transfer_endpoint(im->name);
+    im->xfer = detail::open_transfer_endpoint(im->name, slots, opts.global_namespace, true, ec);
   }
   if (ec) return c;  // the impl's destructor removes what was created
   im->bell = detail::doorbell::create(ex, im->bell_name, ec);
@@ -156,6 +156,8 @@ channel channel::open(const executor_type& ex, std::string_view name, const chan
     if (ec) return c;
     break;
   }
+  im->xfer = detail::open_transfer_endpoint(im->name, 0, opts.global_namespace, false, ec);
+  if (ec) return c;
   // The receiver's limit bounds what it will accept; never send more than that.
   im->opts.limits.max_ticket_bytes =
       std::min<std::size_t>(opts.limits.max_ticket_bytes, im->ring.identity().max_record_bytes);

@@ -1,6 +1,7 @@
 #include "ring.hpp"
 
 #include "detail/platform.hpp"
+#include "detail/shared_atomic.hpp"
 
 #include <chrono>
 #include <cstring>
@@ -67,11 +68,6 @@ constexpr std::uint32_t rec_reserved = 1, rec_committed = 2, rec_padding = 3;
 // finds its record skipped and stops writing into it.
 constexpr std::uint32_t rec_skipped = 4, rec_abandoned = 5;
 constexpr std::uint32_t ack_claiming = 5;
-
-template <class T>
-std::atomic_ref<T> at(T& v) noexcept {
-  return std::atomic_ref<T>(v);
-}
 
 constexpr std::size_t align8(std::size_t n) { return (n + 7) & ~std::size_t{7}; }
 

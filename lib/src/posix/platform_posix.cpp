@@ -383,7 +383,7 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
   if (::lstat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) return;
   // While the stale region holds the name no new channel of it can be created, so its doorbell
   // and transfer endpoint are the dead owner's: remove them first, the region last.
-  close_transfer_endpoint(name);
+  remove_transfer_endpoint(name);
   doorbell::remove(object_name(name, "bell", false));
   ::unlink(path.c_str());
 }

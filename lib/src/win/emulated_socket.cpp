@@ -124,6 +124,7 @@ class emulated_stream final : public stream_backend {
   }
   bool is_open() const override { return !st_->closed; }
   attach_mode mode() const override { return attach_mode::emulated; }
+  asio::any_io_executor get_executor() override { return ex_; }
   tcp::endpoint remote_endpoint(error_code& ec) const override { return endpoint_of(st_->s, true, ec); }
   tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
   void shutdown_send(error_code& ec) override {
@@ -184,6 +185,7 @@ class emulated_listener final : public listener_backend {
   }
   bool is_open() const override { return !st_->closed; }
   attach_mode mode() const override { return attach_mode::emulated; }
+  asio::any_io_executor get_executor() override { return ex_; }
   tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
   std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
   // Windows cannot shut a listening socket down; a copy left with a stalled target is closed by
