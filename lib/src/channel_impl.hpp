@@ -49,6 +49,9 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
   }
 
   explicit impl(const executor_type& e) : ex(e), wait_timer(e) {}
+  /// A fresh impl with the channel's names (errc::invalid_name for a bad name).
+  static std::shared_ptr<impl> make(const executor_type& ex, std::string_view name, const channel_options& opts,
+                                    error_code& ec);
   ~impl();
 };
 

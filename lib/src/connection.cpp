@@ -18,72 +18,61 @@ using asio::ip::tcp;
 namespace detail {
 namespace {
 
-// The native backend: the socket is associated with this process's reactor.
-class native_stream final : public stream_backend {
+// What the native backends share: an Asio socket or acceptor on this process's reactor.
+template <class Base, class Socket>
+class native_socket : public Base {
  public:
-  explicit native_stream(tcp::socket s) : s_(std::move(s)) {}
-  ~native_stream() override { close(); }
-  void read(asio::mutable_buffer b, io_handler h) override { s_.async_read_some(b, std::move(h)); }
-  void write(asio::const_buffer b, io_handler h) override { s_.async_write_some(b, std::move(h)); }
+  explicit native_socket(Socket s) : s_(std::move(s)) {}
   void cancel() override {
     error_code ec;
     s_.cancel(ec);
-  }
-  void close() override {
-    error_code ec;
-    if (shutdown_on_close_ && s_.is_open()) s_.shutdown(tcp::socket::shutdown_both, ec);
-    s_.close(ec);
   }
   void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
   std::uintptr_t release(error_code& ec) override { return static_cast<std::uintptr_t>(s_.release(ec)); }
   asio::any_io_executor get_executor() override { return s_.get_executor(); }
   bool is_open() const override { return s_.is_open(); }
   attach_mode mode() const override { return attach_mode::native; }
-  tcp::socket* socket() override { return &s_; }
-  tcp::endpoint remote_endpoint(error_code& ec) const override { return s_.remote_endpoint(ec); }
   tcp::endpoint local_endpoint(error_code& ec) const override { return s_.local_endpoint(ec); }
-  void shutdown_send(error_code& ec) override { s_.shutdown(tcp::socket::shutdown_send, ec); }
   std::uintptr_t native_handle() const override {
-    return static_cast<std::uintptr_t>(const_cast<tcp::socket&>(s_).native_handle());
+    return static_cast<std::uintptr_t>(const_cast<Socket&>(s_).native_handle());
   }
 
- private:
-  tcp::socket s_;
+ protected:
+  Socket s_;
   bool shutdown_on_close_ = false;
 };
 
-class native_listener final : public listener_backend {
+class native_stream final : public native_socket<stream_backend, tcp::socket> {
  public:
-  explicit native_listener(tcp::acceptor a) : a_(std::move(a)) {}
+  using native_socket::native_socket;
+  ~native_stream() override { close(); }
+  void read(asio::mutable_buffer b, io_handler h) override { s_.async_read_some(b, std::move(h)); }
+  void write(asio::const_buffer b, io_handler h) override { s_.async_write_some(b, std::move(h)); }
+  void close() override {
+    error_code ec;
+    if (shutdown_on_close_ && s_.is_open()) s_.shutdown(tcp::socket::shutdown_both, ec);
+    s_.close(ec);
+  }
+  tcp::socket* socket() override { return &s_; }
+  tcp::endpoint remote_endpoint(error_code& ec) const override { return s_.remote_endpoint(ec); }
+  void shutdown_send(error_code& ec) override { s_.shutdown(tcp::socket::shutdown_send, ec); }
+};
+
+class native_listener final : public native_socket<listener_backend, tcp::acceptor> {
+ public:
+  using native_socket::native_socket;
   ~native_listener() override { close(); }
   void accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) override {
-    a_.async_accept(std::move(h));
-  }
-  void cancel() override {
-    error_code ec;
-    a_.cancel(ec);
+    s_.async_accept(std::move(h));
   }
   void close() override {
     // Linux stops a listening socket (in every process that holds it) on shutdown(); elsewhere
     // the call fails harmlessly.
-    if (shutdown_on_close_ && a_.is_open()) ::shutdown(a_.native_handle(), 2);
+    if (shutdown_on_close_ && s_.is_open()) ::shutdown(s_.native_handle(), 2);
     error_code ec;
-    a_.close(ec);
+    s_.close(ec);
   }
-  void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
-  std::uintptr_t release(error_code& ec) override { return static_cast<std::uintptr_t>(a_.release(ec)); }
-  asio::any_io_executor get_executor() override { return a_.get_executor(); }
-  bool is_open() const override { return a_.is_open(); }
-  attach_mode mode() const override { return attach_mode::native; }
-  tcp::endpoint local_endpoint(error_code& ec) const override { return a_.local_endpoint(ec); }
-  tcp::acceptor* acceptor() override { return &a_; }
-  std::uintptr_t native_handle() const override {
-    return static_cast<std::uintptr_t>(const_cast<tcp::acceptor&>(a_).native_handle());
-  }
-
- private:
-  tcp::acceptor a_;
-  bool shutdown_on_close_ = false;
+  tcp::acceptor* acceptor() override { return &s_; }
 };
 
 // What the whole of a connection or a listener does alike, over its impl.
@@ -106,6 +95,18 @@ tcp::endpoint local_endpoint_of(const std::shared_ptr<Impl>& im, error_code& ec)
     return {};
   }
   return im->backend->local_endpoint(ec);
+}
+
+// Completes `h` when no I/O may start: at once without a socket, through the executor while the
+// connection is being quiesced for a move. False if the operation may go ahead.
+bool refused(const std::shared_ptr<connection_impl>& im, io_handler& h) {
+  if (!im || !im->backend) {
+    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
+    return true;
+  }
+  if (!im->quiescing) return false;
+  asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
+  return true;
 }
 
 }  // namespace
@@ -209,14 +210,7 @@ void connection::close() {
 
 void connection::start_read(asio::mutable_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
   auto& im = impl_;
-  if (!im || !im->backend) {
-    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
-    return;
-  }
-  if (im->quiescing) {
-    asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
-    return;
-  }
+  if (detail::refused(im, h)) return;
   if (im->unread_pos < im->unread.size()) {
     const std::size_t n = std::min(b.size(), im->unread.size() - im->unread_pos);
     std::memcpy(b.data(), im->unread.data() + im->unread_pos, n);
@@ -255,14 +249,7 @@ asio::mutable_buffer connection::write_scratch(std::size_t n) {
 
 void connection::start_write(asio::const_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
   auto& im = impl_;
-  if (!im || !im->backend) {
-    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
-    return;
-  }
-  if (im->quiescing) {
-    asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
-    return;
-  }
+  if (detail::refused(im, h)) return;
   ++im->writes;
   im->backend->write(b, [self = im, h = std::move(h)](error_code ec, std::size_t n) mutable {
     --self->writes;

@@ -227,6 +227,11 @@ move_stats get_move_stats() noexcept {
 
 namespace detail {
 
+transfer_counters& counters() noexcept {
+  static transfer_counters c;
+  return c;
+}
+
 void start_send(channel& ch, connection&& c, const move_options& o,
                 asio::any_completion_handler<void(error_code, connection)> h) {
   start_send_op(ch, std::move(c), o, std::move(h));

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace baton::detail {
 
@@ -100,8 +101,16 @@ class process_watch {
  public:
   process_watch() noexcept;
   explicit process_watch(std::uint32_t pid);
-  process_watch(process_watch&&) noexcept;
-  process_watch& operator=(process_watch&&) noexcept;
+  process_watch(process_watch&& o) noexcept
+      : pid_(std::exchange(o.pid_, 0)), handle_(std::exchange(o.handle_, std::intptr_t{-1})) {}
+  process_watch& operator=(process_watch&& o) noexcept {
+    if (this != &o) {
+      process_watch old(std::move(*this));  // closes our handle on the way out
+      pid_ = std::exchange(o.pid_, 0);
+      handle_ = std::exchange(o.handle_, std::intptr_t{-1});
+    }
+    return *this;
+  }
   ~process_watch();
   /// True while the process exists. A process that cannot be observed (no such pid) is dead.
   bool alive() const noexcept;

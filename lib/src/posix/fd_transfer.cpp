@@ -26,11 +26,6 @@ namespace baton::detail {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
-transfer_counters& counters() noexcept {
-  static transfer_counters c;
-  return c;
-}
-
 namespace {
 
 error_code sys_error(int e) { return {e, boost::system::system_category()}; }

@@ -271,22 +271,6 @@ process_watch::process_watch(std::uint32_t pid) : pid_(pid) {
   handle_ = fd;
 }
 
-process_watch::process_watch(process_watch&& o) noexcept : pid_(o.pid_), handle_(o.handle_) {
-  o.handle_ = -1;
-  o.pid_ = 0;
-}
-
-process_watch& process_watch::operator=(process_watch&& o) noexcept {
-  if (this != &o) {
-    if (handle_ >= 0) ::close(static_cast<int>(handle_));
-    pid_ = o.pid_;
-    handle_ = o.handle_;
-    o.handle_ = -1;
-    o.pid_ = 0;
-  }
-  return *this;
-}
-
 process_watch::~process_watch() {
   if (handle_ >= 0) ::close(static_cast<int>(handle_));
 }

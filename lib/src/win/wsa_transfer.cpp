@@ -17,11 +17,6 @@ namespace baton::detail {
 namespace asio = boost::asio;
 using asio::ip::tcp;
 
-transfer_counters& counters() noexcept {
-  static transfer_counters c;
-  return c;
-}
-
 namespace {
 error_code wsa_error(int e) { return {e, asio::error::get_system_category()}; }
 
