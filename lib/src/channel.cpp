@@ -78,10 +78,9 @@ bool channel::valid_name(std::string_view name) noexcept {
 channel::channel() noexcept = default;
 channel::channel(channel&&) noexcept = default;
 channel& channel::operator=(channel&& o) noexcept {
-  if (this != &o) {
-    close();
-    impl_ = std::move(o.impl_);
-  }
+  if (this == &o) return *this;
+  channel old(std::move(*this));  // closed on the way out
+  impl_ = std::move(o.impl_);
   return *this;
 }
 channel::~channel() { close(); }

@@ -268,8 +268,8 @@ listener::listener(tcp::acceptor a)
 listener::listener(listener&&) noexcept = default;
 listener& listener::operator=(listener&&) noexcept = default;
 listener::~listener() { detail::close_if_last(impl_); }
-listener::executor_type listener::get_executor() const { return impl_->ex; }
 bool listener::is_open() const noexcept { return impl_ && impl_->is_open(); }
+listener::executor_type listener::get_executor() const { return impl_->ex; }
 attach_mode listener::mode() const noexcept { return detail::mode_of(impl_); }
 tcp::endpoint listener::local_endpoint(error_code& ec) const { return detail::local_endpoint_of(impl_, ec); }
 std::uintptr_t listener::native_handle() const noexcept { return detail::handle_of(impl_); }

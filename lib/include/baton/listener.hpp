@@ -29,8 +29,9 @@ class listener {
   listener& operator=(listener&&) noexcept;
   ~listener();
 
-  executor_type get_executor() const;
+  /// True while the listener holds a listening socket.
   bool is_open() const noexcept;
+  executor_type get_executor() const;
   attach_mode mode() const noexcept;
   boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const;
   /// The acceptor, in native mode; nullptr in emulated mode.
