@@ -18,6 +18,7 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
   boost::interprocess::mapped_region region;
   detail::ring ring;
   detail::doorbell bell;
+  std::unique_ptr<detail::transfer_endpoint> xfer;  // made by the backend; export/import use it
   detail::process_watch owner;  // sender side: the receiving process
   boost::asio::steady_timer wait_timer;
   std::uint64_t wait_gen = 0;
@@ -44,12 +45,13 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
     const auto now = std::chrono::steady_clock::now();
     if (now - orphans_checked < std::chrono::milliseconds(10)) return;
     orphans_checked = now;
-    detail::collect_orphan_transfers(name, [this](std::uint32_t slot, const ticket_id& id) {
-      return ring.ack_wanted(slot, id);
-    });
+    if (xfer) xfer->collect_orphans([this](std::uint32_t slot, const ticket_id& id) { return ring.ack_wanted(slot, id); });
   }
 
   explicit impl(const executor_type& e) : ex(e), wait_timer(e) {}
+  /// A fresh impl with the channel's names (errc::invalid_name for a bad name).
+  static std::shared_ptr<impl> make(const executor_type& ex, std::string_view name, const channel_options& opts,
+                                    error_code& ec);
   ~impl();
 };
 

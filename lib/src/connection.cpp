@@ -18,71 +18,105 @@ using asio::ip::tcp;
 namespace detail {
 namespace {
 
-// The native backend: the socket is associated with this process's reactor.
-class native_stream final : public stream_backend {
+// What the native backends share: an Asio socket or acceptor on this process's reactor.
+template <class Base, class Socket>
+class native_socket : public Base {
  public:
-  explicit native_stream(tcp::socket s) : s_(std::move(s)) {}
-  ~native_stream() override { close(); }
-  void read(asio::mutable_buffer b, io_handler h) override { s_.async_read_some(b, std::move(h)); }
-  void write(asio::const_buffer b, io_handler h) override { s_.async_write_some(b, std::move(h)); }
+  explicit native_socket(Socket s) : s_(std::move(s)) {}
   void cancel() override {
     error_code ec;
     s_.cancel(ec);
   }
+  void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
+  std::uintptr_t release(error_code& ec) override { return static_cast<std::uintptr_t>(s_.release(ec)); }
+  asio::any_io_executor get_executor() override { return s_.get_executor(); }
+  bool is_open() const override { return s_.is_open(); }
+  attach_mode mode() const override { return attach_mode::native; }
+  tcp::endpoint local_endpoint(error_code& ec) const override { return s_.local_endpoint(ec); }
+  std::uintptr_t native_handle() const override {
+    return static_cast<std::uintptr_t>(const_cast<Socket&>(s_).native_handle());
+  }
+
+ protected:
+  Socket s_;
+  bool shutdown_on_close_ = false;
+};
+
+class native_stream final : public native_socket<stream_backend, tcp::socket> {
+ public:
+  using native_socket::native_socket;
+  ~native_stream() override { close(); }
+  void read(asio::mutable_buffer b, io_handler h) override { s_.async_read_some(b, std::move(h)); }
+  void write(asio::const_buffer b, io_handler h) override { s_.async_write_some(b, std::move(h)); }
   void close() override {
     error_code ec;
     if (shutdown_on_close_ && s_.is_open()) s_.shutdown(tcp::socket::shutdown_both, ec);
     s_.close(ec);
   }
-  void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
-  bool is_open() const override { return s_.is_open(); }
-  attach_mode mode() const override { return attach_mode::native; }
   tcp::socket* socket() override { return &s_; }
   tcp::endpoint remote_endpoint(error_code& ec) const override { return s_.remote_endpoint(ec); }
-  tcp::endpoint local_endpoint(error_code& ec) const override { return s_.local_endpoint(ec); }
   void shutdown_send(error_code& ec) override { s_.shutdown(tcp::socket::shutdown_send, ec); }
-  std::uintptr_t native_handle() const override {
-    return static_cast<std::uintptr_t>(const_cast<tcp::socket&>(s_).native_handle());
-  }
-
- private:
-  tcp::socket s_;
-  bool shutdown_on_close_ = false;
 };
 
-class native_listener final : public listener_backend {
+class native_listener final : public native_socket<listener_backend, tcp::acceptor> {
  public:
-  explicit native_listener(tcp::acceptor a) : a_(std::move(a)) {}
+  using native_socket::native_socket;
   ~native_listener() override { close(); }
   void accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) override {
-    a_.async_accept(std::move(h));
-  }
-  void cancel() override {
-    error_code ec;
-    a_.cancel(ec);
+    s_.async_accept(std::move(h));
   }
   void close() override {
     // Linux stops a listening socket (in every process that holds it) on shutdown(); elsewhere
     // the call fails harmlessly.
-    if (shutdown_on_close_ && a_.is_open()) ::shutdown(a_.native_handle(), 2);
+    if (shutdown_on_close_ && s_.is_open()) ::shutdown(s_.native_handle(), 2);
     error_code ec;
-    a_.close(ec);
+    s_.close(ec);
   }
-  void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
-  bool is_open() const override { return a_.is_open(); }
-  attach_mode mode() const override { return attach_mode::native; }
-  tcp::endpoint local_endpoint(error_code& ec) const override { return a_.local_endpoint(ec); }
-  tcp::acceptor* acceptor() override { return &a_; }
-  std::uintptr_t native_handle() const override {
-    return static_cast<std::uintptr_t>(const_cast<tcp::acceptor&>(a_).native_handle());
-  }
-
- private:
-  tcp::acceptor a_;
-  bool shutdown_on_close_ = false;
+  tcp::acceptor* acceptor() override { return &s_; }
 };
 
+// What the whole of a connection or a listener does alike, over its impl.
+template <class Impl>
+void close_if_last(const std::shared_ptr<Impl>& im) {
+  if (im && im.use_count() == 1 && im->backend) im->backend->close();
+}
+template <class Impl>
+attach_mode mode_of(const std::shared_ptr<Impl>& im) noexcept {
+  return im && im->backend ? im->backend->mode() : attach_mode::native;
+}
+template <class Impl>
+std::uintptr_t handle_of(const std::shared_ptr<Impl>& im) noexcept {
+  return im && im->backend ? im->backend->native_handle() : ~std::uintptr_t{0};
+}
+template <class Impl>
+tcp::endpoint local_endpoint_of(const std::shared_ptr<Impl>& im, error_code& ec) {
+  if (!im || !im->backend) {
+    ec = asio::error::bad_descriptor;
+    return {};
+  }
+  return im->backend->local_endpoint(ec);
+}
+
+// Completes `h` when no I/O may start: at once without a socket, through the executor while the
+// connection is being quiesced for a move. False if the operation may go ahead.
+bool refused(const std::shared_ptr<connection_impl>& im, io_handler& h) {
+  if (!im || !im->backend) {
+    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
+    return true;
+  }
+  if (!im->quiescing) return false;
+  asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
+  return true;
+}
+
 }  // namespace
+
+std::uintptr_t socket_backend::release(error_code& ec) {
+  ec = asio::error::operation_not_supported;
+  return ~std::uintptr_t{0};
+}
+
+std::optional<transfer_strategy> pending_export::fallback(const error_code&) { return std::nullopt; }
 
 void pending_export::async_publish(const asio::any_io_executor& ex, std::chrono::steady_clock::time_point,
                                    asio::any_completion_handler<void(error_code)> h) {
@@ -96,62 +130,51 @@ std::unique_ptr<listener_backend> make_native_listener(tcp::acceptor a) {
   return std::make_unique<native_listener>(std::move(a));
 }
 
-void connection_impl::check_idle() {
-  if (quiescing && reads == 0 && writes == 0 && on_idle) {
-    auto f = std::move(on_idle);
-    on_idle = nullptr;
-    asio::post(ex, std::move(f));
+std::unique_ptr<socket_backend> make_native_socket(socket_kind kind, const asio::any_io_executor& ex, tcp protocol,
+                                                   std::uintptr_t h, error_code& ec) {
+  const auto native = static_cast<tcp::socket::native_handle_type>(h);
+  if (kind == socket_kind::connection) {
+    tcp::socket s(ex);
+    s.assign(protocol, native, ec);
+    return ec ? nullptr : make_native_stream(std::move(s));
   }
+  tcp::acceptor a(ex);
+  a.assign(protocol, native, ec);
+  return ec ? nullptr : make_native_listener(std::move(a));
 }
 
 void connection_impl::quiesce(std::function<void()> done) {
-  quiescing = true;
-  on_idle = std::move(done);
+  begin_quiesce(std::move(done));
   // Cancelling would abort writes too (and lose track of how much they wrote), so reads are
   // cancelled only once every write has finished; see the write completion.
   if (writes == 0 && reads > 0 && backend) backend->cancel();
   check_idle();
 }
 
-}  // namespace detail
-
-void listener::state::check_idle() {
-  if (quiescing && accepts == 0 && on_idle) {
-    auto f = std::move(on_idle);
-    on_idle = nullptr;
-    asio::post(ex, std::move(f));
-  }
-}
-
-void listener::state::quiesce(std::function<void()> done) {
-  quiescing = true;
-  on_idle = std::move(done);
+void listener_impl::quiesce(std::function<void()> done) {
+  begin_quiesce(std::move(done));
   if (accepts > 0 && backend) backend->cancel();
   check_idle();
 }
+
+}  // namespace detail
 
 // connection ---------------------------------------------------------------------------------
 
 connection::connection() noexcept = default;
 connection::connection(std::shared_ptr<detail::connection_impl> impl) noexcept : impl_(std::move(impl)) {}
 connection::connection(tcp::socket socket, std::vector<std::byte> unread, std::vector<std::byte> state)
-    : impl_(std::make_shared<detail::connection_impl>()) {
-  impl_->ex = socket.get_executor();
-  impl_->backend = detail::make_native_stream(std::move(socket));
+    : impl_(std::make_shared<detail::connection_impl>(socket.get_executor(), detail::make_native_stream(std::move(socket)))) {
   impl_->unread = std::move(unread);
   impl_->state = std::move(state);
 }
 connection::connection(connection&&) noexcept = default;
 connection& connection::operator=(connection&&) noexcept = default;
-connection::~connection() {
-  if (impl_ && impl_.use_count() == 1 && impl_->backend) impl_->backend->close();
-}
+connection::~connection() { detail::close_if_last(impl_); }
 
 connection::executor_type connection::get_executor() const { return impl_->ex; }
-bool connection::is_open() const noexcept { return impl_ && impl_->backend && impl_->backend->is_open(); }
-attach_mode connection::mode() const noexcept {
-  return impl_ && impl_->backend ? impl_->backend->mode() : attach_mode::native;
-}
+bool connection::is_open() const noexcept { return impl_ && impl_->is_open(); }
+attach_mode connection::mode() const noexcept { return detail::mode_of(impl_); }
 std::vector<std::byte>& connection::state() noexcept { return impl_->state; }
 const std::vector<std::byte>& connection::state() const noexcept { return impl_->state; }
 std::size_t connection::unread_size() const noexcept { return impl_ ? impl_->unread.size() - impl_->unread_pos : 0; }
@@ -161,9 +184,7 @@ void connection::push_front_unread(const void* data, std::size_t n) {
   impl_->unread.insert(impl_->unread.end(), rest.begin(), rest.end());
   impl_->unread_pos = 0;
 }
-std::uintptr_t connection::native_handle() const noexcept {
-  return impl_ && impl_->backend ? impl_->backend->native_handle() : ~std::uintptr_t{0};
-}
+std::uintptr_t connection::native_handle() const noexcept { return detail::handle_of(impl_); }
 tcp::socket* connection::socket() noexcept { return impl_ && impl_->backend ? impl_->backend->socket() : nullptr; }
 tcp::endpoint connection::remote_endpoint(error_code& ec) const {
   if (!impl_ || !impl_->backend) {
@@ -172,13 +193,7 @@ tcp::endpoint connection::remote_endpoint(error_code& ec) const {
   }
   return impl_->backend->remote_endpoint(ec);
 }
-tcp::endpoint connection::local_endpoint(error_code& ec) const {
-  if (!impl_ || !impl_->backend) {
-    ec = asio::error::bad_descriptor;
-    return {};
-  }
-  return impl_->backend->local_endpoint(ec);
-}
+tcp::endpoint connection::local_endpoint(error_code& ec) const { return detail::local_endpoint_of(impl_, ec); }
 void connection::cancel() {
   if (impl_ && impl_->backend) impl_->backend->cancel();
 }
@@ -195,14 +210,7 @@ void connection::close() {
 
 void connection::start_read(asio::mutable_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
   auto& im = impl_;
-  if (!im || !im->backend) {
-    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
-    return;
-  }
-  if (im->quiescing) {
-    asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
-    return;
-  }
+  if (detail::refused(im, h)) return;
   if (im->unread_pos < im->unread.size()) {
     const std::size_t n = std::min(b.size(), im->unread.size() - im->unread_pos);
     std::memcpy(b.data(), im->unread.data() + im->unread_pos, n);
@@ -241,14 +249,7 @@ asio::mutable_buffer connection::write_scratch(std::size_t n) {
 
 void connection::start_write(asio::const_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
   auto& im = impl_;
-  if (!im || !im->backend) {
-    std::move(h)(error_code(asio::error::bad_descriptor), std::size_t{0});
-    return;
-  }
-  if (im->quiescing) {
-    asio::post(im->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), std::size_t{0}));
-    return;
-  }
+  if (detail::refused(im, h)) return;
   ++im->writes;
   im->backend->write(b, [self = im, h = std::move(h)](error_code ec, std::size_t n) mutable {
     --self->writes;
@@ -261,31 +262,17 @@ void connection::start_write(asio::const_buffer b, asio::any_completion_handler<
 // listener -----------------------------------------------------------------------------------
 
 listener::listener() noexcept = default;
-listener::listener(std::shared_ptr<state> s) noexcept : impl_(std::move(s)) {}
-listener::listener(tcp::acceptor a) : impl_(std::make_shared<state>()) {
-  impl_->ex = a.get_executor();
-  impl_->backend = detail::make_native_listener(std::move(a));
-}
+listener::listener(std::shared_ptr<detail::listener_impl> s) noexcept : impl_(std::move(s)) {}
+listener::listener(tcp::acceptor a)
+    : impl_(std::make_shared<detail::listener_impl>(a.get_executor(), detail::make_native_listener(std::move(a)))) {}
 listener::listener(listener&&) noexcept = default;
 listener& listener::operator=(listener&&) noexcept = default;
-listener::~listener() {
-  if (impl_ && impl_.use_count() == 1 && impl_->backend) impl_->backend->close();
-}
+listener::~listener() { detail::close_if_last(impl_); }
+bool listener::is_open() const noexcept { return impl_ && impl_->is_open(); }
 listener::executor_type listener::get_executor() const { return impl_->ex; }
-bool listener::is_open() const noexcept { return impl_ && impl_->backend && impl_->backend->is_open(); }
-attach_mode listener::mode() const noexcept {
-  return impl_ && impl_->backend ? impl_->backend->mode() : attach_mode::native;
-}
-tcp::endpoint listener::local_endpoint(error_code& ec) const {
-  if (!impl_ || !impl_->backend) {
-    ec = asio::error::bad_descriptor;
-    return {};
-  }
-  return impl_->backend->local_endpoint(ec);
-}
-std::uintptr_t listener::native_handle() const noexcept {
-  return impl_ && impl_->backend ? impl_->backend->native_handle() : ~std::uintptr_t{0};
-}
+attach_mode listener::mode() const noexcept { return detail::mode_of(impl_); }
+tcp::endpoint listener::local_endpoint(error_code& ec) const { return detail::local_endpoint_of(impl_, ec); }
+std::uintptr_t listener::native_handle() const noexcept { return detail::handle_of(impl_); }
 tcp::acceptor* listener::acceptor() noexcept { return impl_ && impl_->backend ? impl_->backend->acceptor() : nullptr; }
 void listener::cancel() {
   if (impl_ && impl_->backend) impl_->backend->cancel();

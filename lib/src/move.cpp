@@ -45,29 +45,33 @@ atomic_move_stats g_stats;
 // or roll back. Works for connections and listeners alike (`Object` says which).
 template <class Object, class State>
 struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
+  using backend_type = typename State::backend_type;
   channel& ch;
   std::shared_ptr<State> st;
   move_options opts;
   asio::any_completion_handler<void(error_code, Object)> handler;
   asio::steady_timer timer;
-  std::unique_ptr<detail::pending_export> pending;
+  std::unique_ptr<detail::pending_export> pending;  // owns the socket from the export to the verdict
   ticket t;
   std::uint32_t slot = no_ack_slot;  // held by this move until the ticket goes to the channel
-  bool idle = false, timed_out = false, retried = false;
+  bool idle = false, timed_out = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
-  transfer_method used = transfer_method::none;
 
   send_op(channel& c, std::shared_ptr<State> s, const move_options& o,
           asio::any_completion_handler<void(error_code, Object)> h)
       : ch(c), st(std::move(s)), opts(o), handler(std::move(h)), timer(st->ex) {}
 
-  void complete(error_code ec, Object obj) { std::move(handler)(ec, std::move(obj)); }
-
-  static bool writing(const detail::connection_impl& c) { return c.writes > 0; }
-  static bool writing(const listener::state&) { return false; }
+  // Hands the object back (or an empty one, after a success).
+  void complete(error_code ec, std::shared_ptr<State> back) {
+    std::move(handler)(ec, back ? detail::connection_access::wrap(std::move(back)) : Object());
+  }
+  void give_back(error_code ec) {
+    st->resume();
+    complete(ec, st);
+  }
 
   void start() {
-    if (!writing(*st)) {
+    if (!st->writing()) {
       // Nothing to wait for but cancelled reads, which complete at once: no busy timer (a timer
       // armed and cancelled per move re-arms the reactor's timerfd, measurable in a dispatcher).
       idle = true;
@@ -80,8 +84,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     timer.async_wait([self = this->shared_from_this()](error_code ec) {
       if (ec || self->idle) return;
       self->timed_out = true;
-      self->st->resume();
-      self->complete(errc::busy, Object(self->st));
+      self->give_back(errc::busy);
     });
     st->quiesce([self = this->shared_from_this()] {
       if (self->timed_out) return;
@@ -92,10 +95,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   }
 
   void quiesced() {
-    if (detail::inject(fault_step::quiesce, ch.owner_pid())) {
-      st->resume();
-      return complete(injected_failure(), Object(st));
-    }
+    if (detail::inject(fault_step::quiesce, ch.owner_pid())) return give_back(injected_failure());
     exported();
   }
 
@@ -117,21 +117,15 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       slot = detail::acquire_ack_slot(ch, t.id);
       if (slot == no_ack_slot) ec = errc::no_free_ack_slot;
     }
-    if (ec) {
-      st->resume();
-      return complete(ec, Object(st));
-    }
+    if (ec) return give_back(ec);
     t.ack_slot = slot;
-    if constexpr (std::is_same_v<Object, connection>)
-      pending = detail::export_stream(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
-    else
-      pending = detail::export_listener(st->backend, ch.owner_pid(), opts.strategy, ch.name(), t, ec);
+    std::unique_ptr<detail::socket_backend> b = std::move(st->backend);
+    pending = detail::export_socket(b, *detail::channel_access::get(ch).xfer, ch.owner_pid(), opts.strategy, t, ec);
+    st->backend = detail::backend_cast<backend_type>(std::move(b));  // still ours if the export failed
     if (ec) {
       detail::release_ack_slot(ch, std::exchange(slot, no_ack_slot));
-      st->resume();
-      return complete(ec, Object(st));
+      return give_back(ec);
     }
-    used = t.method;
     if (detail::inject(fault_step::detach, ch.owner_pid())) return abandon(injected_failure());
     pending->async_publish(st->ex, std::chrono::steady_clock::now() + opts.timeout,
                            [self = this->shared_from_this()](error_code ec) { self->published(ec); });
@@ -145,7 +139,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   }
 
   // The socket was exported but its ticket never entered the ring: release the slot (which makes
-  // any published copy unwanted, see collect_orphan_transfers) and roll back.
+  // any published copy unwanted, see transfer_endpoint::collect_orphans) and roll back.
   void abandon(error_code ec) {
     detail::release_ack_slot(ch, std::exchange(slot, no_ack_slot));
     verdict(ec);
@@ -164,38 +158,55 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     if (!ec) {
       // The target owns it now. Close our handle; the kernel object lives on in the target.
       detail::inject(fault_step::commit, ch.owner_pid());
-      if (st->backend) st->backend->set_shutdown_on_close(false);  // the target owns the socket now
-      pending->commit();
-      st->backend.reset();
+      std::exchange(pending, nullptr)->commit();
       g_stats.sent.fetch_add(1, std::memory_order_relaxed);
       g_stats.record_latency(std::chrono::steady_clock::now() - started);
-      return complete({}, Object());
+      return complete({}, nullptr);
     }
     error_code rb;
-    if constexpr (std::is_same_v<Object, connection>)
-      st->backend = pending->rollback_stream(st->ex, rb);
-    else
-      st->backend = pending->rollback_listener(st->ex, rb);
-    pending.reset();
+    st->backend = detail::backend_cast<backend_type>(pending->rollback(st->ex, rb));
     // The target may have taken a copy and stalled before its verdict: from now on closing this
     // socket shuts it down, so the client sees the close whoever else still holds it.
     if (st->backend) st->backend->set_shutdown_on_close(true);
     g_stats.rollbacks.fetch_add(1, std::memory_order_relaxed);
-    if (!rb && ec == errc::move_rejected && used == transfer_method::pidfd_getfd &&
-        opts.strategy == transfer_strategy::automatic && !retried) {
-      // The target could not pull the descriptor (EPERM: ptrace policy, another uid...). The push
-      // path needs no permission on the source: try it once before giving up.
-      retried = true;
-      opts.strategy = transfer_strategy::scm_rights;
-      detail::counters().fallbacks++;
+    // The platform may know another way for the handle to travel that this failure does not
+    // block: one more attempt with it.
+    const auto retry = rb ? std::nullopt : pending->fallback(ec);
+    pending.reset();
+    if (retry) {
+      opts.strategy = *retry;
       return exported();
     }
-    st->resume();
     // A failed rollback is reported in preference to the reason for it: it is the one that
     // loses the connection.
-    complete(rb ? rb : ec, Object(st));
+    give_back(rb ? rb : ec);
   }
 };
+
+// Checks common to every send; true if the move may start.
+template <class Object, class State, class Handler>
+bool startable(channel& ch, Object& obj, const std::shared_ptr<State>& st, Handler& h) {
+  if (!st || !st->is_open()) {
+    std::move(h)(error_code(asio::error::bad_descriptor), std::move(obj));
+    return false;
+  }
+  error_code ec;
+  if (!ch.is_open() || ch.is_receiver()) ec = asio::error::operation_not_supported;
+  else if (st->quiescing) ec = errc::operation_in_progress;
+  if (ec) asio::post(st->ex, asio::append(std::move(h), ec, std::move(obj)));
+  return !ec;
+}
+
+template <class Object>
+void start_send_op(channel& ch, Object&& obj, const move_options& o,
+                asio::any_completion_handler<void(error_code, Object)> h) {
+  auto st = detail::connection_access::impl(obj);
+  if (!startable(ch, obj, st, h)) return;
+  using state_type = typename decltype(st)::element_type;
+  auto op = std::make_shared<send_op<Object, state_type>>(ch, st, o, std::move(h));
+  obj = Object();
+  op->start();
+}
 
 }  // namespace
 
@@ -216,40 +227,19 @@ move_stats get_move_stats() noexcept {
 
 namespace detail {
 
-void start_send_connection(channel& ch, connection&& c, const move_options& o,
-                           asio::any_completion_handler<void(error_code, connection)> h) {
-  auto st = c.impl();
-  if (!st || !st->backend || !st->backend->is_open()) {
-    std::move(h)(error_code(asio::error::bad_descriptor), std::move(c));
-    return;
-  }
-  if (!ch.is_open() || ch.is_receiver()) {
-    asio::post(st->ex, asio::append(std::move(h), error_code(asio::error::operation_not_supported), std::move(c)));
-    return;
-  }
-  if (st->quiescing) {
-    asio::post(st->ex, asio::append(std::move(h), make_error_code(errc::operation_in_progress), std::move(c)));
-    return;
-  }
-  auto op = std::make_shared<send_op<connection, connection_impl>>(ch, st, o, std::move(h));
-  c = connection();
-  op->start();
+transfer_counters& counters() noexcept {
+  static transfer_counters c;
+  return c;
 }
 
-void start_send_listener(channel& ch, listener&& l, const move_options& o,
-                         asio::any_completion_handler<void(error_code, listener)> h) {
-  auto st = l.impl();
-  if (!st || !st->backend || !st->backend->is_open()) {
-    std::move(h)(error_code(asio::error::bad_descriptor), std::move(l));
-    return;
-  }
-  if (!ch.is_open() || ch.is_receiver()) {
-    asio::post(st->ex, asio::append(std::move(h), error_code(asio::error::operation_not_supported), std::move(l)));
-    return;
-  }
-  auto op = std::make_shared<send_op<listener, listener::state>>(ch, st, o, std::move(h));
-  l = listener();
-  op->start();
+void start_send(channel& ch, connection&& c, const move_options& o,
+                asio::any_completion_handler<void(error_code, connection)> h) {
+  start_send_op(ch, std::move(c), o, std::move(h));
+}
+
+void start_send(channel& ch, listener&& l, const move_options& o,
+                asio::any_completion_handler<void(error_code, listener)> h) {
+  start_send_op(ch, std::move(l), o, std::move(h));
 }
 
 namespace {
@@ -261,6 +251,46 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
 
   void start() {
     ch.async_receive([self = shared_from_this()](error_code ec, ticket t) { self->on_ticket(ec, std::move(t)); });
+  }
+
+  // Re-creates the socket a connection or listener ticket names, accepts it, and builds the
+  // connection or listener around it in `a`. The order matters: a source that gave up (timeout)
+  // before our accept kept its socket, so ours is a duplicate to close, and the next ticket is
+  // what the caller wants. False when the caller has already been answered or restarted.
+  bool attach(arrival& a, ticket& t, error_code ec) {
+    const auto kind = t.kind == ticket_kind::connection ? socket_kind::connection : socket_kind::listener;
+    const auto ex = ch.get_executor();
+    auto b = import_socket(kind, *channel_access::get(ch).xfer, ex, t, ec);
+    if (!ec && detail::inject(fault_step::attach, t.sender_pid)) {
+      b->close();
+      b = nullptr;
+      ec = injected_failure();
+    }
+    if (ec) {
+      ch.acknowledge(t, false);
+      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+      std::move(handler)(ec, arrival{});
+      return false;
+    }
+    // An injected failure of the ack behaves as an ack that lost the race with the sender's
+    // timeout: the slot stays pending on our side, the sender keeps the connection.
+    const bool ack_fails = detail::fault_at(fault_step::ack) == detail::fault_action::fail;
+    if (ack_fails || !ch.acknowledge(t, true)) {
+      b->close();
+      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+      start();
+      return false;
+    }
+    detail::inject(fault_step::ack, t.sender_pid);  // die / kill_peer / stall after the ack
+    if (kind == socket_kind::connection) {
+      auto im = std::make_shared<connection_impl>(ex, backend_cast<stream_backend>(std::move(b)));
+      im->unread = std::move(t.unread);
+      im->state = std::move(t.state);
+      a.conn = connection_access::wrap(std::move(im));
+    } else {
+      a.lst = connection_access::wrap(std::make_shared<listener_impl>(ex, backend_cast<listener_backend>(std::move(b))));
+    }
+    return true;
   }
 
   void on_ticket(error_code ec, ticket t) {
@@ -278,53 +308,11 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
       g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
       return std::move(handler)(injected_failure(), arrival{});
     }
-    const auto ex = ch.get_executor();
-    // Re-create, then accept. The order matters: a source that gave up (timeout) before our
-    // accept kept its socket, so ours is a duplicate to close, and the next ticket is what the
-    // caller wants. Returns null when the caller has already been answered or restarted.
-    auto adopt = [&](auto backend) -> decltype(backend) {
-      if (!ec && detail::inject(fault_step::attach, t.sender_pid)) {
-        backend->close();
-        backend = nullptr;
-        ec = injected_failure();
-      }
-      if (ec) {
-        ch.acknowledge(t, false);
-        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-        std::move(handler)(ec, arrival{});
-        return nullptr;
-      }
-      // An injected failure of the ack behaves as an ack that lost the race with the sender's
-      // timeout: the slot stays pending on our side, the sender keeps the connection.
-      const bool ack_fails = detail::fault_at(fault_step::ack) == detail::fault_action::fail;
-      if (ack_fails || !ch.acknowledge(t, true)) {
-        backend->close();
-        g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-        start();
-        return nullptr;
-      }
-      detail::inject(fault_step::ack, t.sender_pid);  // die / kill_peer / stall after the ack
-      return backend;
-    };
-    if (t.kind == ticket_kind::connection) {
-      auto b = adopt(import_stream(ex, t, ch.name(), ec));
-      if (!b) return;
-      auto im = std::make_shared<connection_impl>();
-      im->ex = ex;
-      im->backend = std::move(b);
-      im->unread = std::move(t.unread);
-      im->state = std::move(t.state);
-      a.conn = connection(std::move(im));
-    } else if (t.kind == ticket_kind::listener) {
-      auto b = adopt(import_listener(ex, t, ch.name(), ec));
-      if (!b) return;
-      auto st = std::make_shared<listener::state>();
-      st->ex = ex;
-      st->backend = std::move(b);
-      a.lst = listener(std::move(st));
-    } else {
+    if (t.kind == ticket_kind::control) {
       ch.acknowledge(t, true);
       a.control = std::move(t);
+    } else if (!attach(a, t, ec)) {
+      return;
     }
     g_stats.received.fetch_add(1, std::memory_order_relaxed);
     std::move(handler)(error_code(), std::move(a));

@@ -249,7 +249,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   }
 
   void track(connection& c) {
-    owned.push_back(c.impl());
+    owned.push_back(connection_access::impl(c));
     if (owned.size() > 2 * owned_live_hint + 256) owned_count();  // prune now and then
   }
 
@@ -874,10 +874,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
       note("baton: service " + name + " cannot take a listener back: " + ec.message());
       return;
     }
-    auto s = std::make_shared<listener::state>();
-    s->ex = ex;
-    s->backend = std::move(b);
-    e->l = listener(std::move(s));
+    e->l = connection_access::wrap(std::make_shared<listener_impl>(ex, std::move(b)));
     accept_loop(e);
   }
 

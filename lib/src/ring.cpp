@@ -1,6 +1,12 @@
+// The ring of tickets in shared memory: producers reserve and commit records under the producer
+// lock, the consumer pops them, skipping dead or stalled producers' records and healing garbage.
+// The header is ring_header.cpp, the ack slots ring_ack.cpp, the stalled-record holes
+// ring_quarantine.cpp; the layout ring_layout.hpp.
 #include "ring.hpp"
+#include "ring_layout.hpp"
 
 #include "detail/platform.hpp"
+#include "detail/shared_atomic.hpp"
 
 #include <chrono>
 #include <cstring>
@@ -9,69 +15,7 @@
 
 namespace baton::detail {
 
-struct ring::shared_header {
-  // Identity, written once by the owner (64 bytes).
-  std::uint32_t magic;
-  std::uint16_t layout_version;
-  std::uint16_t header_bytes;
-  std::uint64_t total_bytes;
-  std::uint64_t data_offset;
-  std::uint64_t data_bytes;
-  std::uint32_t ack_slots;
-  std::uint32_t owner_pid;
-  std::uint8_t token[16];
-  std::uint64_t max_record_bytes;
-  // Producer side (own cache line).
-  std::uint32_t lock;  // 0, or the pid of the producer holding it
-  std::uint32_t pad0;
-  std::uint64_t tail;
-  std::uint64_t records_in;
-  std::uint64_t doorbells;
-  std::uint8_t pad1[32];
-  // Consumer side (own cache line).
-  std::uint64_t head;
-  std::uint32_t waiting;
-  std::uint32_t pad2;
-  std::uint8_t pad3[48];
-  // Quarantined areas (ring offsets; len 0 = unused), written by the consumer, read by producers
-  // under the lock. See ring::pop.
-  std::uint32_t hole_off[ring_max_holes];
-  std::uint32_t hole_len[ring_max_holes];
-};
-static_assert(sizeof(ring::shared_header) == ring_header_bytes);
-
-struct ring::record_header {
-  std::uint32_t state;  // 0 none, 1 reserved, 2 committed, 3 padding to the end of the area
-  std::uint32_t length;
-  std::uint32_t pid;
-  std::uint32_t check;
-};
-static_assert(sizeof(ring::record_header) == record_header_bytes);
-
-// `word` holds the state in its low half and a generation in its high half. Every claim of the
-// slot bumps the generation, so a compare-and-swap on the word cannot succeed against a later
-// owner of the slot (the ABA of a slot released and reclaimed between a reader's id check and
-// its CAS).
-struct ring::ack_slot {
-  std::uint64_t word;
-  std::uint32_t pid;
-  std::uint32_t pad;
-  std::uint8_t id[16];
-};
-static_assert(sizeof(ring::ack_slot) == ack_slot_bytes);
-
 namespace {
-
-constexpr std::uint32_t rec_reserved = 1, rec_committed = 2, rec_padding = 3;
-// Set by the consumer when it skips a reserved record, and by the record's producer when it then
-// finds its record skipped and stops writing into it.
-constexpr std::uint32_t rec_skipped = 4, rec_abandoned = 5;
-constexpr std::uint32_t ack_claiming = 5;
-
-template <class T>
-std::atomic_ref<T> at(T& v) noexcept {
-  return std::atomic_ref<T>(v);
-}
 
 constexpr std::size_t align8(std::size_t n) { return (n + 7) & ~std::size_t{7}; }
 
@@ -89,75 +33,6 @@ ring::shared_header* ring::hdr() const noexcept { return reinterpret_cast<shared
 
 ring::ack_slot* ring::slot(std::uint32_t i) const noexcept {
   return reinterpret_cast<ack_slot*>(base_ + ring_header_bytes) + i;
-}
-
-void ring::create(void* base, std::size_t size, std::size_t data_bytes, std::uint32_t ack_slots,
-                  std::size_t max_record_bytes, std::uint32_t owner_pid) {
-  base_ = static_cast<std::byte*>(base);
-  size_ = size;
-  owner_ = true;
-  id_.total_bytes = size;
-  id_.data_bytes = data_bytes;
-  id_.data_offset = size - data_bytes;
-  id_.ack_slots = ack_slots;
-  id_.owner_pid = owner_pid;
-  id_.max_record_bytes = max_record_bytes;
-  std::random_device rd;
-  for (auto& b : id_.token) b = static_cast<std::uint8_t>(rd());
-  rewrite_header();  // nobody else has the mapping yet
-}
-
-void ring::heal() noexcept {
-  // The header is rewritten under the producer lock so that no producer reserves from a half
-  // written header. The consumer never waits for the lock, though: its thread is the receiver's
-  // reactor, and a lock word can name a live process forever (garbage, a stopped producer). If
-  // the lock is held, the heal stays pending and pop() retries it; after a short grace (a live
-  // producer holds the lock for a few stores) it goes ahead without the lock. A producer that
-  // was inside its critical section then may store a tail that does not fit the healed header;
-  // the consumer validates every tail and record, so that shows up as one more corruption and
-  // one more heal, never as a read outside the ring.
-  const auto now = std::chrono::steady_clock::now();
-  if (!heal_pending_) {
-    heal_pending_ = true;
-    heal_since_ = now;
-  }
-  const std::uint32_t me = current_pid();
-  const bool locked = try_lock_nowait(me);
-  if (!locked && now - heal_since_ < std::chrono::milliseconds(10)) return;
-  rewrite_header();
-  heal_pending_ = false;
-  if (locked) unlock(me);
-}
-
-void ring::rewrite_header() noexcept {
-  auto* h = hdr();
-  h->magic = id_.magic;
-  h->layout_version = id_.layout_version;
-  h->header_bytes = id_.header_bytes;
-  h->total_bytes = id_.total_bytes;
-  h->data_offset = id_.data_offset;
-  h->data_bytes = id_.data_bytes;
-  h->ack_slots = id_.ack_slots;
-  h->owner_pid = id_.owner_pid;
-  std::memcpy(h->token, id_.token, sizeof id_.token);
-  h->max_record_bytes = id_.max_record_bytes;
-  // Lifted holes only matter for positions reserved before the heal; the ring restarts at head_,
-  // so only the active ones (stalled producers that may still write) are kept, and the shared
-  // table is rewritten from the private list.
-  std::erase_if(holes_, [](const hole& x) { return !x.active; });
-  for (std::size_t i = 0; i < ring_max_holes; ++i) {
-    at(h->hole_len[i]).store(0, std::memory_order_relaxed);
-    h->hole_off[i] = 0;
-  }
-  for (const auto& x : holes_) {
-    h->hole_off[x.slot] = x.off;
-    at(h->hole_len[x.slot]).store(x.len, std::memory_order_release);
-  }
-  at(h->head).store(head_, std::memory_order_release);
-  at(h->tail).store(head_, std::memory_order_release);
-  at(h->waiting).store(0, std::memory_order_release);
-  cached_tail_ = head_;
-  blocked_at_ = ~std::uint64_t{0};  // positions from head_ on are reserved anew
 }
 
 bool ring::try_lock_nowait(std::uint32_t pid) noexcept {
@@ -178,49 +53,6 @@ bool ring::try_lock_nowait(std::uint32_t pid) noexcept {
     stale = !process_alive(expected);
   }
   return stale && lk.compare_exchange_strong(expected, pid, std::memory_order_acquire);
-}
-
-void ring::attach(void* base, std::size_t size, error_code& ec) {
-  ec.clear();
-  base_ = static_cast<std::byte*>(base);
-  size_ = size;
-  owner_ = false;
-  if (size < ring_header_bytes) {
-    ec = errc::bad_channel_header;
-    return;
-  }
-  const auto* h = hdr();
-  ring_identity id;
-  id.magic = h->magic;
-  id.layout_version = h->layout_version;
-  id.header_bytes = h->header_bytes;
-  id.total_bytes = h->total_bytes;
-  id.data_offset = h->data_offset;
-  id.data_bytes = h->data_bytes;
-  id.ack_slots = h->ack_slots;
-  id.owner_pid = h->owner_pid;
-  std::memcpy(id.token, h->token, sizeof id.token);
-  id.max_record_bytes = h->max_record_bytes;
-  bool token_set = false;
-  for (auto b : id.token) token_set |= b != 0;
-  const bool pow2 = id.data_bytes >= 4096 && (id.data_bytes & (id.data_bytes - 1)) == 0;
-  if (id.magic != ring_magic || id.layout_version != ring_layout_version || id.header_bytes != ring_header_bytes ||
-      id.total_bytes != size || !pow2 || id.data_bytes > size || id.data_offset != size - id.data_bytes ||
-      id.ack_slots == 0 || ring_header_bytes + std::uint64_t{id.ack_slots} * ack_slot_bytes > id.data_offset ||
-      id.max_record_bytes == 0 || id.max_record_bytes > id.data_bytes / 2 - record_header_bytes || !token_set ||
-      id.owner_pid == 0) {
-    ec = errc::bad_channel_header;
-    return;
-  }
-  id_ = id;
-}
-
-bool ring::header_intact() const noexcept {
-  // Every process works from its private copy of the sizes, so garbage elsewhere in the identity
-  // cannot mislead it; magic, owner and token are what tell an overwritten header.
-  const auto* h = hdr();
-  return h->magic == id_.magic && h->owner_pid == id_.owner_pid &&
-         std::memcmp(h->token, id_.token, sizeof id_.token) == 0;
 }
 
 bool ring::lock(std::uint32_t pid) noexcept {
@@ -398,108 +230,6 @@ void ring::reserve_and_abandon(std::size_t n, error_code& ec) {
   reserve(n, off, ec);
 }
 
-// Stalled producers. A record that stays reserved while its producer lives (stopped by SIGSTOP
-// or a debugger, or a recycled pid, or garbage naming a live pid such as 1) is skipped after
-// ring_stall_bound, so that it holds up neither the receiver nor the other producers for longer.
-// But a producer that was only stopped may resume at any moment and write the rest of its
-// payload, and its commit, into the record's area: nothing can stop a process from writing into
-// a mapping it holds. So the skipped record's area becomes a hole that producers place no record
-// in (they jump it, with a padding record before it where one fits, and the consumer jumps it
-// at the same places) until its producer is done with it: the producer, whose commit is a
-// compare-exchange that fails on a skipped record, marks it abandoned (and reports
-// errc::record_skipped to its sender), or it dies. Only then is the hole lifted, under the lock,
-// at a known tail: positions reserved before that tail were placed around the hole, later ones
-// not, and the consumer applies the hole by the same rule. The choice: a hole costs the ring at
-// most one record's room per stalled producer for as long as the stall lasts, where the
-// alternative (holding the head at the record) would fill the ring within one lap. With more
-// than ring_max_holes stalled producers at once, further records are skipped without a hole:
-// a late write could then damage a later record, which the consumer's validation and the
-// ticket checksum turn into a reported error, never into a crash.
-
-std::uint64_t ring::hole_jump(std::uint64_t pos) const noexcept {
-  const std::uint64_t off = pos & (id_.data_bytes - 1);
-  for (const auto& x : holes_) {
-    if (!x.active && pos >= x.expire_at) continue;
-    if (x.off < off) continue;
-    const std::uint64_t gap = x.off - off;
-    if (gap == 0) return x.len;
-    if (gap < record_header_bytes) return gap + x.len;  // no room for a padding record
-  }
-  return 0;
-}
-
-bool ring::hole_starts_at(std::uint64_t pos, std::uint64_t off) const noexcept {
-  for (const auto& x : holes_)
-    if (x.off == off && (x.active || pos < x.expire_at)) return true;
-  return false;
-}
-
-void ring::quarantine(std::uint64_t pos, std::uint64_t off, std::uint64_t size, std::uint32_t pid) noexcept {
-  bool used[ring_max_holes] = {};
-  for (const auto& x : holes_)
-    if (x.active) used[x.slot] = true;
-  for (std::uint32_t i = 0; i < ring_max_holes; ++i) {
-    if (used[i]) continue;
-    hole x;
-    x.pos = pos;
-    x.off = static_cast<std::uint32_t>(off);
-    x.len = static_cast<std::uint32_t>(size);
-    x.pid = pid;
-    x.slot = i;
-    x.probed = std::chrono::steady_clock::now();
-    holes_.push_back(x);
-    // Published before the head that passes the record (release store in pop()).
-    auto* h = hdr();
-    h->hole_off[i] = x.off;
-    at(h->hole_len[i]).store(x.len, std::memory_order_release);
-    return;
-  }
-}
-
-void ring::tend_holes() noexcept {
-  const auto now = std::chrono::steady_clock::now();
-  if (now - holes_tended_ < std::chrono::milliseconds(10)) return;
-  holes_tended_ = now;
-  std::erase_if(holes_, [&](const hole& x) { return !x.active && head_ >= x.expire_at; });
-  bool locked = false;
-  const std::uint32_t me = current_pid();
-  auto* h = hdr();
-  for (auto& x : holes_) {
-    if (!x.active) continue;
-    auto* rh = reinterpret_cast<record_header*>(data() + x.off);
-    bool done = at(rh->state).load(std::memory_order_acquire) != rec_skipped;
-    if (!done && now - x.probed >= std::chrono::milliseconds(50)) {
-      x.probed = now;
-      done = !process_alive(x.pid);
-    }
-    if (!done) continue;
-    // Lifted under the lock, so that every reservation is placed either with the hole (before
-    // `expire_at`) or without it (after). No lock now: try again later.
-    if (!locked && !(locked = try_lock_nowait(me))) return;
-    at(h->hole_len[x.slot]).store(0, std::memory_order_release);
-    h->hole_off[x.slot] = 0;
-    x.active = false;
-    x.expire_at = at(h->tail).load(std::memory_order_acquire);
-  }
-  if (locked) unlock(me);
-}
-
-bool ring::consumer_words_intact() const noexcept {
-  const auto* h = hdr();
-  if (at(const_cast<std::uint64_t&>(h->head)).load(std::memory_order_relaxed) != head_) return false;
-  std::uint32_t want_off[ring_max_holes] = {}, want_len[ring_max_holes] = {};
-  for (const auto& x : holes_) {
-    if (!x.active) continue;
-    want_off[x.slot] = x.off;
-    want_len[x.slot] = x.len;
-  }
-  for (std::size_t i = 0; i < ring_max_holes; ++i) {
-    const std::uint32_t len = at(const_cast<std::uint32_t&>(h->hole_len[i])).load(std::memory_order_relaxed);
-    if (len != want_len[i] || (len != 0 && h->hole_off[i] != want_off[i])) return false;
-  }
-  return true;
-}
-
 ring::pop_result ring::pop(std::vector<std::byte>& out, error_code& ec) {
   ec.clear();
   const std::uint64_t D = id_.data_bytes;
@@ -627,91 +357,6 @@ bool ring::prepare_wait() noexcept {
 }
 
 void ring::cancel_wait() noexcept { at(hdr()->waiting).store(0, std::memory_order_relaxed); }
-
-namespace {
-
-constexpr std::uint64_t make_word(std::uint32_t gen, std::uint32_t state) {
-  return (std::uint64_t{gen} << 32) | state;
-}
-constexpr std::uint32_t word_state(std::uint64_t w) { return static_cast<std::uint32_t>(w); }
-constexpr std::uint32_t word_gen(std::uint64_t w) { return static_cast<std::uint32_t>(w >> 32); }
-constexpr std::uint32_t st(ack_state a) { return static_cast<std::uint32_t>(a); }
-
-}  // namespace
-
-std::int64_t ring::ack_acquire(const ticket_id& id, std::uint32_t pid) noexcept {
-  static thread_local std::uint32_t cursor = static_cast<std::uint32_t>(pid * 7919u);
-  const std::uint32_t A = id_.ack_slots;
-  for (std::uint32_t k = 0; k < A; ++k) {
-    const std::uint32_t i = (cursor + k) % A;
-    auto* s = slot(i);
-    auto w = at(s->word);
-    std::uint64_t cur = w.load(std::memory_order_acquire);
-    const std::uint32_t cs = word_state(cur);
-    // A free slot, or one whose sender died without releasing it, is taken; the new generation
-    // voids any verdict still aimed at the previous owner.
-    const bool candidate = cs == st(ack_state::free) || (cs != ack_claiming && !process_alive(s->pid));
-    if (!candidate) continue;
-    const std::uint32_t gen = word_gen(cur) + 1;
-    if (!w.compare_exchange_strong(cur, make_word(gen, ack_claiming), std::memory_order_acq_rel)) continue;
-    s->pid = pid;
-    std::memcpy(s->id, id.bytes.data(), 16);
-    w.store(make_word(gen, st(ack_state::pending)), std::memory_order_release);
-    cursor = i + 1;
-    return i;
-  }
-  return -1;
-}
-
-ack_state ring::ack_peek(std::uint32_t i, const ticket_id& id) const noexcept {
-  if (i >= id_.ack_slots) return ack_state::cancelled;
-  auto* s = slot(i);
-  const auto state = word_state(at(s->word).load(std::memory_order_acquire));
-  if (std::memcmp(s->id, id.bytes.data(), 16) != 0) return ack_state::cancelled;
-  if (state > st(ack_state::cancelled)) return ack_state::pending;
-  return static_cast<ack_state>(state);
-}
-
-ack_state ring::ack_cancel(std::uint32_t i, const ticket_id& id) noexcept {
-  if (i >= id_.ack_slots) return ack_state::cancelled;
-  auto* s = slot(i);
-  auto w = at(s->word);
-  std::uint64_t cur = w.load(std::memory_order_acquire);
-  if (std::memcmp(s->id, id.bytes.data(), 16) != 0) return ack_state::cancelled;
-  if (word_state(cur) == st(ack_state::pending) &&
-      w.compare_exchange_strong(cur, make_word(word_gen(cur), st(ack_state::cancelled)), std::memory_order_acq_rel))
-    return ack_state::cancelled;
-  const auto state = word_state(cur);
-  return state <= st(ack_state::cancelled) ? static_cast<ack_state>(state) : ack_state::cancelled;
-}
-
-void ring::ack_release(std::uint32_t i) noexcept {
-  if (i >= id_.ack_slots) return;
-  auto w = at(slot(i)->word);
-  const std::uint64_t cur = w.load(std::memory_order_acquire);
-  w.store(make_word(word_gen(cur), st(ack_state::free)), std::memory_order_release);
-}
-
-bool ring::ack_resolve(std::uint32_t i, const ticket_id& id, bool accept) noexcept {
-  if (i >= id_.ack_slots) return false;
-  auto* s = slot(i);
-  auto w = at(s->word);
-  // Read the word first, then the id: a slot reclaimed in between carries a new generation, so
-  // the CAS below fails instead of resolving somebody else's move.
-  std::uint64_t cur = w.load(std::memory_order_acquire);
-  if (word_state(cur) != st(ack_state::pending)) return false;
-  if (std::memcmp(s->id, id.bytes.data(), 16) != 0) return false;
-  if (ack_resolve_hook) ack_resolve_hook(i);
-  const auto to = accept ? ack_state::accepted : ack_state::rejected;
-  return w.compare_exchange_strong(cur, make_word(word_gen(cur), st(to)), std::memory_order_acq_rel);
-}
-
-bool ring::ack_wanted(std::uint32_t i, const ticket_id& id) const noexcept {
-  if (i >= id_.ack_slots) return false;
-  auto* s = slot(i);
-  const std::uint64_t cur = at(s->word).load(std::memory_order_acquire);
-  return word_state(cur) == st(ack_state::pending) && std::memcmp(s->id, id.bytes.data(), 16) == 0;
-}
 
 ring_counters ring::counters() const noexcept {
   ring_counters c;

@@ -13,6 +13,8 @@
 #include <cstring>
 
 #ifndef _WIN32
+#include "posix/scm_rights_push.hpp"
+
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -55,28 +57,14 @@ BATON_TEST_ROLE(foreign_user) {
   int s = ::socket(AF_UNIX, SOCK_DGRAM, 0);
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
-  const std::string path = "/dev/shm/baton." + name + ".sock";
+  const std::string path = baton::detail::push_socket_path(name);
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
   int sent = 0;
   for (int i = 0; i < 8; ++i) {
     int payload_fd = ::socket(AF_INET, SOCK_STREAM, 0);
     std::uint8_t id[16] = {};
     id[0] = static_cast<std::uint8_t>(i);
-    iovec iov{id, sizeof id};
-    alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_name = &sa;
-    msg.msg_namelen = sizeof sa;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctrl;
-    msg.msg_controllen = sizeof ctrl;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &payload_fd, sizeof payload_fd);
-    if (::sendmsg(s, &msg, 0) >= 0) ++sent;
+    if (baton::detail::send_with_fd(s, payload_fd, id, sizeof id, &sa, sizeof sa) >= 0) ++sent;
     ::close(payload_fd);
   }
   baton::test::write_file(args.at(3), out + " pushed=" + std::to_string(sent));

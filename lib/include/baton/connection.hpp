@@ -30,6 +30,7 @@ enum class attach_mode {
 
 namespace detail {
 struct connection_impl;
+struct connection_access;
 }
 
 class connection {
@@ -84,11 +85,10 @@ class connection {
         gather(buffers));
   }
 
-  /// For Baton's move machinery.
-  std::shared_ptr<detail::connection_impl>& impl() noexcept { return impl_; }
+ private:
+  friend struct detail::connection_access;
   explicit connection(std::shared_ptr<detail::connection_impl> impl) noexcept;
 
- private:
   template <class Buffer, class Seq>
   static Buffer first_buffer(const Seq& seq) {
     auto it = boost::asio::buffer_sequence_begin(seq), end = boost::asio::buffer_sequence_end(seq);

@@ -15,7 +15,8 @@
 namespace baton {
 
 namespace detail {
-class listener_backend;
+struct listener_impl;
+struct connection_access;
 }
 
 class listener {
@@ -28,8 +29,9 @@ class listener {
   listener& operator=(listener&&) noexcept;
   ~listener();
 
-  executor_type get_executor() const;
+  /// True while the listener holds a listening socket.
   bool is_open() const noexcept;
+  executor_type get_executor() const;
   attach_mode mode() const noexcept;
   boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const;
   /// The acceptor, in native mode; nullptr in emulated mode.
@@ -46,14 +48,11 @@ class listener {
         [this](auto h) { start_accept(std::move(h)); }, token);
   }
 
-  /// For Baton's move machinery.
-  struct state;
-  std::shared_ptr<state>& impl() noexcept { return impl_; }
-  explicit listener(std::shared_ptr<state> s) noexcept;
-
  private:
+  friend struct detail::connection_access;
+  explicit listener(std::shared_ptr<detail::listener_impl> impl) noexcept;
   void start_accept(boost::asio::any_completion_handler<void(error_code, boost::asio::ip::tcp::socket)> h);
-  std::shared_ptr<state> impl_;
+  std::shared_ptr<detail::listener_impl> impl_;
 };
 
 }  // namespace baton

@@ -13,24 +13,14 @@
 #include <baton/channel.hpp>
 #include <baton/connection.hpp>
 #include <baton/listener.hpp>
+#include <baton/transfer_strategy.hpp>
 
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <type_traits>
 
 namespace baton {
-
-/// How the OS handle travels.
-enum class transfer_strategy {
-  automatic,         ///< the platform default (Windows: wsa_duplicate; Linux: pidfd_getfd, falling
-                     ///< back to scm_rights on EPERM/ENOSYS)
-  wsa_duplicate,     ///< Windows: WSADuplicateSocketW for the target's pid
-  duplicate_handle,  ///< Windows: DuplicateHandle push into the target (refused for non-IFS providers)
-  pidfd_getfd,       ///< Linux: the target pulls the descriptor with pidfd_getfd
-  scm_rights,        ///< Linux: the descriptor is pushed over the channel's Unix socket
-  inherit,           ///< both: the target is a child started with spawn_with_handles() that
-                     ///< inherited the handle; the ticket names its value
-};
 
 struct move_options {
   std::chrono::milliseconds timeout{5000};  ///< how long the source waits for the target's verdict
@@ -65,34 +55,33 @@ struct move_stats {
 move_stats get_move_stats() noexcept;
 
 namespace detail {
-void start_send_connection(channel& ch, connection&& c, const move_options& o,
-                           boost::asio::any_completion_handler<void(error_code, connection)> h);
-void start_send_listener(channel& ch, listener&& l, const move_options& o,
-                         boost::asio::any_completion_handler<void(error_code, listener)> h);
+void start_send(channel& ch, connection&& c, const move_options& o,
+                boost::asio::any_completion_handler<void(error_code, connection)> h);
+void start_send(channel& ch, listener&& l, const move_options& o,
+                boost::asio::any_completion_handler<void(error_code, listener)> h);
 void start_receive(channel& ch, boost::asio::any_completion_handler<void(error_code, arrival)> h);
+/// What async_send moves: a connection or a listener, as an rvalue.
+template <class T>
+concept movable_socket = !std::is_lvalue_reference_v<T> && (std::is_same_v<T, connection> || std::is_same_v<T, listener>);
 }  // namespace detail
 
-/// Moves `c` to the channel's owner. The channel must be a sending end (channel::open).
-/// Pending reads on `c` are cancelled (bytes they had already taken from the kernel are kept and
-/// travel as unread bytes); pending writes are allowed to finish first.
-template <class Token>
-auto async_send(channel& ch, connection&& c, const move_options& o, Token&& token) {
-  return boost::asio::async_initiate<Token, void(error_code, connection)>(
-      [&ch, o](auto h, connection c) { detail::start_send_connection(ch, std::move(c), o, std::move(h)); }, token,
-      std::move(c));
+/// Moves a connection or a listening socket to the channel's owner; completes with
+/// void(error_code, Object). The channel must be a sending end (channel::open).
+/// A connection: pending reads are cancelled (bytes they had already taken from the kernel are
+/// kept and travel as unread bytes); pending writes are allowed to finish first.
+/// A listener: connections waiting in its backlog stay there and are accepted by the target; no
+/// connection attempt is refused during the move.
+template <class Object, class Token>
+  requires detail::movable_socket<Object>
+auto async_send(channel& ch, Object&& obj, const move_options& o, Token&& token) {
+  return boost::asio::async_initiate<Token, void(error_code, Object)>(
+      [&ch, o](auto h, Object obj) { detail::start_send(ch, std::move(obj), o, std::move(h)); }, token,
+      std::move(obj));
 }
-template <class Token>
-auto async_send(channel& ch, connection&& c, Token&& token) {
-  return async_send(ch, std::move(c), move_options{}, std::forward<Token>(token));
-}
-
-/// Moves a listening socket. Connections waiting in its backlog stay there and are accepted by
-/// the target; no connection attempt is refused during the move.
-template <class Token>
-auto async_send(channel& ch, listener&& l, const move_options& o, Token&& token) {
-  return boost::asio::async_initiate<Token, void(error_code, listener)>(
-      [&ch, o](auto h, listener l) { detail::start_send_listener(ch, std::move(l), o, std::move(h)); }, token,
-      std::move(l));
+template <class Object, class Token>
+  requires detail::movable_socket<Object>
+auto async_send(channel& ch, Object&& obj, Token&& token) {
+  return async_send(ch, std::move(obj), move_options{}, std::forward<Token>(token));
 }
 
 /// Receives the next moved connection, listener or control ticket on a receiving channel.

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace baton::detail {
 
@@ -64,30 +65,52 @@ bool region_lost(const void* base) noexcept;
 /// Stops guarding the region (before it is unmapped). A null or unknown base is ignored.
 void unguard_region(const void* base) noexcept;
 
-/// Per-channel endpoint of the transfer layer on the receiving side (Linux: the Unix socket that
-/// SCM_RIGHTS pushes arrive on; Windows: a table with one entry per ack slot, in which a source
-/// records the handle it made for us before the ticket exists, so that we can close it if the
-/// ticket never comes). Created with the channel, removed with it.
-void open_transfer_endpoint(const std::string& channel_name, std::uint32_t ack_slots, bool global_namespace,
-                            error_code& ec);
-void close_transfer_endpoint(const std::string& channel_name) noexcept;
-
-/// Receiving side: closes the socket handles that senders made for this process (SCM_RIGHTS
-/// datagrams on Linux) whose tickets will never be claimed: `wanted(slot, id)` is false (the
-/// sender gave up and its ack slot moved on), or the sender died before this call's previous
-/// one and no ticket of it is left in the ring (the caller calls this only when the ring was
-/// just seen empty). Without this, a copy of a rolled-back socket would stay with the receiver
-/// and the client would never see the source's close.
+/// Receiving side: which transferred handles are still wanted. `wanted(slot, id)` is false once
+/// the sender of ticket `id` gave up and its ack slot moved on.
 using transfer_wanted = std::function<bool(std::uint32_t slot, const ticket_id& id)>;
-void collect_orphan_transfers(const std::string& channel_name, const transfer_wanted& wanted) noexcept;
+
+/// A channel's endpoint of the transfer layer, made by the backend and held by the channel, which
+/// passes it to export_socket / import_socket (detail/stream.hpp). Receiving side: Linux the Unix
+/// socket that SCM_RIGHTS pushes arrive on; Windows a table with one entry per ack slot, in which
+/// a source records the handle it made for us before the ticket exists, so that we can close it
+/// if the ticket never comes. Sending side: how to reach the receiver's (Linux: the socket's
+/// path; Windows: its table, opened on first use). The receiving side's objects are removed
+/// with it. Use from the channel's strand.
+class transfer_endpoint {
+ public:
+  virtual ~transfer_endpoint() = default;
+  /// Receiving side: closes the socket handles that senders made for this process (SCM_RIGHTS
+  /// datagrams on Linux, table entries on Windows) whose tickets will never be claimed: `wanted`
+  /// is false, or the sender died before this call's previous one and no ticket of it is left in
+  /// the ring (the caller calls this only when the ring was just seen empty). Without this, a
+  /// copy of a rolled-back socket would stay with the receiver and the client would never see
+  /// the source's close. A no-op on a sending endpoint.
+  virtual void collect_orphans(const transfer_wanted& wanted) noexcept = 0;
+};
+
+/// The endpoint of channel `channel_name`: with `receiver`, creates the receiving side's objects
+/// (errc::name_in_use if they exist); otherwise the sending side's (which opens nothing yet).
+std::unique_ptr<transfer_endpoint> open_transfer_endpoint(const std::string& channel_name, std::uint32_t ack_slots,
+                                                          bool global_namespace, bool receiver, error_code& ec);
+/// Removes the receiving endpoint objects a dead receiver of `channel_name` left behind, if they
+/// are this user's (POSIX; a no-op on Windows, where names die with their last handle).
+void remove_transfer_endpoint(const std::string& channel_name) noexcept;
 
 /// Watches another process for exit. Thread-safe after construction.
 class process_watch {
  public:
   process_watch() noexcept;
   explicit process_watch(std::uint32_t pid);
-  process_watch(process_watch&&) noexcept;
-  process_watch& operator=(process_watch&&) noexcept;
+  process_watch(process_watch&& o) noexcept
+      : pid_(std::exchange(o.pid_, 0)), handle_(std::exchange(o.handle_, std::intptr_t{-1})) {}
+  process_watch& operator=(process_watch&& o) noexcept {
+    if (this != &o) {
+      process_watch old(std::move(*this));  // closes our handle on the way out
+      pid_ = std::exchange(o.pid_, 0);
+      handle_ = std::exchange(o.handle_, std::intptr_t{-1});
+    }
+    return *this;
+  }
   ~process_watch();
   /// True while the process exists. A process that cannot be observed (no such pid) is dead.
   bool alive() const noexcept;

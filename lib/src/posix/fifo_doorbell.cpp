@@ -1,7 +1,7 @@
 // POSIX doorbell: a named FIFO in /dev/shm (mode 0600). The receiver holds it open read-write, so
 // it never sees end-of-file, and awaits readability through the reactor; senders write one byte.
 // A full FIFO means a wake-up is already pending, so a failed write is harmless.
-#include "detail/platform.hpp"
+#include "detail/doorbell_impl.hpp"
 
 #include <boost/asio/posix/stream_descriptor.hpp>
 
@@ -17,23 +17,27 @@ namespace baton::detail {
 
 namespace asio = boost::asio;
 
-struct doorbell::impl {
+namespace {
+
+struct fifo_bell final : doorbell::impl {
   std::string path;
   int write_fd = -1;                                  // sender side
   std::unique_ptr<asio::posix::stream_descriptor> rx;  // receiver side
-  ~impl() {
+  fifo_bell(std::string p, int fd, std::unique_ptr<asio::posix::stream_descriptor> r)
+      : path(std::move(p)), write_fd(fd), rx(std::move(r)) {}
+  ~fifo_bell() override {
     if (write_fd >= 0) ::close(write_fd);
+  }
+  void ring() noexcept override;
+  void async_wait(doorbell::wait_handler handler) override;
+  void cancel() noexcept override {
+    error_code ignored;
+    if (rx) rx->cancel(ignored);
   }
 };
 
-namespace {
 std::string fifo_path(const std::string& os_name) { return "/dev/shm" + os_name; }
 }  // namespace
-
-doorbell::doorbell() noexcept = default;
-doorbell::doorbell(doorbell&&) noexcept = default;
-doorbell& doorbell::operator=(doorbell&&) noexcept = default;
-doorbell::~doorbell() = default;
 
 doorbell doorbell::create(const asio::any_io_executor& ex, const std::string& os_name, error_code& ec) {
   ec.clear();
@@ -50,9 +54,7 @@ doorbell doorbell::create(const asio::any_io_executor& ex, const std::string& os
     ::unlink(path.c_str());
     return d;
   }
-  d.impl_ = std::make_unique<impl>();
-  d.impl_->path = path;
-  d.impl_->rx = std::make_unique<asio::posix::stream_descriptor>(ex, fd);
+  d.impl_ = std::make_unique<fifo_bell>(path, -1, std::make_unique<asio::posix::stream_descriptor>(ex, fd));
   return d;
 }
 
@@ -72,9 +74,7 @@ doorbell doorbell::open(const std::string& os_name, error_code& ec) {
     ec = errc::not_owner;
     return d;
   }
-  d.impl_ = std::make_unique<impl>();
-  d.impl_->path = path;
-  d.impl_->write_fd = fd;
+  d.impl_ = std::make_unique<fifo_bell>(path, fd, nullptr);
   return d;
 }
 
@@ -84,8 +84,8 @@ void doorbell::remove(const std::string& os_name) noexcept {
   if (::lstat(path.c_str(), &st) == 0 && S_ISFIFO(st.st_mode) && st.st_uid == ::geteuid()) ::unlink(path.c_str());
 }
 
-void doorbell::ring() noexcept {
-  if (!impl_ || impl_->write_fd < 0) return;
+void fifo_bell::ring() noexcept {
+  if (write_fd < 0) return;
   // A receiver that has died leaves the FIFO without a reader, and write() then raises SIGPIPE,
   // whose default action would kill this (sending) process. Block it for the write and consume
   // the one our write raised, unless one was already pending for someone else. (Found by the
@@ -97,7 +97,7 @@ void doorbell::ring() noexcept {
   ::sigpending(&pending);
   const bool was_pending = ::sigismember(&pending, SIGPIPE) == 1;
   char b = 1;
-  const auto r = ::write(impl_->write_fd, &b, 1);
+  const auto r = ::write(write_fd, &b, 1);
   if (r < 0 && errno == EPIPE && !was_pending) {
     const timespec zero{0, 0};
     ::sigtimedwait(&pipe_set, nullptr, &zero);
@@ -105,10 +105,9 @@ void doorbell::ring() noexcept {
   ::pthread_sigmask(SIG_SETMASK, &old_set, nullptr);
 }
 
-void doorbell::async_wait(wait_handler handler) {
-  auto* rx = impl_->rx.get();
+void fifo_bell::async_wait(doorbell::wait_handler handler) {
   rx->async_wait(asio::posix::stream_descriptor::wait_read,
-                 [rx, h = std::move(handler)](error_code ec) mutable {
+                 [rx = rx.get(), h = std::move(handler)](error_code ec) mutable {
                    if (!ec) {
                      // Drain every pending ring: they are coalesced into this one wake-up.
                      char buf[256];
@@ -118,14 +117,5 @@ void doorbell::async_wait(wait_handler handler) {
                    std::move(h)(ec);
                  });
 }
-
-void doorbell::cancel() noexcept {
-  if (impl_ && impl_->rx) {
-    error_code ignored;
-    impl_->rx->cancel(ignored);
-  }
-}
-
-bool doorbell::is_open() const noexcept { return impl_ != nullptr; }
 
 }  // namespace baton::detail

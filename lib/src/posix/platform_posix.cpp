@@ -271,22 +271,6 @@ process_watch::process_watch(std::uint32_t pid) : pid_(pid) {
   handle_ = fd;
 }
 
-process_watch::process_watch(process_watch&& o) noexcept : pid_(o.pid_), handle_(o.handle_) {
-  o.handle_ = -1;
-  o.pid_ = 0;
-}
-
-process_watch& process_watch::operator=(process_watch&& o) noexcept {
-  if (this != &o) {
-    if (handle_ >= 0) ::close(static_cast<int>(handle_));
-    pid_ = o.pid_;
-    handle_ = o.handle_;
-    o.handle_ = -1;
-    o.pid_ = 0;
-  }
-  return *this;
-}
-
 process_watch::~process_watch() {
   if (handle_ >= 0) ::close(static_cast<int>(handle_));
 }
@@ -383,7 +367,7 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
   if (::lstat(path.c_str(), &now) != 0 || now.st_ino != st.st_ino || now.st_dev != st.st_dev) return;
   // While the stale region holds the name no new channel of it can be created, so its doorbell
   // and transfer endpoint are the dead owner's: remove them first, the region last.
-  close_transfer_endpoint(name);
+  remove_transfer_endpoint(name);
   doorbell::remove(object_name(name, "bell", false));
   ::unlink(path.c_str());
 }

@@ -21,6 +21,13 @@ HANDLE new_event() { return ::CreateEventW(nullptr, TRUE, FALSE, nullptr); }
 // The low bit tells the kernel not to queue a completion packet for this operation.
 HANDLE no_port(HANDLE ev) { return reinterpret_cast<HANDLE>(reinterpret_cast<ULONG_PTR>(ev) | 1); }
 
+// Readies `ov` for one overlapped operation signalled on `ev`, never on a completion port.
+void prepare(OVERLAPPED& ov, HANDLE ev) {
+  std::memset(&ov, 0, sizeof ov);
+  ::ResetEvent(ev);
+  ov.hEvent = no_port(ev);
+}
+
 // The local or peer address of a raw socket.
 tcp::endpoint endpoint_of(SOCKET s, bool peer, error_code& ec) {
   sockaddr_storage ss{};
@@ -56,18 +63,32 @@ struct emu_state {
   }
 };
 
-class emulated_stream final : public stream_backend {
+// What the emulated backends share: a raw socket in a state shared with the operations in flight.
+template <class Base, class State>
+class emulated_socket : public Base {
  public:
-  emulated_stream(const asio::any_io_executor& ex, SOCKET s, tcp proto)
-      : ex_(ex), st_(std::make_shared<emu_state>(ex, s, proto)) {}
+  emulated_socket(const asio::any_io_executor& ex, SOCKET s, tcp proto)
+      : ex_(ex), st_(std::make_shared<State>(ex, s, proto)) {}
+  bool is_open() const override { return !st_->closed; }
+  attach_mode mode() const override { return attach_mode::emulated; }
+  asio::any_io_executor get_executor() override { return ex_; }
+  tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
+  std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
+
+ protected:
+  asio::any_io_executor ex_;
+  std::shared_ptr<State> st_;
+};
+
+class emulated_stream final : public emulated_socket<stream_backend, emu_state> {
+ public:
+  using emulated_socket::emulated_socket;
   ~emulated_stream() override { close(); }
 
   void read(asio::mutable_buffer b, io_handler h) override {
     auto st = st_;
     if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
-    std::memset(&st->rov, 0, sizeof st->rov);
-    ::ResetEvent(st->rev);
-    st->rov.hEvent = no_port(st->rev);
+    prepare(st->rov, st->rev);
     WSABUF wb{static_cast<ULONG>(b.size()), static_cast<char*>(b.data())};
     DWORD n = 0, flags = 0;
     if (::WSARecv(st->s, &wb, 1, &n, &flags, &st->rov, nullptr) == SOCKET_ERROR) {
@@ -90,9 +111,7 @@ class emulated_stream final : public stream_backend {
   void write(asio::const_buffer b, io_handler h) override {
     auto st = st_;
     if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
-    std::memset(&st->wov, 0, sizeof st->wov);
-    ::ResetEvent(st->wev);
-    st->wov.hEvent = no_port(st->wev);
+    prepare(st->wov, st->wev);
     WSABUF wb{static_cast<ULONG>(b.size()), const_cast<char*>(static_cast<const char*>(b.data()))};
     DWORD n = 0;
     if (::WSASend(st->s, &wb, 1, &n, 0, &st->wov, nullptr) == SOCKET_ERROR) {
@@ -122,21 +141,15 @@ class emulated_stream final : public stream_backend {
     ::closesocket(st_->s);
     st_->s = INVALID_SOCKET;
   }
-  bool is_open() const override { return !st_->closed; }
-  attach_mode mode() const override { return attach_mode::emulated; }
   tcp::endpoint remote_endpoint(error_code& ec) const override { return endpoint_of(st_->s, true, ec); }
-  tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
   void shutdown_send(error_code& ec) override {
     ec.clear();
     if (::shutdown(st_->s, SD_SEND) != 0) ec = wsa_error(::WSAGetLastError());
   }
-  std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
   void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
 
  private:
   void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
-  asio::any_io_executor ex_;
-  std::shared_ptr<emu_state> st_;
   bool shutdown_on_close_ = false;
 };
 
@@ -156,10 +169,10 @@ struct emu_listener_state {
   }
 };
 
-class emulated_listener final : public listener_backend {
+class emulated_listener final : public emulated_socket<listener_backend, emu_listener_state> {
  public:
   emulated_listener(const asio::any_io_executor& ex, SOCKET s, tcp proto, error_code& ec)
-      : ex_(ex), st_(std::make_shared<emu_listener_state>(ex, s, proto)) {
+      : emulated_socket(ex, s, proto) {
     ec.clear();
     if (::WSAEventSelect(s, st_->ev, FD_ACCEPT) != 0) ec = wsa_error(::WSAGetLastError());
   }
@@ -182,10 +195,6 @@ class emulated_listener final : public listener_backend {
     ::closesocket(st_->s);
     st_->s = INVALID_SOCKET;
   }
-  bool is_open() const override { return !st_->closed; }
-  attach_mode mode() const override { return attach_mode::emulated; }
-  tcp::endpoint local_endpoint(error_code& ec) const override { return endpoint_of(st_->s, false, ec); }
-  std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
   // Windows cannot shut a listening socket down; a copy left with a stalled target is closed by
   // that target's orphan collection instead.
   void set_shutdown_on_close(bool) override {}
@@ -231,8 +240,6 @@ class emulated_listener final : public listener_backend {
     });
   }
 
-  asio::any_io_executor ex_;
-  std::shared_ptr<emu_listener_state> st_;
 };
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Windows doorbell: a named auto-reset event with an owner-only DACL, awaited through the IOCP
 // reactor with asio::windows::object_handle. Rings while nobody waits leave the event set, so
 // they coalesce into one wake-up.
-#include "detail/platform.hpp"
+#include "detail/doorbell_impl.hpp"
 #include "win/security.hpp"
 
 #include <boost/asio/windows/object_handle.hpp>
@@ -10,18 +10,26 @@ namespace baton::detail {
 
 namespace asio = boost::asio;
 
-struct doorbell::impl {
+namespace {
+
+struct event_bell final : doorbell::impl {
   HANDLE ring_handle = nullptr;                          // sender side
   std::unique_ptr<asio::windows::object_handle> rx;      // receiver side (owns its handle)
-  ~impl() {
+  event_bell(HANDLE ring, std::unique_ptr<asio::windows::object_handle> r) : ring_handle(ring), rx(std::move(r)) {}
+  ~event_bell() override {
     if (ring_handle) ::CloseHandle(ring_handle);
+  }
+  void ring() noexcept override {
+    if (ring_handle) ::SetEvent(ring_handle);
+  }
+  void async_wait(doorbell::wait_handler handler) override { rx->async_wait(std::move(handler)); }
+  void cancel() noexcept override {
+    error_code ignored;
+    if (rx) rx->cancel(ignored);
   }
 };
 
-doorbell::doorbell() noexcept = default;
-doorbell::doorbell(doorbell&&) noexcept = default;
-doorbell& doorbell::operator=(doorbell&&) noexcept = default;
-doorbell::~doorbell() = default;
+}  // namespace
 
 doorbell doorbell::create(const asio::any_io_executor& ex, const std::string& os_name, error_code& ec) {
   ec.clear();
@@ -38,8 +46,7 @@ doorbell doorbell::create(const asio::any_io_executor& ex, const std::string& os
     ec = errc::name_in_use;
     return d;
   }
-  d.impl_ = std::make_unique<impl>();
-  d.impl_->rx = std::make_unique<asio::windows::object_handle>(ex, h);
+  d.impl_ = std::make_unique<event_bell>(nullptr, std::make_unique<asio::windows::object_handle>(ex, h));
   return d;
 }
 
@@ -58,26 +65,10 @@ doorbell doorbell::open(const std::string& os_name, error_code& ec) {
     if (!ec) ec = errc::not_owner;
     return d;
   }
-  d.impl_ = std::make_unique<impl>();
-  d.impl_->ring_handle = h;
+  d.impl_ = std::make_unique<event_bell>(h, nullptr);
   return d;
 }
 
 void doorbell::remove(const std::string&) noexcept {}
-
-void doorbell::ring() noexcept {
-  if (impl_ && impl_->ring_handle) ::SetEvent(impl_->ring_handle);
-}
-
-void doorbell::async_wait(wait_handler handler) { impl_->rx->async_wait(std::move(handler)); }
-
-void doorbell::cancel() noexcept {
-  if (impl_ && impl_->rx) {
-    error_code ignored;
-    impl_->rx->cancel(ignored);
-  }
-}
-
-bool doorbell::is_open() const noexcept { return impl_ != nullptr; }
 
 }  // namespace baton::detail

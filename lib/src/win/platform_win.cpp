@@ -117,22 +117,6 @@ process_watch::process_watch(std::uint32_t pid) : pid_(pid) {
   handle_ = h ? reinterpret_cast<std::intptr_t>(h) : -1;
 }
 
-process_watch::process_watch(process_watch&& o) noexcept : pid_(o.pid_), handle_(o.handle_) {
-  o.handle_ = -1;
-  o.pid_ = 0;
-}
-
-process_watch& process_watch::operator=(process_watch&& o) noexcept {
-  if (this != &o) {
-    if (handle_ != -1) ::CloseHandle(reinterpret_cast<HANDLE>(handle_));
-    pid_ = o.pid_;
-    handle_ = o.handle_;
-    o.handle_ = -1;
-    o.pid_ = 0;
-  }
-  return *this;
-}
-
 process_watch::~process_watch() {
   if (handle_ != -1) ::CloseHandle(reinterpret_cast<HANDLE>(handle_));
 }

@@ -1,0 +1,185 @@
+// A channel's sending side: a send waits for room in the ring per full_policy, then, for a
+// transaction, polls its ack slot for the receiver's verdict; and the ack-slot helpers of the
+// move layer (detail::acquire_ack_slot, release_ack_slot, transact_with_slot).
+#include "baton/channel.hpp"
+
+#include "channel_impl.hpp"
+#include "detail/fault.hpp"
+#include "detail/ticket_codec.hpp"
+
+#include <boost/asio/append.hpp>
+#include <boost/asio/post.hpp>
+
+#include <cstring>
+
+namespace baton {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// One send in progress: retries while the ring is full (policy wait), then, for a transaction,
+// polls the ack slot with a growing interval until a verdict, the timeout, or the target's death.
+struct send_op : std::enable_shared_from_this<send_op> {
+  std::shared_ptr<channel::impl> ch;
+  std::vector<std::byte> bytes;
+  ticket_id id;
+  std::uint32_t slot = no_ack_slot;
+  bool with_ack = false;
+  std::chrono::milliseconds ack_timeout{};
+  std::chrono::steady_clock::time_point send_deadline, ack_deadline;
+  asio::steady_timer timer;
+  std::chrono::microseconds backoff{10};
+  int spins = 0;
+  std::chrono::steady_clock::time_point spin_until{};
+  asio::any_completion_handler<void(error_code)> handler;
+
+  // Boost 1.81's any_completion_handler move *assignment* recurses forever (it copies from a
+  // named rvalue), so handlers are only ever move-constructed into place.
+  send_op(std::shared_ptr<channel::impl> c, asio::any_completion_handler<void(error_code)> h)
+      : ch(std::move(c)), timer(ch->ex), handler(std::move(h)) {}
+
+  void finish(error_code ec) {
+    if (with_ack && slot != no_ack_slot) ch->ring.ack_release(slot);
+    std::move(handler)(ec);
+  }
+
+  void try_push() {
+    error_code ec;
+    if (ch->closed) return finish(asio::error::operation_aborted);
+    if (!ch->owner_alive()) return finish(errc::channel_owner_dead);
+    const bool wake = ch->ring.push(
+        bytes.size(), [&](std::span<std::byte> out) { std::memcpy(out.data(), bytes.data(), bytes.size()); }, ec);
+    if (!ec) {
+      const bool bell_fails = detail::inject(detail::fault_step::doorbell, ch->owner.pid());
+      if (wake && !bell_fails) ch->bell.ring();
+      ++ch->stats.tickets_sent;
+      if (!with_ack) return finish({});
+      ack_deadline = std::chrono::steady_clock::now() + ack_timeout;
+      backoff = ch->opts.ack_poll_first;
+      return poll_ack();
+    }
+    if (ec == errc::channel_corrupted) ch->bell.ring();  // make the receiver heal the ring
+    const bool retry = (ec == errc::channel_full || ec == errc::channel_corrupted) &&
+                       ch->opts.on_full == full_policy::wait && std::chrono::steady_clock::now() < send_deadline;
+    if (!retry) {
+      if (with_ack) ch->ring.ack_release(slot);
+      slot = no_ack_slot;
+      return std::move(handler)(ec);
+    }
+    if (ec == errc::channel_full) ++ch->stats.full_waits;
+    // A full ring drains at the receiver's pace: back off from 10 us to 1 ms.
+    timer.expires_after(backoff);
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::milliseconds(1));
+    timer.async_wait([self = shared_from_this()](error_code) { self->try_push(); });
+  }
+
+  void poll_ack() {
+    auto st = ch->ring.ack_peek(slot, id);
+    if (st == detail::ack_state::accepted) return finish({});
+    if (st == detail::ack_state::rejected) return finish(errc::move_rejected);
+    if (st != detail::ack_state::pending) return finish(errc::move_rejected);
+    const bool dead = !ch->owner_alive();
+    if (dead || ch->closed || std::chrono::steady_clock::now() >= ack_deadline) {
+      // Void the ticket. If the receiver resolved it in the meantime, its verdict stands.
+      auto final_state = ch->ring.ack_cancel(slot, id);
+      if (final_state == detail::ack_state::accepted) return finish({});
+      if (final_state == detail::ack_state::rejected) return finish(errc::move_rejected);
+      if (ch->closed) return finish(asio::error::operation_aborted);
+      return finish(dead ? errc::target_died : errc::move_timeout);
+    }
+    // The receiver usually answers within tens of microseconds, less than a timer's slack on
+    // Linux (50 us): keep re-checking through the executor (other handlers still run between
+    // checks) for up to 200 us, then sleep with a growing interval (capped at 500 us).
+    if (spins++ == 0) spin_until = std::chrono::steady_clock::now() + ch->opts.ack_spin;
+    if (std::chrono::steady_clock::now() < spin_until) {
+      asio::post(ch->ex, [self = shared_from_this()] { self->poll_ack(); });
+      return;
+    }
+    timer.expires_after(backoff);
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, ch->opts.ack_poll_max);
+    timer.async_wait([self = shared_from_this()](error_code) { self->poll_ack(); });
+  }
+};
+
+}  // namespace
+
+void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
+                      asio::any_completion_handler<void(error_code)> h, bool slot_held) {
+  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));
+  auto fail = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(h), ec)); };
+  if (impl_->receiver) return fail(asio::error::operation_not_supported);
+  auto op = std::make_shared<send_op>(impl_, std::move(h));
+  auto fail_op = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(op->handler), ec)); };
+  t.sender_pid = detail::current_pid();
+  t.target_pid = impl_->ring.identity().owner_pid;
+  op->with_ack = with_ack;
+  op->ack_timeout = timeout;
+  op->id = t.id;
+  if (with_ack && slot_held) {
+    op->slot = t.ack_slot;
+  } else if (with_ack) {
+    auto s = impl_->ring.ack_acquire(t.id, t.sender_pid);
+    if (s < 0) return fail_op(errc::no_free_ack_slot);
+    op->slot = static_cast<std::uint32_t>(s);
+  }
+  t.ack_slot = op->slot;
+  error_code ec = check_encodable(t, impl_->opts.limits);
+  if (ec) {
+    if (with_ack) impl_->ring.ack_release(op->slot);
+    return fail_op(ec == errc::ticket_too_large ? make_error_code(errc::record_too_large) : ec);
+  }
+  op->send_deadline = std::chrono::steady_clock::now() + impl_->opts.send_timeout;
+  // Fast path: encode straight into the ring. Only the completion is posted, so it never runs
+  // inside this call.
+  if (!impl_->closed && impl_->owner_alive()) {
+    error_code push_ec;
+    // One captured pointer keeps the std::function free of a heap allocation.
+    const bool wake = impl_->ring.push(
+        encoded_size(t), [tp = &t](std::span<std::byte> out) { detail::encode_checked(*tp, out); }, push_ec);
+    if (!push_ec) {
+      const bool bell_fails = detail::inject(detail::fault_step::doorbell, impl_->owner.pid());
+      if (wake && !bell_fails) impl_->bell.ring();
+      ++impl_->stats.tickets_sent;
+      if (!with_ack) {
+        asio::post(impl_->ex, asio::append(std::move(op->handler), error_code()));
+        return;
+      }
+      op->ack_deadline = std::chrono::steady_clock::now() + timeout;
+      op->backoff = impl_->opts.ack_poll_first;
+      asio::post(impl_->ex, [op] { op->poll_ack(); });
+      return;
+    }
+    if (push_ec != errc::channel_full && push_ec != errc::channel_corrupted) {
+      if (with_ack) impl_->ring.ack_release(op->slot);
+      op->slot = no_ack_slot;
+      return fail_op(push_ec);
+    }
+  }
+  // Slow path (full ring, healing, or a receiver to check): keep an encoded copy for retries.
+  op->bytes.resize(encoded_size(t));
+  detail::encode_checked(t, op->bytes);
+  // Run the first attempt from the executor so that completion is never inline.
+  asio::post(impl_->ex, [op] { op->try_push(); });
+}
+
+namespace detail {
+
+std::uint32_t acquire_ack_slot(channel& ch, const ticket_id& id) {
+  auto& im = channel_access::get(ch);
+  const auto s = im.ring.ack_acquire(id, current_pid());
+  return s < 0 ? no_ack_slot : static_cast<std::uint32_t>(s);
+}
+
+void release_ack_slot(channel& ch, std::uint32_t slot) noexcept {
+  if (slot != no_ack_slot) channel_access::get(ch).ring.ack_release(slot);
+}
+
+void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout,
+                        asio::any_completion_handler<void(error_code)> h) {
+  channel_access::do_send(ch, std::move(t), timeout, std::move(h));
+}
+
+}  // namespace detail
+
+}  // namespace baton
