@@ -104,6 +104,9 @@ class category_impl final : public boost::system::error_category {
       case errc::channel_truncated:
         return "the channel's shared memory was truncated (or zeroed) by another process; its size was "
                "restored and the ring reset, tickets in flight were lost and senders should resend";
+      case errc::control_message_malformed:
+        return "a control ticket's text is not a well-formed message (a line without '=', an empty or "
+               "repeated key, or no op): it was ignored; sender and receiver may be different Baton builds";
     }
     return "unknown baton error";
   }
