@@ -104,6 +104,9 @@ constexpr message_entry messages[] = {
     {errc::channel_truncated,
      "the channel's shared memory was truncated (or zeroed) by another process; its size was "
      "restored and the ring reset, tickets in flight were lost and senders should resend"},
+    {errc::control_message_malformed,
+     "a control ticket's text is not a well-formed message (a line without '=', an empty or "
+     "repeated key, or no op): it was ignored; sender and receiver may be different Baton builds"},
 };
 
 

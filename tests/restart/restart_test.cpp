@@ -266,6 +266,40 @@ TEST(restart, status_and_unknown_service) {
   EXPECT_NE(ec.message().find("start the service"), std::string::npos);
 }
 
+// Control tickets that are not well-formed messages (another program's, or another build's) are
+// ignored (detail::control_message): the service neither crashes nor stops answering, and a
+// restart still works afterwards.
+TEST(restart, malformed_control_tickets_are_ignored) {
+  running_service svc;
+  asio::io_context ioc;
+  baton::error_code ec;
+  baton::channel_options o;
+  o.limits.max_ticket_bytes = 16u << 10;
+  auto ch = baton::channel::open(ioc.get_executor(), svc.name, o, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  const std::string texts[] = {"", "garbage", "op=status\nop=status\n", "=x\nop=status\n", "reply=x\n",
+                               "index=3 channel=w-3", std::string(3000, '\xff')};
+  for (const auto& text : texts) {
+    baton::ticket t;
+    t.kind = baton::ticket_kind::control;
+    t.method = baton::transfer_method::none;
+    t.id = baton::ticket_id::random();
+    for (char c : text) t.state.push_back(static_cast<std::byte>(c));
+    ec = asio::error::would_block;
+    ch.async_send(std::move(t), [&](baton::error_code e) { ec = e; });
+    ioc.run();
+    ioc.restart();
+    ASSERT_FALSE(ec) << ec.message();
+  }
+  ch = baton::channel();  // on Windows an open handle would keep the name from the next generation
+  const auto st = baton::request_status(svc.name, 10s, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_NE(st.find("state serving"), std::string::npos) << st;
+  const auto r = svc.restart(ec);
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_EQ(r.new_generation, 2u);
+}
+
 // Hot restart phases with a process killed (the move steps themselves: docs/guarantees.md).
 TEST(restart_faults, old_generation_killed_mid_hand_over_new_one_takes_charge) {
   running_service svc("commit:die");  // generation 1 dies right after its first connection moved

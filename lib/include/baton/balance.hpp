@@ -7,8 +7,8 @@
 ///
 /// The protocol between them runs over Baton channels: each worker owns a receiving channel
 /// (connections and control tickets arrive there), the dispatcher owns one control channel that
-/// workers join through. Control tickets carry an opcode in `flags` and a short text message in
-/// `state`.
+/// workers join through. Control tickets carry a short "key=value" message (an op and its keys) in
+/// `state`, marked as this protocol's in `flags`.
 ///
 /// Thread safety: a dispatcher, a worker and a session are each used from one strand (the
 /// executor they were made with). Hand-offs are transactions (see move.hpp): a connection handed
@@ -30,6 +30,8 @@
 #include <vector>
 
 namespace baton::balance {
+
+struct balance_access;
 
 /// How the dispatcher chooses a worker for a new connection.
 enum class policy {
@@ -117,20 +119,36 @@ struct dispatcher_stats {
   std::uint64_t dropped = 0;         ///< connections closed after failing to reach any worker 16 times
 };
 
-/// Accepts, chooses, hands off. Construction creates the control channel.
-class dispatcher {
+namespace detail {
+struct dispatcher_impl;
+struct worker_impl;
+struct session_state;
+
+/// What a dispatcher and a worker share: a handle on an implementation that its pending
+/// operations share too. Destroying the handle, or moving another into it, stops what it held.
+template <class Impl>
+class handle {
  public:
   using executor_type = boost::asio::any_io_executor;
+  handle(handle&&) noexcept;
+  handle& operator=(handle&&) noexcept;
+  ~handle();
+  executor_type get_executor() const;
 
+ protected:
+  explicit handle(std::shared_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+  std::shared_ptr<Impl> impl_;
+};
+}  // namespace detail
+
+/// Accepts, chooses, hands off. Construction creates the control channel. Destruction stops;
+/// workers notice through their dispatcher watch.
+class dispatcher : public detail::handle<detail::dispatcher_impl> {
+ public:
   /// Fails like channel::create for the control channel (errc::name_in_use, errc::invalid_name).
   dispatcher(const executor_type& ex, dispatcher_options opts, error_code& ec);
   dispatcher(const executor_type& ex, dispatcher_options opts);
-  dispatcher(dispatcher&&) noexcept;
-  dispatcher& operator=(dispatcher&&) noexcept;
-  /// Stops; workers notice through their dispatcher watch.
-  ~dispatcher();
 
-  executor_type get_executor() const;
   const std::string& name() const noexcept;
 
   /// Starts `exe args...` as a worker process that inherits no handle. In `args`, "{index}" is
@@ -171,12 +189,9 @@ class dispatcher {
   /// closed and counted in `dropped`). Workers notice the dispatcher's exit, not its stop.
   void stop();
 
-  struct impl;
-
  private:
   void start_run(boost::asio::ip::tcp::acceptor& acc, boost::asio::any_completion_handler<void(error_code)> h);
   void start_wait_workers(std::size_t n, boost::asio::any_completion_handler<void(error_code)> h);
-  std::shared_ptr<impl> impl_;
 };
 
 struct worker_options {
@@ -222,25 +237,20 @@ class session {
   /// Ends the session (closes the connection).
   void close();
 
-  struct state;
-  explicit session(std::shared_ptr<state> s) noexcept : st_(std::move(s)) {}
-
  private:
+  friend struct balance_access;
+  explicit session(std::shared_ptr<detail::session_state> s) noexcept : st_(std::move(s)) {}
   void start_wait(boost::asio::any_completion_handler<void(error_code)> h);
-  std::shared_ptr<state> st_;
+  std::shared_ptr<detail::session_state> st_;
 };
 
-/// The worker side. Construction creates the worker's channel and joins the dispatcher.
-class worker {
+/// The worker side. Construction creates the worker's channel and joins the dispatcher;
+/// destruction stops.
+class worker : public detail::handle<detail::worker_impl> {
  public:
-  using executor_type = boost::asio::any_io_executor;
-
   /// Fails like channel::create (own channel) and channel::open (the dispatcher's).
   worker(const executor_type& ex, worker_options opts, error_code& ec);
   worker(const executor_type& ex, worker_options opts);
-  worker(worker&&) noexcept;
-  worker& operator=(worker&&) noexcept;
-  ~worker();
 
   /// Receives connections and hands each to `on_session`, until the worker has left (success),
   /// the dispatcher exits (errc::channel_owner_dead), or stop() (operation_aborted).
@@ -258,11 +268,8 @@ class worker {
   worker_stats stats() const;
   std::uint32_t dispatcher_pid() const noexcept;
 
-  struct impl;
-
  private:
   void start_run(std::function<void(session)> f, boost::asio::any_completion_handler<void(error_code)> h);
-  std::shared_ptr<impl> impl_;
 };
 
 }  // namespace baton::balance

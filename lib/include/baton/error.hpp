@@ -58,6 +58,8 @@ enum class errc {
   producer_stalled,          ///< receiver: a live sender kept a record reserved past the bound; it was skipped
   record_skipped,            ///< sender: this process stalled mid-write and the receiver skipped its record
   channel_truncated,         ///< the channel's shared memory object was truncated by another process
+  // Control messages (hot restart, balancing).
+  control_message_malformed, ///< a control ticket's text is not a well-formed message (ignored)
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

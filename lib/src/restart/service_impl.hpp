@@ -1,0 +1,277 @@
+#pragma once
+// Hot restart's private pieces (see baton/restart.hpp for the protocol in brief).
+//
+// Messages are control tickets (detail/control_message.hpp):
+//   to the service's control channel (read by the generation in charge):
+//     op=hello pid inbox            a next generation announces itself
+//     op=restart reply binary       batonctl asks for a restart
+//     op=status reply               batonctl asks for the status
+//   to the next generation's inbox (from N):
+//     op=welcome generation listeners pid      then the listeners, then the connections, then
+//     op=done ...counts and times... reply     (N owns nothing any more)
+//     op=busy / op=abort reason                (refused / hand-over abandoned)
+//   to a requester's reply channel:
+//     op=result ok ...                          (from N+1 on success, from N on failure)
+//     op=status-reply text
+//
+// service_impl holds what every role shares (phase, generation, report, timers, channels) and
+// four cooperating pieces, one file each:
+//   listener_custody (listener_custody.cpp)  the listeners, their accept loops, the duplicates
+//                                            kept while they are with the next generation
+//   connection_book  (connection_book.cpp)   owned connections, the ready queue, connections
+//                                            parked at safe points, moves to the next generation
+//   successor        (successor.cpp)         joining a running generation and taking over from it
+//   handover         (handover.cpp)          the generation in charge handing everything over
+// service.cpp has the control channel, the tick and the public facade; control.cpp the batonctl
+// client, the status text and the report's text.
+#include "baton/restart.hpp"
+
+#include "detail/control_message.hpp"
+#include "detail/platform.hpp"
+#include "detail/safe_point_reader.hpp"
+#include "detail/socket_custody.hpp"
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace baton::detail {
+
+namespace asio = boost::asio;
+using clock_type = std::chrono::steady_clock;
+
+std::int64_t micros(clock_type::duration d);
+/// The options of every restart channel: small, short timeouts.
+channel_options restart_channel_options();
+/// Sends one message to a channel by name, fire and forget. A channel that cannot be opened is
+/// reported to the caller.
+error_code send_message(const asio::any_io_executor& ex, const std::string& to, const control_message& m);
+void put_report(control_message& m, const restart_report& r);
+/// Receives on `ch` until it is closed or `current(ch)` is false, handing each arrival to `on`.
+void receive_each(std::shared_ptr<channel> ch, std::function<bool(const channel*)> current,
+                  std::function<void(arrival)> on);
+restart_report get_report(const control_message& m);
+
+struct service_impl;
+
+enum class service_phase {
+  created,       // async_start not called yet
+  joining,       // successor: hello sent, waiting for welcome and listeners
+  taking_over,   // successor: started, connections arriving, predecessor not gone yet
+  serving,       // in charge: owns the control channel
+  spawning,      // in charge, restart started: waiting for the next generation's hello
+  handing_over,  // moving listeners, then connections, to the next generation
+  retired,       // handed everything over
+  closed,
+};
+
+/// The service's listeners: accepting on them, moving them to the next generation with a kept
+/// duplicate each, and taking them back from the duplicates when the restart fails.
+class listener_custody {
+ public:
+  struct entry {
+    listener l;
+    bool moving = false, gone = false, restore_on_success = false;
+    bool paused = false;  // not accepting: the ready queue is full (see resume_accepting)
+    kept_listener kept;   // held during a hand-over
+  };
+  using entry_ptr = std::shared_ptr<entry>;
+
+  explicit listener_custody(service_impl& s) : s_(s) {}
+
+  void add(listener l, bool accepting);
+  void accept_loop(const entry_ptr& e);
+  /// Restarts the accept loops that a full ready queue paused, once it has room again.
+  void resume_accepting();
+  void start_all();
+  /// Sends every listener to the next generation, keeping a duplicate of each.
+  void send_all();
+  /// The restart failed: take back what went, resume what did not.
+  void take_back();
+  void close_kept();
+  /// Closes every listener (and what is kept of them).
+  void close();
+  /// close(), and forgets them: a start that failed.
+  void discard();
+  std::size_t count() const noexcept { return listeners_.size(); }
+  std::vector<asio::ip::tcp::endpoint> local_endpoints() const;
+
+ private:
+  void on_sent(const entry_ptr& e, error_code ec, listener back);
+  void all_sent();
+  void restore(const entry_ptr& e);
+
+  service_impl& s_;
+  std::vector<entry_ptr> listeners_;
+  std::vector<entry_ptr> handed_over_;  // moved; their duplicates kept until success
+  std::size_t moves_pending_ = 0;
+};
+
+/// The connections this generation owns: counted, queued for the application, parked at safe
+/// points, and moved to the next generation during a hand-over.
+class connection_book {
+ public:
+  using accept_handler = asio::any_completion_handler<void(error_code, connection)>;
+  using safe_point_handler = asio::any_completion_handler<void(error_code, bool)>;
+
+  explicit connection_book(service_impl& s) : s_(s) {}
+
+  /// A connection this generation now owns: to the application, or straight on to the next
+  /// generation if a hand-over is under way.
+  void deliver(connection c);
+  void accept(accept_handler h);
+  void abort_accept();
+  void safe_point(connection& c, safe_point_handler h);
+  /// Moves what is ready and what is parked to the next generation.
+  void move_all();
+  void move_ready_all();
+  /// Connections still open here (pruning the ones that are gone).
+  std::size_t owned_count();
+  bool ready_full() const;
+  std::size_t moves_in_flight() const noexcept { return moves_in_flight_; }
+  clock_type::time_point last_move_failure() const noexcept { return last_move_failure_; }
+  void cancel_parked();
+
+ private:
+  struct parked {
+    connection* c = nullptr;
+    std::optional<safe_point_handler> h;
+    safe_point_reader reader;
+    std::list<std::shared_ptr<parked>>::iterator self;
+  };
+
+  void track(connection& c);
+  void post_accept(error_code ec, connection c);
+  void move_ready(connection c);
+  void move_parked(const std::shared_ptr<parked>& p);
+  void read_parked(const std::shared_ptr<parked>& p);
+  void finish_parked(const std::shared_ptr<parked>& p, error_code ec, bool moved);
+
+  service_impl& s_;
+  std::deque<connection> ready_;
+  std::optional<accept_handler> accept_waiter_;
+  std::vector<connection_watch> owned_;
+  std::size_t owned_live_hint_ = 0;
+  std::list<std::shared_ptr<parked>> parked_;
+  std::size_t moves_in_flight_ = 0;  // on their way to the next generation
+  clock_type::time_point last_move_failure_{};
+};
+
+/// A new generation: announces itself to the one in charge (or becomes generation 1), receives
+/// the listeners and connections, and takes charge once its predecessor is done or gone.
+class successor {
+ public:
+  explicit successor(service_impl& s) : s_(s) {}
+
+  void start(asio::any_completion_handler<void(error_code)> h);
+  void finish_start(error_code ec);
+  void tick(clock_type::time_point now);
+  /// Closes the inbox; a start still under way completes with operation_aborted.
+  void close();
+
+ private:
+  void join(channel ctl);
+  void receive_inbox();
+  void on_inbox(arrival a);
+  void on_message(const control_message& m);
+  void started();
+  void become_in_charge();
+
+  service_impl& s_;
+  std::optional<asio::any_completion_handler<void(error_code)>> start_handler_;
+  std::shared_ptr<channel> inbox_, hello_sender_;
+  clock_type::time_point take_charge_deadline_{}, peer_dead_at_{};
+  bool predecessor_done_ = false;
+  std::size_t expected_listeners_ = 0, received_listeners_ = 0;
+};
+
+/// The generation in charge handing over to the next: starts it, welcomes it, sends the
+/// listeners then the connections, and retires, or abandons and keeps serving.
+class handover {
+ public:
+  explicit handover(service_impl& s) : s_(s) {}
+
+  void begin(std::optional<asio::any_completion_handler<void(error_code, restart_report)>> h, std::string reply,
+             std::string binary);
+  void on_hello(const std::string& inbox_name);
+  void listeners_sent();
+  void fail(error_code ec);
+  void tick(clock_type::time_point now);
+  void refuse(const std::string& reply, const error_code& ec);
+  /// Listeners are with the next generation: connections follow them at once.
+  bool forwarding() const noexcept;
+  void complete(error_code ec);
+  /// Completes what waits on the restart: `r` carries operation_aborted.
+  void close(bool was_retired, const restart_report& r);
+  void wait_retired(asio::any_completion_handler<void(error_code, restart_report)> h);
+
+ private:
+  void drain_step(clock_type::time_point now);
+  void retire(std::size_t not_moved);
+
+  service_impl& s_;
+  std::optional<asio::any_completion_handler<void(error_code, restart_report)>> restart_handler_;
+  std::vector<asio::any_completion_handler<void(error_code, restart_report)>> retired_waiters_;
+  clock_type::time_point t_trigger_{}, drain_deadline_{};
+  bool listeners_done_ = false;
+};
+
+struct service_impl : std::enable_shared_from_this<service_impl> {
+  service_impl(const asio::any_io_executor& e, std::string n, restart_options o);
+
+  void note(const std::string& line) const {
+    if (opts.log) opts.log(line);
+  }
+  void reply(const std::string& to, const control_message& m) const;
+  void ensure_tick(clock_type::duration every);
+  void tick();
+  /// Creates the service's control channel and serves it.
+  void take_charge(error_code& ec);
+  /// take_charge, retried while the old generation's objects are on their way out; then answers
+  /// whoever asked for the restart.
+  void try_take_charge(clock_type::time_point until);
+  void wait_trigger();
+  void stop_timers();
+  std::string status_text();
+  service_stats stats();
+  void close();
+
+  asio::any_io_executor ex;
+  std::string name;
+  restart_options opts;
+  service_phase ph = service_phase::created;
+  std::uint64_t gen = 0;
+  std::uint32_t pid = current_pid();
+  service_stats st;
+
+  std::shared_ptr<channel> control, next;
+  std::unique_ptr<restart_trigger> trigger;
+  asio::steady_timer tick_timer, trigger_retry;
+  bool ticking = false;
+
+  // Restart in progress (either side).
+  restart_report report;
+  std::string reply_to;
+  process_watch peer;  // N: the next generation; N+1: the previous one
+  clock_type::time_point t_hello{}, ready_deadline{};
+
+  listener_custody listeners;
+  connection_book conns;
+  class successor succ;
+  class handover hand;
+
+ private:
+  void arm_trigger(clock_type::time_point until);
+  void receive_control();
+  void on_control(arrival a);
+};
+
+}  // namespace baton::detail
