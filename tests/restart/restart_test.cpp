@@ -10,6 +10,10 @@
 
 #include "detail/platform.hpp"
 
+#include <baton/spawn.hpp>
+
+#include <boost/asio.hpp>
+
 namespace asio = boost::asio;
 using asio::ip::tcp;
 using namespace std::chrono_literals;
