@@ -660,16 +660,10 @@ TEST(move_fallback, pidfd_getfd_refused_by_the_kernel_falls_back_to_scm_rights) 
 
 }  // namespace
 
-#ifndef _WIN32
-#include <csignal>
-#endif
-
 namespace {
 
 TEST(move_stall, pushes_to_a_stopped_target_never_block_the_source_and_every_connection_comes_back) {
-#ifdef _WIN32
-  GTEST_SKIP() << "SCM_RIGHTS is Linux's";
-#else
+  if (!baton::test::host_has_scm_rights()) GTEST_SKIP() << "SCM_RIGHTS is Linux's";
   const std::string name = unique_name("stall");
   name_guard g(name);
   const auto ready = baton::test::temp_path("sr"), result = baton::test::temp_path("sres"),
@@ -686,7 +680,7 @@ TEST(move_stall, pushes_to_a_stopped_target_never_block_the_source_and_every_con
     conns.emplace_back(acc.accept(), std::vector<std::byte>{}, std::vector<std::byte>{std::byte(i)});
   }
   auto tx = baton::channel::open(ioc.get_executor(), name);
-  ::kill(static_cast<pid_t>(target.pid()), SIGSTOP);
+  baton::test::stop_process(target.pid());
   baton::move_options o;
   o.strategy = baton::transfer_strategy::scm_rights;
   o.timeout = 300ms;
@@ -701,7 +695,7 @@ TEST(move_stall, pushes_to_a_stopped_target_never_block_the_source_and_every_con
     });
   for (int i = 0; i < 3000 && done < n; ++i) ioc.run_for(10ms);
   const auto took = std::chrono::steady_clock::now() - t0;
-  ::kill(static_cast<pid_t>(target.pid()), SIGCONT);
+  baton::test::resume_process(target.pid());
   EXPECT_EQ(done, n);
   EXPECT_EQ(ok, 0) << "a stopped target cannot accept";
   EXPECT_LT(took, 20s);
@@ -720,7 +714,6 @@ TEST(move_stall, pushes_to_a_stopped_target_never_block_the_source_and_every_con
   baton::test::touch(stop);
   EXPECT_EQ(target.wait(30s), 0);
   for (auto* f : {&ready, &result, &stop}) baton::test::remove_file(*f);
-#endif
 }
 
 }  // namespace

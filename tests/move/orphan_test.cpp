@@ -17,10 +17,6 @@
 #include <cstring>
 #include <functional>
 
-#ifndef _WIN32
-#include <csignal>
-#endif
-
 namespace {
 
 namespace asio = boost::asio;
@@ -310,9 +306,7 @@ TEST_P(move_orphan, a_source_killed_after_the_export_leaves_no_copy_behind) {
 // pushes; later pushes wait for room through the reactor, so the source's event loop keeps
 // running (issue 11, item 11: each waited 50 ms in poll() on the event-loop thread before).
 TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_thread) {
-#ifdef _WIN32
-  GTEST_SKIP() << "SCM_RIGHTS is Linux's";
-#else
+  if (!baton::test::host_has_scm_rights()) GTEST_SKIP() << "SCM_RIGHTS is Linux's";
   name_guard g(unique_name("stallr"));
   target_files files;
   auto target = child::spawn("lazy_target", {g.name, "65536", "64", files.ready, files.go, files.result, files.stop});
@@ -327,7 +321,7 @@ TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_threa
     conns.emplace_back(acc.accept(), std::vector<std::byte>{}, std::vector<std::byte>{std::byte(i)});
   }
   auto tx = baton::channel::open(ioc.get_executor(), g.name);
-  ::kill(static_cast<pid_t>(target.pid()), SIGSTOP);
+  baton::test::stop_process(target.pid());
   // A 1 ms timer on the same event loop counts the times it was held up by 40 ms or more.
   asio::steady_timer tick(ioc);
   int held_up = 0, ticks = 0;
@@ -358,14 +352,13 @@ TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_threa
   for (int i = 0; i < 3000 && done < n; ++i) ioc.run_for(10ms);
   ticking = false;
   ioc.run_for(5ms);
-  ::kill(static_cast<pid_t>(target.pid()), SIGCONT);
+  baton::test::resume_process(target.pid());
   EXPECT_EQ(done, n);
   EXPECT_GT(ticks, 100);
   EXPECT_LE(held_up, 5) << "the event loop was held up " << held_up << " times for 40 ms or more";
   for (int i = 0; i < n; ++i) EXPECT_TRUE(back[static_cast<std::size_t>(i)].is_open()) << i;
   baton::test::touch(files.stop);
   target.wait(30s);
-#endif
 }
 
 std::vector<std::string> strategies() {
