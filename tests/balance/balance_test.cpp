@@ -5,6 +5,7 @@
 #include <baton/spawn.hpp>
 
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -28,11 +29,7 @@ namespace {
 
 namespace asio = boost::asio;
 namespace balance = baton::balance;
-using asio::ip::tcp;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
-constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
+using namespace baton::test::prelude;
 
 // A line protocol: "GET <id> [close]\n" is answered with "OK <id> <worker index> <pid>\n". Each
 // request is awaited at the session's safe point, where the worker may move the connection.

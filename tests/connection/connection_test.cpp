@@ -73,10 +73,8 @@ TEST(connection, several_small_buffers_are_gathered_into_one_write) {
 }
 
 TEST(connection, unread_bytes_and_state_travel_with_a_move) {
-  asio::io_context ioc;
-  name_guard g(unique_name("conn"));
-  auto rx = baton::channel::create(ioc.get_executor(), g.name);
-  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  channel_pair p("conn");
+  auto& [ioc, guard, rx, tx] = p;
   auto [client, server] = make_loopback_pair(ioc);
   baton::connection c(std::move(server), bytes("peeked;"), bytes("state"));
   asio::write(client, asio::buffer(std::string("queued;")));
@@ -103,10 +101,8 @@ TEST(connection, unread_bytes_and_state_travel_with_a_move) {
 // connection resumes with every byte the client sent, those that arrived before the move first
 // (kept by the cancelled read if it had taken them, else still in the kernel).
 TEST(connection, a_move_that_times_out_quiesces_and_resumes_the_connection) {
-  asio::io_context ioc;
-  name_guard g(unique_name("connq"));
-  auto rx = baton::channel::create(ioc.get_executor(), g.name);
-  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  channel_pair p("connq");
+  auto& [ioc, guard, rx, tx] = p;
   auto [client, server] = make_loopback_pair(ioc);
   baton::connection c(std::move(server), {}, bytes("s"));
   std::array<char, 64> buf{};

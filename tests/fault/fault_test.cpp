@@ -5,7 +5,9 @@
 // connection afterwards (byte-exact), or — where its owner died — that it is closed, never
 // duplicated, never hung, never half-served. The test writes the matrix as markdown; natively it
 // also checks that docs/guarantees.md is exactly that output, so the document cannot drift.
+#include "move_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <baton/move.hpp>
@@ -19,9 +21,7 @@
 #include <set>
 #include <sstream>
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
@@ -38,10 +38,6 @@ asio::awaitable<void> echo(baton::connection c) {
     auto [wec, wn] = co_await asio::async_write(c, asio::buffer(buf.data(), n), tuple_aw);
     if (wec) co_return;
   }
-}
-
-baton::transfer_strategy strategy_named(const std::string& s) {
-  return s == "scm_rights" ? baton::transfer_strategy::scm_rights : baton::transfer_strategy::automatic;
 }
 
 // Source: echoes one connection; once it has echoed `chunk` bytes it moves the connection to the
@@ -69,7 +65,7 @@ BATON_TEST_ROLE(fault_source) {
     }
     baton::move_options o;
     o.timeout = move_timeout;
-    o.strategy = strategy_named(args.at(3));
+    o.strategy = strategy_from_name(args.at(3));
     auto [mec, back] = co_await baton::async_send(tx, std::move(c), o, tuple_aw);
     write_file(result, mec ? "kept" : "moved");
     if (mec) co_await echo(std::move(back));
@@ -130,7 +126,7 @@ BATON_TEST_ROLE(fault_lsource) {
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     baton::move_options o;
     o.timeout = move_timeout;
-    o.strategy = strategy_named(args.at(3));
+    o.strategy = strategy_from_name(args.at(3));
     auto [mec, back] = co_await baton::async_send(tx, std::move(l), o, tuple_aw);
     write_file(result, mec ? "kept" : "moved");
     if (mec) {

@@ -44,17 +44,10 @@ std::vector<double> buckets(const std::string& text) {
   return r;
 }
 
-struct channel_pair {
-  asio::io_context ioc;
-  name_guard g{unique_name("metrics")};
-  baton::channel rx = baton::channel::create(ioc.get_executor(), g.name);
-  baton::channel tx = baton::channel::open(ioc.get_executor(), g.name);
-};
-
 }  // namespace
 
 TEST(metrics, move_counters_and_latency_advance_with_real_moves) {
-  channel_pair p;
+  channel_pair p("metrics");
   const std::string before = baton::prometheus_metrics();
   auto [client, server] = make_loopback_pair(p.ioc);
   auto ok = move_to_self(p.ioc, p.tx, p.rx, baton::connection(std::move(server)), {});

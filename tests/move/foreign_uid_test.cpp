@@ -6,6 +6,7 @@
 
 #include "async_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <gtest/gtest.h>
@@ -24,12 +25,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 #ifndef _WIN32
 // Runs as an unprivileged uid. args: channel name, parent pid, parent's fd, result file.

@@ -4,7 +4,9 @@
 #include <baton/spawn.hpp>
 
 #include "async_helpers.hpp"
+#include "move_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -20,22 +22,9 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::errc;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
-constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
-
-baton::transfer_strategy strategy_from(const std::string& s) {
-  if (s == "wsa_duplicate") return baton::transfer_strategy::wsa_duplicate;
-  if (s == "duplicate_handle") return baton::transfer_strategy::duplicate_handle;
-  if (s == "pidfd_getfd") return baton::transfer_strategy::pidfd_getfd;
-  if (s == "scm_rights") return baton::transfer_strategy::scm_rights;
-  return baton::transfer_strategy::automatic;
-}
+using namespace baton::test::prelude;
+using baton::test::load_state;
+using baton::test::save_state;
 
 std::vector<std::string> platform_strategies() {
 #ifdef _WIN32
@@ -52,16 +41,6 @@ struct echo_state {
   std::uint32_t emulated_hops = 0;
 };
 
-echo_state load_state(baton::connection& c) {
-  echo_state s;
-  if (c.state().size() == sizeof s) std::memcpy(&s, c.state().data(), sizeof s);
-  return s;
-}
-void save_state(baton::connection& c, const echo_state& s) {
-  c.state().resize(sizeof s);
-  std::memcpy(c.state().data(), &s, sizeof s);
-}
-
 // An echo server process. args: own-channel peer-channel listen(0/1) ready-file result-file
 // move-every-bytes max-moves strategy stop-file
 // Every `move-every` bytes it echoes half of what it just read, puts the other half back as
@@ -72,7 +51,7 @@ BATON_TEST_ROLE(echo_server) {
   const std::uint64_t move_every = std::stoull(args.at(5));
   const std::uint32_t max_moves = static_cast<std::uint32_t>(std::stoul(args.at(6)));
   baton::move_options opts;
-  opts.strategy = strategy_from(args.at(7));
+  opts.strategy = baton::test::strategy_from_name(args.at(7));
   const std::string stop = args.at(8);
   baton::test::raise_fd_limit();
 
@@ -95,7 +74,7 @@ BATON_TEST_ROLE(echo_server) {
   auto serve = [&](baton::connection conn) -> asio::awaitable<void> {
     std::vector<char> buf(64 * 1024);
     for (;;) {
-      auto st = load_state(conn);
+      auto st = load_state<echo_state>(conn);
       auto [ec, n] = co_await conn.async_read_some(asio::buffer(buf), tuple_aw);
       if (ec) {
         max_seen_moves = std::max(max_seen_moves, st.moves);
@@ -135,7 +114,7 @@ BATON_TEST_ROLE(echo_server) {
       if (a.kind == baton::ticket_kind::connection) {
         ++received;
         // Recorded on arrival too: the report may be written before this connection's EOF.
-        max_seen_moves = std::max(max_seen_moves, load_state(a.conn).moves);
+        max_seen_moves = std::max(max_seen_moves, load_state<echo_state>(a.conn).moves);
         modes += a.conn.mode() == baton::attach_mode::native ? 'n' : 'e';
         asio::co_spawn(ioc, serve(std::move(a.conn)), asio::detached);
       }

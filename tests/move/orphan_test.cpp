@@ -5,7 +5,9 @@
 #include <baton/move.hpp>
 
 #include "async_helpers.hpp"
+#include "move_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -19,20 +21,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::errc;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
-
-baton::transfer_strategy strategy_named(const std::string& s) {
-  if (s == "pidfd_getfd") return baton::transfer_strategy::pidfd_getfd;
-  if (s == "scm_rights") return baton::transfer_strategy::scm_rights;
-  if (s == "wsa_duplicate") return baton::transfer_strategy::wsa_duplicate;
-  return baton::transfer_strategy::automatic;
-}
+using namespace baton::test::prelude;
 
 // A target that creates its channel (ring bytes, ack slots from args) and reads nothing until
 // the file `go` exists; then it takes every arrival (and keeps the connections it is given),
@@ -136,7 +125,7 @@ struct orphan_case {
   baton::error_code move(baton::channel& tx, const std::string& strategy, std::chrono::milliseconds timeout) {
     baton::error_code result = asio::error::would_block;
     baton::move_options o;
-    o.strategy = strategy_named(strategy);
+    o.strategy = baton::test::strategy_from_name(strategy);
     o.timeout = timeout;
     baton::async_send(tx, std::move(server), o, [&](baton::error_code ec, baton::connection back) {
       result = ec;
@@ -267,7 +256,7 @@ BATON_TEST_ROLE(doomed_source) {
   baton::connection c(acc.accept(), {}, {std::byte{5}});
   auto tx = baton::channel::open(ioc.get_executor(), args.at(0));
   baton::move_options o;
-  o.strategy = strategy_named(args.at(1));
+  o.strategy = baton::test::strategy_from_name(args.at(1));
   baton::async_send(tx, std::move(c), o, [](baton::error_code, baton::connection) {});
   ioc.run_for(30s);  // BATON_FAULT=send_ticket:die ends this process first
   return 3;

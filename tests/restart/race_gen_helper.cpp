@@ -5,6 +5,7 @@
 #include <baton/restart.hpp>
 
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <baton/spawn.hpp>
@@ -14,9 +15,7 @@
 #include <functional>
 #include <optional>
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
@@ -25,9 +24,7 @@ namespace {
 // error) if its start fails, else out.gen<generation>.<pid>; the first generation opens a
 // listener and writes its port to out.port. Every connection is answered with this process's pid.
 BATON_TEST_ROLE(race_gen) {
-  const std::string& name = args.at(0);
-  const std::string& out = args.at(1);
-  const std::string& go = args.at(2);
+  const std::string &name = args.at(0), &out = args.at(1), &go = args.at(2);
   const std::string pid = std::to_string(baton::current_process_id());
   asio::io_context ioc(1);
   baton::restart_options ro;

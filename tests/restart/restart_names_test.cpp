@@ -16,6 +16,7 @@
 
 #ifdef _WIN32
 #include "win/security.hpp"
+#include "test_prelude.hpp"
 #endif
 
 #ifndef _WIN32
@@ -26,9 +27,7 @@
 #include <unistd.h>
 #endif
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {

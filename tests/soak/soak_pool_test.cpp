@@ -4,9 +4,11 @@
 #include <baton/move.hpp>
 
 #include "async_helpers.hpp"
+#include "move_helpers.hpp"
 #include "net_helpers.hpp"
 #include "ring.hpp"
 #include "soak_support.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -25,11 +27,9 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
+using namespace baton::test::prelude;
+using baton::test::load_state;
+using baton::test::save_state;
 using namespace baton::test::soak;
 using namespace std::chrono_literals;
 
@@ -46,15 +46,6 @@ struct hop_state {
   std::uint32_t moves = 0;
   char kind = 'I';  ///< 'S': a streaming client checks an echo; 'I': idle until the end
 };
-hop_state load(const baton::connection& c) {
-  hop_state s;
-  if (c.state().size() == sizeof s) std::memcpy(&s, c.state().data(), sizeof s);
-  return s;
-}
-void save(baton::connection& c, const hop_state& s) {
-  c.state().resize(sizeof s);
-  std::memcpy(c.state().data(), &s, sizeof s);
-}
 
 // One of the two movers of the soak. args: own-channel peer-channel home(1/0) ready-file
 // sync-prefix pool warm-moves total-moves stop-file
@@ -106,7 +97,7 @@ BATON_TEST_ROLE(soak_mover) {
 
   // One hop: echo once (streaming connections), then move to the peer; retried on a rollback.
   std::function<asio::awaitable<void>(baton::connection)> hop = [&](baton::connection conn) -> asio::awaitable<void> {
-    auto st = load(conn);
+    auto st = load_state<hop_state>(conn);
     if (st.kind == 'S') {
       std::vector<char> buf(16 * 1024);
       auto [ec, n] = co_await conn.async_read_some(asio::buffer(buf), tuple_aw);
@@ -119,7 +110,7 @@ BATON_TEST_ROLE(soak_mover) {
       }
     }
     ++st.moves;
-    save(conn, st);
+    save_state(conn, st);
     for (;;) {
       auto [mec, back] = co_await baton::async_send(peer_channel(), std::move(conn), baton::move_options{}, tuple_aw);
       if (!mec) break;
@@ -137,7 +128,7 @@ BATON_TEST_ROLE(soak_mover) {
 
   auto arrive = [&](baton::connection conn) {
     ++held;
-    const auto st = load(conn);
+    const auto st = load_state<hop_state>(conn);
     if (home && std::find(barriers.begin(), barriers.end(), st.moves) != barriers.end()) {
       parked.push_back(std::move(conn));
       return;
@@ -174,7 +165,7 @@ BATON_TEST_ROLE(soak_mover) {
         auto [rec, rn] = co_await asio::async_read(s, asio::buffer(&kind, 1), tuple_aw);
         if (rec) co_return;
         baton::connection conn(std::move(s));
-        save(conn, hop_state{0, kind});
+        save_state(conn, hop_state{0, kind});
         ++held;
         asio::co_spawn(ioc, hop(std::move(conn)), asio::detached);
       }

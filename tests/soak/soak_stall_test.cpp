@@ -5,6 +5,7 @@
 #include "async_helpers.hpp"
 #include "net_helpers.hpp"
 #include "soak_support.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/detached.hpp>
@@ -19,12 +20,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::errc;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
+using namespace baton::test::prelude;
 using namespace baton::test::soak;
 using namespace std::chrono_literals;
 

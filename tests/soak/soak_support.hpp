@@ -1,6 +1,7 @@
 #pragma once
 // Shared by the soak tests: per-process usage reports and the bounds a leak check allows, an echo
 // loop, and a poll loop with a deadline.
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <baton/connection.hpp>
@@ -17,9 +18,7 @@
 
 namespace baton::test::soak {
 
-namespace asio = boost::asio;
-using namespace std::chrono_literals;
-inline constexpr auto tuple_aw = asio::as_tuple(asio::use_awaitable);
+using namespace prelude;
 
 // Handles a process may gain between two measurements without a leak of ours: Wine's own
 // handles, a pidfd cached for a new peer. Every leak these tests look for grows with the number

@@ -3,6 +3,7 @@
 // end to its receiving end in this same process (a real transfer: pidfd_getfd / SCM_RIGHTS /
 // WSADuplicateSocket to ourselves).
 #include "net_helpers.hpp"
+#include "test_support.hpp"
 
 #include <baton/move.hpp>
 
@@ -10,8 +11,34 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <chrono>
+#include <cstring>
+#include <string>
 
 namespace baton::test {
+
+/// The strategy named on a helper's command line ("pidfd_getfd", "scm_rights", "wsa_duplicate",
+/// "duplicate_handle"); anything else is automatic.
+inline transfer_strategy strategy_from_name(const std::string& s) {
+  if (s == "wsa_duplicate") return transfer_strategy::wsa_duplicate;
+  if (s == "duplicate_handle") return transfer_strategy::duplicate_handle;
+  if (s == "pidfd_getfd") return transfer_strategy::pidfd_getfd;
+  if (s == "scm_rights") return transfer_strategy::scm_rights;
+  return transfer_strategy::automatic;
+}
+
+/// A trivially copyable State kept in a connection's application state (a default one if the
+/// connection carries none of that size).
+template <class State>
+State load_state(const connection& c) {
+  State s{};
+  if (c.state().size() == sizeof s) std::memcpy(&s, c.state().data(), sizeof s);
+  return s;
+}
+template <class State>
+void save_state(connection& c, const State& s) {
+  c.state().resize(sizeof s);
+  std::memcpy(c.state().data(), &s, sizeof s);
+}
 
 /// A connected loopback pair: `client` is a plain socket, `server` the accepted end.
 struct loopback_pair {
@@ -24,6 +51,17 @@ inline loopback_pair make_loopback_pair(boost::asio::io_context& ioc) {
   auto server = acc.accept();
   return {std::move(client), std::move(server)};
 }
+
+/// Both ends of a fresh channel in this process, on one io_context.
+struct channel_pair {
+  boost::asio::io_context ioc;
+  name_guard guard;
+  channel rx, tx;
+  explicit channel_pair(const std::string& tag)
+      : guard(unique_name(tag)),
+        rx(channel::create(ioc.get_executor(), guard.name)),
+        tx(channel::open(ioc.get_executor(), guard.name)) {}
+};
 
 /// What a move reported on both ends.
 struct self_move {

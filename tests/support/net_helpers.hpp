@@ -25,6 +25,18 @@ inline boost::asio::ip::tcp::socket connect_loopback(boost::asio::io_context& io
   return s;
 }
 
+/// Connects a fresh `s` on `ioc` to a loopback port, with no_delay and a 30 s receive timeout;
+/// false if the connection was refused.
+inline bool try_connect_loopback(boost::asio::io_context& ioc, boost::asio::ip::tcp::socket& s, unsigned short port) {
+  boost::system::error_code ec;
+  s = boost::asio::ip::tcp::socket(ioc);
+  s.connect({boost::asio::ip::address_v4::loopback(), port}, ec);
+  if (ec) return false;
+  s.set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  set_recv_timeout(s, std::chrono::seconds(30));
+  return true;
+}
+
 /// Writes all of `b`. A blocking call that a signal interrupts (EINTR; io_uring's task work does
 /// this too) carries no data and loses none, so it is retried. Returns the bytes written.
 inline std::size_t write_all(boost::asio::ip::tcp::socket& s, boost::asio::const_buffer b,
