@@ -325,14 +325,7 @@ int main(int argc, char** argv) {
   if (role == "baton-bell" && argc >= 5) return role_baton_bell(argv + 2);
   if (role == "dgram-bell" && argc >= 5) return role_dgram_bell(argv + 2);
   if (role == "futex-bell" && argc >= 3) return role_futex_bell(argv + 2);
-  if (!role.empty()) {
-    std::fprintf(stderr, "unknown role or arguments: %s\n", role.c_str());
-    return 2;
-  }
-  bench::sweep_stale();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  if (!role.empty()) return bench::unknown_role(role);
+  if (const int rc = bench::run_benchmarks(argc, argv)) return rc;
   return 0;
 }

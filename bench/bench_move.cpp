@@ -952,16 +952,9 @@ int main(int argc, char** argv) {
   if (role == "baton-peer" && argc >= 8) return role_baton_peer(argv + 2);
   if (role == "raw-peer" && argc >= 6) return role_raw_peer(argv + 2);
   if (role == "echo-server" && argc >= 6) return role_echo_server(argv + 2);
-  if (!role.empty()) {
-    std::fprintf(stderr, "unknown role or arguments: %s\n", role.c_str());
-    return 2;
-  }
+  if (!role.empty()) return bench::unknown_role(role);
   install_sigalrm();
-  bench::sweep_stale();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  if (const int rc = bench::run_benchmarks(argc, argv)) return rc;
   print_ratios();
   return 0;
 }

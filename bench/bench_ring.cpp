@@ -407,15 +407,8 @@ int main(int argc, char** argv) {
   if (role == "baton-producer" && argc >= 6) return role_baton_producer(argv + 2);
   if (role == "minimal-producer" && argc >= 6) return role_minimal_producer(argv + 2);
   if (role == "ring-layer-producer" && argc >= 6) return role_ring_layer_producer(argv + 2);
-  if (!role.empty()) {
-    std::fprintf(stderr, "unknown role or arguments: %s\n", role.c_str());
-    return 2;
-  }
-  bench::sweep_stale();
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  if (!role.empty()) return bench::unknown_role(role);
+  if (const int rc = bench::run_benchmarks(argc, argv)) return rc;
   print_ratios();
   return 0;
 }

@@ -333,6 +333,23 @@ inline void sweep_stale() {
   }
 }
 
+/// main()'s answer to a role it does not know (or with too few arguments): exit status 2.
+inline int unknown_role(const std::string& role) {
+  std::fprintf(stderr, "unknown role or arguments: %s\n", role.c_str());
+  return 2;
+}
+
+/// Removes stale objects, then runs the benchmarks the command line selects. Nonzero: an argument
+/// Google Benchmark does not know.
+inline int run_benchmarks(int& argc, char** argv) {
+  sweep_stale();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
+
 /// Returns the `--role=` value of argv[1], or "" for a normal benchmark run.
 inline std::string role_of(int argc, char** argv) {
   if (argc >= 2 && std::strncmp(argv[1], "--role=", 7) == 0) return argv[1] + 7;

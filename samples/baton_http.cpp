@@ -12,6 +12,11 @@
 //   GET /metrics     Baton's counters in Prometheus text format
 #include "http_server.hpp"
 
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
 using namespace baton_samples;
 
 int main(int argc, char** argv) {

@@ -4,6 +4,7 @@
 #include <baton/channel.hpp>
 
 #include "channel_impl.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -14,16 +15,24 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 baton::ticket control(baton::ticket_id id) {
   baton::ticket t;
   t.kind = baton::ticket_kind::control;
   t.id = id;
   return t;
+}
+
+// Starts a transaction of control ticket `id` on `tx` (its verdict lands in `result`) and takes
+// the ticket off `rx` into `got`. Returns the receive's error.
+baton::error_code transact_and_take(asio::io_context& ioc, baton::channel& tx, baton::channel& rx,
+                                    baton::ticket_id id, baton::error_code& result, baton::ticket& got) {
+  result = asio::error::would_block;
+  tx.async_transact(control(id), 30s, [&result](baton::error_code ec) { result = ec; });
+  baton::error_code ec;
+  for (int i = 0; i < 1000 && !rx.try_receive(got, ec); ++i) ioc.poll();
+  return ec;
 }
 
 std::function<void()> interleave;  // what the hook runs, once
@@ -43,12 +52,9 @@ TEST(channel_ack, a_verdict_cannot_resolve_a_slot_released_and_reclaimed_after_i
 
   // Sender A's move, with its ticket taken off the ring by the receiver.
   const auto a = baton::ticket_id::random();
-  baton::error_code a_result = asio::error::would_block;
-  tx.async_transact(control(a), 30s, [&](baton::error_code ec) { a_result = ec; });
+  baton::error_code a_result;
   baton::ticket got;
-  baton::error_code ec;
-  for (int i = 0; i < 1000 && !rx.try_receive(got, ec); ++i) ioc.poll();
-  ASSERT_FALSE(ec);
+  ASSERT_FALSE(transact_and_take(ioc, tx, rx, a, a_result, got));
   ASSERT_EQ(got.id, a);
 
   // The forced interleaving: after the receiver checked slot 0 for A's ticket, A gives up and
@@ -82,11 +88,9 @@ TEST(channel_ack, a_verdict_lands_when_nothing_intervenes) {
   auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
   auto tx = baton::channel::open(ioc.get_executor(), g.name, o);
   const auto a = baton::ticket_id::random();
-  baton::error_code a_result = asio::error::would_block;
-  tx.async_transact(control(a), 30s, [&](baton::error_code ec) { a_result = ec; });
+  baton::error_code a_result;
   baton::ticket got;
-  baton::error_code ec;
-  for (int i = 0; i < 1000 && !rx.try_receive(got, ec); ++i) ioc.poll();
+  transact_and_take(ioc, tx, rx, a, a_result, got);
   ASSERT_EQ(got.id, a);
   EXPECT_TRUE(rx.acknowledge(got, true));
   for (int i = 0; i < 1000 && a_result == asio::error::would_block; ++i) ioc.run_for(1ms);

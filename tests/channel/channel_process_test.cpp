@@ -3,6 +3,7 @@
 
 #include "async_helpers.hpp"
 #include "channel_impl.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -26,12 +27,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using baton::errc;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 std::uint64_t seed_of(std::uint32_t sender, std::uint32_t seq) { return (std::uint64_t{sender} << 32) | seq; }
 

@@ -1,6 +1,7 @@
 #include <baton/channel.hpp>
 
 #include "async_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -16,9 +17,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using baton::errc;
-using baton::test::name_guard;
+using namespace baton::test::prelude;
 using baton::test::run_with_deadline;
 using baton::test::unique_name;
 using namespace std::chrono_literals;

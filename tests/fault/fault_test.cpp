@@ -5,7 +5,9 @@
 // connection afterwards (byte-exact), or — where its owner died — that it is closed, never
 // duplicated, never hung, never half-served. The test writes the matrix as markdown; natively it
 // also checks that docs/guarantees.md is exactly that output, so the document cannot drift.
+#include "move_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <baton/move.hpp>
@@ -14,13 +16,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
@@ -37,10 +38,6 @@ asio::awaitable<void> echo(baton::connection c) {
     auto [wec, wn] = co_await asio::async_write(c, asio::buffer(buf.data(), n), tuple_aw);
     if (wec) co_return;
   }
-}
-
-baton::transfer_strategy strategy_named(const std::string& s) {
-  return s == "scm_rights" ? baton::transfer_strategy::scm_rights : baton::transfer_strategy::automatic;
 }
 
 // Source: echoes one connection; once it has echoed `chunk` bytes it moves the connection to the
@@ -68,7 +65,7 @@ BATON_TEST_ROLE(fault_source) {
     }
     baton::move_options o;
     o.timeout = move_timeout;
-    o.strategy = strategy_named(args.at(3));
+    o.strategy = strategy_from_name(args.at(3));
     auto [mec, back] = co_await baton::async_send(tx, std::move(c), o, tuple_aw);
     write_file(result, mec ? "kept" : "moved");
     if (mec) co_await echo(std::move(back));
@@ -129,7 +126,7 @@ BATON_TEST_ROLE(fault_lsource) {
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     baton::move_options o;
     o.timeout = move_timeout;
-    o.strategy = strategy_named(args.at(3));
+    o.strategy = strategy_from_name(args.at(3));
     auto [mec, back] = co_await baton::async_send(tx, std::move(l), o, tuple_aw);
     write_file(result, mec ? "kept" : "moved");
     if (mec) {
@@ -211,9 +208,15 @@ std::vector<cell> matrix() {
       {"commit", true, "die", {o::target}, "acknowledged before the source died"},
       {"commit", true, "kill_peer", {o::closed}, "the target owned it and died"},
       {"commit", true, "stall", {o::target}, "acknowledged: the target serves it while the source is slow"},
-#ifndef _WIN32
-      // The SCM_RIGHTS push (Linux's fallback when pidfd_getfd is refused): the datagram carrying
-      // the descriptor reaches the target before the ticket, at send_ticket.
+  };
+}
+
+// The SCM_RIGHTS push (Linux's fallback when pidfd_getfd is refused): the datagram carrying the
+// descriptor reaches the target before the ticket, at send_ticket. (tests/CMakeLists.txt reads
+// the cells of matrix() and of this function to register one ctest test per cell.)
+std::vector<cell> scm_rights_cells() {
+  using o = outcome;
+  return {
       {"send_ticket", true, "die", {o::closed},
        "SCM_RIGHTS: the source died after its datagram reached the target; the target closes a datagram "
        "whose sender died with no ticket in the ring",
@@ -228,7 +231,6 @@ std::vector<cell> matrix() {
        "SCM_RIGHTS: the source died with its ticket in the ring and its descriptor in the target's queue: "
        "the target takes it whole",
        {}, nullptr, "scm_rights"},
-#endif
   };
 }
 
@@ -353,62 +355,113 @@ std::string promised_text(const std::set<outcome>& s) {
   return r;
 }
 
+// One cell of the matrix: a kind of move (connection or listener) with one fault. Named
+// <kind>_<step>_<fault>[_scm_rights], e.g. connection_quiesce_die: `--gtest_filter=*/<name>` (or
+// `ctest -R fault_matrix.<name>`) runs it alone.
+struct cell_param {
+  std::string kind;  // "connection" or "listener"
+  cell c;
+  std::string name() const {
+    return kind + "_" + c.step + "_" + c.action + (std::string(c.strategy) == "scm_rights" ? "_scm_rights" : "");
+  }
+};
+
+std::vector<cell_param> all_cells() {
+  std::vector<cell> cells = matrix();
+  if (host_has_scm_rights())
+    for (auto& c : scm_rights_cells()) cells.push_back(c);
+  std::vector<cell_param> r;
+  for (const char* kind : {"connection", "listener"})
+    for (const auto& c : cells) r.push_back({kind, c});
+  return r;
+}
+
+// Each cell leaves its row of the table here (the test's working directory is the build's tests
+// directory); fault_doc assembles docs/guarantees.md from them.
+const std::string rows_dir = "fault_rows";
+std::string row_path(const cell_param& p) { return rows_dir + "/" + p.name() + ".md"; }
+
+const std::set<outcome>& promised_here(const cell& c) {
+  return c.gap && host_is_windows() ? c.windows_gap : c.promised;
+}
+
+std::string table_row(const cell& c, bool kept, outcome got) {
+  std::ostringstream md;
+  md << "| " << c.step << (std::string(c.strategy) == "scm_rights" ? " (SCM_RIGHTS)" : "") << " | "
+     << (c.source_side ? "source" : "target") << " | " << c.action << " | " << promised_text(c.promised) << " | "
+     << (kept ? to_string(got) : "**BROKEN**") << " | " << c.why << (c.gap ? std::string(". ") + c.gap : std::string())
+     << " |\n";
+  return md.str();
+}
+
 }  // namespace
 
-TEST(fault_matrix, every_step_every_fault_keeps_the_promise) {
+class fault_matrix : public ::testing::TestWithParam<cell_param> {};
+
+TEST_P(fault_matrix, cell) {
+  const auto& p = GetParam();
+  g_bytes_checked = 0;
+  std::string detail;
+  const auto got = p.kind == "connection" ? run_cell(p.c, detail) : run_listener_cell(p.c, detail);
+  const auto& promised = promised_here(p.c);
+  const bool kept = promised.count(got) != 0;
+  EXPECT_TRUE(kept) << p.kind << " " << p.c.step << ":" << p.c.action << " promised " << promised_text(promised)
+                    << ", got " << to_string(got) << " (" << detail << ")";
+  std::printf("[ FAULTS   ] 1 injected faults exercised\n");
+  report_bytes_checked(g_bytes_checked);
+  std::filesystem::create_directories(rows_dir);
+  write_file(row_path(p), table_row(p.c, kept, got));
+}
+
+INSTANTIATE_TEST_SUITE_P(steps, fault_matrix, ::testing::ValuesIn(all_cells()),
+                         [](const ::testing::TestParamInfo<cell_param>& i) { return i.param.name(); });
+
+// docs/guarantees.md, assembled from the rows the cells left (ctest runs every cell first: they
+// set up its fixture). Natively it must equal the committed file, so the document cannot drift.
+TEST(fault_doc, guarantees_md_is_the_table_the_cells_produced) {
   std::ostringstream md;
   md << "# What Baton guarantees when a move fails, step by step\n\n"
-        "Generated by `tests/fault/fault_test.cpp` (`fault_matrix.every_step_every_fault_keeps_the_promise`) "
-        "from its own run on Linux; the same matrix runs under Wine for the Windows build. Do not edit: "
-        "the native test fails when this file differs from what it produced "
+        "Generated by `tests/fault/fault_test.cpp` (one test per cell, `fault_matrix.<kind>_<step>_<fault>`, "
+        "assembled by `fault_doc`) from its own run on Linux; the same matrix runs under Wine for the Windows build. "
+        "Do not edit: the native test fails when this file differs from what it produced "
         "(`cp build/linux/tests/guarantees.md docs/guarantees.md` after a deliberate change).\n\n"
         "Each row is one move between two real processes with one fault injected "
         "(`BATON_FAULT=<step>:<fault>`, developer builds only). "
         "Faults: *die* = the process at that step is hard-killed (SIGKILL / TerminateProcess); "
         "*kill_peer* = the other side is hard-killed at that moment; *stall* = the step stalls 1.5 s, "
         "past the 1 s move timeout; *fail* = the step's call fails.\n";
-  std::vector<std::string> broken;
-  int faults = 0;
-  auto run_matrix = [&](const char* what, auto runner) {
-    for (const auto& c : matrix()) {
-      std::string detail;
-      const auto got = runner(c, detail);
-      ++faults;
-#ifdef _WIN32
-      const auto& promised = c.gap ? c.windows_gap : c.promised;
-#else
-      const auto& promised = c.promised;
-#endif
-      const bool kept = promised.count(got) != 0;
-      if (!kept)
-        broken.push_back(std::string(what) + " " + c.step + ":" + c.action + " promised " + promised_text(promised) +
-                         ", got " + to_string(got) + " (" + detail + ")");
-      md << "| " << c.step << (std::string(c.strategy) == "scm_rights" ? " (SCM_RIGHTS)" : "") << " | " << (c.source_side ? "source" : "target") << " | " << c.action << " | "
-         << promised_text(c.promised) << " | " << (kept ? to_string(got) : "**BROKEN**") << " | " << c.why
-         << (c.gap ? std::string(". ") + c.gap : std::string()) << " |\n";
+  const char* const sections[][2] = {
+      {"connection",
+       "\n## Connections\n\n"
+       "A loopback client streams pattern bytes through the connection before and after the move; "
+       "*source* / *target* mean that process serves the connection afterwards, byte-exact; *closed* "
+       "means the client saw the connection close (its owner died), never a duplicate, a hang or a "
+       "corrupted stream.\n\n"},
+      {"listener",
+       "\n## Listening sockets\n\n"
+       "After the verdict a client connects and streams pattern bytes: *source* / *target* mean that "
+       "process accepts and serves new connections; *closed* means connection attempts are refused "
+       "(the listening socket died with its owner). The reasons read the same with *it* = the "
+       "listening socket.\n\n"}};
+  bool complete = true, broken = false;
+  for (const auto& [kind, intro] : sections) {
+    md << intro << "| step | in | fault | promised | observed | why |\n|---|---|---|---|---|---|\n";
+    for (const auto& p : all_cells()) {
+      if (p.kind != kind) continue;
+      if (!file_exists(row_path(p))) {
+        ADD_FAILURE() << "cell " << p.name() << " left no row: run the cells first (ctest -R fault_matrix)";
+        complete = false;
+        continue;
+      }
+      const std::string row = read_file(row_path(p));
+      broken = broken || row.find("**BROKEN**") != std::string::npos;
+      md << row;
     }
-  };
-  md << "\n## Connections\n\n"
-        "A loopback client streams pattern bytes through the connection before and after the move; "
-        "*source* / *target* mean that process serves the connection afterwards, byte-exact; *closed* "
-        "means the client saw the connection close (its owner died), never a duplicate, a hang or a "
-        "corrupted stream.\n\n"
-        "| step | in | fault | promised | observed | why |\n|---|---|---|---|---|---|\n";
-  run_matrix("connection", run_cell);
-  md << "\n## Listening sockets\n\n"
-        "After the verdict a client connects and streams pattern bytes: *source* / *target* mean that "
-        "process accepts and serves new connections; *closed* means connection attempts are refused "
-        "(the listening socket died with its owner). The reasons read the same with *it* = the "
-        "listening socket.\n\n"
-        "| step | in | fault | promised | observed | why |\n|---|---|---|---|---|---|\n";
-  run_matrix("listener", run_listener_cell);
-  RecordProperty("injected_faults", faults);
-  std::printf("[ FAULTS   ] %d injected faults exercised\n", faults);
-  report_bytes_checked(g_bytes_checked);
-  for (const auto& b : broken) ADD_FAILURE() << b;
+  }
   std::ofstream("guarantees.md", std::ios::binary) << md.str();
-#if !defined(_WIN32) && defined(BATON_DOCS_DIR)
-  if (broken.empty()) {
+  EXPECT_FALSE(broken) << "a cell broke its promise (its own test says how)";
+#ifdef BATON_DOCS_DIR
+  if (complete && !broken) {
     const std::string doc = read_file(std::string(BATON_DOCS_DIR) + "/guarantees.md");
     EXPECT_TRUE(doc == md.str())
         << "docs/guarantees.md is out of date: cp build/linux/tests/guarantees.md docs/guarantees.md";

@@ -5,6 +5,7 @@
 
 #include "async_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -19,11 +20,7 @@ namespace {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
-using asio::ip::tcp;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 
 // Answers every request on the connections it receives with "served by <tag>".

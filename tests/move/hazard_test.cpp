@@ -8,6 +8,7 @@
 
 #include "async_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <gtest/gtest.h>
@@ -27,12 +28,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 // An echo server target (the echo_server role of move_test.cpp) that never moves on.
 struct echo_target {

@@ -5,6 +5,7 @@
 
 #include "async_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <gtest/gtest.h>
@@ -18,12 +19,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::errc;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 baton::ticket naming(std::uint64_t handle, baton::ticket_kind kind) {
   baton::ticket t;

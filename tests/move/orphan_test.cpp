@@ -5,7 +5,9 @@
 #include <baton/move.hpp>
 
 #include "async_helpers.hpp"
+#include "move_helpers.hpp"
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -17,26 +19,9 @@
 #include <cstring>
 #include <functional>
 
-#ifndef _WIN32
-#include <csignal>
-#endif
-
 namespace {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using baton::errc;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
-
-baton::transfer_strategy strategy_named(const std::string& s) {
-  if (s == "pidfd_getfd") return baton::transfer_strategy::pidfd_getfd;
-  if (s == "scm_rights") return baton::transfer_strategy::scm_rights;
-  if (s == "wsa_duplicate") return baton::transfer_strategy::wsa_duplicate;
-  return baton::transfer_strategy::automatic;
-}
+using namespace baton::test::prelude;
 
 // A target that creates its channel (ring bytes, ack slots from args) and reads nothing until
 // the file `go` exists; then it takes every arrival (and keeps the connections it is given),
@@ -140,7 +125,7 @@ struct orphan_case {
   baton::error_code move(baton::channel& tx, const std::string& strategy, std::chrono::milliseconds timeout) {
     baton::error_code result = asio::error::would_block;
     baton::move_options o;
-    o.strategy = strategy_named(strategy);
+    o.strategy = baton::test::strategy_from_name(strategy);
     o.timeout = timeout;
     baton::async_send(tx, std::move(server), o, [&](baton::error_code ec, baton::connection back) {
       result = ec;
@@ -271,7 +256,7 @@ BATON_TEST_ROLE(doomed_source) {
   baton::connection c(acc.accept(), {}, {std::byte{5}});
   auto tx = baton::channel::open(ioc.get_executor(), args.at(0));
   baton::move_options o;
-  o.strategy = strategy_named(args.at(1));
+  o.strategy = baton::test::strategy_from_name(args.at(1));
   baton::async_send(tx, std::move(c), o, [](baton::error_code, baton::connection) {});
   ioc.run_for(30s);  // BATON_FAULT=send_ticket:die ends this process first
   return 3;
@@ -310,9 +295,7 @@ TEST_P(move_orphan, a_source_killed_after_the_export_leaves_no_copy_behind) {
 // pushes; later pushes wait for room through the reactor, so the source's event loop keeps
 // running (issue 11, item 11: each waited 50 ms in poll() on the event-loop thread before).
 TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_thread) {
-#ifdef _WIN32
-  GTEST_SKIP() << "SCM_RIGHTS is Linux's";
-#else
+  if (!baton::test::host_has_scm_rights()) GTEST_SKIP() << "SCM_RIGHTS is Linux's";
   name_guard g(unique_name("stallr"));
   target_files files;
   auto target = child::spawn("lazy_target", {g.name, "65536", "64", files.ready, files.go, files.result, files.stop});
@@ -327,7 +310,7 @@ TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_threa
     conns.emplace_back(acc.accept(), std::vector<std::byte>{}, std::vector<std::byte>{std::byte(i)});
   }
   auto tx = baton::channel::open(ioc.get_executor(), g.name);
-  ::kill(static_cast<pid_t>(target.pid()), SIGSTOP);
+  baton::test::stop_process(target.pid());
   // A 1 ms timer on the same event loop counts the times it was held up by 40 ms or more.
   asio::steady_timer tick(ioc);
   int held_up = 0, ticks = 0;
@@ -358,14 +341,13 @@ TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_threa
   for (int i = 0; i < 3000 && done < n; ++i) ioc.run_for(10ms);
   ticking = false;
   ioc.run_for(5ms);
-  ::kill(static_cast<pid_t>(target.pid()), SIGCONT);
+  baton::test::resume_process(target.pid());
   EXPECT_EQ(done, n);
   EXPECT_GT(ticks, 100);
   EXPECT_LE(held_up, 5) << "the event loop was held up " << held_up << " times for 40 ms or more";
   for (int i = 0; i < n; ++i) EXPECT_TRUE(back[static_cast<std::size_t>(i)].is_open()) << i;
   baton::test::touch(files.stop);
   target.wait(30s);
-#endif
 }
 
 std::vector<std::string> strategies() {

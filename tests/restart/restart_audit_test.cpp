@@ -6,6 +6,7 @@
 #include "restart_support.hpp"
 
 #include "detail/platform.hpp"
+#include "test_prelude.hpp"
 
 #include <baton/spawn.hpp>
 
@@ -13,9 +14,7 @@
 
 #include <sstream>
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
@@ -170,15 +169,7 @@ struct line_client {
   tcp::socket s{ioc};
   std::string buf;
 
-  bool connect(unsigned short port) {
-    baton::error_code ec;
-    s = tcp::socket(ioc);
-    s.connect({asio::ip::address_v4::loopback(), port}, ec);
-    if (ec) return false;
-    s.set_option(tcp::no_delay(true), ec);
-    set_recv_timeout(s, 30s);
-    return true;
-  }
+  bool connect(unsigned short port) { return try_connect_loopback(ioc, s, port); }
   bool send(const std::string& line) {
     baton::error_code ec;
     write_all(s, asio::buffer(line + "\n"), ec);

@@ -16,6 +16,7 @@
 
 #ifdef _WIN32
 #include "win/security.hpp"
+#include "test_prelude.hpp"
 #endif
 
 #ifndef _WIN32
@@ -26,56 +27,10 @@
 #include <unistd.h>
 #endif
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
-
-// A generation that starts when `go` appears: args name out go. It writes out.fail.<pid> (the
-// error) if its start fails, else out.gen<generation>.<pid>; the first generation opens a
-// listener and writes its port to out.port. Every connection is answered with this process's pid.
-BATON_TEST_ROLE(race_gen) {
-  const std::string& name = args.at(0);
-  const std::string& out = args.at(1);
-  const std::string& go = args.at(2);
-  const std::string pid = std::to_string(baton::current_process_id());
-  asio::io_context ioc(1);
-  baton::restart_options ro;
-  ro.os_triggers = false;
-  baton::service svc(ioc.get_executor(), name, ro);
-  std::optional<tcp::acceptor> acc;
-  std::function<void()> accept = [&] {
-    svc.async_accept([&](baton::error_code ec, baton::connection c) {
-      if (ec) return;
-      auto reply = std::make_shared<std::string>(pid + "\n");
-      auto conn = std::make_shared<baton::connection>(std::move(c));
-      asio::async_write(*conn, asio::buffer(*reply), [conn, reply](baton::error_code, std::size_t) {});
-      accept();
-    });
-  };
-  const auto until = std::chrono::steady_clock::now() + 30s;
-  while (!file_exists(go) && std::chrono::steady_clock::now() < until) nap(1ms);
-  svc.async_start([&](baton::error_code ec) {
-    if (ec) {
-      write_file(out + ".fail." + pid, ec.message() + "\n" + svc.last_report().detail);
-      ioc.stop();
-      return;
-    }
-    if (svc.generation() == 1) {
-      acc.emplace(ioc, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
-      const auto port = acc->local_endpoint().port();
-      svc.add_listener(baton::listener(std::move(*acc)));
-      write_file(out + ".port", std::to_string(port));
-    }
-    write_file(out + ".gen" + std::to_string(svc.generation()) + "." + pid, "");
-    accept();
-    svc.async_wait_retired([&](baton::error_code, baton::restart_report) { ioc.stop(); });
-  });
-  ioc.run_for(60s);
-  return 0;
-}
 
 // Removes what dead processes left of a service's channels (the control channel and inboxes,
 // whatever their suffix): a killed generation leaves its inbox behind.
@@ -118,14 +73,16 @@ TEST(restart_names, simultaneous_starts_make_exactly_one_first_generation) {
 #else
   const int runs = 300;
 #endif
+  // The starting processes run a small helper binary (race_gen_helper.cpp), not this one.
+  const std::string race_helper = helper_exe("restart_race_helper");
   int double_owner = 0, status_elsewhere = 0, joined = 0, refused = 0;
   std::string first_problem;
   for (int run = 0; run < runs; ++run) {
     const std::string name = unique_name("race");
     name_guard guard(name);
     const std::string out = temp_path("race"), go = out + ".go";
-    child a = child::spawn("race_gen", {name, out, go});
-    child b = child::spawn("race_gen", {name, out, go});
+    child a = child::spawn_exe(race_helper, "race_gen", {name, out, go});
+    child b = child::spawn_exe(race_helper, "race_gen", {name, out, go});
     const std::vector<std::uint32_t> pids{a.pid(), b.pid()};
     touch(go);
     // Each process has either started (as some generation) or failed.

@@ -3,6 +3,7 @@
 // every response, and a service run by helper processes of the test binary (role http_gen, in
 // restart_test.cpp).
 #include "net_helpers.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <baton/restart.hpp>
@@ -17,9 +18,7 @@
 
 namespace baton::test {
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 struct response {
   int status = 0;
@@ -38,14 +37,8 @@ struct http_conn {
   std::string buf;
 
   bool connect(unsigned short port) {
-    baton::error_code ec;
-    s = tcp::socket(ioc);
-    s.connect({asio::ip::address_v4::loopback(), port}, ec);
-    if (ec) return false;
-    s.set_option(tcp::no_delay(true));
-    set_recv_timeout(s, 30s);
     buf.clear();
-    return true;
+    return try_connect_loopback(ioc, s, port);
   }
   bool send(const std::string& raw) {
     baton::error_code ec;

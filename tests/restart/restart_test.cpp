@@ -9,10 +9,13 @@
 #include "restart_support.hpp"
 
 #include "detail/platform.hpp"
+#include "test_prelude.hpp"
 
-namespace asio = boost::asio;
-using asio::ip::tcp;
-using namespace std::chrono_literals;
+#include <baton/spawn.hpp>
+
+#include <boost/asio.hpp>
+
+using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {

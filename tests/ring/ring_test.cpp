@@ -5,6 +5,7 @@
 
 #include "async_helpers.hpp"
 #include "channel_impl.hpp"
+#include "test_prelude.hpp"
 #include "test_support.hpp"
 
 #include <baton/channel.hpp>
@@ -32,12 +33,7 @@
 
 namespace {
 
-namespace asio = boost::asio;
-using baton::errc;
-using baton::test::child;
-using baton::test::name_guard;
-using baton::test::unique_name;
-using namespace std::chrono_literals;
+using namespace baton::test::prelude;
 
 // The receiver's bound on a record that stays reserved while its producer lives (ring.cpp).
 constexpr auto stall_bound = 2s;

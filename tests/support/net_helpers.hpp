@@ -11,24 +11,11 @@
 #include <fstream>
 #include <string>
 
-#ifdef _WIN32
-#include <winsock2.h>
-#else
-#include <sys/resource.h>
-#include <sys/socket.h>
-#endif
 
 namespace baton::test {
 
-inline void set_recv_timeout(boost::asio::ip::tcp::socket& s, std::chrono::milliseconds t) {
-#ifdef _WIN32
-  DWORD v = static_cast<DWORD>(t.count());
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, reinterpret_cast<const char*>(&v), sizeof v);
-#else
-  timeval v{static_cast<time_t>(t.count() / 1000), static_cast<suseconds_t>((t.count() % 1000) * 1000)};
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &v, sizeof v);
-#endif
-}
+/// Sets SO_RCVTIMEO, so that a blocking read that gets nothing fails instead of hanging.
+void set_recv_timeout(boost::asio::ip::tcp::socket& s, std::chrono::milliseconds t);
 
 inline boost::asio::ip::tcp::socket connect_loopback(boost::asio::io_context& ioc, unsigned short port) {
   boost::asio::ip::tcp::socket s(ioc);
@@ -36,6 +23,18 @@ inline boost::asio::ip::tcp::socket connect_loopback(boost::asio::io_context& io
   s.set_option(boost::asio::ip::tcp::no_delay(true));
   set_recv_timeout(s, std::chrono::seconds(30));
   return s;
+}
+
+/// Connects a fresh `s` on `ioc` to a loopback port, with no_delay and a 30 s receive timeout;
+/// false if the connection was refused.
+inline bool try_connect_loopback(boost::asio::io_context& ioc, boost::asio::ip::tcp::socket& s, unsigned short port) {
+  boost::system::error_code ec;
+  s = boost::asio::ip::tcp::socket(ioc);
+  s.connect({boost::asio::ip::address_v4::loopback(), port}, ec);
+  if (ec) return false;
+  s.set_option(boost::asio::ip::tcp::no_delay(true), ec);
+  set_recv_timeout(s, std::chrono::seconds(30));
+  return true;
 }
 
 /// Writes all of `b`. A blocking call that a signal interrupts (EINTR; io_uring's task work does
@@ -60,14 +59,7 @@ inline std::size_t read_all(boost::asio::ip::tcp::socket& s, boost::asio::mutabl
 }
 
 /// Raises the open-file limit to its hard maximum (bursts of 1,000 connections).
-inline void raise_fd_limit() {
-#ifndef _WIN32
-  rlimit r{};
-  ::getrlimit(RLIMIT_NOFILE, &r);
-  r.rlim_cur = r.rlim_max;
-  ::setrlimit(RLIMIT_NOFILE, &r);
-#endif
-}
+void raise_fd_limit();
 
 inline std::string read_file(const std::string& path) {
   std::ifstream f(path);

@@ -1,6 +1,7 @@
 #include "test_support.hpp"
 
 #include "net_helpers.hpp"
+#include "support_platform.hpp"
 
 #include <baton/spawn.hpp>
 
@@ -16,21 +17,6 @@
 #include <sstream>
 #include <thread>
 
-#ifdef _WIN32
-#include <boost/asio/detail/socket_types.hpp>
-#include <windows.h>
-#include <psapi.h>
-#include <tlhelp32.h>
-#else
-#include <csignal>
-#include <ctime>
-#include <dirent.h>
-#include <sys/stat.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-extern char** environ;
-#endif
 
 namespace baton::test {
 
@@ -45,6 +31,14 @@ std::string self_path() { return baton::current_executable_path(); }
 }  // namespace
 
 std::string self_exe() { return self_path(); }
+
+std::string helper_exe(const std::string& name) {
+  const std::string self = self_path();
+  const auto slash = self.find_last_of("/\\");
+  const std::string dir = slash == std::string::npos ? std::string() : self.substr(0, slash + 1);
+  const bool exe_suffix = self.size() > 4 && self.compare(self.size() - 4, 4, ".exe") == 0;
+  return dir + name + (exe_suffix ? ".exe" : "");
+}
 
 role_registrar::role_registrar(const char* name, role_fn fn) { roles()[name] = std::move(fn); }
 
@@ -88,56 +82,17 @@ child child::spawn(const std::string& role, const std::vector<std::string>& args
 
 child child::spawn_wrapped(const std::vector<std::string>& prefix, const std::string& role,
                            const std::vector<std::string>& args) {
-  child c;
   std::vector<std::string> argv = prefix;
   argv.push_back(self_path());
   argv.push_back("--role=" + role);
   argv.insert(argv.end(), args.begin(), args.end());
-#ifdef _WIN32
-  std::string cmd;
-  for (auto& a : argv) cmd += "\"" + a + "\" ";
-  STARTUPINFOA si{};
-  si.cb = sizeof si;
-  PROCESS_INFORMATION pi{};
-  if (!::CreateProcessA(nullptr, cmd.data(), nullptr, nullptr, FALSE, 0, nullptr, nullptr, &si, &pi))
-    throw std::runtime_error("CreateProcess failed: " + std::to_string(::GetLastError()));
-  ::CloseHandle(pi.hThread);
-  c.pid_ = pi.dwProcessId;
-  c.handle_ = reinterpret_cast<std::intptr_t>(pi.hProcess);
-#else
-  std::vector<char*> cargv;
-  for (auto& a : argv) cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  pid_t pid = 0;
-  if (::posix_spawnp(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ) != 0)
-    throw std::runtime_error("posix_spawn failed");
-  c.pid_ = static_cast<std::uint32_t>(pid);
-#endif
-  c.reaped_ = false;
-  return c;
+  return launch(std::move(argv));
 }
 
-bool child::running() {
-  if (reaped_) return false;
-#ifdef _WIN32
-  DWORD code = 0;
-  if (::WaitForSingleObject(reinterpret_cast<HANDLE>(handle_), 0) == WAIT_OBJECT_0) {
-    ::GetExitCodeProcess(reinterpret_cast<HANDLE>(handle_), &code);
-    exit_code_ = static_cast<int>(code);
-    ::CloseHandle(reinterpret_cast<HANDLE>(handle_));
-    handle_ = -1;
-    reaped_ = true;
-    return false;
-  }
-  return true;
-#else
-  int status = 0;
-  pid_t r = ::waitpid(static_cast<pid_t>(pid_), &status, WNOHANG);
-  if (r == 0) return true;
-  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  reaped_ = true;
-  return false;
-#endif
+child child::spawn_exe(const std::string& exe, const std::string& role, const std::vector<std::string>& args) {
+  std::vector<std::string> argv{exe, "--role=" + role};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return launch(std::move(argv));
 }
 
 int child::wait(std::chrono::milliseconds deadline) {
@@ -151,98 +106,6 @@ int child::wait(std::chrono::milliseconds deadline) {
   }
   return exit_code_;
 }
-
-void child::kill() {
-  if (reaped_) return;
-#ifdef _WIN32
-  ::TerminateProcess(reinterpret_cast<HANDLE>(handle_), 137);
-  ::WaitForSingleObject(reinterpret_cast<HANDLE>(handle_), 10000);
-#else
-  ::kill(static_cast<pid_t>(pid_), SIGKILL);
-#endif
-  wait(std::chrono::seconds(10));
-}
-
-void kill_process(std::uint32_t pid) {
-#ifdef _WIN32
-  HANDLE h = ::OpenProcess(PROCESS_TERMINATE | SYNCHRONIZE, FALSE, pid);
-  if (!h) return;
-  ::TerminateProcess(h, 137);
-  ::WaitForSingleObject(h, 10000);
-  ::CloseHandle(h);
-#else
-  ::kill(static_cast<pid_t>(pid), SIGKILL);
-#endif
-}
-
-bool process_exists(std::uint32_t pid) {
-#ifdef _WIN32
-  HANDLE h = ::OpenProcess(SYNCHRONIZE, FALSE, pid);
-  if (!h) return false;
-  const bool alive = ::WaitForSingleObject(h, 0) == WAIT_TIMEOUT;
-  ::CloseHandle(h);
-  return alive;
-#else
-  if (::kill(static_cast<pid_t>(pid), 0) != 0) return false;
-  // A zombie (exited, not yet reaped by its parent) has exited.
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string stat;
-  std::getline(f, stat);
-  const auto paren = stat.rfind(')');
-  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
-#endif
-}
-
-process_usage measure_process() {
-  process_usage u;
-#ifdef _WIN32
-  DWORD n = 0;
-  ::GetProcessHandleCount(::GetCurrentProcess(), &n);
-  if (n == 0) {
-    // Wine 8 reports 0 here. Its handle values are small multiples of 4 (indexes into the
-    // process's handle table), so the open ones can be counted by asking about each.
-    for (std::uintptr_t v = 4; v < (1u << 16); v += 4) {
-      DWORD flags = 0;
-      if (::GetHandleInformation(reinterpret_cast<HANDLE>(v), &flags)) ++n;
-    }
-  }
-  u.handles = n;
-  PROCESS_MEMORY_COUNTERS pmc{};
-  pmc.cb = sizeof pmc;
-  ::GetProcessMemoryInfo(::GetCurrentProcess(), &pmc, sizeof pmc);
-  u.rss = pmc.WorkingSetSize;
-  u.priv = pmc.PagefileUsage;
-  if (HANDLE snap = ::CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0); snap != INVALID_HANDLE_VALUE) {
-    THREADENTRY32 te{};
-    te.dwSize = sizeof te;
-    for (BOOL ok = ::Thread32First(snap, &te); ok; ok = ::Thread32Next(snap, &te))
-      if (te.th32OwnerProcessID == ::GetCurrentProcessId()) ++u.threads;
-    ::CloseHandle(snap);
-  }
-#else
-  // The directory stream itself holds one descriptor while it is read: the same at every call.
-  if (DIR* d = ::opendir("/proc/self/fd")) {
-    while (dirent* e = ::readdir(d))
-      if (e->d_name[0] != '.') ++u.handles;
-    ::closedir(d);
-  }
-  std::istringstream status(baton::test::read_file("/proc/self/status"));
-  std::string line;
-  std::uint64_t shmem = 0;
-  while (std::getline(status, line)) {
-    auto kib = [&](const char* key) -> std::uint64_t {
-      const std::size_t k = std::strlen(key);
-      return line.compare(0, k, key) == 0 ? std::stoull(line.substr(k)) * 1024 : 0;
-    };
-    if (auto v = kib("VmRSS:")) u.rss = v;
-    if (auto v = kib("RssShmem:")) shmem = v;
-    if (line.compare(0, 8, "Threads:") == 0) u.threads = std::stoull(line.substr(8));
-  }
-  u.priv = u.rss - std::min(shmem, u.rss);
-#endif
-  return u;
-}
-
 
 void report_bytes_checked(std::uint64_t n) {
   std::printf("[ BYTES    ] %llu bytes checked for continuity\n", static_cast<unsigned long long>(n));
@@ -273,24 +136,6 @@ bool check_pattern(std::uint64_t seed, const std::byte* data, std::size_t n) {
 
 void nap(std::chrono::milliseconds ms) { std::this_thread::sleep_for(ms); }
 
-void set_env(const char* name, const std::string& value) {
-#ifdef _WIN32
-  _putenv_s(name, value.c_str());
-#else
-  if (value.empty()) ::unsetenv(name);
-  else ::setenv(name, value.c_str(), 1);
-#endif
-}
-
-std::string temp_path(const std::string& tag) {
-#ifdef _WIN32
-  char buf[MAX_PATH];
-  ::GetTempPathA(sizeof buf, buf);
-  return std::string(buf) + unique_name(tag);
-#else
-  return "/tmp/" + unique_name(tag);
-#endif
-}
 bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
 void touch(const std::string& path) { std::ofstream(path) << "1"; }
 void remove_file(const std::string& path) { std::remove(path.c_str()); }
@@ -304,34 +149,6 @@ bool wait_for_file(const std::string& path, std::chrono::milliseconds deadline) 
 }
 
 }  // namespace baton::test
-
-namespace {
-// Objects of test channels whose receiver died (a crashed run) are removed before tests start;
-// remove_stale refuses any channel whose owner is alive, so concurrent runs are safe.
-void sweep_stale_test_channels() {
-#ifndef _WIN32
-  DIR* d = ::opendir("/dev/shm");
-  if (!d) return;
-  std::vector<std::string> names;
-  while (dirent* e = ::readdir(d)) {
-    std::string f = e->d_name;
-    const std::string prefix = "baton.test-", suffix = ".ring";
-    // Only objects older than two minutes: a channel being created right now has a header
-    // whose owner pid is not written yet, and must not be mistaken for a dead one.
-    struct stat st {};
-    if (f.rfind(prefix, 0) == 0 && f.size() > prefix.size() + suffix.size() &&
-        f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0 &&
-        ::stat(("/dev/shm/" + f).c_str(), &st) == 0 && ::time(nullptr) - st.st_mtime > 120)
-      names.push_back(f.substr(6, f.size() - 6 - suffix.size()));
-  }
-  ::closedir(d);
-  for (auto& n : names) {
-    baton::error_code ec;
-    baton::channel::remove_stale(n, ec);
-  }
-#endif
-}
-}  // namespace
 
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
@@ -352,6 +169,6 @@ int main(int argc, char** argv) {
     }
   }
   ::testing::InitGoogleTest(&argc, argv);
-  sweep_stale_test_channels();
+  baton::test::sweep_stale_test_channels();
   return RUN_ALL_TESTS();
 }

@@ -23,6 +23,8 @@ struct name_guard {
 
 /// Path of this test executable.
 std::string self_exe();
+/// Path of a helper executable built next to this one (`name` without suffix).
+std::string helper_exe(const std::string& name);
 
 /// A helper process running this test binary in a role.
 class child {
@@ -36,6 +38,9 @@ class child {
   /// POSIX: runs `prefix... <this binary> --role=... args...` (e.g. setpriv to drop privileges).
   static child spawn_wrapped(const std::vector<std::string>& prefix, const std::string& role,
                              const std::vector<std::string>& args = {});
+  /// Runs another executable in a role: a small helper binary (see helper_exe) whose start-up
+  /// costs less than this test binary's when a test starts hundreds of processes.
+  static child spawn_exe(const std::string& exe, const std::string& role, const std::vector<std::string>& args = {});
   std::uint32_t pid() const noexcept { return pid_; }
   bool running();
   /// Waits for exit; returns the exit code, or -1 if the deadline passed (the child is killed).
@@ -44,6 +49,7 @@ class child {
   void kill();
 
  private:
+  static child launch(std::vector<std::string> argv);  // platform half (posix/, win/)
   std::uint32_t pid_ = 0;
   std::intptr_t handle_ = -1;
   int exit_code_ = -1;
@@ -66,6 +72,15 @@ struct role_registrar {
 void kill_process(std::uint32_t pid);
 /// True while a process with this pid exists (not our child: no reaping needed).
 bool process_exists(std::uint32_t pid);
+/// Stops every thread of a process until resume_process (SIGSTOP / NtSuspendProcess).
+void stop_process(std::uint32_t pid);
+void resume_process(std::uint32_t pid);
+/// Stops this process until another resumes it.
+void stop_self();
+/// True where the SCM_RIGHTS transfer strategy exists (POSIX): tests of it skip elsewhere.
+bool host_has_scm_rights();
+/// True in the Windows build (where a test pins a known Windows gap, say).
+bool host_is_windows();
 
 /// What this process holds: open descriptors (Linux) or handles (Windows), and memory.
 struct process_usage {

@@ -1,0 +1,140 @@
+// The POSIX half of the test support: processes (posix_spawn, waitpid, signals), /proc
+// measurements, environment, temp files, the /dev/shm sweep and socket options.
+#include "test_support.hpp"
+
+#include "net_helpers.hpp"
+#include "support_platform.hpp"
+
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <dirent.h>
+#include <fstream>
+#include <sstream>
+#include <spawn.h>
+#include <stdexcept>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace baton::test {
+
+child child::launch(std::vector<std::string> argv) {
+  child c;
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  pid_t pid = 0;
+  if (::posix_spawnp(&pid, cargv[0], nullptr, nullptr, cargv.data(), environ) != 0)
+    throw std::runtime_error("posix_spawn failed");
+  c.pid_ = static_cast<std::uint32_t>(pid);
+  c.reaped_ = false;
+  return c;
+}
+
+bool child::running() {
+  if (reaped_) return false;
+  int status = 0;
+  pid_t r = ::waitpid(static_cast<pid_t>(pid_), &status, WNOHANG);
+  if (r == 0) return true;
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  reaped_ = true;
+  return false;
+}
+
+void child::kill() {
+  if (reaped_) return;
+  ::kill(static_cast<pid_t>(pid_), SIGKILL);
+  wait(std::chrono::seconds(10));
+}
+
+void kill_process(std::uint32_t pid) { ::kill(static_cast<pid_t>(pid), SIGKILL); }
+
+void stop_process(std::uint32_t pid) { ::kill(static_cast<pid_t>(pid), SIGSTOP); }
+void resume_process(std::uint32_t pid) { ::kill(static_cast<pid_t>(pid), SIGCONT); }
+void stop_self() { ::raise(SIGSTOP); }
+bool host_has_scm_rights() { return true; }
+bool host_is_windows() { return false; }
+
+bool process_exists(std::uint32_t pid) {
+  if (::kill(static_cast<pid_t>(pid), 0) != 0) return false;
+  // A zombie (exited, not yet reaped by its parent) has exited.
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(f, stat);
+  const auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'Z';
+}
+
+process_usage measure_process() {
+  process_usage u;
+  // The directory stream itself holds one descriptor while it is read: the same at every call.
+  if (DIR* d = ::opendir("/proc/self/fd")) {
+    while (dirent* e = ::readdir(d))
+      if (e->d_name[0] != '.') ++u.handles;
+    ::closedir(d);
+  }
+  std::istringstream status(read_file("/proc/self/status"));
+  std::string line;
+  std::uint64_t shmem = 0;
+  while (std::getline(status, line)) {
+    auto kib = [&](const char* key) -> std::uint64_t {
+      const std::size_t k = std::strlen(key);
+      return line.compare(0, k, key) == 0 ? std::stoull(line.substr(k)) * 1024 : 0;
+    };
+    if (auto v = kib("VmRSS:")) u.rss = v;
+    if (auto v = kib("RssShmem:")) shmem = v;
+    if (line.compare(0, 8, "Threads:") == 0) u.threads = std::stoull(line.substr(8));
+  }
+  u.priv = u.rss - std::min(shmem, u.rss);
+  return u;
+}
+
+void set_env(const char* name, const std::string& value) {
+  if (value.empty()) ::unsetenv(name);
+  else ::setenv(name, value.c_str(), 1);
+}
+
+std::string temp_path(const std::string& tag) { return "/tmp/" + unique_name(tag); }
+
+void set_recv_timeout(boost::asio::ip::tcp::socket& s, std::chrono::milliseconds t) {
+  timeval v{static_cast<time_t>(t.count() / 1000), static_cast<suseconds_t>((t.count() % 1000) * 1000)};
+  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &v, sizeof v);
+}
+
+void raise_fd_limit() {
+  rlimit r{};
+  ::getrlimit(RLIMIT_NOFILE, &r);
+  r.rlim_cur = r.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &r);
+}
+
+// Objects of test channels whose receiver died (a crashed run) are removed before tests start;
+// remove_stale refuses any channel whose owner is alive, so concurrent runs are safe.
+void sweep_stale_test_channels() {
+  DIR* d = ::opendir("/dev/shm");
+  if (!d) return;
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string f = e->d_name;
+    const std::string prefix = "baton.test-", suffix = ".ring";
+    // Only objects older than two minutes: a channel being created right now has a header
+    // whose owner pid is not written yet, and must not be mistaken for a dead one.
+    struct stat st {};
+    if (f.rfind(prefix, 0) == 0 && f.size() > prefix.size() + suffix.size() &&
+        f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+        ::stat(("/dev/shm/" + f).c_str(), &st) == 0 && ::time(nullptr) - st.st_mtime > 120)
+      names.push_back(f.substr(6, f.size() - 6 - suffix.size()));
+  }
+  ::closedir(d);
+  for (auto& n : names) {
+    baton::error_code ec;
+    baton::channel::remove_stale(n, ec);
+  }
+}
+
+}  // namespace baton::test
