@@ -435,7 +435,11 @@ TEST(ring_process, replanted_lock_word_does_not_block_the_receivers_reactor) {
   // A 1 ms timer on the receiver's reactor, for 6 s of planting. Its ticks are due on a fixed
   // schedule (start + k ms), so a blocked reactor shows as many late ticks, not as one. The same
   // timer on a reactor of its own thread, which has nothing to do with the ring, tells how late
-  // this machine (shared, and under Wine) makes timers anyway: the bound is 50 ms above that.
+  // this machine (shared, and under Wine) makes timers anyway. A receiver that waited on the
+  // lock would wait for ring_stall_bound (2 s) at each heal, every ~1 s of planting: its timer's
+  // p99 would be about that wait. The bound is a quarter of it above the control: far below the
+  // fault, far above what a loaded machine adds to a thread that also receives 100,000 tickets
+  // (p99 134 ms against a control's 42 ms, seen with four tests at a time on 2 cores).
   auto timer_run = [](asio::io_context& io, std::vector<double>& lateness) -> asio::awaitable<void> {
     asio::steady_timer timer(io);
     const auto start = std::chrono::steady_clock::now();
@@ -465,7 +469,8 @@ TEST(ring_process, replanted_lock_word_does_not_block_the_receivers_reactor) {
   std::printf("[ info ] receiver's timer: p99 %.1f ms, worst %.1f ms; control timer: p99 %.1f ms, worst %.1f ms; "
               "%u tickets during planting, %zu errors\n",
               p99, lateness_ms.back(), control_p99, control_ms.empty() ? 0.0 : control_ms.back(), during, errors.size());
-  EXPECT_LT(p99, 50.0 + control_p99) << "the receiver's reactor was blocked";
+  const double bound_ms = std::chrono::duration<double, std::milli>(baton::detail::ring_stall_bound).count() / 4;
+  EXPECT_LT(p99, bound_ms + control_p99) << "the receiver's reactor was blocked";
   EXPECT_GE(during, 1u) << "no ticket arrived while the lock word was planted";
   EXPECT_FALSE(errors.empty()) << "the broken magic was not reported";
   // With the planter gone, a fresh sender's tickets all arrive.
