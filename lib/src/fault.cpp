@@ -1,3 +1,6 @@
+// Fault injection (detail/fault.hpp): BATON_FAULT names a step of a move and what to do there
+// (die, kill the peer, stall, fail); compiled in developer builds only. The one place the library
+// writes to stderr: a BATON_FAULT it cannot parse, which only someone running the fault matrix sets.
 #include "detail/fault.hpp"
 
 #ifdef BATON_FAULT_INJECTION

@@ -1,3 +1,5 @@
+// Owner-only security descriptors for named objects, and the owner check of an opened one
+// (win/security.hpp).
 #include "win/security.hpp"
 
 #include <vector>

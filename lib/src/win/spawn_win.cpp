@@ -1,3 +1,5 @@
+// spawn_with_handles on Windows: CreateProcessW with an explicit handle list
+// (PROC_THREAD_ATTRIBUTE_HANDLE_LIST), so the child inherits the chosen sockets and nothing else.
 #include "baton/spawn.hpp"
 
 #include "win/security.hpp"
