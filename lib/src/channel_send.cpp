@@ -20,7 +20,7 @@ namespace {
 
 // One send in progress: retries while the ring is full (policy wait), then, for a transaction,
 // polls the ack slot with a growing interval until a verdict, the timeout, or the target's death.
-struct send_op : std::enable_shared_from_this<send_op> {
+struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
   std::shared_ptr<channel::impl> ch;
   std::vector<std::byte> bytes;
   ticket_id id;
@@ -36,7 +36,7 @@ struct send_op : std::enable_shared_from_this<send_op> {
 
   // Boost 1.81's any_completion_handler move *assignment* recurses forever (it copies from a
   // named rvalue), so handlers are only ever move-constructed into place.
-  send_op(std::shared_ptr<channel::impl> c, asio::any_completion_handler<void(error_code)> h)
+  channel_send_op(std::shared_ptr<channel::impl> c, asio::any_completion_handler<void(error_code)> h)
       : ch(std::move(c)), timer(ch->ex), handler(std::move(h)) {}
 
   void finish(error_code ec) {
@@ -109,7 +109,7 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
   if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));
   auto fail = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(h), ec)); };
   if (impl_->receiver) return fail(asio::error::operation_not_supported);
-  auto op = std::make_shared<send_op>(impl_, std::move(h));
+  auto op = std::make_shared<channel_send_op>(impl_, std::move(h));
   auto fail_op = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(op->handler), ec)); };
   t.sender_pid = detail::current_pid();
   t.target_pid = impl_->ring.identity().owner_pid;

@@ -148,11 +148,6 @@ BATON_TEST_ROLE(echo_server) {
   return 0;
 }
 
-std::uint64_t field(const std::string& text, const std::string& key) {
-  auto p = text.find(key + "=");
-  if (p == std::string::npos) return ~0ull;
-  return std::stoull(text.substr(p + key.size() + 1));
-}
 
 // Two echo servers that hand connections back and forth; files and names for one test.
 struct server_pair {
@@ -241,10 +236,10 @@ TEST_P(move_strategy, continuity_64_MiB_with_more_than_100_moves_mid_stream) {
   auto [ra, rb] = servers.finish();
   std::printf("[ info ] A: %s\n[ info ] B: %s\n", ra.c_str(), rb.c_str());
   // The connection ended in A or B; its state counted every move it made.
-  const auto moves = std::max(field(ra, "maxmoves"), field(rb, "maxmoves"));
+  const auto moves = std::max(baton::test::report_field(ra, "maxmoves"), baton::test::report_field(rb, "maxmoves"));
   EXPECT_GE(moves, 100u);
   EXPECT_LT(moves, 10000u);
-  EXPECT_EQ(field(ra, "rollbacks") + field(rb, "rollbacks"), 0u);
+  EXPECT_EQ(baton::test::report_field(ra, "rollbacks") + baton::test::report_field(rb, "rollbacks"), 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(each, move_strategy, ::testing::ValuesIn(platform_strategies()));
@@ -263,8 +258,8 @@ TEST(move, unread_bytes_are_delivered_first_in_the_target) {
   EXPECT_EQ(back, msg);
   s.close();
   auto [ra, rb] = servers.finish();
-  EXPECT_EQ(field(rb, "received"), 1u) << rb;
-  EXPECT_EQ(field(rb, "maxmoves"), 1u) << rb;
+  EXPECT_EQ(baton::test::report_field(rb, "received"), 1u) << rb;
+  EXPECT_EQ(baton::test::report_field(rb, "maxmoves"), 1u) << rb;
 }
 
 TEST(move, burst_of_1000_connections_moved_at_once_all_served) {
@@ -290,7 +285,7 @@ TEST(move, burst_of_1000_connections_moved_at_once_all_served) {
   EXPECT_EQ(ok, 1000);
   for (auto& s : socks) s.close();
   auto [ra, rb] = servers.finish();
-  EXPECT_EQ(field(rb, "received"), 1000u) << rb;
+  EXPECT_EQ(baton::test::report_field(rb, "received"), 1000u) << rb;
 }
 
 // A target that takes tickets off its channel but answers them as told: "nack" refuses each,
@@ -506,8 +501,8 @@ TEST(move_listener, listener_moves_under_a_stream_of_connections_and_none_is_ref
   const auto res = baton::test::read_file(result);
   std::printf("[ info ] served in source: %d, target: %s\n", served_here, res.c_str());
   EXPECT_GT(served_here, 0);
-  EXPECT_GT(field(res, "served"), 0u);
-  EXPECT_EQ(static_cast<std::uint64_t>(served_here) + field(res, "served"), static_cast<std::uint64_t>(attempts));
+  EXPECT_GT(baton::test::report_field(res, "served"), 0u);
+  EXPECT_EQ(static_cast<std::uint64_t>(served_here) + baton::test::report_field(res, "served"), static_cast<std::uint64_t>(attempts));
   for (auto* f : {&ready, &stop, &result}) baton::test::remove_file(*f);
 }
 

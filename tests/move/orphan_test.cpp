@@ -67,10 +67,6 @@ BATON_TEST_ROLE(lazy_target) {
   return 0;
 }
 
-std::uint64_t field(const std::string& s, const std::string& key) {
-  auto p = s.find(key + "=");
-  return p == std::string::npos ? ~0ull : std::stoull(s.substr(p + key.size() + 1));
-}
 
 // The client's view: after the source closes its connection, the client's next read ends (EOF,
 // or a reset where the source had unread bytes) within 1 s, instead of waiting for a close that
@@ -161,11 +157,11 @@ struct orphan_case {
     std::string r;
     for (int i = 0; i < 500; ++i) {
       r = baton::test::read_file(files.result);
-      if (field(r, "orphans") >= expect && field(r, "orphans") != ~0ull) break;
+      if (baton::test::report_field(r, "orphans") >= expect && baton::test::report_field(r, "orphans") != ~0ull) break;
       baton::test::nap(20ms);
     }
-    EXPECT_EQ(field(r, "orphans"), expect) << r;
-    EXPECT_EQ(field(r, "arrivals"), 0u) << r;
+    EXPECT_EQ(baton::test::report_field(r, "orphans"), expect) << r;
+    EXPECT_EQ(baton::test::report_field(r, "arrivals"), 0u) << r;
   }
 };
 
@@ -238,13 +234,13 @@ TEST_P(move_orphan, a_target_that_never_reads_times_out_and_the_client_still_see
   // The ticket is read late: its slot no longer wants it, so the target closes what it took.
   baton::test::touch(c.files.go);
   std::string r;
-  for (int i = 0; i < 500 && field(r, "arrivals") == ~0ull; ++i) {
+  for (int i = 0; i < 500 && baton::test::report_field(r, "arrivals") == ~0ull; ++i) {
     r = baton::test::read_file(c.files.result);
     baton::test::nap(20ms);
   }
   baton::test::nap(200ms);
   r = baton::test::read_file(c.files.result);
-  EXPECT_EQ(field(r, "arrivals"), 0u) << r;
+  EXPECT_EQ(baton::test::report_field(r, "arrivals"), 0u) << r;
 }
 
 // A source that dies after exporting (its handle for the target made, the ticket not yet in the
@@ -281,11 +277,11 @@ TEST_P(move_orphan, a_source_killed_after_the_export_leaves_no_copy_behind) {
   std::string r;
   for (int i = 0; i < 250; ++i) {
     r = baton::test::read_file(files.result);
-    if (field(r, "orphans") != ~0ull && field(r, "orphans") >= (makes_copy_early(GetParam()) ? 1u : 0u)) break;
+    if (baton::test::report_field(r, "orphans") != ~0ull && baton::test::report_field(r, "orphans") >= (makes_copy_early(GetParam()) ? 1u : 0u)) break;
     baton::test::nap(20ms);
   }
-  EXPECT_EQ(field(r, "orphans"), makes_copy_early(GetParam()) ? 1u : 0u) << r;
-  EXPECT_EQ(field(r, "arrivals"), 0u) << r;
+  EXPECT_EQ(baton::test::report_field(r, "orphans"), makes_copy_early(GetParam()) ? 1u : 0u) << r;
+  EXPECT_EQ(baton::test::report_field(r, "arrivals"), 0u) << r;
   baton::test::touch(files.stop);
   target.wait(30s);
   baton::test::remove_file(port_file);

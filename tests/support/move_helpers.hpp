@@ -12,12 +12,20 @@
 
 #include <chrono>
 #include <cstring>
+#include <cstdint>
 #include <string>
 
 namespace baton::test {
 
 /// The strategy named on a helper's command line ("pidfd_getfd", "scm_rights", "wsa_duplicate",
 /// "duplicate_handle"); anything else is automatic.
+/// The number after "key=" in a child's report line ("received=3 rollbacks=0 ..."), or ~0 when
+/// the key is missing.
+inline std::uint64_t report_field(const std::string& text, const std::string& key) {
+  const auto p = text.find(key + "=");
+  return p == std::string::npos ? ~0ull : std::stoull(text.substr(p + key.size() + 1));
+}
+
 inline transfer_strategy strategy_from_name(const std::string& s) {
   if (s == "wsa_duplicate") return transfer_strategy::wsa_duplicate;
   if (s == "duplicate_handle") return transfer_strategy::duplicate_handle;

@@ -28,7 +28,6 @@ using asio::ip::tcp;
 
 namespace {
 
-error_code sys_error(int e) { return {e, boost::system::system_category()}; }
 
 // Payload of a pidfd_getfd ticket: the descriptor number in the source, and the identity of the
 // socket's inode, so that a descriptor number reused by the time the target pulls is detected.

@@ -31,7 +31,6 @@ namespace asio = boost::asio;
 
 namespace {
 
-error_code sys_error(int e) { return {e, boost::system::system_category()}; }
 
 constexpr std::size_t push_bytes = 20;  // ticket id (16) + ack slot (u32, little-endian)
 

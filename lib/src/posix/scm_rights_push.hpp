@@ -15,6 +15,9 @@ struct msghdr;
 
 namespace baton::detail {
 
+/// An errno value as an error_code (the Linux backend's files share it).
+inline error_code sys_error(int e) { return {e, boost::system::system_category()}; }
+
 /// Sends `data` with descriptor `fd` as SCM_RIGHTS on the datagram socket `s` (to `dest`, or to
 /// its connected peer if null), once: -1 with errno set on failure. Tests use it to forge pushes.
 long send_with_fd(int s, int fd, const void* data, std::size_t n, const void* dest = nullptr,
