@@ -547,14 +547,10 @@ BATON_TEST_ROLE(slow_clients) {
 // peek_timeout) leave the dispatcher's descriptors bounded by max_peeking, and healthy clients,
 // which wait in the backlog like everybody else, keep being served.
 TEST(balance, slow_clients_being_peeked_are_bounded_and_healthy_clients_are_served) {
-#ifdef _WIN32
   // Fewer, slower peeks under Wine: a peek that lasts is what holds a handle.
-  const std::size_t slow = 300, limit = 32;
-  const auto peek_timeout = 1000ms;
-#else
-  const std::size_t slow = 5000, limit = 128;
-  const auto peek_timeout = 100ms;
-#endif
+  const bool win = baton::test::host_is_windows();
+  const std::size_t slow = win ? 300 : 5000, limit = win ? 32 : 128;
+  const auto peek_timeout = win ? 1000ms : 100ms;
   auto o = with_policy(balance::policy::round_robin);
   o.peek = [](std::span<const std::byte> b) { return std::find(b.begin(), b.end(), std::byte{'\n'}) != b.end(); };
   o.peek_timeout = peek_timeout;

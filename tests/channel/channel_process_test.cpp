@@ -11,14 +11,6 @@
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/interprocess/permissions.hpp>
-#ifdef _WIN32
-#include <boost/interprocess/windows_shared_memory.hpp>
-#else
-#include <boost/interprocess/shared_memory_object.hpp>
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#endif
 
 #include <gtest/gtest.h>
 
@@ -70,16 +62,7 @@ BATON_TEST_ROLE(sender) {
 BATON_TEST_ROLE(squatter) {
   const std::string name = args.at(0);
   const std::string ready = args.at(1);
-#ifdef _WIN32
-  boost::interprocess::windows_shared_memory shm(boost::interprocess::create_only,
-                                                 ("Local\\baton." + name + ".ring").c_str(),
-                                                 boost::interprocess::read_write, 1 << 20);
-#else
-  int fd = ::shm_open(("/baton." + name + ".ring").c_str(), O_CREAT | O_EXCL | O_RDWR, 0666);
-  if (fd < 0) return 4;
-  ::fchmod(fd, 0666);
-  ::ftruncate(fd, 1 << 20);
-#endif
+  if (!baton::test::squat_channel_ring(name)) return 4;
   baton::test::touch(ready);
   baton::test::nap(60s);  // the parent kills us when done
   return 0;
@@ -224,9 +207,7 @@ TEST(channel_process, squatted_name_is_refused_and_gets_no_ticket) {
       << ec.message();
   squatter.kill();
   baton::test::remove_file(ready);
-#ifndef _WIN32
-  ::shm_unlink(("/baton." + g.name + ".ring").c_str());
-#endif
+  baton::test::unlink_squatted_ring(g.name);
 }
 
 TEST(channel_process, hostile_garbage_is_reported_and_valid_tickets_still_arrive) {

@@ -8,10 +8,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_future.hpp>
-#ifndef _WIN32
-#include <sys/stat.h>
-#include <unistd.h>
-#endif
 
 #include <gtest/gtest.h>
 
@@ -70,9 +66,7 @@ TEST(channel, names_are_released_when_the_receiver_closes) {
   { auto rx = baton::channel::create(ioc.get_executor(), g.name); }
   baton::error_code ec;
   auto rx2 = baton::channel::create(ioc.get_executor(), g.name, {}, ec);
-#ifdef _WIN32
-  // Windows names vanish with their last handle; nothing else holds them here.
-#endif
+  // (Windows names vanish with their last handle; nothing else holds them here.)
   EXPECT_FALSE(ec) << ec.message();
 }
 
@@ -294,83 +288,42 @@ TEST(channel, second_concurrent_receive_is_refused) {
   EXPECT_EQ(first, asio::error::operation_aborted);
 }
 
-}  // namespace
-
-#ifdef _WIN32
-#include <aclapi.h>
-#include <sddl.h>
-#include <windows.h>
-#endif
-
-namespace {
-
 TEST(channel_security, windows_objects_grant_only_the_user_and_system) {
-#ifndef _WIN32
-  GTEST_SKIP() << "Linux's side is mode 0600 and the foreign-uid test";
-#else
+  if (!baton::test::host_is_windows()) GTEST_SKIP() << "Linux's side is mode 0600 and the foreign-uid test";
   asio::io_context ioc;
   name_guard g(unique_name("dacl"));
   auto rx = baton::channel::create(ioc.get_executor(), g.name);
-  HANDLE objs[2] = {
-      ::OpenFileMappingA(READ_CONTROL, FALSE, ("Local\\baton." + g.name + ".ring").c_str()),
-      ::OpenEventA(READ_CONTROL, FALSE, ("Local\\baton." + g.name + ".bell").c_str())};
-  HANDLE tok = nullptr;
-  ::OpenProcessToken(::GetCurrentProcess(), TOKEN_QUERY, &tok);
-  DWORD len = 0;
-  ::GetTokenInformation(tok, TokenUser, nullptr, 0, &len);
-  std::vector<unsigned char> tu(len);
-  ::GetTokenInformation(tok, TokenUser, tu.data(), len, &len);
-  ::CloseHandle(tok);
-  PSID me = reinterpret_cast<TOKEN_USER*>(tu.data())->User.Sid;
-  for (HANDLE h : objs) {
-    ASSERT_NE(h, nullptr) << ::GetLastError();
-    PSID owner = nullptr;
-    PACL dacl = nullptr;
-    PSECURITY_DESCRIPTOR sd = nullptr;
-    ASSERT_EQ(::GetSecurityInfo(h, SE_KERNEL_OBJECT, OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION, &owner,
-                                nullptr, &dacl, nullptr, &sd),
-              static_cast<DWORD>(ERROR_SUCCESS));
-    EXPECT_TRUE(::EqualSid(owner, me));
-    ASSERT_NE(dacl, nullptr) << "a null DACL grants everyone";
-    EXPECT_GE(dacl->AceCount, 1);
-    for (DWORD i = 0; i < dacl->AceCount; ++i) {
-      void* ace = nullptr;
-      ASSERT_TRUE(::GetAce(dacl, i, &ace));
-      ASSERT_EQ(static_cast<ACE_HEADER*>(ace)->AceType, ACCESS_ALLOWED_ACE_TYPE);
-      PSID s = reinterpret_cast<PSID>(&static_cast<ACCESS_ALLOWED_ACE*>(ace)->SidStart);
-      LPSTR str = nullptr;
-      ::ConvertSidToStringSidA(s, &str);
-      const std::string sid = str ? str : "?";
-      ::LocalFree(str);
+  for (const auto& o : baton::test::channel_object_acls(g.name)) {
+    ASSERT_TRUE(o.opened) << o.object << ": " << o.open_error;
+    ASSERT_TRUE(o.read) << o.object;
+    EXPECT_TRUE(o.owner_is_me) << o.object;
+    ASSERT_TRUE(o.has_dacl) << "a null DACL grants everyone";
+    EXPECT_GE(o.aces.size(), 1u);
+    for (const auto& ace : o.aces) {
+      ASSERT_TRUE(ace.allowed) << o.object << ": only ACCESS_ALLOWED entries";
+      const std::string& sid = ace.sid;
       // Only this user and SYSTEM: never Everyone, Users, Authenticated Users or Anonymous.
-      EXPECT_TRUE(::EqualSid(s, me) || sid == "S-1-5-18") << sid;
+      EXPECT_TRUE(ace.is_me || sid == "S-1-5-18") << sid;
       EXPECT_NE(sid, "S-1-1-0");
       EXPECT_NE(sid, "S-1-5-32-545");
       EXPECT_NE(sid, "S-1-5-11");
       EXPECT_NE(sid, "S-1-5-7");
     }
-    ::LocalFree(sd);
-    ::CloseHandle(h);
   }
   // Local\ unless Global\ is asked for.
-  EXPECT_EQ(::OpenFileMappingA(READ_CONTROL, FALSE, ("Global\\baton." + g.name + ".ring").c_str()), nullptr);
-#endif
+  EXPECT_FALSE(baton::test::channel_ring_is_global(g.name));
 }
 
 TEST(channel_security, linux_objects_are_private_to_the_user) {
-#ifdef _WIN32
-  GTEST_SKIP() << "Windows' side is the DACL test";
-#else
+  if (baton::test::host_is_windows()) GTEST_SKIP() << "Windows' side is the DACL test";
   asio::io_context ioc;
   name_guard g(unique_name("mode"));
   auto rx = baton::channel::create(ioc.get_executor(), g.name);
-  for (const char* suffix : {".ring", ".bell", ".sock"}) {
-    struct stat st {};
-    ASSERT_EQ(::stat(("/dev/shm/baton." + g.name + suffix).c_str(), &st), 0) << suffix;
-    EXPECT_EQ(st.st_mode & 0777, 0600u) << suffix;
-    EXPECT_EQ(st.st_uid, ::geteuid()) << suffix;
+  for (const auto& m : baton::test::channel_object_modes(g.name)) {
+    ASSERT_TRUE(m.found) << m.suffix;
+    EXPECT_EQ(m.mode, 0600u) << m.suffix;
+    EXPECT_TRUE(m.owner_is_me) << m.suffix;
   }
-#endif
 }
 
 }  // namespace

@@ -12,10 +12,6 @@
 
 #include <cstring>
 
-#ifndef _WIN32
-#include <fcntl.h>
-#include <unistd.h>
-#endif
 
 namespace {
 
@@ -74,18 +70,14 @@ TEST(move_import, a_connected_socket_named_as_a_listener_is_refused_and_left_ope
 }
 
 TEST(move_import, a_descriptor_that_is_not_a_socket_keeps_its_flags) {
-#ifdef _WIN32
-  GTEST_SKIP() << "descriptor flags are POSIX's (Windows' counterpart is the handle test above)";
-#else
+  if (baton::test::host_is_windows())
+    GTEST_SKIP() << "descriptor flags are POSIX's (Windows' counterpart is the handle test above)";
   asio::io_context ioc;
-  int p[2];
-  ASSERT_EQ(::pipe(p), 0);  // no FD_CLOEXEC
-  EXPECT_EQ(import_own(ioc, naming(static_cast<std::uint64_t>(p[0]), baton::ticket_kind::connection)),
-            errc::not_a_socket);
-  EXPECT_EQ(::fcntl(p[0], F_GETFD), 0) << "the import changed the flags of a descriptor it does not own";
-  ::close(p[0]);
-  ::close(p[1]);
-#endif
+  const auto [in, out] = baton::test::open_plain_pipe();  // no FD_CLOEXEC
+  EXPECT_EQ(import_own(ioc, naming(in, baton::ticket_kind::connection)), errc::not_a_socket);
+  EXPECT_EQ(baton::test::descriptor_flags(in), 0) << "the import changed the flags of a descriptor it does not own";
+  baton::test::close_descriptor(in);
+  baton::test::close_descriptor(out);
 }
 
 }  // namespace

@@ -27,11 +27,8 @@ using baton::test::load_state;
 using baton::test::save_state;
 
 std::vector<std::string> platform_strategies() {
-#ifdef _WIN32
-  return {"wsa_duplicate", "duplicate_handle"};
-#else
+  if (baton::test::host_is_windows()) return {"wsa_duplicate", "duplicate_handle"};
   return {"pidfd_getfd", "scm_rights"};
-#endif
 }
 
 // Per-connection state that travels with every move.

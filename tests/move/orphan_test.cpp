@@ -347,11 +347,8 @@ TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_threa
 }
 
 std::vector<std::string> strategies() {
-#ifdef _WIN32
-  return {"wsa_duplicate"};
-#else
+  if (baton::test::host_is_windows()) return {"wsa_duplicate"};
   return {"scm_rights", "pidfd_getfd"};
-#endif
 }
 
 INSTANTIATE_TEST_SUITE_P(each, move_orphan, ::testing::ValuesIn(strategies()));

@@ -14,47 +14,11 @@
 #include <fstream>
 #include <set>
 
-#ifdef _WIN32
-#include "win/security.hpp"
-#include "test_prelude.hpp"
-#endif
-
-#ifndef _WIN32
-#include <dirent.h>
-#include <fcntl.h>
-#include <pwd.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#endif
 
 using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
-
-// Removes what dead processes left of a service's channels (the control channel and inboxes,
-// whatever their suffix): a killed generation leaves its inbox behind.
-void remove_service_names(const std::string& service) {
-#ifndef _WIN32
-  const std::string prefix = "baton." + service + ".";
-  std::set<std::string> names{service};
-  if (DIR* d = ::opendir("/dev/shm")) {
-    while (dirent* e = ::readdir(d)) {
-      const std::string f = e->d_name;
-      if (f.rfind(prefix, 0) != 0) continue;
-      const auto dot = f.rfind('.');
-      if (dot > 6) names.insert(f.substr(6, dot - 6));
-    }
-    ::closedir(d);
-  }
-  for (const auto& n : names) {
-    baton::error_code ec;
-    baton::channel::remove_stale(n, ec);
-  }
-#else
-  (void)service;  // Windows names die with the last handle
-#endif
-}
 
 unsigned count_files(const std::string& prefix, const std::vector<std::uint32_t>& pids) {
   unsigned n = 0;
@@ -68,11 +32,7 @@ unsigned count_files(const std::string& prefix, const std::vector<std::uint32_t>
 // one becomes generation 1; the other either takes over from it (generation 2) or fails to start,
 // and the service's control channel (what batonctl reaches) is owned by the process holding the port.
 TEST(restart_names, simultaneous_starts_make_exactly_one_first_generation) {
-#ifdef _WIN32
-  const int runs = 50;
-#else
-  const int runs = 300;
-#endif
+  const int runs = host_is_windows() ? 50 : 300;
   // The starting processes run a small helper binary (race_gen_helper.cpp), not this one.
   const std::string race_helper = helper_exe("restart_race_helper");
   int double_owner = 0, status_elsewhere = 0, joined = 0, refused = 0;
@@ -167,45 +127,14 @@ void run_until(asio::io_context& ioc, Pred done, std::chrono::seconds deadline =
   }
 }
 
-#ifndef _WIN32
-// Objects of another uid under /dev/shm, removed before and after the test (root may remove them).
-struct foreign_objects {
-  std::vector<std::string> paths;
-  ~foreign_objects() {
-    for (const auto& p : paths) ::unlink(p.c_str());
-  }
-  uid_t uid() const {
-    const passwd* pw = ::getpwnam("nobody");
-    return pw ? pw->pw_uid : 65534;
-  }
-  bool add_region(const std::string& path) {
-    ::unlink(path.c_str());
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0) return false;
-    paths.push_back(path);
-    const bool ok = ::ftruncate(fd, 4096) == 0 && ::fchown(fd, uid(), uid()) == 0;
-    ::close(fd);
-    return ok;
-  }
-  bool add_fifo(const std::string& path) {
-    ::unlink(path.c_str());
-    if (::mkfifo(path.c_str(), 0600) != 0) return false;
-    paths.push_back(path);
-    return ::chown(path.c_str(), uid(), uid()) == 0;
-  }
-};
-#endif
-
 }  // namespace
 
 // Item 12: another uid holds an object of the service's name. The start fails, and what it
 // reports names the object's path and its owner's uid (Linux only: Windows reports the error
 // code alone).
 TEST(restart_names, squatted_service_name_names_its_owner_uid_and_path) {
-#ifdef _WIN32
-  GTEST_SKIP() << "Linux only: the report of a squatted name's owner uid";
-#else
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to create an object owned by another uid";
+  if (host_is_windows()) GTEST_SKIP() << "Linux only: the report of a squatted name's owner uid";
+  if (!running_as_root()) GTEST_SKIP() << "needs root, to create an object owned by another uid";
   for (const std::string suffix : {"ring", "bell"}) {
     const std::string name = unique_name("squat");
     name_guard guard(name);
@@ -225,16 +154,13 @@ TEST(restart_names, squatted_service_name_names_its_owner_uid_and_path) {
     EXPECT_NE(text.find("uid " + std::to_string(squat.uid())), std::string::npos) << text;
     std::printf("[ SQUATTED ] %s: %s\n", suffix.c_str(), text.c_str());
   }
-#endif
 }
 
 // Item 12: another uid creates the inbox names a next generation would have used had they been
 // predictable (service.<pid>) for the next 1,500 pids; a restart still succeeds.
 TEST(restart_names, squatted_inbox_names_of_the_next_pids_do_not_deny_a_restart) {
-#ifdef _WIN32
-  GTEST_SKIP() << "Linux only: needs objects of another uid";
-#else
-  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to create objects owned by another uid";
+  if (host_is_windows()) GTEST_SKIP() << "Linux only: needs objects of another uid";
+  if (!running_as_root()) GTEST_SKIP() << "needs root, to create objects owned by another uid";
   running_service svc;
   ASSERT_NE(svc.port, 0);
   const long pid_max = std::stol(read_file("/proc/sys/kernel/pid_max"));
@@ -250,7 +176,6 @@ TEST(restart_names, squatted_inbox_names_of_the_next_pids_do_not_deny_a_restart)
   EXPECT_FALSE(ec) << ec.message() << " | " << baton::to_string(r, svc.name);
   EXPECT_EQ(r.new_generation, 2u);
   EXPECT_EQ(svc.generation(), 2u);
-#endif
 }
 
 // Item 14: a restart request that names an executable is refused unless the service allows it.
@@ -262,11 +187,7 @@ TEST(restart_names, restart_request_naming_a_binary_is_refused_unless_allowed) {
     const std::string name = unique_name("bin");
     name_guard guard(name);
     const std::string marker = temp_path("ran");
-#ifdef _WIN32
-    const std::string binary = "C:\\baton-does-not-exist\\next.exe";
-#else
-    const std::string binary = "/usr/bin/touch";
-#endif
+    const std::string binary = host_is_windows() ? "C:\\baton-does-not-exist\\next.exe" : "/usr/bin/touch";
     asio::io_context ioc;
     baton::restart_options ro;
     ro.os_triggers = false;
@@ -292,9 +213,9 @@ TEST(restart_names, restart_request_naming_a_binary_is_refused_unless_allowed) {
       EXPECT_FALSE(file_exists(marker)) << "the service ran the executable the request named";
     } else {
       EXPECT_NE(ec, baton::errc::restart_binary_refused) << ec.message();
-#ifndef _WIN32
-      EXPECT_TRUE(wait_for_file(marker, 10s)) << "the named executable did not run";
-#endif
+      if (!host_is_windows()) {
+        EXPECT_TRUE(wait_for_file(marker, 10s)) << "the named executable did not run";
+      }
     }
     EXPECT_EQ(svc.generation(), 1u);
     EXPECT_EQ(svc.stats().generation, 1u);
@@ -306,36 +227,6 @@ TEST(restart_names, restart_request_naming_a_binary_is_refused_unless_allowed) {
 // process of the same user cannot write to them (not checkable under Wine, which has no integrity
 // levels to enforce: here the SDDL is checked, and that Windows accepts it for a named object).
 TEST(restart_names, elevated_objects_carry_a_high_mandatory_label) {
-#ifndef _WIN32
-  GTEST_SKIP() << "Windows only";
-#else
-  baton::error_code ec;
-  const std::wstring sid = baton::detail::current_user_sid(ec);
-  ASSERT_FALSE(ec) << ec.message();
-  const std::wstring plain = baton::detail::owner_only_sddl(sid, false);
-  const std::wstring labelled = baton::detail::owner_only_sddl(sid, true);
-  EXPECT_EQ(plain.find(L"S:"), std::wstring::npos);
-  EXPECT_EQ(labelled, plain + L"S:(ML;;NW;;;HI)");
-  EXPECT_EQ(labelled.rfind(L"O:" + sid + L"D:P(", 0), 0u);
-  PSECURITY_DESCRIPTOR sd = nullptr;
-  ASSERT_TRUE(::ConvertStringSecurityDescriptorToSecurityDescriptorW(labelled.c_str(), SDDL_REVISION_1, &sd, nullptr))
-      << ::GetLastError();
-  BOOL present = FALSE, defaulted = FALSE;
-  PACL sacl = nullptr;
-  ASSERT_TRUE(::GetSecurityDescriptorSacl(sd, &present, &sacl, &defaulted));
-  EXPECT_TRUE(present && sacl && sacl->AceCount == 1);
-  if (present && sacl && sacl->AceCount == 1) {
-    void* ace = nullptr;
-    ASSERT_TRUE(::GetAce(sacl, 0, &ace));
-    auto* label = static_cast<SYSTEM_MANDATORY_LABEL_ACE*>(ace);
-    EXPECT_EQ(label->Header.AceType, SYSTEM_MANDATORY_LABEL_ACE_TYPE);
-    EXPECT_EQ(label->Mask, static_cast<DWORD>(SYSTEM_MANDATORY_LABEL_NO_WRITE_UP));
-    PSID level = reinterpret_cast<PSID>(&label->SidStart);
-    EXPECT_EQ(*::GetSidSubAuthority(level, 0), static_cast<DWORD>(SECURITY_MANDATORY_HIGH_RID));
-  }
-  ::LocalFree(sd);
-  std::printf("[ ELEVATED ] this process is %s\n",
-              baton::detail::process_is_high_integrity() ? "high integrity: its objects are labelled"
-                                                          : "not high integrity: no label");
-#endif
+  if (!host_is_windows()) GTEST_SKIP() << "Windows only";
+  check_high_mandatory_label_sddl();
 }

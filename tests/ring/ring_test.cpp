@@ -13,13 +13,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
-#ifndef _WIN32
-#include <csignal>
-#include <fcntl.h>
-#include <fstream>
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #include <gtest/gtest.h>
 
@@ -111,9 +104,7 @@ bool receive_tag(asio::io_context& ioc, baton::channel& rx, std::uint32_t tag, s
 
 TEST(ring, reserved_record_of_a_live_pid_is_skipped_within_the_bound) {
   std::vector<std::uint32_t> pids = {baton::detail::current_pid()};
-#ifndef _WIN32
-  pids.push_back(1);  // init: always alive, never ours
-#endif
+  if (!baton::test::host_is_windows()) pids.push_back(1);  // init: always alive, never ours
   for (const std::uint32_t pid : pids) {
     asio::io_context ioc;
     name_guard g(unique_name("stall"));
@@ -336,27 +327,13 @@ BATON_TEST_ROLE(stopped_producer) {
       300,
       [&](std::span<std::byte> s) {
         baton::test::touch(ready);
-#ifdef _WIN32
-        baton::test::wait_for_file(resume, 120s);
-#else
-        (void)resume;
-        ::raise(SIGSTOP);
-#endif
+        baton::test::stall_until_resumed(resume);
         std::memset(s.data(), 0xEE, s.size());
       },
       ec);
   if (!ec) return 3;
   return ec == errc::record_skipped ? 0 : 4;
 }
-
-#ifndef _WIN32
-bool is_stopped(std::uint32_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), {});
-  const auto p = s.rfind(')');
-  return p != std::string::npos && p + 2 < s.size() && s[p + 2] == 'T';
-}
-#endif
 
 TEST(ring_process, stopped_producer_does_not_stop_another_producer) {
   asio::io_context ioc;
@@ -365,11 +342,7 @@ TEST(ring_process, stopped_producer_does_not_stop_another_producer) {
   const auto ready = baton::test::temp_path("sigstop-ready"), resume = baton::test::temp_path("sigstop-resume");
   auto stopped = child::spawn("stopped_producer", {g.name, ready, resume});
   ASSERT_TRUE(baton::test::wait_for_file(ready));
-#ifndef _WIN32
-  const auto until = std::chrono::steady_clock::now() + 10s;
-  while (!is_stopped(stopped.pid()) && std::chrono::steady_clock::now() < until) baton::test::nap(5ms);
-  ASSERT_TRUE(is_stopped(stopped.pid()));
-#endif
+  ASSERT_TRUE(baton::test::wait_until_stalled(stopped.pid(), 10s));
   std::vector<baton::error_code> errors;
   auto second = child::spawn("ring_sender", {g.name, "2", "2000"});
   EXPECT_TRUE(receive_tag(ioc, rx, 2, 2000, errors, 60s)) << "the second producer's tickets were held up";
@@ -378,11 +351,7 @@ TEST(ring_process, stopped_producer_does_not_stop_another_producer) {
   EXPECT_EQ(errors[0], errc::producer_stalled) << errors[0].message();
   // Resume the stalled producer: it writes late and tries to commit, and must learn that its
   // record was skipped; the ring must stay intact for everyone else.
-#ifdef _WIN32
-  baton::test::touch(resume);
-#else
-  ::kill(static_cast<pid_t>(stopped.pid()), SIGCONT);
-#endif
+  baton::test::resume_stalled(stopped.pid(), resume);
   EXPECT_EQ(stopped.wait(30s), 0) << "0: told its record was skipped; 3: its late commit was taken";
   auto third = child::spawn("ring_sender", {g.name, "3", "2000"});
   EXPECT_TRUE(receive_tag(ioc, rx, 3, 2000, errors, 60s));
@@ -488,9 +457,8 @@ TEST(ring_process, replanted_lock_word_does_not_block_the_receivers_reactor) {
 // --- item 5: the ring's object truncated under traffic (POSIX) ---------------------------------
 
 TEST(ring_process, truncated_ring_is_reported_and_nobody_crashes) {
-#ifdef _WIN32
-  GTEST_SKIP() << "a Windows file mapping (section) cannot be truncated while mapped";
-#else
+  if (baton::test::host_is_windows())
+    GTEST_SKIP() << "a Windows file mapping (section) cannot be truncated while mapped";
   asio::io_context ioc;
   name_guard g(unique_name("trunc"));
   auto rx = baton::channel::create(ioc.get_executor(), g.name);
@@ -499,10 +467,7 @@ TEST(ring_process, truncated_ring_is_reported_and_nobody_crashes) {
   ASSERT_TRUE(receive_tag(ioc, rx, 6, 200, errors, 30s));
   ASSERT_TRUE(errors.empty());
   // The peer's attack: shrink the shared object to nothing while tickets flow.
-  const int fd = ::shm_open(("/baton." + g.name + ".ring").c_str(), O_RDWR, 0);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::ftruncate(fd, 0), 0);
-  ::close(fd);
+  ASSERT_TRUE(baton::test::truncate_channel_ring(g.name));
   // The receiver survives (we are it), reports what happened, and tickets flow again.
   std::uint32_t got = 0;
   const bool noticed = baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
@@ -536,7 +501,6 @@ TEST(ring_process, truncated_ring_is_reported_and_nobody_crashes) {
   EXPECT_EQ(sender.wait(10s), 0);
   rx.close();
   ioc.run_for(20ms);
-#endif
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace baton::test {
@@ -112,5 +113,81 @@ void touch(const std::string& path);
 void remove_file(const std::string& path);
 /// Waits until `path` exists or the deadline passes.
 bool wait_for_file(const std::string& path, std::chrono::milliseconds deadline = std::chrono::seconds(30));
+
+// A process stalled on purpose (the ring's stopped producer): on POSIX it stops itself (SIGSTOP)
+// and resume_stalled sends SIGCONT; on Windows it waits for the file `resume`, which
+// resume_stalled touches. wait_until_stalled waits (up to `deadline`) until `pid` is stopped by a
+// signal (POSIX, from /proc); on Windows the stall is the wait for the file, so it is true at once.
+void stall_until_resumed(const std::string& resume);
+void resume_stalled(std::uint32_t pid, const std::string& resume);
+bool wait_until_stalled(std::uint32_t pid, std::chrono::milliseconds deadline);
+
+// Shrinks the shared object of channel `name`'s ring to nothing (POSIX: shm_open + ftruncate);
+// false if that failed. A Windows section cannot be truncated while mapped: false there.
+bool truncate_channel_ring(const std::string& name);
+
+// POSIX descriptors for the tests of descriptors that are not sockets: a pipe opened without
+// FD_CLOEXEC ({read end, write end}), a descriptor's F_GETFD flags, and close. On Windows these
+// throw std::logic_error (their tests skip there).
+std::pair<std::uint64_t, std::uint64_t> open_plain_pipe();
+int descriptor_flags(std::uint64_t fd);
+void close_descriptor(std::uint64_t fd);
+
+// A squatter's ring: a world-writable 1 MiB shared object under channel `name`'s ring name, made
+// by someone else than the library (false if it could not be made). It lasts until
+// unlink_squatted_ring (POSIX: shm_unlink) or, on Windows, until the squatting process exits.
+bool squat_channel_ring(const std::string& name);
+void unlink_squatted_ring(const std::string& name);
+
+// The security of channel `name`'s named objects, as the platform reports it. POSIX (the files
+// under /dev/shm: .ring, .bell, .sock): stat's permission bits and whether the owner is this
+// user. Windows (the Local\ mapping .ring and event .bell): the owner and the DACL's entries.
+// Each throws std::logic_error on the other platform (its test skips there).
+struct posix_object_mode {
+  std::string suffix;
+  bool found = false;
+  unsigned mode = 0;  // st_mode & 0777
+  bool owner_is_me = false;
+};
+std::vector<posix_object_mode> channel_object_modes(const std::string& name);
+struct windows_ace {
+  bool allowed = false;  // ACCESS_ALLOWED_ACE_TYPE
+  bool is_me = false;    // this user's SID
+  std::string sid;       // as a string ("?" if it could not be converted)
+};
+struct windows_object_acl {
+  std::string object;
+  unsigned long open_error = 0;  // GetLastError() if the object could not be opened
+  bool opened = false, read = false, owner_is_me = false, has_dacl = false;
+  std::vector<windows_ace> aces;
+};
+std::vector<windows_object_acl> channel_object_acls(const std::string& name);
+// Whether the ring's mapping can be opened under Global\ (it must be Local\ only).
+bool channel_ring_is_global(const std::string& name);
+
+// Removes what dead processes left of a service's channels (the control channel and inboxes,
+// whatever their suffix; POSIX, from /dev/shm). Windows names die with the last handle: nothing.
+void remove_service_names(const std::string& service);
+
+// Whether this process runs as root (POSIX); false on Windows.
+bool running_as_root();
+
+// Objects of another uid ("nobody") under /dev/shm, removed when this goes (root may remove them).
+// POSIX only: on Windows add_* throw std::logic_error.
+struct foreign_objects {
+  std::vector<std::string> paths;
+  foreign_objects() = default;
+  foreign_objects(const foreign_objects&) = delete;
+  foreign_objects& operator=(const foreign_objects&) = delete;
+  ~foreign_objects();
+  std::uint32_t uid() const;
+  bool add_region(const std::string& path);  // a 4 KiB file
+  bool add_fifo(const std::string& path);
+};
+
+// The checks of restart_names' elevated_objects_carry_a_high_mandatory_label (gtest assertions):
+// the labelled SDDL of an elevated process's objects, and that Windows accepts it. Windows only:
+// throws std::logic_error elsewhere.
+void check_high_mandatory_label_sddl();
 
 }  // namespace baton::test

@@ -1,5 +1,6 @@
 // The POSIX half of the test support: processes (posix_spawn, waitpid, signals), /proc
-// measurements, environment, temp files, the /dev/shm sweep and socket options.
+// measurements, environment, temp files, the /dev/shm sweep and socket options, and the POSIX
+// parts of tests that differ per platform (stalls, shm objects, descriptors, objects of another uid).
 #include "test_support.hpp"
 
 #include "net_helpers.hpp"
@@ -9,10 +10,14 @@
 #include <cstring>
 #include <ctime>
 #include <dirent.h>
+#include <fcntl.h>
 #include <fstream>
+#include <pwd.h>
+#include <set>
 #include <sstream>
 #include <spawn.h>
 #include <stdexcept>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -136,5 +141,113 @@ void sweep_stale_test_channels() {
     baton::channel::remove_stale(n, ec);
   }
 }
+
+void stall_until_resumed(const std::string&) { ::raise(SIGSTOP); }
+void resume_stalled(std::uint32_t pid, const std::string&) { ::kill(static_cast<pid_t>(pid), SIGCONT); }
+
+namespace {
+bool is_stopped(std::uint32_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), {});
+  const auto p = s.rfind(')');
+  return p != std::string::npos && p + 2 < s.size() && s[p + 2] == 'T';
+}
+}  // namespace
+
+bool wait_until_stalled(std::uint32_t pid, std::chrono::milliseconds deadline) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (!is_stopped(pid) && std::chrono::steady_clock::now() < until) nap(std::chrono::milliseconds(5));
+  return is_stopped(pid);
+}
+
+bool truncate_channel_ring(const std::string& name) {
+  const int fd = ::shm_open(("/baton." + name + ".ring").c_str(), O_RDWR, 0);
+  if (fd < 0) return false;
+  const bool ok = ::ftruncate(fd, 0) == 0;
+  ::close(fd);
+  return ok;
+}
+
+std::pair<std::uint64_t, std::uint64_t> open_plain_pipe() {
+  int p[2];
+  if (::pipe(p) != 0) throw std::runtime_error("pipe failed");  // no FD_CLOEXEC
+  return {static_cast<std::uint64_t>(p[0]), static_cast<std::uint64_t>(p[1])};
+}
+int descriptor_flags(std::uint64_t fd) { return ::fcntl(static_cast<int>(fd), F_GETFD); }
+void close_descriptor(std::uint64_t fd) { ::close(static_cast<int>(fd)); }
+
+bool squat_channel_ring(const std::string& name) {
+  const int fd = ::shm_open(("/baton." + name + ".ring").c_str(), O_CREAT | O_EXCL | O_RDWR, 0666);
+  if (fd < 0) return false;
+  ::fchmod(fd, 0666);
+  (void)::ftruncate(fd, 1 << 20);
+  return true;
+}
+void unlink_squatted_ring(const std::string& name) { ::shm_unlink(("/baton." + name + ".ring").c_str()); }
+
+std::vector<posix_object_mode> channel_object_modes(const std::string& name) {
+  std::vector<posix_object_mode> out;
+  for (const char* suffix : {".ring", ".bell", ".sock"}) {
+    posix_object_mode m;
+    m.suffix = suffix;
+    struct stat st {};
+    m.found = ::stat(("/dev/shm/baton." + name + suffix).c_str(), &st) == 0;
+    if (m.found) {
+      m.mode = st.st_mode & 0777;
+      m.owner_is_me = st.st_uid == ::geteuid();
+    }
+    out.push_back(m);
+  }
+  return out;
+}
+std::vector<windows_object_acl> channel_object_acls(const std::string&) {
+  throw std::logic_error("channel_object_acls is Windows'");
+}
+bool channel_ring_is_global(const std::string&) { throw std::logic_error("channel_ring_is_global is Windows'"); }
+
+void remove_service_names(const std::string& service) {
+  const std::string prefix = "baton." + service + ".";
+  std::set<std::string> names{service};
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string f = e->d_name;
+      if (f.rfind(prefix, 0) != 0) continue;
+      const auto dot = f.rfind('.');
+      if (dot > 6) names.insert(f.substr(6, dot - 6));
+    }
+    ::closedir(d);
+  }
+  for (const auto& n : names) {
+    baton::error_code ec;
+    baton::channel::remove_stale(n, ec);
+  }
+}
+
+bool running_as_root() { return ::geteuid() == 0; }
+
+foreign_objects::~foreign_objects() {
+  for (const auto& p : paths) ::unlink(p.c_str());
+}
+std::uint32_t foreign_objects::uid() const {
+  const passwd* pw = ::getpwnam("nobody");
+  return pw ? pw->pw_uid : 65534;
+}
+bool foreign_objects::add_region(const std::string& path) {
+  ::unlink(path.c_str());
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return false;
+  paths.push_back(path);
+  const bool ok = ::ftruncate(fd, 4096) == 0 && ::fchown(fd, uid(), uid()) == 0;
+  ::close(fd);
+  return ok;
+}
+bool foreign_objects::add_fifo(const std::string& path) {
+  ::unlink(path.c_str());
+  if (::mkfifo(path.c_str(), 0600) != 0) return false;
+  paths.push_back(path);
+  return ::chown(path.c_str(), uid(), uid()) == 0;
+}
+
+void check_high_mandatory_label_sddl() { throw std::logic_error("check_high_mandatory_label_sddl is Windows'"); }
 
 }  // namespace baton::test

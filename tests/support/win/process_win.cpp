@@ -1,9 +1,11 @@
 // The Windows half of the test support: processes (CreateProcess, TerminateProcess, suspension),
-// handle and memory measurements, environment, temp files and socket options.
+// handle and memory measurements, environment, temp files and socket options, and the Windows
+// parts of tests that differ per platform (stalls, channel object security, labelled SDDL).
 #include "test_support.hpp"
 
 #include "net_helpers.hpp"
 #include "support_platform.hpp"
+#include <gtest/gtest.h>
 
 #include <boost/asio/detail/socket_types.hpp>
 
@@ -13,6 +15,10 @@
 #include <windows.h>
 #include <psapi.h>
 #include <tlhelp32.h>
+#include <aclapi.h>
+#include <sddl.h>
+
+#include "win/security.hpp"
 
 namespace baton::test {
 
@@ -132,5 +138,135 @@ void raise_fd_limit() {}
 
 // Windows names die with their last handle: nothing of a crashed run is left to sweep.
 void sweep_stale_test_channels() {}
+
+void stall_until_resumed(const std::string& resume) { wait_for_file(resume, std::chrono::seconds(120)); }
+void resume_stalled(std::uint32_t, const std::string& resume) { touch(resume); }
+bool wait_until_stalled(std::uint32_t, std::chrono::milliseconds) { return true; }
+
+bool truncate_channel_ring(const std::string&) { return false; }
+
+std::pair<std::uint64_t, std::uint64_t> open_plain_pipe() { throw std::logic_error("open_plain_pipe is POSIX's"); }
+int descriptor_flags(std::uint64_t) { throw std::logic_error("descriptor_flags is POSIX's"); }
+void close_descriptor(std::uint64_t) { throw std::logic_error("close_descriptor is POSIX's"); }
+
+bool squat_channel_ring(const std::string& name) {
+  // Deliberately never closed: the mapping lives as long as the squatting process.
+  const HANDLE h = ::CreateFileMappingA(INVALID_HANDLE_VALUE, nullptr, PAGE_READWRITE, 0, 1 << 20,
+                                        ("Local\\baton." + name + ".ring").c_str());
+  if (h == nullptr) return false;
+  if (::GetLastError() == ERROR_ALREADY_EXISTS) {
+    ::CloseHandle(h);
+    return false;
+  }
+  return true;
+}
+void unlink_squatted_ring(const std::string&) {}  // Windows names vanish with the squatter
+
+std::vector<posix_object_mode> channel_object_modes(const std::string&) {
+  throw std::logic_error("channel_object_modes is POSIX's");
+}
+
+std::vector<windows_object_acl> channel_object_acls(const std::string& name) {
+  HANDLE tok = nullptr;
+  ::OpenProcessToken(::GetCurrentProcess(), TOKEN_QUERY, &tok);
+  DWORD len = 0;
+  ::GetTokenInformation(tok, TokenUser, nullptr, 0, &len);
+  std::vector<unsigned char> tu(len);
+  ::GetTokenInformation(tok, TokenUser, tu.data(), len, &len);
+  ::CloseHandle(tok);
+  PSID me = reinterpret_cast<TOKEN_USER*>(tu.data())->User.Sid;
+  std::vector<windows_object_acl> out(2);
+  out[0].object = "ring";
+  out[1].object = "bell";
+  HANDLE objs[2] = {
+      ::OpenFileMappingA(READ_CONTROL, FALSE, ("Local\\baton." + name + ".ring").c_str()),
+      ::OpenEventA(READ_CONTROL, FALSE, ("Local\\baton." + name + ".bell").c_str())};
+  for (int k = 0; k < 2; ++k) {
+    auto& o = out[k];
+    HANDLE h = objs[k];
+    o.opened = h != nullptr;
+    if (!o.opened) {
+      o.open_error = ::GetLastError();
+      continue;
+    }
+    PSID owner = nullptr;
+    PACL dacl = nullptr;
+    PSECURITY_DESCRIPTOR sd = nullptr;
+    o.read = ::GetSecurityInfo(h, SE_KERNEL_OBJECT, OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION, &owner,
+                               nullptr, &dacl, nullptr, &sd) == ERROR_SUCCESS;
+    if (o.read) {
+      o.owner_is_me = ::EqualSid(owner, me);
+      o.has_dacl = dacl != nullptr;
+      for (DWORD i = 0; dacl && i < dacl->AceCount; ++i) {
+        void* ace = nullptr;
+        windows_ace a;
+        if (!::GetAce(dacl, i, &ace)) {
+          o.aces.push_back(a);
+          continue;
+        }
+        a.allowed = static_cast<ACE_HEADER*>(ace)->AceType == ACCESS_ALLOWED_ACE_TYPE;
+        if (a.allowed) {
+          PSID s = reinterpret_cast<PSID>(&static_cast<ACCESS_ALLOWED_ACE*>(ace)->SidStart);
+          a.is_me = ::EqualSid(s, me);
+          LPSTR str = nullptr;
+          ::ConvertSidToStringSidA(s, &str);
+          a.sid = str ? str : "?";
+          ::LocalFree(str);
+        }
+        o.aces.push_back(a);
+      }
+      ::LocalFree(sd);
+    }
+    ::CloseHandle(h);
+  }
+  return out;
+}
+
+void remove_service_names(const std::string&) {}  // Windows names die with the last handle
+
+bool running_as_root() { return false; }
+
+foreign_objects::~foreign_objects() = default;
+std::uint32_t foreign_objects::uid() const { throw std::logic_error("foreign_objects is POSIX's"); }
+bool foreign_objects::add_region(const std::string&) { throw std::logic_error("foreign_objects is POSIX's"); }
+bool foreign_objects::add_fifo(const std::string&) { throw std::logic_error("foreign_objects is POSIX's"); }
+
+void check_high_mandatory_label_sddl() {
+  baton::error_code ec;
+  const std::wstring sid = baton::detail::current_user_sid(ec);
+  ASSERT_FALSE(ec) << ec.message();
+  const std::wstring plain = baton::detail::owner_only_sddl(sid, false);
+  const std::wstring labelled = baton::detail::owner_only_sddl(sid, true);
+  EXPECT_EQ(plain.find(L"S:"), std::wstring::npos);
+  EXPECT_EQ(labelled, plain + L"S:(ML;;NW;;;HI)");
+  EXPECT_EQ(labelled.rfind(L"O:" + sid + L"D:P(", 0), 0u);
+  PSECURITY_DESCRIPTOR sd = nullptr;
+  ASSERT_TRUE(::ConvertStringSecurityDescriptorToSecurityDescriptorW(labelled.c_str(), SDDL_REVISION_1, &sd, nullptr))
+      << ::GetLastError();
+  BOOL present = FALSE, defaulted = FALSE;
+  PACL sacl = nullptr;
+  ASSERT_TRUE(::GetSecurityDescriptorSacl(sd, &present, &sacl, &defaulted));
+  EXPECT_TRUE(present && sacl && sacl->AceCount == 1);
+  if (present && sacl && sacl->AceCount == 1) {
+    void* ace = nullptr;
+    ASSERT_TRUE(::GetAce(sacl, 0, &ace));
+    auto* label = static_cast<SYSTEM_MANDATORY_LABEL_ACE*>(ace);
+    EXPECT_EQ(label->Header.AceType, SYSTEM_MANDATORY_LABEL_ACE_TYPE);
+    EXPECT_EQ(label->Mask, static_cast<DWORD>(SYSTEM_MANDATORY_LABEL_NO_WRITE_UP));
+    PSID level = reinterpret_cast<PSID>(&label->SidStart);
+    EXPECT_EQ(*::GetSidSubAuthority(level, 0), static_cast<DWORD>(SECURITY_MANDATORY_HIGH_RID));
+  }
+  ::LocalFree(sd);
+  std::printf("[ ELEVATED ] this process is %s\n",
+              baton::detail::process_is_high_integrity() ? "high integrity: its objects are labelled"
+                                                          : "not high integrity: no label");
+}
+
+bool channel_ring_is_global(const std::string& name) {
+  const HANDLE h = ::OpenFileMappingA(READ_CONTROL, FALSE, ("Global\\baton." + name + ".ring").c_str());
+  if (h == nullptr) return false;
+  ::CloseHandle(h);
+  return true;
+}
 
 }  // namespace baton::test
