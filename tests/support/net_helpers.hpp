@@ -8,6 +8,7 @@
 #include <boost/asio/write.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -66,10 +67,13 @@ inline std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 inline void write_file(const std::string& path, const std::string& s) {
-  // Write then rename, so a reader polling for the file never sees half of it.
+  // Write then rename over the old file, so a reader polling for it never sees half of it nor a
+  // moment without it. std::filesystem::rename replaces an existing file on Windows too
+  // (MoveFileExW with MOVEFILE_REPLACE_EXISTING); std::rename there fails instead, which is why
+  // this used to remove the old file first and let a reader find none.
   std::ofstream(path + ".tmp") << s;
-  std::remove(path.c_str());
-  std::rename((path + ".tmp").c_str(), path.c_str());
+  std::error_code ec;
+  std::filesystem::rename(path + ".tmp", path, ec);
 }
 
 }  // namespace baton::test
