@@ -59,14 +59,7 @@ BATON_TEST_ROLE(echo_server) {
   std::uint32_t max_seen_moves = 0;
   std::string modes;
 
-  auto peer_channel = [&]() -> baton::channel& {
-    while (!tx.is_open()) {
-      baton::error_code ec;
-      tx = baton::channel::open(ioc.get_executor(), peer, {}, ec);
-      if (ec) baton::test::nap(5ms);
-    }
-    return tx;
-  };
+  auto peer_channel = [&]() -> baton::channel& { return baton::test::open_when_ready(tx, ioc.get_executor(), peer); };
 
   auto serve = [&](baton::connection conn) -> asio::awaitable<void> {
     std::vector<char> buf(64 * 1024);

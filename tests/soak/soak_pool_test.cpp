@@ -79,14 +79,7 @@ BATON_TEST_ROLE(soak_mover) {
   std::array<usage, 3> u;
   std::string failure;
 
-  auto peer_channel = [&]() -> baton::channel& {
-    while (!tx.is_open()) {
-      baton::error_code ec;
-      tx = baton::channel::open(ioc.get_executor(), peer, {}, ec);
-      if (ec) baton::test::nap(5ms);
-    }
-    return tx;
-  };
+  auto peer_channel = [&]() -> baton::channel& { return baton::test::open_when_ready(tx, ioc.get_executor(), peer); };
 
   std::function<asio::awaitable<void>(baton::connection)> echo_to_the_end =
       [&](baton::connection conn) -> asio::awaitable<void> {

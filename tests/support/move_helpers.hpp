@@ -17,6 +17,17 @@
 
 namespace baton::test {
 
+/// `tx`, opened on the receiving end `name` once that exists (a peer process may create it after
+/// we start): retries every 5 ms. For helpers that hand connections back and forth.
+inline channel& open_when_ready(channel& tx, const boost::asio::any_io_executor& ex, const std::string& name) {
+  while (!tx.is_open()) {
+    error_code ec;
+    tx = channel::open(ex, name, {}, ec);
+    if (ec) nap(std::chrono::milliseconds(5));
+  }
+  return tx;
+}
+
 /// The strategy named on a helper's command line ("pidfd_getfd", "scm_rights", "wsa_duplicate",
 /// "duplicate_handle"); anything else is automatic.
 /// The number after "key=" in a child's report line ("received=3 rollbacks=0 ..."), or ~0 when
