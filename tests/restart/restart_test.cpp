@@ -130,8 +130,10 @@ TEST(restart, request_in_flight_finishes_in_old_generation_then_moves) {
   ASSERT_EQ(r.header_u64("x-baton-generation"), 1u);
   // A slow request, then two more pipelined behind it: the first is answered by generation 1;
   // the other two were read by it (pipelined bytes), travel as unread bytes, and are answered
-  // by generation 2.
-  ASSERT_TRUE(c.send("GET /slow?ms=800 HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"
+  // by generation 2. The hand-over must begin while the slow request still runs: starting the
+  // next generation takes ~50 ms natively but over half a second under ASan with other tests
+  // beside it, so the request takes 3 s (the drain deadline is 30 s).
+  ASSERT_TRUE(c.send("GET /slow?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\n\r\n"
                      "GET / HTTP/1.1\r\nHost: t\r\n\r\n"));
   nap(200ms);
   baton::error_code ec;
