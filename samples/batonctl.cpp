@@ -2,7 +2,9 @@
 //
 //   batonctl restart NAME [--binary PATH] [--timeout-ms N]
 //       Starts the next generation of NAME (its own binary, or PATH) and returns once it has
-//       taken over everything: exit 0 and one line of summary; or exit 1 and the reason.
+//       taken over everything: exit 0 and one line of summary; or exit 1 and the reason. Exit 3:
+//       the next generation took over but connections were left behind (not moved by the drain
+//       deadline); the summary says how many.
 //       --binary is refused (errc::restart_binary_refused) unless the service allows it
 //       (restart_options::allow_restart_binary; baton-http/baton-echo --allow-restart-binary 1).
 //   batonctl status NAME
@@ -40,5 +42,6 @@ int main(int argc, char** argv) {
   }
   const auto r = baton::request_restart(name, binary, timeout, ec);
   std::printf("%s\n", baton::to_string(r, name).c_str());
-  return r.ec ? 1 : 0;
+  if (r.ec) return 1;
+  return r.connections_not_moved ? 3 : 0;
 }

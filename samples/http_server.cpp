@@ -151,6 +151,7 @@ int run_http_service(const http_service_options& o) {
       auto [aec, c] = co_await svc.async_accept(tuple_aw);
       if (aec) co_return;
       if (auto* s = c.socket()) s->set_option(tcp::no_delay(true), aec);
+      if (o.on_connection) o.on_connection(svc);
       asio::co_spawn(ioc, srv.session(std::move(c)), asio::detached);
     }
   }, [&](std::exception_ptr e) {
@@ -165,8 +166,11 @@ int run_http_service(const http_service_options& o) {
   });
   svc.async_wait_retired([&](baton::error_code ec, baton::restart_report r) {
     if (ec) return;
-    std::printf("baton-http: generation %llu retired: %s\n", static_cast<unsigned long long>(svc.generation()),
-                baton::to_string(r, name).c_str());
+    if (r.stopped)
+      std::printf("baton-http: %s\n", baton::to_string(r, name).c_str());
+    else
+      std::printf("baton-http: generation %llu retired: %s\n", static_cast<unsigned long long>(svc.generation()),
+                  baton::to_string(r, name).c_str());
     std::fflush(stdout);
     ioc.stop();
   });

@@ -24,6 +24,8 @@ struct http_service_options {
   std::function<void(baton::service&)> on_started;
   /// Called with each listening endpoint.
   std::function<void(const tcp::endpoint&)> on_listening;
+  /// Called for each connection the service hands to the server (accepted or moved in).
+  std::function<void(baton::service&)> on_connection;
 };
 
 /// Runs the server until this generation retires (exit status 0) or fails to start (1).

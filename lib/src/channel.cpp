@@ -194,6 +194,7 @@ const std::string& channel::name() const noexcept {
   return impl_ ? impl_->name : empty;
 }
 std::uint32_t channel::owner_pid() const noexcept { return impl_ ? impl_->ring.identity().owner_pid : 0; }
+std::uint32_t channel::ack_slots() const noexcept { return impl_ ? impl_->ring.identity().ack_slots : 0; }
 
 channel_stats channel::stats() const {
   if (!impl_) return {};

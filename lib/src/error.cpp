@@ -79,7 +79,8 @@ constexpr message_entry messages[] = {
      "a restart of this service is already in progress; wait for it to finish, then retry"},
     {errc::next_generation_died,
      "the next generation exited before it had taken over; the running generation keeps "
-     "serving everything (see the new binary's output for why it exited)"},
+     "serving what it still holds, and connections already moved ended with the next generation "
+     "(the restart report counts them; see the new binary's output for why it exited)"},
     {errc::next_generation_not_ready,
      "the next generation did not announce itself within restart_options::ready_timeout; the "
      "running generation keeps serving (does the new binary call service::async_start?)"},
@@ -104,6 +105,9 @@ constexpr message_entry messages[] = {
     {errc::channel_truncated,
      "the channel's shared memory was truncated (or zeroed) by another process; its size was "
      "restored and the ring reset, tickets in flight were lost and senders should resend"},
+    {errc::service_stopping,
+     "the service is stopping gracefully: close this connection (its last response is written) and take no "
+     "new requests"},
     {errc::control_message_malformed,
      "a control ticket's text is not a well-formed message (a line without '=', an empty or "
      "repeated key, or no op): it was ignored; sender and receiver may be different Baton builds"},

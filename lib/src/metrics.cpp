@@ -70,6 +70,10 @@ std::string prometheus_metrics(const service* svc) {
        s.restarts_failed},
       {true, "baton_service_restarts_refused_total", "counter",
        "Restart requests refused because one was in progress.", s.restarts_refused},
+      {true, "baton_service_connections_lost_total", "counter",
+       "Connections hand-overs did not carry through: left in the old generation at the drain deadline, "
+       "or ended with a next generation that died.",
+       s.connections_lost},
   };
   std::string out;
   for (const auto& d : table)

@@ -30,6 +30,47 @@ struct response {
   }
 };
 
+// Reads one HTTP/1.1 response from `s` (blocking); `buf` keeps what was read beyond it.
+inline bool read_response(tcp::socket& s, std::string& buf, response& r) {
+  baton::error_code ec;
+  std::size_t hdr_end;
+  while ((hdr_end = buf.find("\r\n\r\n")) == std::string::npos) {
+    char tmp[4096];
+    const auto n = s.read_some(asio::buffer(tmp), ec);
+    if (ec == asio::error::interrupted) continue;  // io_uring task work (Asio's io_uring backend, docs/io_uring.md)
+    if (ec) return false;
+    buf.append(tmp, n);
+  }
+  r = response{};
+  const std::string head = buf.substr(0, hdr_end);
+  if (head.rfind("HTTP/1.1 ", 0) != 0) return false;
+  r.status = std::atoi(head.c_str() + 9);
+  std::size_t pos = head.find("\r\n");
+  while (pos != std::string::npos && pos + 2 < head.size()) {
+    const auto next = head.find("\r\n", pos + 2);
+    const auto line = head.substr(pos + 2, (next == std::string::npos ? head.size() : next) - pos - 2);
+    const auto colon = line.find(':');
+    if (colon != std::string::npos) {
+      std::string k = line.substr(0, colon);
+      for (auto& ch : k) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      r.headers[k] = line.substr(colon + 2);
+    }
+    pos = next;
+  }
+  const std::size_t len = r.header_u64("content-length");
+  buf.erase(0, hdr_end + 4);
+  while (buf.size() < len) {
+    char tmp[4096];
+    const auto n = s.read_some(asio::buffer(tmp), ec);
+    if (ec == asio::error::interrupted) continue;
+    if (ec) return false;
+    buf.append(tmp, n);
+  }
+  r.body = buf.substr(0, len);
+  buf.erase(0, len);
+  return true;
+}
+
 // A blocking HTTP/1.1 client connection with receive timeouts.
 struct http_conn {
   asio::io_context ioc;
@@ -45,45 +86,7 @@ struct http_conn {
     write_all(s, asio::buffer(raw), ec);
     return !ec;
   }
-  bool read(response& r) {
-    baton::error_code ec;
-    std::size_t hdr_end;
-    while ((hdr_end = buf.find("\r\n\r\n")) == std::string::npos) {
-      char tmp[4096];
-      const auto n = s.read_some(asio::buffer(tmp), ec);
-      if (ec == asio::error::interrupted) continue;  // io_uring task work (Asio's io_uring backend, docs/io_uring.md)
-      if (ec) return false;
-      buf.append(tmp, n);
-    }
-    r = response{};
-    const std::string head = buf.substr(0, hdr_end);
-    if (head.rfind("HTTP/1.1 ", 0) != 0) return false;
-    r.status = std::atoi(head.c_str() + 9);
-    std::size_t pos = head.find("\r\n");
-    while (pos != std::string::npos && pos + 2 < head.size()) {
-      const auto next = head.find("\r\n", pos + 2);
-      const auto line = head.substr(pos + 2, (next == std::string::npos ? head.size() : next) - pos - 2);
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) {
-        std::string k = line.substr(0, colon);
-        for (auto& ch : k) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-        r.headers[k] = line.substr(colon + 2);
-      }
-      pos = next;
-    }
-    const std::size_t len = r.header_u64("content-length");
-    buf.erase(0, hdr_end + 4);
-    while (buf.size() < len) {
-      char tmp[4096];
-      const auto n = s.read_some(asio::buffer(tmp), ec);
-      if (ec == asio::error::interrupted) continue;  // io_uring task work (Asio's io_uring backend, docs/io_uring.md)
-      if (ec) return false;
-      buf.append(tmp, n);
-    }
-    r.body = buf.substr(0, len);
-    buf.erase(0, len);
-    return true;
-  }
+  bool read(response& r) { return read_response(s, buf, r); }
   bool get(const std::string& target, response& r) {
     return send("GET " + target + " HTTP/1.1\r\nHost: t\r\n\r\n") && read(r);
   }
@@ -144,7 +147,9 @@ struct running_service {
   child first;
   unsigned short port = 0;
 
-  explicit running_service(const std::string& first_generation_fault = "") {
+  /// `mode`: written to the mode file before the first generation starts (see http_gen).
+  explicit running_service(const std::string& first_generation_fault = "", const std::string& mode = "") {
+    if (!mode.empty()) write_file(mode_file, mode);
     // The first generation is our child: a fault for it travels in its environment.
     set_env("BATON_FAULT", first_generation_fault);
     first = child::spawn("http_gen", {name, port_file, mode_file});

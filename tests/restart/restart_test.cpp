@@ -24,6 +24,8 @@ namespace {
 //   die-before-ready   exit before announcing itself
 //   die-after-listeners  hard exit right after the listeners arrived (before any connection is acked)
 //   slow-start         announce itself after 1.5 s
+//   short-drain        a drain deadline of 1.5 s (connections not at a safe point by then stay behind)
+//   die-after-3-connections  a later generation exits hard once it has been handed 3 connections
 // Every generation writes its pid to running_service::pid_file(generation) once started.
 BATON_TEST_ROLE(http_gen) {
   const std::string& name = args.at(0);
@@ -39,9 +41,17 @@ BATON_TEST_ROLE(http_gen) {
   o.listen = tcp::endpoint(asio::ip::address_v4::loopback(), 0);
   o.restart.next_args = {"--role=http_gen", name, port_file, mode_file};
   o.restart.ready_timeout = 20s;
+  if (mode == "short-drain") o.restart.drain_deadline = 1500ms;
   o.on_started = [&](baton::service& svc) {
     write_file(port_file + ".gen" + std::to_string(svc.generation()), std::to_string(baton::current_process_id()));
     if (mode == "die-after-listeners" && svc.generation() > 1) {
+      std::fflush(stdout);
+      std::_Exit(9);
+    }
+  };
+  std::size_t handed = 0;
+  o.on_connection = [&](baton::service& svc) {
+    if (mode == "die-after-3-connections" && svc.generation() > 1 && ++handed == 3) {
       std::fflush(stdout);
       std::_Exit(9);
     }
@@ -192,6 +202,7 @@ static void restart_with_dying_next_generation(running_service& svc, load& l, co
   const auto r = svc.restart(ec);
   EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
   EXPECT_EQ(r.ec, baton::errc::next_generation_died);
+  EXPECT_EQ(r.connections_lost, 0u) << "it died before it had taken any connection";
   wait_for_requests(l, 100);
 }
 
@@ -335,13 +346,44 @@ TEST(restart_faults, new_generation_killed_after_acking_a_connection_old_keeps_t
   const auto r = svc.restart(ec);
   EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
   EXPECT_EQ(r.ec, baton::errc::next_generation_died);
+  // Its first ack was the listener's: it took no connection, so none was lost.
+  EXPECT_EQ(r.connections_lost, 0u) << baton::to_string(r, svc.name);
   remove_file(svc.mode_file);
   wait_for_requests(l, 200);
   l.finish();
-  // Only the connection generation 2 had acknowledged died with it; generation 1 kept and
-  // served all the others, and took its listener back.
+  // Generation 2 died after acknowledging the listener (the first move it received); generation
+  // 1 kept and served all the connections, and took its listener back.
   EXPECT_LE(l.failed, 1u);
   EXPECT_EQ(l.conn_errors, 0u);
   EXPECT_EQ(l.sequence_errors, 0u);
   EXPECT_EQ(svc.generation(), 1u);
+}
+
+TEST(restart_faults, new_generation_dies_holding_connections_the_report_counts_them_as_lost) {
+  running_service svc;
+  load l(svc.port, 8);
+  wait_for_requests(l, 100);
+  write_file(svc.mode_file, "die-after-3-connections");
+  baton::error_code ec;
+  const auto r = svc.restart(ec);
+  EXPECT_EQ(ec, baton::errc::next_generation_died) << ec.message();
+  remove_file(svc.mode_file);
+  // Generation 2 had taken at least 3 connections; they ended with it, and the report says how
+  // many, in its fields and its text.
+  EXPECT_GE(r.connections_lost, 3u);
+  EXPECT_EQ(r.connections_lost, r.connections_moved);
+  const std::string text = baton::to_string(r, svc.name);
+  EXPECT_NE(text.find(std::to_string(r.connections_lost) + " connections had moved to the next generation and ended with it"),
+            std::string::npos)
+      << text;
+  wait_for_requests(l, 200);
+  l.finish();
+  // Each lost connection's client saw it end once and reconnected to generation 1.
+  EXPECT_EQ(l.failed, r.connections_lost);
+  EXPECT_EQ(l.conn_errors, 0u);
+  EXPECT_EQ(l.sequence_errors, 0u);
+  EXPECT_EQ(svc.generation(), 1u);
+  baton::error_code sec;
+  const auto st = baton::request_status(svc.name, 10s, sec);
+  EXPECT_NE(st.find("connections_lost " + std::to_string(r.connections_lost) + "\n"), std::string::npos) << st;
 }

@@ -59,8 +59,9 @@ inline std::size_t read_all(boost::asio::ip::tcp::socket& s, boost::asio::mutabl
   return done;
 }
 
-/// Raises the open-file limit to its hard maximum (bursts of 1,000 connections).
-void raise_fd_limit();
+/// Raises this process's soft descriptor limit to the hard one (children inherit it): bursts of
+/// thousands of connections. Returns the limit now in force (Windows: no such limit, a large number).
+std::size_t raise_fd_limit();
 
 inline std::string read_file(const std::string& path) {
   std::ifstream f(path);

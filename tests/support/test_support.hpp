@@ -42,6 +42,8 @@ class child {
   /// Runs another executable in a role: a small helper binary (see helper_exe) whose start-up
   /// costs less than this test binary's when a test starts hundreds of processes.
   static child spawn_exe(const std::string& exe, const std::string& role, const std::vector<std::string>& args = {});
+  /// Runs any program: argv[0] is its path (e.g. helper_exe("../samples/batonctl")).
+  static child run(std::vector<std::string> argv) { return launch(std::move(argv)); }
   std::uint32_t pid() const noexcept { return pid_; }
   bool running();
   /// Waits for exit; returns the exit code, or -1 if the deadline passed (the child is killed).
@@ -71,6 +73,8 @@ struct role_registrar {
 
 /// Hard-kills a process that is not our child (e.g. a later generation of a restarted service).
 void kill_process(std::uint32_t pid);
+/// POSIX: sends SIGTERM (a polite stop) and returns true. Windows has no such signal: false.
+bool terminate_process(std::uint32_t pid);
 /// True while a process with this pid exists (not our child: no reaping needed).
 bool process_exists(std::uint32_t pid);
 /// Stops every thread of a process until resume_process (SIGSTOP / NtSuspendProcess).

@@ -104,6 +104,10 @@ class channel {
   const std::string& name() const noexcept;
   /// Pid of the receiving process (the only process tickets on this channel are for).
   std::uint32_t owner_pid() const noexcept;
+  /// Moves that may await the receiver's verdict at once (the receiver's channel_options::ack_slots,
+  /// read from the channel's header); 0 when closed. A sender with more moves to make keeps at
+  /// most this many in flight and queues the rest.
+  std::uint32_t ack_slots() const noexcept;
   channel_stats stats() const;
   /// Cancels pending operations (they complete with operation_aborted).
   void close();

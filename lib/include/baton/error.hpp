@@ -60,6 +60,8 @@ enum class errc {
   channel_truncated,         ///< the channel's shared memory object was truncated by another process
   // Control messages (hot restart, balancing).
   control_message_malformed, ///< a control ticket's text is not a well-formed message (ignored)
+  // Hot restart (continued).
+  service_stopping,          ///< the service is stopping: close this connection after its last response
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

@@ -48,6 +48,11 @@ struct restart_options {
   std::chrono::milliseconds drain_deadline{30000};
   /// Options of each move (per-move timeout, transfer strategy).
   move_options move{};
+  /// Moves to the next generation awaiting its verdict at once (also bounded by its inbox's ack
+  /// slots); the other connections wait in a queue and go as verdicts come back, so a hand-over
+  /// of any size never fails a move for want of room. Each move in flight holds its descriptor
+  /// in both processes until the verdict: this is the hand-over's extra descriptor cost.
+  std::size_t max_moves_in_flight = 256;
   /// The next generation's executable (empty: this process's own executable) and arguments.
   std::string next_binary;
   std::vector<std::string> next_args;
@@ -57,6 +62,11 @@ struct restart_options {
   std::size_t max_ready = 1024;
   /// Listen for SIGHUP (Linux) / the named event Local\baton.<service>.restart (Windows).
   bool os_triggers = true;
+  /// Stop gracefully (as service::async_stop) on SIGTERM and SIGINT (on Windows, SIGINT is
+  /// Ctrl+C); a second such signal during the stop ends it at once, cutting the connections still
+  /// in a request (counted). Off: the application handles these signals itself (and may call
+  /// async_stop).
+  bool stop_signals = true;
   /// Accept a restart request that names the next generation's executable (`batonctl restart
   /// NAME --binary PATH`, request_restart's `binary`). Off: such a request is refused with
   /// errc::restart_binary_refused, so that a process able to reach the control channel cannot
@@ -81,6 +91,14 @@ struct restart_report {
   std::uint64_t listeners_moved = 0;
   std::uint64_t connections_moved = 0;
   std::uint64_t connections_not_moved = 0;  ///< still in N at the deadline (closed as N exits)
+  /// A failed restart: connections the next generation had already taken when it died (they
+  /// ended with it). N keeps serving the others.
+  std::uint64_t connections_lost = 0;
+  /// A graceful stop (service::async_stop, SIGTERM, `batonctl stop`), not a restart: the
+  /// generation fields name the stopped one; connections_not_moved counts the connections still
+  /// open at the drain deadline (closed as the process exits).
+  bool stopped = false;
+  std::uint64_t connections_closed = 0;  ///< stop: closed at a safe point, after their last response
   std::chrono::microseconds ready_time{0};     ///< trigger to N+1's announcement (0 if not started by N)
   std::chrono::microseconds listeners_time{0}; ///< announcement to the last listener acknowledged
   std::chrono::microseconds handover_time{0};  ///< announcement to N owning nothing
@@ -97,6 +115,9 @@ struct service_stats {
   std::uint64_t moved_out = 0;          ///< connections handed to the next generation
   std::uint64_t restarts_failed = 0;    ///< hand-overs from this generation that failed
   std::uint64_t restarts_refused = 0;   ///< restart requests refused (one was in progress)
+  /// Connections that hand-overs seen by this process did not carry through: left in the old
+  /// generation at the drain deadline, or taken by a next generation that then died.
+  std::uint64_t connections_lost = 0;
   std::size_t listeners = 0;
 };
 
@@ -174,6 +195,22 @@ class service {
         [this](auto h) { start_wait_retired(std::move(h)); }, token);
   }
 
+  /// Stops this generation gracefully: it stops accepting (its listeners close), connections
+  /// parked at a safe point are woken and every later async_safe_point completes with
+  /// errc::service_stopping (close the connection: its last response is written), connections a
+  /// request is still running on finish it first. When none is left, or at the drain deadline,
+  /// the service gives up its name (control channel, OS trigger, their shared-memory objects), and
+  /// this and async_wait_retired complete with a report (stopped = true): the application exits.
+  /// Also started by SIGTERM/SIGINT (restart_options::stop_signals) and `batonctl stop NAME`
+  /// (request_stop). During a restart the stop waits for it: if the restart succeeds this
+  /// generation retires anyway; if it fails, the stop follows. Signature:
+  /// void(error_code, restart_report).
+  template <class Token>
+  auto async_stop(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, restart_report)>(
+        [this](auto h) { start_stop(std::move(h)); }, token);
+  }
+
   /// The last restart's report (from either side of it).
   restart_report last_report() const;
   service_stats stats() const;
@@ -186,6 +223,7 @@ class service {
   void start_safe_point(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h);
   void start_restart(boost::asio::any_completion_handler<void(error_code, restart_report)> h);
   void start_wait_retired(boost::asio::any_completion_handler<void(error_code, restart_report)> h);
+  void start_stop(boost::asio::any_completion_handler<void(error_code, restart_report)> h);
   std::shared_ptr<detail::service_impl> impl_;
 };
 
@@ -198,5 +236,8 @@ std::string to_string(const restart_report& r, const std::string& service_name);
 restart_report request_restart(const std::string& service, const std::string& binary,
                                std::chrono::milliseconds timeout, error_code& ec);
 std::string request_status(const std::string& service, std::chrono::milliseconds timeout, error_code& ec);
+/// Asks the running generation of `service` to stop gracefully (service::async_stop) and waits up
+/// to `timeout` for its report.
+restart_report request_stop(const std::string& service, std::chrono::milliseconds timeout, error_code& ec);
 
 }  // namespace baton

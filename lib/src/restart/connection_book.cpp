@@ -35,7 +35,10 @@ void connection_book::abort_accept() {
 
 void connection_book::deliver(connection c) {
   track(c);
-  if (s_.hand.forwarding()) return move_ready(std::move(c));
+  if (s_.hand.forwarding()) {
+    outbound_.push_back(std::move(c));
+    return pump();
+  }
   if (accept_waiter_) return post_accept({}, std::move(c));
   ready_.push_back(std::move(c));
 }
@@ -46,7 +49,8 @@ void connection_book::accept(accept_handler h) {
     return;
   }
   accept_waiter_.emplace(std::move(h));
-  if (s_.ph == service_phase::retired || s_.ph == service_phase::closed) return abort_accept();
+  if (s_.ph == service_phase::retired || s_.ph == service_phase::closed || s_.ph == service_phase::stopping)
+    return abort_accept();
   if (!ready_.empty()) {
     auto c = std::move(ready_.front());
     ready_.pop_front();
@@ -55,18 +59,74 @@ void connection_book::accept(accept_handler h) {
   }
 }
 
-void connection_book::move_ready_all() {
-  while (!ready_.empty()) {
-    auto c = std::move(ready_.front());
-    ready_.pop_front();
-    move_ready(std::move(c));
-  }
+// ---- moving to the next generation, a window at a time ---------------------------------------
+
+std::size_t connection_book::window() const {
+  const std::size_t slots = s_.next ? s_.next->ack_slots() : 0;
+  return std::max<std::size_t>(1, std::min<std::size_t>(s_.opts.max_moves_in_flight, slots));
 }
 
 void connection_book::move_all() {
-  for (auto& p : parked_)
-    if (!p->reader.taken()) move_parked(p);
-  move_ready_all();
+  while (!ready_.empty()) {
+    outbound_.push_back(std::move(ready_.front()));
+    ready_.pop_front();
+  }
+  for (auto& p : parked_) queue_parked(p);
+  pump();
+}
+
+void connection_book::queue_parked(const std::shared_ptr<parked>& p) {
+  if (p->queued || p->finished || p->reader.taken() || p->move_requested) return;
+  p->queued = true;
+  to_move_.push_back(p);
+}
+
+void connection_book::pump() {
+  if (!s_.hand.forwarding() || !s_.next) return;
+  const std::size_t w = window();
+  while (moves_in_flight_ < w) {
+    if (!outbound_.empty()) {
+      auto c = std::move(outbound_.front());
+      outbound_.pop_front();
+      if (c.is_open()) move_ready(std::move(c));
+      continue;
+    }
+    if (to_move_.empty()) break;
+    auto p = std::move(to_move_.front());
+    to_move_.pop_front();
+    p->queued = false;
+    // Parked connections whose client spoke meanwhile went back to the application; it parks
+    // them again at their next safe point.
+    if (!p->finished && !p->reader.taken() && !p->move_requested && p->c->is_open()) move_parked(p);
+  }
+}
+
+void connection_book::retry_refused() {
+  while (!refused_.empty()) {
+    outbound_.push_back(std::move(refused_.front()));
+    refused_.pop_front();
+  }
+  if (parked_refused_) {
+    parked_refused_ = false;
+    for (auto& p : parked_) queue_parked(p);
+  }
+  pump();
+}
+
+void connection_book::abandon_moves() {
+  for (auto* q : {&refused_, &outbound_})
+    while (!q->empty()) {
+      ready_.push_back(std::move(q->front()));
+      q->pop_front();
+    }
+  for (auto& p : to_move_) p->queued = false;
+  to_move_.clear();
+  parked_refused_ = false;
+  while (accept_waiter_ && !ready_.empty()) {
+    auto c = std::move(ready_.front());
+    ready_.pop_front();
+    post_accept({}, std::move(c));
+  }
 }
 
 void connection_book::move_ready(connection c) {
@@ -78,11 +138,15 @@ void connection_book::move_ready(connection c) {
     if (!ec) {
       ++self->report.connections_moved;
       ++self->st.moved_out;
-      return;
+      return book.pump();
     }
     book.last_move_failure_ = clock_type::now();
-    if (book.accept_waiter_) return book.post_accept({}, std::move(back));
-    book.ready_.push_back(std::move(back));
+    if (back.is_open()) {
+      if (book.accept_waiter_) book.post_accept({}, std::move(back));
+      else if (self->hand.forwarding()) book.refused_.push_back(std::move(back));
+      else book.ready_.push_back(std::move(back));
+    }
+    book.pump();
   });
 }
 
@@ -93,26 +157,69 @@ void connection_book::safe_point(connection& c, safe_point_handler h) {
     asio::post(s_.ex, asio::append(std::move(h), error_code(asio::error::bad_descriptor), false));
     return;
   }
+  if (s_.ph == service_phase::stopping) {
+    ++closed_at_stop_;
+    asio::post(s_.ex, asio::append(std::move(h), make_error_code(errc::service_stopping), false));
+    return;
+  }
   auto p = std::make_shared<parked>();
   p->c = &c;
   p->h.emplace(std::move(h));
   parked_.push_front(p);
   p->self = parked_.begin();
-  if (s_.hand.forwarding()) move_parked(p);
-  else read_parked(p);
+  read_parked(p);
+  if (s_.hand.forwarding()) {
+    queue_parked(p);
+    pump();
+  }
 }
 
 // Waits for the client's next bytes; they are put back for the application to read.
 void connection_book::read_parked(const std::shared_ptr<parked>& p) {
   p->reader.async_wait(*p->c, p, [self = s_.shared_from_this(), p](error_code ec) {
-    self->conns.finish_parked(p, ec, false);
+    auto& book = self->conns;
+    if (p->move_requested) {
+      // The move cancelled this read and waited for it to end: bytes it had read are back in
+      // the connection's unread bytes, and travel with it.
+      p->move_requested = false;
+      if (!ec || ec == asio::error::operation_aborted) return book.send_parked(p);
+      --book.moves_in_flight_;  // the client is gone: nothing to move
+      book.finish_parked(p, ec, false);
+      return book.pump();
+    }
+    if (ec == asio::error::operation_aborted && p->stopping) {
+      ++book.closed_at_stop_;
+      ec = make_error_code(errc::service_stopping);
+    }
+    book.finish_parked(p, ec, false);
   });
 }
 
+// A parked connection has a read pending (the wait for the client's next bytes). A read that has
+// completed but whose handler has not run yet holds bytes taken from the socket: moving the
+// connection now would lose them. So the move cancels the read first and starts once it has ended
+// (send_parked, from read_parked's handler), counted in the window from now.
 void connection_book::move_parked(const std::shared_ptr<parked>& p) {
+  ++moves_in_flight_;
+  if (p->reader.waiting()) {
+    p->move_requested = true;
+    p->c->cancel();
+    return;
+  }
+  send_parked(p);
+}
+
+void connection_book::send_parked(const std::shared_ptr<parked>& p) {
+  if (p->finished || !p->c->is_open()) {
+    --moves_in_flight_;
+    return pump();
+  }
+  if (!s_.hand.forwarding() || !s_.next) {  // the hand-over was abandoned meanwhile: park again
+    --moves_in_flight_;
+    return read_parked(p);
+  }
   p->reader.set_taken(true);
   auto nx = s_.next;
-  ++moves_in_flight_;
   baton::async_send(*nx, std::move(*p->c), s_.opts.move,
                     [self = s_.shared_from_this(), p, nx](error_code ec, connection back) {
                       auto& book = self->conns;
@@ -120,20 +227,39 @@ void connection_book::move_parked(const std::shared_ptr<parked>& p) {
                       if (!ec) {
                         ++self->report.connections_moved;
                         ++self->st.moved_out;
-                        return book.finish_parked(p, {}, true);
+                        book.finish_parked(p, {}, true);
+                        return book.pump();
                       }
                       *p->c = std::move(back);
                       p->reader.set_taken(false);
                       book.last_move_failure_ = clock_type::now();
+                      book.parked_refused_ = true;
                       book.read_parked(p);  // keep waiting; the drain retries the move
+                      book.pump();
                     });
 }
 
 void connection_book::finish_parked(const std::shared_ptr<parked>& p, error_code ec, bool moved) {
+  if (p->finished) return;
+  p->finished = true;
   parked_.erase(p->self);
   auto h = std::move(*p->h);
   p->h.reset();
   asio::post(s_.ex, asio::append(std::move(h), ec, moved));
+}
+
+void connection_book::stop_all() {
+  // Accepted, never handed to the application: nothing was asked of them yet.
+  closed_at_stop_ += ready_.size();
+  ready_.clear();
+  abort_accept();
+  // Parked at a safe point: their reads are cancelled, and each waiter hears service_stopping
+  // (or, if the client's next request came first, gets it to serve as usual).
+  for (auto& p : parked_) {
+    if (p->reader.taken() || p->finished || p->move_requested) continue;
+    p->stopping = true;
+    if (p->c->is_open()) p->c->cancel();
+  }
 }
 
 void connection_book::cancel_parked() {

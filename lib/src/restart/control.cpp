@@ -41,6 +41,8 @@ void put_report(control_message& m, const restart_report& r) {
   m.set("old_generation", r.old_generation).set("new_generation", r.new_generation);
   m.set("old_pid", std::uint64_t{r.old_pid}).set("new_pid", std::uint64_t{r.new_pid});
   m.set("listeners", r.listeners_moved).set("moved", r.connections_moved).set("not_moved", r.connections_not_moved);
+  m.set("lost", r.connections_lost);
+  if (r.stopped) m.set("stopped", std::uint64_t{1}).set("closed", r.connections_closed);
   m.set("ready_us", std::to_string(r.ready_time.count())).set("listeners_us", std::to_string(r.listeners_time.count()));
   m.set("handover_us", std::to_string(r.handover_time.count()));
   m.set("old_exit_us", std::to_string(r.old_exit_time.count()));
@@ -56,6 +58,9 @@ restart_report get_report(const control_message& m) {
   r.listeners_moved = m.number("listeners");
   r.connections_moved = m.number("moved");
   r.connections_not_moved = m.number("not_moved");
+  r.connections_lost = m.number("lost");
+  r.stopped = m.number("stopped") != 0;
+  r.connections_closed = m.number("closed");
   r.ready_time = std::chrono::microseconds(m.number("ready_us"));
   r.listeners_time = std::chrono::microseconds(m.number("listeners_us"));
   r.handover_time = std::chrono::microseconds(m.number("handover_us"));
@@ -68,11 +73,12 @@ std::string service_impl::status_text() {
   const auto ms = get_move_stats();
   std::ostringstream o;
   static const char* names[] = {"created", "joining", "taking-over", "serving", "starting-next",
-                                "handing-over", "retired", "closed"};
+                                "handing-over", "retired", "closed", "stopping"};
   o << "service " << name << ";generation " << s.generation << ";pid " << s.pid << ";state "
     << names[static_cast<int>(ph)] << ";listeners " << s.listeners << ";connections " << s.connections
     << ";accepted " << s.accepted << ";inherited " << s.inherited << ";moved_out " << s.moved_out
     << ";restarts_failed " << s.restarts_failed << ";restarts_refused " << s.restarts_refused
+    << ";connections_lost " << s.connections_lost
     << ";moves_sent " << ms.sent << ";moves_received " << ms.received << ";rollbacks " << ms.rollbacks;
   return o.str();
 }
@@ -81,9 +87,23 @@ std::string service_impl::status_text() {
 
 std::string to_string(const restart_report& r, const std::string& service_name) {
   char buf[512];
+  if (r.stopped && !r.ec) {
+    std::snprintf(buf, sizeof buf,
+                  "stopped %s: generation %llu, pid %u, %llu connections closed after their last response, in %.1f ms",
+                  service_name.c_str(), static_cast<unsigned long long>(r.old_generation), r.old_pid,
+                  static_cast<unsigned long long>(r.connections_closed), r.handover_time.count() / 1000.0);
+    std::string s = buf;
+    if (r.connections_not_moved)
+      s += "; " + std::to_string(r.connections_not_moved) +
+           " connections were still in a request at the drain deadline and were cut";
+    return s;
+  }
   if (r.ec) {
     std::snprintf(buf, sizeof buf, "restart of %s failed: %s", service_name.c_str(), r.ec.message().c_str());
-    return r.detail.empty() ? std::string(buf) : std::string(buf) + " (" + r.detail + ")";
+    std::string s = r.detail.empty() ? std::string(buf) : std::string(buf) + " (" + r.detail + ")";
+    if (r.connections_lost)
+      s += "; " + std::to_string(r.connections_lost) + " connections had moved to the next generation and ended with it";
+    return s;
   }
   std::snprintf(buf, sizeof buf,
                 "restarted %s: generation %llu -> %llu, pid %u -> %u, %llu connections moved, hand-over %.1f ms, "
@@ -94,7 +114,8 @@ std::string to_string(const restart_report& r, const std::string& service_name) 
                 r.old_exit_time.count() / 1000.0);
   std::string s = buf;
   if (r.connections_not_moved)
-    s += ", " + std::to_string(r.connections_not_moved) + " connections NOT moved (deadline)";
+    s += "; " + std::to_string(r.connections_not_moved) +
+         " connections were NOT moved by the drain deadline and ended with the old generation";
   return s;
 }
 
@@ -157,6 +178,18 @@ restart_report request_restart(const std::string& service, const std::string& bi
   detail::control_message req("restart");
   if (!binary.empty()) req.set("binary", binary);
   auto m = control_exchange(service, req, "result", timeout, ec);
+  if (ec) {
+    restart_report r;
+    r.ec = ec;
+    return r;
+  }
+  auto r = detail::get_report(m);
+  ec = r.ec;
+  return r;
+}
+
+restart_report request_stop(const std::string& service, std::chrono::milliseconds timeout, error_code& ec) {
+  auto m = control_exchange(service, detail::control_message("stop"), "result", timeout, ec);
   if (ec) {
     restart_report r;
     r.ec = ec;

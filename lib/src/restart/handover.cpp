@@ -27,7 +27,9 @@ void handover::begin(std::optional<asio::any_completion_handler<void(error_code,
   if (ph != service_phase::serving) {
     const bool busy = ph == service_phase::spawning || ph == service_phase::handing_over ||
                       ph == service_phase::taking_over || ph == service_phase::joining;
-    const error_code ec = make_error_code(busy ? errc::restart_in_progress : errc::service_not_found);
+    const error_code ec = make_error_code(busy                                 ? errc::restart_in_progress
+                                          : ph == service_phase::stopping ? errc::service_stopping
+                                                                          : errc::service_not_found);
     ++s_.st.restarts_refused;
     refuse(reply, ec);
     if (h) {
@@ -107,8 +109,9 @@ void handover::on_hello(const std::string& inbox_name) {
 void handover::listeners_sent() {
   listeners_done_ = true;
   s_.report.listeners_time = std::chrono::microseconds(micros(clock_type::now() - s_.t_hello));
-  // Connections accepted but not yet taken by the application go straight on.
-  s_.conns.move_ready_all();
+  // Connections accepted but not yet taken by the application, and those parked at a safe
+  // point, go on now, a window of moves at a time.
+  s_.conns.move_all();
   drain_step(clock_type::now());
 }
 
@@ -124,10 +127,15 @@ void handover::tick(clock_type::time_point now) {
 
 void handover::drain_step(clock_type::time_point now) {
   if (s_.ph != service_phase::handing_over) return;
-  if (!s_.peer.alive()) return fail(make_error_code(errc::next_generation_died));
+  if (!s_.peer.alive()) {
+    // Its death shows in the moves still awaiting a verdict within a poll (<1 ms): wait for
+    // them, so that the report counts the connections it had taken (they ended with it).
+    if (s_.conns.moves_in_flight() > 0) return;
+    return fail(make_error_code(errc::next_generation_died));
+  }
   if (!listeners_done_) return;
   const bool past_deadline = now >= drain_deadline_;
-  if (!past_deadline && now - s_.conns.last_move_failure() > 100ms) s_.conns.move_all();
+  if (!past_deadline && now - s_.conns.last_move_failure() > 100ms) s_.conns.retry_refused();
   // A connection in the middle of its move is in neither process's count (its descriptor
   // waits in the move): wait for every verdict, past the deadline too (bounded by the move
   // timeout), before saying that nothing is left.
@@ -140,6 +148,7 @@ void handover::retire(std::size_t not_moved) {
   s_.ph = service_phase::retired;
   s_.stop_timers();
   s_.report.connections_not_moved = not_moved;
+  s_.st.connections_lost += not_moved;
   s_.report.handover_time = std::chrono::microseconds(micros(clock_type::now() - s_.t_hello));
   s_.listeners.close_kept();
   // Give up the service's name first, so the next generation can take it as soon as it hears.
@@ -164,17 +173,28 @@ void handover::complete(error_code ec) {
     restart_handler_.reset();
     asio::post(s_.ex, asio::append(std::move(h), ec, s_.report));
   }
-  if (!ec) {
-    for (auto& w : retired_waiters_) asio::post(s_.ex, asio::append(std::move(w), ec, s_.report));
-    retired_waiters_.clear();
-  }
+  if (!ec) notify_retired();
+}
+
+void handover::notify_retired() {
+  for (auto& w : retired_waiters_) asio::post(s_.ex, asio::append(std::move(w), error_code(), s_.report));
+  retired_waiters_.clear();
 }
 
 void handover::fail(error_code ec) {
   if (s_.ph != service_phase::spawning && s_.ph != service_phase::handing_over) return;
   ++s_.st.restarts_failed;
-  s_.note("baton: restart of " + s_.name + " failed: " + ec.message() + "; generation " + std::to_string(s_.gen) +
-          " keeps serving");
+  // Connections the next generation had taken ended with it if it died; if it is alive (a
+  // deadline, an abort), it keeps them and serves them until it exits on hearing the abort.
+  if (ec == errc::next_generation_died) {
+    s_.report.connections_lost = s_.report.connections_moved;
+    s_.st.connections_lost += s_.report.connections_moved;
+  }
+  std::string line = "baton: restart of " + s_.name + " failed: " + ec.message() + "; generation " +
+                     std::to_string(s_.gen) + " keeps serving";
+  if (s_.report.connections_lost)
+    line += "; " + std::to_string(s_.report.connections_lost) + " connections had moved and were lost";
+  s_.note(line);
   if (s_.next) {
     auto nx = s_.next;
     nx->async_send(control_message("abort").set("reason", ec.message()).to_ticket(), [nx](error_code) {});
@@ -183,10 +203,17 @@ void handover::fail(error_code ec) {
   s_.ph = service_phase::serving;
   listeners_done_ = false;
   s_.peer = process_watch();
+  s_.conns.abandon_moves();
   s_.listeners.take_back();
-  refuse(s_.reply_to, ec);
+  if (!s_.reply_to.empty()) {
+    control_message m("result");
+    m.set("ok", "0").set_error(ec);
+    put_report(m, s_.report);
+    s_.reply(s_.reply_to, m);
+  }
   s_.reply_to.clear();
   complete(ec);
+  s_.stopper.resume_if_pending();
 }
 
 void handover::wait_retired(asio::any_completion_handler<void(error_code, restart_report)> h) {

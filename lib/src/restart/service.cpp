@@ -19,7 +19,8 @@ service_impl::service_impl(const asio::any_io_executor& e, std::string n, restar
       listeners(*this),
       conns(*this),
       succ(*this),
-      hand(*this) {}
+      hand(*this),
+      stopper(*this) {}
 
 void service_impl::reply(const std::string& to, const control_message& m) const {
   if (auto ec = send_message(ex, to, m)) note("baton: service " + name + " cannot answer on channel " + to + ": " + ec.message());
@@ -44,6 +45,8 @@ void service_impl::tick() {
     case service_phase::spawning:
     case service_phase::handing_over:
       return hand.tick(now);
+    case service_phase::stopping:
+      return stopper.tick(now);
     default:
       return;
   }
@@ -150,6 +153,8 @@ void service_impl::on_control(arrival a) {
     hand.on_hello(m.get("inbox"));
   } else if (op == "restart") {
     hand.begin(std::nullopt, m.get("reply"), m.get("binary"));
+  } else if (op == "stop") {
+    stopper.request(std::nullopt, m.get("reply"));
   } else if (op == "status") {
     reply(m.get("reply"), control_message("status-reply").set("text", status_text()));
   }
@@ -175,6 +180,7 @@ void service_impl::close() {
   if (control) control->close();
   conns.abort_accept();
   succ.close();
+  stopper.close();
   restart_report r = report;
   r.ec = make_error_code(asio::error::operation_aborted);
   hand.close(was_retired, r);
@@ -213,6 +219,9 @@ void service::start_safe_point(connection& c, boost::asio::any_completion_handle
 }
 void service::start_restart(boost::asio::any_completion_handler<void(error_code, restart_report)> h) {
   impl_->hand.begin(std::move(h), "", "");
+}
+void service::start_stop(boost::asio::any_completion_handler<void(error_code, restart_report)> h) {
+  impl_->stopper.request(std::move(h), "");
 }
 void service::start_wait_retired(boost::asio::any_completion_handler<void(error_code, restart_report)> h) {
   impl_->hand.wait_retired(std::move(h));

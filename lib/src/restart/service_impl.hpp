@@ -32,6 +32,7 @@
 #include "detail/socket_custody.hpp"
 
 #include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
@@ -69,8 +70,9 @@ enum class service_phase {
   serving,       // in charge: owns the control channel
   spawning,      // in charge, restart started: waiting for the next generation's hello
   handing_over,  // moving listeners, then connections, to the next generation
-  retired,       // handed everything over
+  retired,       // handed everything over (or stopped)
   closed,
+  stopping,      // in charge, stopping gracefully: connections close at their safe points
 };
 
 /// The service's listeners: accepting on them, moving them to the next generation with a kept
@@ -130,15 +132,25 @@ class connection_book {
   void accept(accept_handler h);
   void abort_accept();
   void safe_point(connection& c, safe_point_handler h);
-  /// Moves what is ready and what is parked to the next generation.
+  /// Queues what is ready and what is parked for the next generation and starts moving it, at
+  /// most a window of moves in flight (restart_options::max_moves_in_flight, bounded by the next
+  /// generation's ack slots); each verdict that comes back starts the next move.
   void move_all();
-  void move_ready_all();
+  /// Connections whose move was refused are queued again by the drain once it retries
+  /// (at most every 100 ms); the others go on meanwhile.
+  void retry_refused();
+  /// The hand-over was abandoned: what waited to move goes back to the application.
+  void abandon_moves();
   /// Connections still open here (pruning the ones that are gone).
   std::size_t owned_count();
   bool ready_full() const;
   std::size_t moves_in_flight() const noexcept { return moves_in_flight_; }
   clock_type::time_point last_move_failure() const noexcept { return last_move_failure_; }
   void cancel_parked();
+  /// A graceful stop begins: ready connections close, the accept waiter and every parked
+  /// connection's waiter hear errc::service_stopping (a later safe point too, at once).
+  void stop_all();
+  std::uint64_t closed_at_stop() const noexcept { return closed_at_stop_; }
 
  private:
   struct parked {
@@ -146,12 +158,21 @@ class connection_book {
     std::optional<safe_point_handler> h;
     safe_point_reader reader;
     std::list<std::shared_ptr<parked>>::iterator self;
+    bool queued = false;    // in to_move_
+    bool finished = false;  // handler called; no longer in parked_
+    bool stopping = false;  // a graceful stop cancelled its read
+    bool move_requested = false;  // a move cancelled its read and starts when the read has ended
   };
 
   void track(connection& c);
   void post_accept(error_code ec, connection c);
+  void queue_parked(const std::shared_ptr<parked>& p);
+  /// Starts queued moves while the window has room.
+  void pump();
+  std::size_t window() const;
   void move_ready(connection c);
   void move_parked(const std::shared_ptr<parked>& p);
+  void send_parked(const std::shared_ptr<parked>& p);
   void read_parked(const std::shared_ptr<parked>& p);
   void finish_parked(const std::shared_ptr<parked>& p, error_code ec, bool moved);
 
@@ -162,6 +183,11 @@ class connection_book {
   std::size_t owned_live_hint_ = 0;
   std::list<std::shared_ptr<parked>> parked_;
   std::size_t moves_in_flight_ = 0;  // on their way to the next generation
+  std::deque<std::shared_ptr<parked>> to_move_;  // parked connections waiting for the window
+  std::deque<connection> outbound_;  // ready connections waiting for the window
+  std::deque<connection> refused_;   // ready connections whose move failed, until the next retry
+  bool parked_refused_ = false;      // a parked connection's move failed since the last retry
+  std::uint64_t closed_at_stop_ = 0;
   clock_type::time_point last_move_failure_{};
 };
 
@@ -193,6 +219,36 @@ class successor {
   std::size_t expected_listeners_ = 0, received_listeners_ = 0;
 };
 
+/// A graceful stop (stop.cpp): from service::async_stop, `batonctl stop` or a signal; waits for a
+/// restart under way to end; drains the connections at their safe points; gives up the names.
+class graceful_stop {
+ public:
+  using handler = asio::any_completion_handler<void(error_code, restart_report)>;
+  explicit graceful_stop(service_impl& s) : s_(s) {}
+
+  /// A stop asked for by the API or batonctl (`reply`: the requester's channel) during a restart
+  /// is refused (errc::restart_in_progress); one from a signal waits for the restart to end.
+  void request(std::optional<handler> h, std::string reply, bool from_signal = false);
+  /// SIGTERM/SIGINT, if restart_options::stop_signals.
+  void arm_signals();
+  /// The service is (again) in charge and serving: begin a stop that waited.
+  void resume_if_pending();
+  void tick(clock_type::time_point now);
+  void close();
+
+ private:
+  void begin();
+  void finish(std::size_t left);
+  void wait_signal();
+
+  service_impl& s_;
+  std::optional<asio::signal_set> signals_;
+  std::vector<handler> waiters_;
+  std::vector<std::string> replies_;
+  bool pending_ = false;
+  clock_type::time_point deadline_{}, started_{};
+};
+
 /// The generation in charge handing over to the next: starts it, welcomes it, sends the
 /// listeners then the connections, and retires, or abandons and keeps serving.
 class handover {
@@ -212,6 +268,8 @@ class handover {
   /// Completes what waits on the restart: `r` carries operation_aborted.
   void close(bool was_retired, const restart_report& r);
   void wait_retired(asio::any_completion_handler<void(error_code, restart_report)> h);
+  /// Completes what waits for this generation's end with s_.report (after a restart or a stop).
+  void notify_retired();
 
  private:
   void drain_step(clock_type::time_point now);
@@ -267,6 +325,7 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   connection_book conns;
   class successor succ;
   class handover hand;
+  graceful_stop stopper;
 
  private:
   void arm_trigger(clock_type::time_point until);

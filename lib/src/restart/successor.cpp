@@ -118,6 +118,8 @@ void successor::finish_start(error_code ec) {
       asio::post(s_.ex, [self = s_.shared_from_this()] { self->succ.inbox_.reset(); });
     }
     s_.listeners.discard();
+  } else {
+    s_.stopper.arm_signals();
   }
   if (start_handler_) {
     auto h = std::move(*start_handler_);
@@ -205,6 +207,7 @@ void successor::on_message(const control_message& m) {
     auto& rep = s_.report;
     rep.connections_moved = r.connections_moved;
     rep.connections_not_moved = r.connections_not_moved;
+    s_.st.connections_lost += r.connections_not_moved;
     rep.listeners_moved = r.listeners_moved;
     rep.ready_time = r.ready_time;
     rep.listeners_time = r.listeners_time;
@@ -236,6 +239,7 @@ void successor::become_in_charge() {
     asio::post(s_.ex, [self = s_.shared_from_this()] { self->succ.inbox_.reset(); });
   }
   s_.try_take_charge(clock_type::now() + 5s);
+  s_.stopper.resume_if_pending();
 }
 
 }  // namespace baton::detail

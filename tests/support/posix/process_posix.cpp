@@ -58,6 +58,7 @@ void child::kill() {
 }
 
 void kill_process(std::uint32_t pid) { ::kill(static_cast<pid_t>(pid), SIGKILL); }
+bool terminate_process(std::uint32_t pid) { return ::kill(static_cast<pid_t>(pid), SIGTERM) == 0; }
 
 void stop_process(std::uint32_t pid) { ::kill(static_cast<pid_t>(pid), SIGSTOP); }
 void resume_process(std::uint32_t pid) { ::kill(static_cast<pid_t>(pid), SIGCONT); }
@@ -111,11 +112,13 @@ void set_recv_timeout(boost::asio::ip::tcp::socket& s, std::chrono::milliseconds
   ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &v, sizeof v);
 }
 
-void raise_fd_limit() {
+std::size_t raise_fd_limit() {
   rlimit r{};
   ::getrlimit(RLIMIT_NOFILE, &r);
   r.rlim_cur = r.rlim_max;
   ::setrlimit(RLIMIT_NOFILE, &r);
+  ::getrlimit(RLIMIT_NOFILE, &r);
+  return r.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 24 : static_cast<std::size_t>(r.rlim_cur);
 }
 
 // Objects of test channels whose receiver died (a crashed run) are removed before tests start;

@@ -57,6 +57,8 @@ void child::kill() {
   wait(std::chrono::seconds(10));
 }
 
+bool terminate_process(std::uint32_t) { return false; }
+
 void kill_process(std::uint32_t pid) {
   HANDLE h = ::OpenProcess(PROCESS_TERMINATE | SYNCHRONIZE, FALSE, pid);
   if (!h) return;
@@ -134,7 +136,7 @@ void set_recv_timeout(boost::asio::ip::tcp::socket& s, std::chrono::milliseconds
 }
 
 // Windows raises no per-process socket limit that a burst of 1,000 connections would reach.
-void raise_fd_limit() {}
+std::size_t raise_fd_limit() { return std::size_t{1} << 24; }
 
 // Windows names die with their last handle: nothing of a crashed run is left to sweep.
 void sweep_stale_test_channels() {}
