@@ -23,17 +23,11 @@ namespace baton_cli {
 
 /// A whole number from `lo` to `hi` (decimal digits only: no sign, no spaces, no suffix).
 inline bool parse_uint(const std::string& s, std::uint64_t lo, std::uint64_t hi, std::uint64_t& out) {
-  if (s.empty() || s.size() > 20) return false;
-  std::uint64_t v = 0;
-  for (char c : s) {
-    if (c < '0' || c > '9') return false;
-    const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
-    if (v > (UINT64_MAX - d) / 10) return false;
-    v = v * 10 + d;
-  }
-  if (v < lo || v > hi) return false;
-  out = v;
-  return true;
+  if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos) return false;
+  errno = 0;
+  const std::uint64_t v = std::strtoull(s.c_str(), nullptr, 10);
+  if (errno == ERANGE || v < lo || v > hi) return false;
+  return out = v, true;
 }
 
 class parser {
@@ -172,9 +166,7 @@ class parser {
 
  private:
   parser& add(const std::string& name, const std::string& metavar, const std::string& help, kind k) {
-    option o;
-    o.name = name, o.metavar = metavar, o.help = help, o.k = k;
-    opts_.push_back(std::move(o));
+    opts_.push_back(option{name, metavar, help, "", "", k});
     return *this;
   }
   option* find(const std::string& name) {
@@ -183,8 +175,7 @@ class parser {
     return nullptr;
   }
   const option& get(const std::string& name) const {
-    for (auto& o : opts_)
-      if (o.name == name) return o;
+    if (auto* o = const_cast<parser*>(this)->find(name)) return *o;
     std::fprintf(stderr, "%s: internal error: option %s was never declared\n", program_.c_str(), name.c_str());
     std::abort();
   }
@@ -196,8 +187,7 @@ class parser {
     const std::string shown = "'" + v + "'";
     if (o.k == kind::integer) {
       std::uint64_t n = 0;
-      const bool digits = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos;
-      if (!digits) return shown + " is not a whole number (expected " + range(o) + ")";
+      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos) return shown + " is not a whole number (expected " + range(o) + ")";
       if (!parse_uint(v, o.lo, o.hi, n)) return shown + " is out of range (expected " + range(o) + ")";
     } else if (o.k == kind::decimal) {
       // Plain decimal notation only: no spaces, hexadecimal, "inf" or "nan" (which strtod takes).
