@@ -6,6 +6,8 @@
 
 #include <boost/json/src.hpp>  // Boost.JSON header-only: compiled into this one file
 
+#include <algorithm>
+
 using namespace baton::test::prelude;
 using namespace baton::test;
 
@@ -216,4 +218,32 @@ TEST(restart, batonctl_restart_timeout) {
   EXPECT_TRUE(o.contains("status_now")) << out;
   // A restart still going on when the test ends would leave a generation behind.
   EXPECT_TRUE(svc.wait_serving(0));
+}
+
+// list_services names a service's control channel and no other channel: batonctl list sends a
+// status request to each name it gets, and another program's channel must never receive one.
+TEST(restart, list_services_names_control_channels_only) {
+  sample_http svc;
+  ASSERT_NE(svc.port, 0);
+  asio::io_context ioc;
+  const std::string plain = unique_name("plain");
+  name_guard plain_guard(plain);
+  auto rx = baton::channel::create(ioc.get_executor(), plain);
+  baton::error_code ec;
+  const auto names = baton::list_services(ec);
+  if (host_is_windows()) {
+    EXPECT_EQ(ec, boost::asio::error::operation_not_supported);
+    EXPECT_TRUE(names.empty());
+    return;
+  }
+  ASSERT_FALSE(ec) << ec.message();
+  EXPECT_EQ(std::count(names.begin(), names.end(), svc.name), 1);
+  EXPECT_EQ(std::count(names.begin(), names.end(), plain), 0);
+  // Nor are batonctl's reply channels (ctl-<pid>-<n>).
+  for (const auto& n : names) EXPECT_NE(n.rfind("ctl-", 0), 0u) << n;
+  std::string out;
+  ASSERT_EQ(batonctl({"list"}, out), 0) << out;
+  EXPECT_EQ(out.find(plain), std::string::npos) << out;
+  baton::ticket t;
+  EXPECT_FALSE(rx.try_receive(t, ec)) << "batonctl list sent a ticket to a channel that is not a service's";
 }
