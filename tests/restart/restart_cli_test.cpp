@@ -58,8 +58,10 @@ struct sample_http {
   child first;
   unsigned short port = 0;
 
-  sample_http() {
-    first = child::run_to_file({program("baton-http"), "--name", name, "--listen", "127.0.0.1:0"}, log);
+  explicit sample_http(const std::vector<std::string>& more_args = {}) {
+    std::vector<std::string> argv{program("baton-http"), "--name", name, "--listen", "127.0.0.1:0"};
+    argv.insert(argv.end(), more_args.begin(), more_args.end());
+    first = child::run_to_file(argv, log);
     const auto until = std::chrono::steady_clock::now() + 60s;
     while (port == 0 && std::chrono::steady_clock::now() < until) {
       const auto s = read_file(log);
@@ -196,6 +198,23 @@ TEST(restart, batonctl_restart_json) {
   EXPECT_EQ(integer(st, "generation"), 2);
   EXPECT_EQ(integer(st, "pid"), new_pid);
   EXPECT_EQ(integer(st, "inherited"), 1);
+}
+
+// A restart that leaves a connection behind at the drain deadline succeeds with exit 3: the
+// connection is in the middle of a slow request (no safe point) for longer than the deadline.
+TEST(restart, batonctl_restart_exit_3_when_connections_were_not_moved) {
+  sample_http svc({"--drain-deadline-ms", "300"});
+  ASSERT_NE(svc.port, 0);
+  http_conn c;
+  ASSERT_TRUE(c.connect(svc.port));
+  ASSERT_TRUE(c.send("GET /slow?ms=4000 HTTP/1.1\r\nHost: t\r\n\r\n"));
+  nap(200ms);  // the request has arrived and is being served
+  std::string out;
+  ASSERT_EQ(batonctl({"restart", svc.name, "--json"}, out), 3) << out;
+  const auto o = parse_object(out);
+  EXPECT_TRUE(boolean(o, "ok"));
+  EXPECT_EQ(integer(o, "new_generation"), 2);
+  EXPECT_EQ(integer(o, "connections_not_moved"), 1);
 }
 
 // A restart that gets no answer within --timeout-ms exits 4 and says what the service reports
