@@ -188,6 +188,7 @@ TEST(restart, batonctl_restart_json) {
   EXPECT_EQ(integer(o, "listeners_moved"), 1);
   EXPECT_EQ(integer(o, "connections_moved"), 1);
   EXPECT_EQ(integer(o, "connections_not_moved"), 0);
+  EXPECT_EQ(integer(o, "connections_lost"), 0);
   EXPECT_GE(integer(o, "handover_us"), 0);
   // The connection went on with the new generation.
   ASSERT_TRUE(c.get("/", r));
@@ -198,6 +199,7 @@ TEST(restart, batonctl_restart_json) {
   EXPECT_EQ(integer(st, "generation"), 2);
   EXPECT_EQ(integer(st, "pid"), new_pid);
   EXPECT_EQ(integer(st, "inherited"), 1);
+  EXPECT_EQ(integer(st, "connections_lost"), 0);
 }
 
 // A restart that leaves a connection behind at the drain deadline succeeds with exit 3: the
