@@ -15,6 +15,8 @@
 //   baton-balancer --serve --listen HOST:PORT [--reuseport] [--tag T]
 //       The same HTTP handler in one process accepting by itself, with no hand-off (the
 //       benchmark's ceiling with SO_REUSEPORT, and nginx's backends). Prints its counts on exit.
+#include "cli.hpp"
+
 #include <baton/balance.hpp>
 #include <baton/spawn.hpp>
 
@@ -106,7 +108,9 @@ bool parse_endpoint(const std::string& s, tcp::endpoint& ep) {
   if (host == "localhost") host = "127.0.0.1";
   auto addr = asio::ip::make_address(host, ec);
   if (ec) return false;
-  ep = tcp::endpoint(addr, static_cast<unsigned short>(std::stoul(s.substr(colon + 1))));
+  std::uint64_t port = 0;
+  if (!baton_cli::parse_uint(s.substr(colon + 1), 0, 65535, port)) return false;
+  ep = tcp::endpoint(addr, static_cast<unsigned short>(port));
   return true;
 }
 
@@ -514,32 +518,49 @@ int run_selftest(unsigned workers, balance::policy pol, unsigned conns, unsigned
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> a(argv + 1, argv + argc);
-  auto has = [&](const char* f) { return std::find(a.begin(), a.end(), f) != a.end(); };
-  auto value = [&](const char* f, const std::string& def) {
-    auto it = std::find(a.begin(), a.end(), f);
-    return it != a.end() && it + 1 != a.end() ? *(it + 1) : def;
-  };
+  baton_cli::parser cli(
+      "baton-balancer",
+      "--listen HOST:PORT [--workers N] [--policy P]\n"
+      "--selftest [--workers N] [--policy P] [--connections C] [--requests R] [--close] [--rebalance] [--scale]\n"
+      "--serve --listen HOST:PORT [--reuseport] [--tag T]",
+      "A dispatcher accepts each connection once and hands it to one of N worker processes (HTTP/1.1\n"
+      "keep-alive servers answering GET / with X-Baton-Worker and X-Baton-Pid); it runs until SIGINT/SIGTERM\n"
+      "and then prints the spread. --selftest drives itself over loopback and checks every response.\n"
+      "--serve runs the same HTTP handler in one process with no hand-off (the benchmark's ceiling).");
+  cli.text("--listen", "HOST:PORT", "address to listen on");
+  cli.integer("--workers", 1, 1024, "worker processes").defaults("2");
+  cli.text("--policy", "P", "round-robin, least-connections or client-hash").defaults("round-robin");
+  cli.flag("--selftest", "listen on 127.0.0.1, drive the balancer with a built-in client, check every answer");
+  cli.integer("--connections", 1, 100000, "--selftest: client connections").defaults("16");
+  cli.integer("--requests", 1, 1000000, "--selftest: requests per connection").defaults("20");
+  cli.flag("--close", "--selftest: send `Connection: close` (one request per connection)");
+  cli.flag("--rebalance", "--selftest: move idle connections between workers halfway, check they keep working");
+  cli.flag("--scale", "--selftest: add a worker and remove one under load");
+  cli.flag("--serve", "one process accepting by itself, no hand-off");
+  cli.flag("--reuseport", "--serve: set SO_REUSEPORT (several --serve processes on one port)");
+  cli.text("--tag", "T", "--serve: a tag the process prints with its counts").defaults("0");
+  cli.flag("--worker", "internal: run as a worker (the dispatcher starts these)");
+  cli.text("--dispatcher", "NAME", "internal: the worker's dispatcher");
+  cli.integer("--index", 0, 1u << 20, "internal: the worker's index").defaults("0");
+  cli.epilog("exit status: 0 on success (--selftest: every request answered and spread as the policy says), 1 when\n"
+             "requests failed, 2 for a wrong command line or a balancer that could not start.");
+  if (auto rc = cli.parse(argc, argv)) return *rc;
   try {
-    if (has("--worker"))
-      return run_worker(value("--dispatcher", ""), static_cast<unsigned>(std::stoul(value("--index", "0"))));
+    if (cli.has("--worker")) return run_worker(cli.str("--dispatcher"), static_cast<unsigned>(cli.num("--index")));
     balance::policy pol = balance::policy::round_robin;
-    if (!balance::parse_policy(value("--policy", "round-robin"), pol)) {
-      std::fprintf(stderr, "baton-balancer: unknown policy %s\n", value("--policy", "").c_str());
-      return 2;
-    }
-    const unsigned workers = static_cast<unsigned>(std::stoul(value("--workers", "2")));
-    if (has("--selftest"))
-      return run_selftest(workers, pol, static_cast<unsigned>(std::stoul(value("--connections", "16"))),
-                          static_cast<unsigned>(std::stoul(value("--requests", "20"))), has("--close"),
-                          has("--rebalance"), has("--scale"));
+    if (!balance::parse_policy(cli.str("--policy"), pol))
+      return cli.fail("--policy: unknown policy '" + cli.str("--policy") +
+                      "' (round-robin, least-connections or client-hash)");
+    const auto workers = static_cast<unsigned>(cli.num("--workers"));
+    if (cli.has("--selftest"))
+      return run_selftest(workers, pol, static_cast<unsigned>(cli.num("--connections")),
+                          static_cast<unsigned>(cli.num("--requests")), cli.has("--close"), cli.has("--rebalance"),
+                          cli.has("--scale"));
     tcp::endpoint ep;
-    if (!parse_endpoint(value("--listen", ""), ep)) {
-      std::fprintf(stderr, "usage: baton-balancer --listen HOST:PORT [--workers N] [--policy P] | --selftest ... | "
-                           "--serve --listen HOST:PORT [--reuseport]\n");
-      return 2;
-    }
-    if (has("--serve")) return run_serve(ep, has("--reuseport"), value("--tag", "0"));
+    if (!cli.has("--listen")) return cli.fail("--listen HOST:PORT is required (or --selftest)");
+    if (!parse_endpoint(cli.str("--listen"), ep))
+      return cli.fail("--listen: '" + cli.str("--listen") + "' is not HOST:PORT (e.g. 127.0.0.1:8080)");
+    if (cli.has("--serve")) return run_serve(ep, cli.has("--reuseport"), cli.str("--tag"));
     return run_balancer(ep, workers, pol);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "baton-balancer: %s\n", e.what());

@@ -6,6 +6,8 @@
 //   baton-demo [--connections N] [--requests N] [--move-every N]
 //
 // Exit status 0 when every request succeeded.
+#include "cli.hpp"
+
 #include <baton/move.hpp>
 #include <baton/spawn.hpp>
 
@@ -239,14 +241,22 @@ int run_demo(const std::string& exe, unsigned conns, unsigned requests, unsigned
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> a(argv + 1, argv + argc);
-  if (a.size() == 4 && a[0] == "--worker") return run_worker(a[1], a[2], static_cast<unsigned>(std::stoul(a[3])));
-  unsigned conns = 200, requests = 50, move_every = 10;
-  for (std::size_t i = 0; i + 1 < a.size(); i += 2) {
-    if (a[i] == "--connections") conns = static_cast<unsigned>(std::stoul(a[i + 1]));
-    else if (a[i] == "--requests") requests = static_cast<unsigned>(std::stoul(a[i + 1]));
-    else if (a[i] == "--move-every") move_every = static_cast<unsigned>(std::stoul(a[i + 1]));
-  }
+  // A worker process, started by the demo itself: --worker OWN_CHANNEL PEER_CHANNEL MOVE_EVERY.
+  std::uint64_t every = 0;
+  if (argc == 5 && std::string(argv[1]) == "--worker" && baton_cli::parse_uint(argv[4], 1, 1000000, every))
+    return run_worker(argv[2], argv[3], static_cast<unsigned>(every));
+  baton_cli::parser cli("baton-demo", "[--connections N] [--requests N] [--move-every N]",
+                        "A dispatcher hands connections to two worker processes, which keep handing live keep-alive\n"
+                        "connections to each other; a built-in client checks every response over loopback.");
+  cli.integer("--connections", 1, 100000, "keep-alive client connections").defaults("200");
+  cli.integer("--requests", 1, 1000000, "requests on each connection").defaults("50");
+  cli.integer("--move-every", 1, 1000000, "a connection moves to the other worker after this many requests").defaults("10");
+  cli.epilog("exit status: 0 when every request was answered, 1 when some failed, 2 for a wrong command line or\n"
+             "a demo that could not start.");
+  if (auto rc = cli.parse(argc, argv)) return *rc;
+  const auto conns = static_cast<unsigned>(cli.num("--connections"));
+  const auto requests = static_cast<unsigned>(cli.num("--requests"));
+  const auto move_every = static_cast<unsigned>(cli.num("--move-every"));
   try {
     return run_demo(baton::current_executable_path(), conns, requests, move_every);
   } catch (const std::exception& e) {

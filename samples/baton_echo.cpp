@@ -1,7 +1,9 @@
 // baton-echo: an echo server that restarts without dropping a connection. Each connection moves
 // to the next generation as soon as it is idle (everything received has been echoed).
 //
-//   baton-echo --name NAME --listen HOST:PORT
+//   baton-echo --name NAME --listen HOST:PORT [--allow-restart-binary 0|1]
+#include "cli.hpp"
+
 #include <baton/restart.hpp>
 #include <baton/spawn.hpp>
 
@@ -34,23 +36,28 @@ asio::awaitable<void> session(baton::service& svc, baton::connection c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  std::string name, listen;
-  bool allow_binary = false;
-  for (std::size_t i = 0; i + 1 < args.size(); i += 2) {
-    if (args[i] == "--name") name = args[i + 1];
-    else if (args[i] == "--listen") listen = args[i + 1];
-    else if (args[i] == "--allow-restart-binary") allow_binary = args[i + 1] == "1";
-  }
+  baton_cli::parser cli("baton-echo", "--name NAME --listen HOST:PORT [--allow-restart-binary 0|1]",
+                        "An echo server that restarts without dropping a connection (`batonctl restart NAME`):\n"
+                        "each connection moves to the next generation as soon as everything received is echoed.");
+  cli.text("--name", "NAME", "service name (1-64 characters from A-Z a-z 0-9 . _ -)").required();
+  cli.text("--listen", "HOST:PORT", "address to listen on (port 0: any free port, printed)").required();
+  cli.integer("--allow-restart-binary", 0, 1, "1: accept `batonctl restart --binary PATH`").defaults("0");
+  cli.epilog("exit status: 0 when this generation handed over to the next, 1 if it could not start, 2 for a\n"
+             "wrong command line.");
+  if (auto rc = cli.parse(argc, argv)) return *rc;
+  const std::string name = cli.str("--name"), listen = cli.str("--listen");
+  if (!baton::channel::valid_name(name))
+    return cli.fail("--name: '" + name + "' is not a service name (1-64 characters from A-Z a-z 0-9 . _ -, not starting with '.')");
   const auto colon = listen.rfind(':');
-  if (name.empty() || colon == std::string::npos) {
-    std::fprintf(stderr, "usage: baton-echo --name NAME --listen HOST:PORT [--allow-restart-binary 1]\n");
-    return 2;
-  }
-  const tcp::endpoint ep(asio::ip::make_address(listen.substr(0, colon)),
-                         static_cast<unsigned short>(std::stoi(listen.substr(colon + 1))));
+  std::uint64_t port = 0;
+  baton::error_code aec;
+  const auto addr = colon == std::string::npos ? asio::ip::address() : asio::ip::make_address(listen.substr(0, colon), aec);
+  if (colon == std::string::npos || aec || !baton_cli::parse_uint(listen.substr(colon + 1), 0, 65535, port))
+    return cli.fail("--listen: '" + listen + "' is not HOST:PORT (e.g. 127.0.0.1:7000)");
+  const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  const bool allow_binary = cli.num("--allow-restart-binary") == 1;
   baton::restart_options opts;
-  opts.next_args = args;
+  opts.next_args.assign(argv + 1, argv + argc);  // the next generation runs with the same command line
   opts.allow_restart_binary = allow_binary;
   // The library reports and never prints; the server writes what its service reports to stderr.
   opts.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
@@ -82,6 +89,11 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     ioc.stop();
   });
-  ioc.run();
+  try {
+    ioc.run();
+  } catch (const std::exception& e) {  // e.g. the listening address is taken
+    std::fprintf(stderr, "baton-echo: %s\n", e.what());
+    return 1;
+  }
   return status;
 }

@@ -3,38 +3,49 @@
 // event Local\baton.NAME.restart on Windows): a new process takes over the listening socket and
 // every open connection, between two requests, and the old one exits.
 //
-//   baton-http --name NAME --listen HOST:PORT [--drain-deadline-ms N]
+//   baton-http --name NAME [--listen HOST:PORT] [--drain-deadline-ms N] [--ready-timeout-ms N]
+//              [--allow-restart-binary 0|1]
 //
 //   GET /            200 "ok", headers X-Baton-Generation, X-Baton-Pid, X-Baton-Requests
 //                    (requests served on this connection, across generations)
 //   GET /slow?ms=N   the same after N ms (a request in flight during a restart)
 //   POST /upload     200 "<bytes> <crc32c>" of the body (an upload during a restart); POST / too
 //   GET /metrics     Baton's counters in Prometheus text format
+#include "cli.hpp"
 #include "http_server.hpp"
 
 #include <chrono>
-#include <cstdio>
 #include <string>
 #include <vector>
 
 using namespace baton_samples;
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
+  baton_cli::parser cli(
+      "baton-http", "--name NAME [--listen HOST:PORT] [options]",
+      "An HTTP/1.1 keep-alive server that restarts without dropping a connection: `batonctl restart NAME`\n"
+      "(or SIGHUP on Linux, or the event Local\\baton.NAME.restart on Windows) starts the next generation,\n"
+      "which takes over the listening socket and every open connection between two requests.\n"
+      "Endpoints: GET / (200 \"ok\"), GET /slow?ms=N, POST /upload, GET /metrics.");
+  cli.text("--name", "NAME", "service name (1-64 characters from A-Z a-z 0-9 . _ -)").required();
+  cli.text("--listen", "HOST:PORT", "address to listen on (port 0: any free port, printed)").defaults("127.0.0.1:8080");
+  cli.integer("--drain-deadline-ms", 0, 86400000, "how long a restart waits for connections to reach a safe point")
+      .defaults("30000");
+  cli.integer("--ready-timeout-ms", 1, 86400000, "how long a restart waits for the next generation to announce itself")
+      .defaults("10000");
+  cli.integer("--allow-restart-binary", 0, 1, "1: accept `batonctl restart --binary PATH`").defaults("0");
+  cli.epilog("exit status: 0 when this generation handed over to the next, 1 if it could not start, 2 for a\n"
+             "wrong command line.");
+  if (auto rc = cli.parse(argc, argv)) return *rc;
   http_service_options o;
-  std::string listen = "127.0.0.1:8080";
-  for (std::size_t i = 0; i + 1 < args.size(); i += 2) {
-    if (args[i] == "--name") o.name = args[i + 1];
-    else if (args[i] == "--listen") listen = args[i + 1];
-    else if (args[i] == "--drain-deadline-ms") o.restart.drain_deadline = std::chrono::milliseconds(std::stol(args[i + 1]));
-    else if (args[i] == "--ready-timeout-ms") o.restart.ready_timeout = std::chrono::milliseconds(std::stol(args[i + 1]));
-    else if (args[i] == "--allow-restart-binary") o.restart.allow_restart_binary = args[i + 1] == "1";
-  }
-  if (o.name.empty() || !parse_endpoint(listen, o.listen)) {
-    std::fprintf(stderr, "usage: baton-http --name NAME --listen HOST:PORT [--drain-deadline-ms N] [--ready-timeout-ms N] "
-                 "[--allow-restart-binary 1]\n");
-    return 2;
-  }
-  o.restart.next_args = args;  // the next generation runs with the same command line
+  o.name = cli.str("--name");
+  if (!baton::channel::valid_name(o.name))
+    return cli.fail("--name: '" + o.name + "' is not a service name (1-64 characters from A-Z a-z 0-9 . _ -, not starting with '.')");
+  if (!parse_endpoint(cli.str("--listen"), o.listen))
+    return cli.fail("--listen: '" + cli.str("--listen") + "' is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:0)");
+  o.restart.drain_deadline = std::chrono::milliseconds(cli.num("--drain-deadline-ms"));
+  o.restart.ready_timeout = std::chrono::milliseconds(cli.num("--ready-timeout-ms"));
+  o.restart.allow_restart_binary = cli.num("--allow-restart-binary") == 1;
+  o.restart.next_args.assign(argv + 1, argv + argc);  // the next generation runs with the same command line
   return run_http_service(o);
 }

@@ -3,6 +3,8 @@
 // its per-connection request count.
 #include "http_server.hpp"
 
+#include "cli.hpp"
+
 #include <baton/metrics.hpp>
 #include <baton/spawn.hpp>
 
@@ -110,7 +112,9 @@ bool parse_endpoint(const std::string& s, tcp::endpoint& ep) {
   if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
   const auto addr = asio::ip::make_address(host, ec);
   if (ec) return false;
-  ep = tcp::endpoint(addr, static_cast<unsigned short>(std::atoi(s.c_str() + colon + 1)));
+  std::uint64_t port = 0;
+  if (!baton_cli::parse_uint(s.substr(colon + 1), 0, 65535, port)) return false;
+  ep = tcp::endpoint(addr, static_cast<unsigned short>(port));
   return true;
 }
 

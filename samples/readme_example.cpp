@@ -1,5 +1,7 @@
 // The example from README.md, compiled and run as a test so that it cannot rot. Dispatcher and
 // worker share one process here; in real use they are two (the channel works the same).
+#include "cli.hpp"
+
 #include <baton/move.hpp>
 
 #include <boost/asio.hpp>
@@ -39,7 +41,12 @@ asio::awaitable<void> dispatch(tcp::acceptor& acc, baton::channel& to_worker) { 
 }
 // --- README example ends ---
 
-int main() {
+int main(int argc, char** argv) {
+  baton_cli::parser cli("readme-example", "",
+                        "Runs README.md's example: a dispatcher hands a connection to a worker through a channel and a\n"
+                        "client checks the echo (both roles in this one process).");
+  cli.epilog("exit status: 0 when the echo came back through the moved connection, 1 otherwise.");
+  if (auto rc = cli.parse(argc, argv)) return *rc;
   asio::io_context ioc;
   const std::string name = "readme-" + std::to_string(baton::ticket_id::random().bytes[0]) + "-" +
                            std::to_string(reinterpret_cast<std::uintptr_t>(&ioc) & 0xFFFF);

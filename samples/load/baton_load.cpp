@@ -18,6 +18,8 @@
 // bumps its generation, so the per-generation accounting is exercised too.
 //
 // This tool is a client of any HTTP/1.1 server and deliberately does not link Baton itself.
+#include "../cli.hpp"
+
 #include <boost/asio.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
@@ -1111,89 +1113,73 @@ int run_serve(const std::string& where, std::uint64_t generation, double duratio
   return 0;
 }
 
-void usage() {
-  std::fprintf(
-      stderr,
-      "usage: baton-load --target HOST:PORT [--connections N] [--duration SECS] [--threads T]\n"
-      "                  [--restart-cmd \"CMD\" [--restarts K] [--first-restart-at S] [--restart-interval S]]\n"
-      "                  [--upload-every N [--upload-size BYTES]] [--svg FILE] [--json FILE] [--quiet]\n"
-      "       baton-load --stand-in [options as above, without --target]\n"
-      "       baton-load --serve HOST:PORT [--generation G] [--duration SECS]\n");
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
   platform::init();
+  baton_cli::parser cli(
+      "baton-load",
+      "--target HOST:PORT [--connections N] [--duration SECS] [--threads T]\n"
+      " [--restart-cmd \"CMD\" [--restarts K] [--first-restart-at S] [--restart-interval S]]\n"
+      " [--upload-every N [--upload-size BYTES]] [--svg FILE] [--json FILE] [--quiet]\n"
+      "--stand-in [the same options, without --target]\n"
+      "--serve HOST:PORT [--generation G] [--duration SECS]",
+      "An HTTP/1.1 keep-alive load generator: N connections send GET / back to back for a fixed time, every\n"
+      "response is checked; optionally a restart command (e.g. `batonctl restart NAME`) runs K times during\n"
+      "the load, and the report compares latency before, during and after each restart. --stand-in serves\n"
+      "itself (a thread behind a real loopback socket); --serve runs that stand-in server alone.");
+  const options d;
+  cli.text("--target", "HOST:PORT", "the server to drive");
+  cli.flag("--stand-in", "drive a stand-in server of this process instead of --target");
+  cli.integer("--stand-in-fault", 0, 1000000000, "the stand-in drops every Nth request unanswered (0: none; tests)")
+      .defaults("0");
+  cli.text("--serve", "HOST:PORT", "run the stand-in server alone on HOST:PORT (port 0: any)");
+  cli.integer("--generation", 0, UINT64_MAX, "--serve: the generation it reports").defaults("1");
+  cli.integer("--connections", 1, 1000000, "keep-alive connections").defaults(std::to_string(d.connections));
+  cli.decimal("--duration", true, "seconds of load (--serve: how long to serve; default: until killed)")
+      .metavar("SECS").defaults("10");
+  cli.integer("--threads", 1, 1024, "I/O threads").metavar("T").defaults("min(CPUs, 4)");
+  cli.text("--restart-cmd", "\"CMD\"", "run through the shell during the load");
+  cli.integer("--restarts", 0, 1000000, "how many times to run --restart-cmd").metavar("K").defaults("1 with --restart-cmd");
+  cli.decimal("--first-restart-at", false, "seconds from the start to the first restart").metavar("S")
+      .defaults("25% of the duration");
+  cli.decimal("--restart-interval", true, "seconds between restarts").metavar("S").defaults("(duration - first) / K");
+  cli.integer("--upload-every", 0, 1000000000, "every Nth request on a connection is POST / with a body (0: none)")
+      .defaults("0");
+  cli.integer("--upload-size", 0, 1u << 30, "bytes of each upload's body").metavar("BYTES").defaults("65536");
+  cli.text("--svg", "FILE", "write the timeline as an SVG chart");
+  cli.text("--json", "FILE", "write the timeline as JSON");
+  cli.flag("--quiet", "no progress line and no restart events on stderr");
+  cli.epilog("exit status: 0 when no request failed, no connection failed and every restart command exited 0;\n"
+             "1 otherwise; 2 for a wrong command line or a run that could not start or write its files.");
+  if (auto rc = cli.parse(argc, argv)) return *rc;
   options o;
-  std::string serve;
-  std::uint64_t generation = 1;
-  bool duration_given = false;
+  o.target = cli.str("--target");
+  o.stand_in = cli.has("--stand-in");
+  o.stand_in_fault = static_cast<unsigned>(cli.num("--stand-in-fault"));
+  o.connections = static_cast<unsigned>(cli.num("--connections"));
+  if (cli.has("--duration")) o.duration_s = cli.dec("--duration");
+  if (cli.has("--threads")) o.threads = static_cast<unsigned>(cli.num("--threads"));
+  o.restart_cmd = cli.str("--restart-cmd");
+  if (cli.has("--restarts")) o.restarts = static_cast<unsigned>(cli.num("--restarts"));
+  if (cli.has("--first-restart-at")) o.first_restart_at = cli.dec("--first-restart-at");
+  if (cli.has("--restart-interval")) o.restart_interval = cli.dec("--restart-interval");
+  o.upload_every = static_cast<unsigned>(cli.num("--upload-every"));
+  o.upload_size = cli.num("--upload-size");
+  o.svg = cli.str("--svg");
+  o.json = cli.str("--json");
+  o.quiet = cli.has("--quiet");
   try {
-    const std::vector<std::string> a(argv + 1, argv + argc);
-    for (std::size_t i = 0; i < a.size(); ++i) {
-      auto value = [&]() -> const std::string& {
-        if (i + 1 >= a.size()) throw std::invalid_argument(a[i] + " needs a value");
-        return a[++i];
-      };
-      auto positive = [&](double v, const std::string& name) {
-        if (!(v > 0)) throw std::invalid_argument(name + " must be positive");
-        return v;
-      };
-      const std::string& k = a[i];
-      if (k == "--target")
-        o.target = value();
-      else if (k == "--stand-in")
-        o.stand_in = true;
-      else if (k == "--stand-in-fault")
-        o.stand_in_fault = static_cast<unsigned>(std::stoul(value()));
-      else if (k == "--serve")
-        serve = value();
-      else if (k == "--generation")
-        generation = std::stoull(value());
-      else if (k == "--connections")
-        o.connections = static_cast<unsigned>(positive(std::stod(value()), k));
-      else if (k == "--duration")
-        o.duration_s = positive(std::stod(value()), k), duration_given = true;
-      else if (k == "--threads")
-        o.threads = static_cast<unsigned>(positive(std::stod(value()), k));
-      else if (k == "--restart-cmd")
-        o.restart_cmd = value();
-      else if (k == "--restarts")
-        o.restarts = static_cast<unsigned>(std::stoul(value()));
-      else if (k == "--first-restart-at") {
-        o.first_restart_at = std::stod(value());
-        if (!(*o.first_restart_at >= 0)) throw std::invalid_argument(k + " must not be negative");
-      } else if (k == "--restart-interval")
-        o.restart_interval = positive(std::stod(value()), k);
-      else if (k == "--upload-every")
-        o.upload_every = static_cast<unsigned>(std::stoul(value()));
-      else if (k == "--upload-size")
-        o.upload_size = std::stoul(value());
-      else if (k == "--svg")
-        o.svg = value();
-      else if (k == "--json")
-        o.json = value();
-      else if (k == "--quiet")
-        o.quiet = true;
-      else if (k == "--help" || k == "-h") {
-        usage();
-        return 0;
-      } else {
-        throw std::invalid_argument("unknown option " + k);
-      }
-    }
-    if (!serve.empty()) return run_serve(serve, generation, duration_given ? o.duration_s : 0);
-    if (o.target.empty() == !o.stand_in)
-      throw std::invalid_argument("give exactly one of --target HOST:PORT and --stand-in");
-    if (!o.restart_cmd.empty() && o.restarts == 0) o.restarts = 1;
-    if (o.restart_cmd.empty() && o.restarts != 0) throw std::invalid_argument("--restarts needs --restart-cmd");
-    o.threads = std::min(o.threads, o.connections);
+    if (cli.has("--serve"))
+      return run_serve(cli.str("--serve"), cli.num("--generation"), cli.has("--duration") ? o.duration_s : 0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "baton-load: %s\n", e.what());
-    usage();
     return 2;
   }
+  if (o.target.empty() == !o.stand_in) return cli.fail("give exactly one of --target HOST:PORT and --stand-in");
+  if (!o.restart_cmd.empty() && o.restarts == 0) o.restarts = 1;
+  if (o.restart_cmd.empty() && o.restarts != 0) return cli.fail("--restarts needs --restart-cmd");
+  o.threads = std::min(o.threads, o.connections);
   try {
     return run_load(std::move(o));
   } catch (const std::exception& e) {

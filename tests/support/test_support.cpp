@@ -107,6 +107,15 @@ int child::wait(std::chrono::milliseconds deadline) {
   return exit_code_;
 }
 
+int run_capture(const std::vector<std::string>& argv, std::string& out, std::chrono::milliseconds deadline) {
+  const std::string path = temp_path("out");
+  auto c = child::run_to_file(argv, path);
+  const int rc = c.wait(deadline);
+  out = read_file(path);
+  remove_file(path);
+  return rc;
+}
+
 void report_bytes_checked(std::uint64_t n) {
   std::printf("[ BYTES    ] %llu bytes checked for continuity\n", static_cast<unsigned long long>(n));
   std::fflush(stdout);

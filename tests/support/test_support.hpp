@@ -50,6 +50,9 @@ class child {
   int wait(std::chrono::milliseconds deadline = std::chrono::seconds(60));
   /// Hard kill (SIGKILL / TerminateProcess), then reaps.
   void kill();
+  /// Like run, with the program's standard output written to the file `out` (created or
+  /// truncated); its standard error stays ours.
+  static child run_to_file(std::vector<std::string> argv, const std::string& out);
 
  private:
   static child launch(std::vector<std::string> argv);  // platform half (posix/, win/)
@@ -117,6 +120,11 @@ void touch(const std::string& path);
 void remove_file(const std::string& path);
 /// Waits until `path` exists or the deadline passes.
 bool wait_for_file(const std::string& path, std::chrono::milliseconds deadline = std::chrono::seconds(30));
+
+/// Runs a program (argv[0] its path) to its end, its standard output in `out`; returns its exit
+/// code, or -1 if it was still running at the deadline (then it is killed).
+int run_capture(const std::vector<std::string>& argv, std::string& out,
+                std::chrono::milliseconds deadline = std::chrono::seconds(120));
 
 // A process stalled on purpose (the ring's stopped producer): on POSIX it stops itself (SIGSTOP)
 // and resume_stalled sends SIGCONT; on Windows it waits for the file `resume`, which

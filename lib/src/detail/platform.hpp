@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace baton::detail {
 
@@ -53,6 +54,10 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
 /// Says which of channel `name`'s objects belong to another user, with their paths and owners,
 /// and what to do; empty if none does (or the platform cannot tell: Windows).
 std::string describe_foreign_objects(const std::string& name);
+/// Names of the channels whose ring object exists and belongs to this user (the receiver may be
+/// dead): POSIX reads the "baton.NAME.ring" entries of /dev/shm. Windows cannot list the named
+/// objects of a session simply: boost::asio::error::operation_not_supported.
+std::vector<std::string> list_channel_names(error_code& ec);
 /// Regions from create_region/open_region are guarded against another process truncating their
 /// object (POSIX: an access past the end would raise SIGBUS). A fault inside a guarded region
 /// grows the object back to the region's size (the lost pages read as zeros) or, if that fails,

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <pthread.h>
 #include <csignal>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -370,6 +371,30 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
   remove_transfer_endpoint(name);
   doorbell::remove(object_name(name, "bell", false));
   ::unlink(path.c_str());
+}
+
+std::vector<std::string> list_channel_names(error_code& ec) {
+  ec.clear();
+  std::vector<std::string> names;
+  DIR* d = ::opendir("/dev/shm");
+  if (!d) {
+    ec = last_errno();
+    return names;
+  }
+  const std::string prefix = "baton.", suffix = ".ring";
+  while (const dirent* e = ::readdir(d)) {
+    const std::string f = e->d_name;
+    if (f.size() <= prefix.size() + suffix.size() || f.compare(0, prefix.size(), prefix) != 0 ||
+        f.compare(f.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    struct stat st {};
+    if (::fstatat(::dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_uid != ::geteuid())
+      continue;
+    names.push_back(f.substr(prefix.size(), f.size() - prefix.size() - suffix.size()));
+  }
+  ::closedir(d);
+  return names;
 }
 
 std::string describe_foreign_objects(const std::string& name) {

@@ -2,9 +2,12 @@
 // the control client that batonctl uses (see service_impl.hpp).
 #include "restart/service_impl.hpp"
 
+#include "channel_impl.hpp"
+
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <sstream>
@@ -205,6 +208,42 @@ std::string request_status(const std::string& service, std::chrono::milliseconds
   for (auto& ch : text)
     if (ch == ';') ch = '\n';
   return text;
+}
+
+namespace {
+
+// control_exchange's reply channels: "ctl-<pid>-<number>".
+bool reply_channel_name(const std::string& n) {
+  const auto dash = n.find('-', 4);
+  auto digits = [&](std::size_t from, std::size_t to) {
+    return to > from && std::all_of(n.begin() + from, n.begin() + to, [](char c) { return c >= '0' && c <= '9'; });
+  };
+  return n.rfind("ctl-", 0) == 0 && dash != std::string::npos && digits(4, dash) && digits(dash + 1, n.size());
+}
+
+}  // namespace
+
+std::vector<std::string> list_services(error_code& ec) {
+  auto names = detail::list_channel_names(ec);
+  std::vector<std::string> services;
+  if (ec) return services;
+  // Only a channel with the control channel's geometry and a live receiver is a service: a
+  // status request must never reach another program's channel (baton-demo's workers, for one,
+  // stop at any control ticket).
+  const auto want = detail::restart_channel_options();
+  boost::asio::io_context ioc;
+  for (const auto& n : names) {
+    if (!channel::valid_name(n) || reply_channel_name(n)) continue;
+    error_code oec;
+    auto ch = channel::open(ioc.get_executor(), n, want, oec);
+    if (oec) continue;
+    const auto& id = detail::channel_access::get(ch).ring.identity();
+    if (id.ack_slots == want.ack_slots && id.data_bytes == want.ring_bytes &&
+        id.max_record_bytes == want.limits.max_ticket_bytes)
+      services.push_back(n);
+  }
+  std::sort(services.begin(), services.end());
+  return services;
 }
 
 }  // namespace baton

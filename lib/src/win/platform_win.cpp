@@ -2,6 +2,7 @@
 #include "detail/platform.hpp"
 #include "win/security.hpp"
 
+#include <boost/asio/error.hpp>
 #include <boost/interprocess/windows_shared_memory.hpp>
 
 namespace baton::detail {
@@ -102,6 +103,13 @@ void remove_stale_channel(const std::string& name, const owner_reader& owner_of,
 }
 
 std::string describe_foreign_objects(const std::string&) { return {}; }
+
+// Named sections live in the session's object directory (\Sessions\N\BaseNamedObjects), which
+// only the native API (NtQueryDirectoryObject) lists; Baton does not go there.
+std::vector<std::string> list_channel_names(error_code& ec) {
+  ec = boost::asio::error::operation_not_supported;
+  return {};
+}
 
 // A section's size is fixed when it is created and cannot change while it is mapped (there is
 // no ftruncate for a pagefile-backed section, and SetEndOfFile on a file with a mapped view fails

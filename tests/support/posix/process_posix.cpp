@@ -41,6 +41,23 @@ child child::launch(std::vector<std::string> argv) {
   return c;
 }
 
+child child::run_to_file(std::vector<std::string> argv, const std::string& out) {
+  child c;
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  ::posix_spawn_file_actions_init(&fa);
+  ::posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  pid_t pid = 0;
+  const int rc = ::posix_spawnp(&pid, cargv[0], &fa, nullptr, cargv.data(), environ);
+  ::posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) throw std::runtime_error("posix_spawn failed");
+  c.pid_ = static_cast<std::uint32_t>(pid);
+  c.reaped_ = false;
+  return c;
+}
+
 bool child::running() {
   if (reaped_) return false;
   int status = 0;

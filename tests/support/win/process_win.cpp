@@ -38,6 +38,34 @@ child child::launch(std::vector<std::string> argv) {
   return c;
 }
 
+child child::run_to_file(std::vector<std::string> argv, const std::string& out) {
+  child c;
+  std::string cmd;
+  for (auto& a : argv) cmd += "\"" + a + "\" ";
+  SECURITY_ATTRIBUTES sa{sizeof sa, nullptr, TRUE};  // the child inherits the file as its stdout
+  HANDLE file = ::CreateFileA(out.c_str(), GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, &sa,
+                              CREATE_ALWAYS, FILE_ATTRIBUTE_NORMAL, nullptr);
+  if (file == INVALID_HANDLE_VALUE) throw std::runtime_error("CreateFile failed: " + std::to_string(::GetLastError()));
+  STARTUPINFOA si{};
+  si.cb = sizeof si;
+  si.dwFlags = STARTF_USESTDHANDLES;
+  si.hStdInput = ::GetStdHandle(STD_INPUT_HANDLE);
+  si.hStdOutput = file;
+  si.hStdError = ::GetStdHandle(STD_ERROR_HANDLE);
+  PROCESS_INFORMATION pi{};
+  // Handle inheritance also passes this process's other inheritable handles; the programs run
+  // this way are short-lived tools, and tests that use this hold no client sockets meanwhile.
+  const BOOL ok = ::CreateProcessA(nullptr, cmd.data(), nullptr, nullptr, TRUE, 0, nullptr, nullptr, &si, &pi);
+  const DWORD err = ::GetLastError();
+  ::CloseHandle(file);
+  if (!ok) throw std::runtime_error("CreateProcess failed: " + std::to_string(err));
+  ::CloseHandle(pi.hThread);
+  c.pid_ = pi.dwProcessId;
+  c.handle_ = reinterpret_cast<std::intptr_t>(pi.hProcess);
+  c.reaped_ = false;
+  return c;
+}
+
 bool child::running() {
   if (reaped_) return false;
   DWORD code = 0;
