@@ -7,6 +7,10 @@
 //       (restart_options::allow_restart_binary; baton-http/baton-echo --allow-restart-binary 1).
 //   batonctl status NAME [--json]
 //       Generation, pid, state, connections and counters of the running generation.
+//   batonctl stop NAME [--timeout-ms N] [--json]
+//       Stops NAME's running generation gracefully (as SIGTERM does): no new connections, the
+//       requests in flight finish, every connection closes after its last response, the name is
+//       released; prints how each connection ended.
 //   batonctl list [--json]
 //       The services of this user on this host, each with its status (Linux; Windows cannot
 //       list named objects simply and says so).
@@ -31,12 +35,14 @@ using ms = std::chrono::milliseconds;
 
 const char* const exit_codes =
     "exit status:\n"
-    "  0  done (restart: the next generation took over everything)\n"
+    "  0  done (restart: the next generation took over everything; stop: every connection closed\n"
+    "     after its last response)\n"
     "  1  failed: the service was not found, did not answer, or the restart failed (the running\n"
     "     generation keeps serving); `list` on Windows, which cannot list services\n"
     "  2  wrong command line\n"
     "  3  restart: the next generation took over, but some connections were not moved by the\n"
-    "     drain deadline and ended with the old generation (the summary says how many)\n"
+    "     drain deadline and ended with the old generation (the summary says how many); stop:\n"
+    "     some connections were still in a request at the drain deadline and were cut\n"
     "  4  restart: no answer within --timeout-ms; the restart may still be under way (the\n"
     "     message says what the service reports now; check again with `batonctl status NAME`)";
 
@@ -177,6 +183,8 @@ std::string report_json(const std::string& name, const baton::restart_report& r,
                        {"connections_moved", number(r.connections_moved)},
                        {"connections_not_moved", number(r.connections_not_moved)},
                        {"connections_lost", number(r.connections_lost)},
+                       {"stopped", r.stopped ? "true" : "false"},
+                       {"connections_closed", number(r.connections_closed)},
                        {"ready_us", us(r.ready_time)},
                        {"listeners_us", us(r.listeners_time)},
                        {"handover_us", us(r.handover_time)},
@@ -234,25 +242,37 @@ int restart(const std::string& name, const std::string& binary, ms timeout, bool
   return r.connections_not_moved ? 3 : 0;
 }
 
+int stop(const std::string& name, ms timeout, bool json) {
+  baton::error_code ec;
+  const auto r = baton::request_stop(name, timeout, ec);
+  if (json) std::printf("%s\n", report_json(name, r, "", "").c_str());
+  else if (r.ec) std::printf("stop of %s failed: %s\n", name.c_str(), r.ec.message().c_str());
+  else std::printf("%s\n", baton::to_string(r, name).c_str());
+  if (r.ec) return 1;
+  return r.connections_not_moved ? 3 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   baton_cli::parser cli("batonctl",
                         "restart NAME [--binary PATH] [--timeout-ms N] [--json]\n"
                         "status NAME [--timeout-ms N] [--json]\n"
+                        "stop NAME [--timeout-ms N] [--json]\n"
                         "list [--timeout-ms N] [--json]",
                         "Controls the hot-restartable Baton services of this user on this host.\n"
                         "  restart  starts the next generation of service NAME and waits until it has taken over\n"
                         "  status   generation, pid, state, connections and counters of NAME's running generation\n"
+                        "  stop     stops NAME gracefully: requests in flight finish, connections close, the name is freed\n"
                         "  list     every service of this user with its generation, pid and connections (Linux)");
   cli.text("--binary", "PATH", "restart: the next generation's executable (the service must allow it)");
   cli.integer("--timeout-ms", 1, 86400000,
-              "how long to wait for an answer (default: restart 60000, status 5000, list 1000 per service)");
+              "how long to wait for an answer (default: restart and stop 60000, status 5000, list 1000 per service)");
   cli.flag("--json", "print one JSON object instead of text");
   cli.positionals(0, 2).epilog(exit_codes);
   if (auto rc = cli.parse(argc, argv)) return *rc;
   const auto& p = cli.positional();
-  if (p.empty()) return cli.fail("missing command: restart, status or list");
+  if (p.empty()) return cli.fail("missing command: restart, status, stop or list");
   const std::string& cmd = p[0];
   const bool json = cli.has("--json");
   auto timeout = [&](long long def) { return ms(cli.has("--timeout-ms") ? static_cast<long long>(cli.num("--timeout-ms")) : def); };
@@ -261,11 +281,16 @@ int main(int argc, char** argv) {
     if (cli.has("--binary")) return cli.fail("--binary is an option of restart only");
     return list(timeout(1000), json);
   }
-  if (cmd != "restart" && cmd != "status") return cli.fail("unknown command '" + cmd + "' (restart, status or list)");
+  if (cmd != "restart" && cmd != "status" && cmd != "stop")
+    return cli.fail("unknown command '" + cmd + "' (restart, status, stop or list)");
   if (p.size() < 2) return cli.fail(cmd + " needs the service's NAME");
   if (cmd == "status") {
     if (cli.has("--binary")) return cli.fail("--binary is an option of restart only");
     return status(p[1], timeout(5000), json);
+  }
+  if (cmd == "stop") {
+    if (cli.has("--binary")) return cli.fail("--binary is an option of restart only");
+    return stop(p[1], timeout(60000), json);
   }
   return restart(p[1], cli.str("--binary"), timeout(60000), json);
 }

@@ -268,3 +268,25 @@ TEST(restart, list_services_names_control_channels_only) {
   baton::ticket t;
   EXPECT_FALSE(rx.try_receive(t, ec)) << "batonctl list sent a ticket to a channel that is not a service's";
 }
+
+// `batonctl stop`: the real baton-http stops gracefully, says how its connections ended, exits 0.
+TEST(restart, batonctl_stop_json) {
+  sample_http svc;
+  ASSERT_NE(svc.port, 0);
+  http_conn c;
+  ASSERT_TRUE(c.connect(svc.port));
+  response r;
+  ASSERT_TRUE(c.get("/", r));
+  std::string out;
+  ASSERT_EQ(batonctl({"stop", svc.name, "--json"}, out), 0) << out;
+  const auto o = parse_object(out);
+  EXPECT_TRUE(boolean(o, "ok"));
+  EXPECT_TRUE(boolean(o, "stopped"));
+  EXPECT_EQ(integer(o, "old_generation"), 1);
+  EXPECT_EQ(integer(o, "connections_closed"), 1);
+  EXPECT_EQ(integer(o, "connections_not_moved"), 0);
+  EXPECT_EQ(svc.first.wait(30s), 0) << "baton-http exits 0 after a graceful stop";
+  EXPECT_FALSE(c.get("/", r)) << "the idle connection was closed";
+  // Nothing left to stop: the name is free.
+  EXPECT_EQ(batonctl({"stop", svc.name}, out), 1) << out;
+}
