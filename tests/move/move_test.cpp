@@ -395,8 +395,8 @@ BATON_TEST_ROLE(listener_target) {
   asio::io_context ioc;
   auto rx = baton::channel::create(ioc.get_executor(), args.at(0));
   const std::string stop = args.at(2), result = args.at(3);
-  int served = 0;
-  std::string mode = "none";
+  int served = 0, accepted = 0;
+  std::string mode = "none", accept_error = "none";
   baton::listener lst;
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     auto a = co_await baton::async_receive(rx, asio::use_awaitable);
@@ -404,7 +404,11 @@ BATON_TEST_ROLE(listener_target) {
     mode = lst.mode() == baton::attach_mode::native ? "native" : "emulated";
     for (;;) {
       auto [ec, s] = co_await lst.async_accept(tuple_aw);
-      if (ec) co_return;
+      if (ec) {
+        accept_error = std::to_string(ec.value()) + ":" + ec.message();
+        co_return;
+      }
+      ++accepted;
       asio::co_spawn(ioc, [&, s = std::move(s)]() mutable -> asio::awaitable<void> {
         char c;
         co_await asio::async_read(s, asio::buffer(&c, 1), asio::use_awaitable);
@@ -419,7 +423,8 @@ BATON_TEST_ROLE(listener_target) {
     ioc.run_for(10ms);
     if (ioc.stopped()) ioc.restart();
   }
-  baton::test::write_file(result, "served=" + std::to_string(served) + " mode=" + mode);
+  baton::test::write_file(result, "served=" + std::to_string(served) + " accepted=" + std::to_string(accepted) +
+                                      " mode=" + mode + " accept_error=" + accept_error);
   return 0;
 }
 

@@ -2,7 +2,12 @@
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/windows/object_handle.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
 
 namespace baton::detail {
 
@@ -156,14 +161,28 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
 // An imported listener still bound to another port: readiness through WSAEventSelect(FD_ACCEPT)
 // awaited by the reactor, then a non-blocking accept(). Accepted sockets are new kernel objects,
 // never bound to any port, so they attach natively.
+//
+// Windows re-enables the FD_ACCEPT notice on every accept() call; Wine (8.0) only on one that
+// returns a connection. A notice whose connection was gone when accept() ran (Wine's server can
+// post it after an accept already took that connection) therefore turns Wine's notices off for
+// good: later connections wait in the backlog and no event ever says so (seen: a moved listener
+// that accepted 2 connections and then none for two minutes, under CPU load). So whenever a
+// notice found nothing, and at the start (a previous holder may have left the notice off), the
+// listener looks for connections on a timer instead (5 ms, doubling to 100 ms) and goes back to
+// the event after the next accept() that returns a connection, which turns the notices on again.
 struct emu_listener_state {
   SOCKET s = INVALID_SOCKET;
   tcp proto = tcp::v4();
   HANDLE ev = nullptr;
   asio::windows::object_handle wait;
+  asio::steady_timer probe;
+  std::chrono::milliseconds probe_every{5};  // zero: notices are on, wait for the event
+  // Counts cancel() calls. A wait whose completion was already queued when cancel() ran still
+  // completes without an error; the accept it belongs to must end then, not try again.
+  std::uint64_t cancels = 0;
   bool closed = false;
   emu_listener_state(const asio::any_io_executor& ex, SOCKET sock, tcp p)
-      : s(sock), proto(p), ev(new_event()), wait(ex, ev) {}
+      : s(sock), proto(p), ev(new_event()), wait(ex, ev), probe(ex) {}
   ~emu_listener_state() {
     if (s != INVALID_SOCKET) ::closesocket(s);
   }
@@ -179,17 +198,18 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
   ~emulated_listener() override { close(); }
 
   void accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) override {
-    try_accept(ex_, st_, std::move(h));
+    try_accept(ex_, st_, std::move(h), false, st_->cancels);
   }
   void cancel() override {
+    ++st_->cancels;
     error_code ec;
     st_->wait.cancel(ec);
+    st_->probe.cancel();
   }
   void close() override {
     if (st_->closed) return;
     st_->closed = true;
-    error_code ec;
-    st_->wait.cancel(ec);
+    cancel();
     // No WSAEventSelect(s, nullptr, 0) here: the selection belongs to the socket object, which
     // other processes may hold too (a listener just moved on), and clearing it would clear theirs.
     ::closesocket(st_->s);
@@ -200,9 +220,12 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
   void set_shutdown_on_close(bool) override {}
 
  private:
+  // `notified`: the event announced a connection just before this attempt. `epoch`: the count
+  // of cancel() calls when the accept began.
   static void try_accept(const asio::any_io_executor& ex, std::shared_ptr<emu_listener_state> st,
-                         asio::any_completion_handler<void(error_code, tcp::socket)> h) {
-    if (st->closed) {
+                         asio::any_completion_handler<void(error_code, tcp::socket)> h, bool notified,
+                         std::uint64_t epoch) {
+    if (st->closed || st->cancels != epoch) {
       asio::post(ex, asio::append(std::move(h), error_code(asio::error::operation_aborted), tcp::socket(ex)));
       return;
     }
@@ -215,6 +238,7 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
     }
     SOCKET c = ::accept(st->s, nullptr, nullptr);
     if (c != INVALID_SOCKET) {
+      st->probe_every = std::chrono::milliseconds(0);  // this accept turned the notices on
       // The accepted socket inherits the listener's event selection and non-blocking mode;
       // undo both before Asio takes it.
       ::WSAEventSelect(c, nullptr, 0);
@@ -232,14 +256,24 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
       asio::post(ex, asio::append(std::move(h), wsa_error(e), tcp::socket(ex)));
       return;
     }
-    st->wait.async_wait([ex, st, h = std::move(h)](error_code ec) mutable {
+    if (notified || st->probe_every.count() > 0) {
+      using std::chrono::milliseconds;
+      const auto every = st->probe_every.count() == 0 ? milliseconds(5) : st->probe_every;
+      st->probe_every = std::min(every * 2, milliseconds(100));
+      st->probe.expires_after(every);
+      st->probe.async_wait([ex, st, h = std::move(h), epoch](error_code ec) mutable {
+        if (ec) return std::move(h)(ec, tcp::socket(ex));
+        try_accept(ex, st, std::move(h), false, epoch);
+      });
+      return;
+    }
+    st->wait.async_wait([ex, st, h = std::move(h), epoch](error_code ec) mutable {
       if (ec) return std::move(h)(ec, tcp::socket(ex));
       WSANETWORKEVENTS ne{};
-      ::WSAEnumNetworkEvents(st->s, st->ev, &ne);  // also resets the event
-      try_accept(ex, st, std::move(h));
+      if (!st->closed) ::WSAEnumNetworkEvents(st->s, st->ev, &ne);  // also resets the event
+      try_accept(ex, st, std::move(h), (ne.lNetworkEvents & FD_ACCEPT) != 0, epoch);
     });
   }
-
 };
 
 }  // namespace
