@@ -176,10 +176,11 @@ detail::control_message control_exchange(const std::string& service, detail::con
 
 }  // namespace
 
-restart_report request_restart(const std::string& service, const std::string& binary,
-                               std::chrono::milliseconds timeout, error_code& ec) {
-  detail::control_message req("restart");
-  if (!binary.empty()) req.set("binary", binary);
+namespace {
+
+// Sends `req` to the service and reads the report its "result" answer carries.
+restart_report request_report(const std::string& service, const detail::control_message& req,
+                              std::chrono::milliseconds timeout, error_code& ec) {
   auto m = control_exchange(service, req, "result", timeout, ec);
   if (ec) {
     restart_report r;
@@ -191,16 +192,17 @@ restart_report request_restart(const std::string& service, const std::string& bi
   return r;
 }
 
+}  // namespace
+
+restart_report request_restart(const std::string& service, const std::string& binary,
+                               std::chrono::milliseconds timeout, error_code& ec) {
+  detail::control_message req("restart");
+  if (!binary.empty()) req.set("binary", binary);
+  return request_report(service, req, timeout, ec);
+}
+
 restart_report request_stop(const std::string& service, std::chrono::milliseconds timeout, error_code& ec) {
-  auto m = control_exchange(service, detail::control_message("stop"), "result", timeout, ec);
-  if (ec) {
-    restart_report r;
-    r.ec = ec;
-    return r;
-  }
-  auto r = detail::get_report(m);
-  ec = r.ec;
-  return r;
+  return request_report(service, detail::control_message("stop"), timeout, ec);
 }
 
 std::string request_status(const std::string& service, std::chrono::milliseconds timeout, error_code& ec) {
