@@ -4,7 +4,9 @@
 
 #include "test_prelude.hpp"
 
-#include <boost/json/src.hpp>  // Boost.JSON header-only: compiled into this one file
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/json/value.hpp>  // Boost.JSON's sources: tests/support/boost_json.cpp
 
 #include <algorithm>
 
