@@ -1,0 +1,352 @@
+// The keeper, baton-run, with the real programs (samples/): baton-run keeps baton-http through
+// restarts under keep-alive load (0 failed requests, its pid unchanged, every generation its
+// child, no zombie), as a PID namespace's PID 1 (Linux, orphans reaped), and stops everything on
+// SIGTERM (Linux) or `batonctl stop` (Windows). And `batonctl clean`, which removes what a killed
+// service left in /dev/shm and leaves a live service's objects alone.
+#include "baton/keeper.hpp"
+
+#include "../restart/restart_support.hpp"
+#include "detail/platform.hpp"
+#include "test_prelude.hpp"
+
+#include <boost/asio.hpp>
+
+#include <fstream>
+#include <sstream>
+
+#ifndef _WIN32
+#include <dirent.h>
+#endif
+
+using namespace baton::test::prelude;
+using namespace baton::test;
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+std::string program(const std::string& name) { return helper_exe("../samples/" + name); }
+
+int batonctl(const std::vector<std::string>& args, std::string& out) {
+  std::vector<std::string> argv{program("batonctl")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_capture(argv, out);
+}
+
+// A loopback port nobody listens on now (baton-http is then told to listen on it).
+unsigned short free_port() {
+  asio::io_context ioc;
+  tcp::acceptor a(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
+}
+
+// The generation that answers a new connection's GET / (0: no answer).
+std::uint64_t generation_answering(unsigned short port) {
+  http_conn c;
+  response r;
+  if (!c.connect(port) || !c.get("/", r) || r.status != 200) return 0;
+  return r.header_u64("x-baton-generation");
+}
+
+bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::seconds within = 60s) {
+  const auto until = steady::now() + within;
+  while (steady::now() < until) {
+    if (generation_answering(port) == g) return true;
+    nap(50ms);
+  }
+  return false;
+}
+
+#ifndef _WIN32
+// /proc/<pid>/stat: the state letter and the parent pid ('\0' if the process is gone).
+struct proc_stat {
+  char state = '\0';
+  std::uint32_t ppid = 0;
+};
+proc_stat read_stat(std::uint32_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const auto close = s.rfind(')');  // the command may contain spaces and parentheses
+  proc_stat st;
+  if (close == std::string::npos) return st;
+  std::istringstream rest(s.substr(close + 1));
+  rest >> st.state >> st.ppid;
+  return st;
+}
+// The processes whose parent is `ppid`, with their state.
+std::vector<std::pair<std::uint32_t, proc_stat>> children_of(std::uint32_t ppid) {
+  std::vector<std::pair<std::uint32_t, proc_stat>> out;
+  DIR* d = ::opendir("/proc");
+  if (!d) return out;
+  while (const dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const auto pid = std::strtoul(e->d_name, &end, 10);
+    if (pid == 0 || *end != '\0') continue;
+    const auto st = read_stat(static_cast<std::uint32_t>(pid));
+    if (st.state != '\0' && st.ppid == ppid) out.emplace_back(static_cast<std::uint32_t>(pid), st);
+  }
+  ::closedir(d);
+  return out;
+}
+std::size_t zombies_of(std::uint32_t ppid) {
+  std::size_t n = 0;
+  for (auto& [pid, st] : children_of(ppid)) n += st.state == 'Z';
+  return n;
+}
+// Waits (bounded) until `ppid` has no zombie child; returns how many are left.
+std::size_t wait_no_zombie(std::uint32_t ppid) {
+  const auto until = steady::now() + 10s;
+  std::size_t n = zombies_of(ppid);
+  while (n != 0 && steady::now() < until) {
+    nap(20ms);
+    n = zombies_of(ppid);
+  }
+  return n;
+}
+// The value of `key:` in /proc/<pid>/status ("" if none).
+std::string status_field(std::uint32_t pid, const std::string& key) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
+  return {};
+}
+bool shm_has(const std::string& fragment) {
+  bool found = false;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (const dirent* e = ::readdir(d))
+      if (std::string(e->d_name).find(fragment) != std::string::npos) found = true;
+    ::closedir(d);
+  }
+  return found;
+}
+#endif
+
+// baton-run keeping baton-http. `prefix`: what runs baton-run (e.g. unshare); `orphans`: every
+// generation leaves an orphan (a `sleep` whose parent exited) on its way in (POSIX, through sh).
+struct kept_service {
+  std::string name = unique_name("kp");
+  name_guard guard{name};
+  std::string out = temp_path("keeper-out");
+  unsigned short port = free_port();
+  std::chrono::milliseconds drain{15000};
+  child run;  // baton-run, or the prefix that runs it
+  std::set<std::uint32_t> seen_pids;  // of the generations, when they are pids of ours (no namespace)
+  bool own_pids = true;
+
+  explicit kept_service(std::vector<std::string> prefix = {}, bool orphans = false) {
+    own_pids = prefix.empty();
+    // POSIX: the keeper's log (its standard error) goes to the output file too, through a shell
+    // that execs it (so the keeper keeps the pid the shell started with).
+    if (!host_is_windows()) prefix.insert(prefix.end(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1"});
+    std::vector<std::string> argv = prefix;
+    const std::string http = program("baton-http");
+    const std::string listen = "127.0.0.1:" + std::to_string(port);
+    argv.insert(argv.end(), {program("baton-run"), "--drain-ms", std::to_string(drain.count()), "--name", name, "--"});
+    if (orphans)
+      argv.insert(argv.end(), {"/bin/sh", "-c", "(sleep 2 &) ; exec \"$0\" --name \"$1\" --listen \"$2\"", http, name, listen});
+    else
+      argv.insert(argv.end(), {http, "--name", name, "--listen", listen});
+    run = child::run_to_file(argv, out);
+  }
+  ~kept_service() {
+    run.kill();
+    // Generations outlive a killed keeper: end each one seen.
+    for (auto pid : seen_pids)
+      if (process_exists(pid)) kill_process(pid);
+    remove_file(out);
+  }
+  // How many times the keeper's log says `what`.
+  std::size_t logged(const std::string& what) const {
+    const auto text = read_file(out);
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  }
+  // The pid of the generation answering now (0: none); remembered for the clean-up.
+  std::uint32_t serving_pid() {
+    http_conn c;
+    response r;
+    if (!c.connect(port) || !c.get("/", r) || r.status != 200) return 0;
+    const auto pid = static_cast<std::uint32_t>(r.header_u64("x-baton-pid"));
+    if (own_pids) seen_pids.insert(pid);
+    return pid;
+  }
+};
+
+}  // namespace
+
+// Three restarts under keep-alive load: SIGHUP to the keeper, then `batonctl restart` twice
+// (Windows: batonctl each time). Then a stop: SIGTERM to the keeper (Windows: batonctl stop).
+TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
+  kept_service svc({}, !host_is_windows());
+  const auto keeper_pid = svc.run.pid();
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  std::vector<std::uint32_t> gens{svc.serving_pid()};
+  {
+    load l(svc.port, 6);
+    wait_for_requests(l, 200);
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      if (!host_is_windows() && g == 2) {
+        baton::error_code ec;
+        baton::detail::fire_restart_trigger(svc.name, keeper_pid, ec);  // SIGHUP
+        ASSERT_FALSE(ec) << ec.message();
+      } else {
+        std::string out;
+        EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
+        EXPECT_NE(out.find("generation " + std::to_string(g - 1) + " -> " + std::to_string(g)), std::string::npos) << out;
+      }
+      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered";
+      wait_for_requests(l, 100);
+      EXPECT_TRUE(svc.run.running()) << "the keeper exited during restart " << g - 1;
+      gens.push_back(svc.serving_pid());
+    }
+    l.finish();
+    EXPECT_EQ(l.failed.load(), 0u);
+    EXPECT_EQ(l.conn_errors.load(), 0u);
+    EXPECT_EQ(l.sequence_errors.load(), 0u);
+    EXPECT_GE(l.ok.load(), 500u);
+    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+  }
+  // Four generations, four processes, none of them the keeper.
+  EXPECT_EQ(std::set<std::uint32_t>(gens.begin(), gens.end()).size(), 4u);
+  EXPECT_FALSE(std::set<std::uint32_t>(gens.begin(), gens.end()).count(keeper_pid));
+#ifndef _WIN32
+  // Every generation is the keeper's child; the old ones are gone, reaped: no zombie (the orphans
+  // each generation left are reaped too: the keeper is their subreaper).
+  EXPECT_EQ(read_stat(gens.back()).ppid, keeper_pid);
+  // The keeper started each of them (not the previous generation), and heard each take charge.
+  EXPECT_EQ(svc.logged("baton-run: started "), 4u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton-run: generation 4 (pid " + std::to_string(gens.back()) + ") is in charge"), 1u)
+      << read_file(svc.out);
+  EXPECT_EQ(wait_no_zombie(keeper_pid), 0u) << "zombies left under the keeper";
+  for (std::size_t i = 0; i + 1 < gens.size(); ++i) EXPECT_EQ(read_stat(gens[i]).state, '\0') << gens[i];
+#endif
+
+  const auto t0 = steady::now();
+  if (host_is_windows()) {
+    std::string out;
+    EXPECT_EQ(batonctl({"stop", svc.name}, out), 0) << out;
+  } else {
+    ASSERT_TRUE(terminate_process(keeper_pid));  // SIGTERM
+  }
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << "the keeper ends with the service's status 0";
+  EXPECT_LT(steady::now() - t0, svc.drain) << "an idle service stops well within the drain deadline";
+  for (auto pid : gens) EXPECT_FALSE(process_exists(pid)) << "generation pid " << pid << " outlived the keeper";
+  baton::error_code ec;
+  baton::request_status(svc.name, 2s, ec);
+  EXPECT_EQ(ec, baton::errc::service_not_found) << ec.message();
+#ifndef _WIN32
+  EXPECT_FALSE(shm_has("baton." + svc.name)) << "objects of the service left in /dev/shm";
+  EXPECT_FALSE(shm_has("baton.keeper-" + std::to_string(keeper_pid) + "-")) << "the keeper's channel left in /dev/shm";
+#endif
+}
+
+#ifndef _WIN32
+// The keeper as PID 1 of its own PID namespace (as in a container): three restarts (SIGHUP from
+// outside) under load, the orphans every generation leaves are adopted and reaped by it, SIGTERM
+// ends everything.
+TEST(keeper, as_pid_1_of_a_pid_namespace) {
+  std::string out;
+  if (run_capture({"/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "/bin/true"}, out, 30s) != 0)
+    GTEST_SKIP() << "unshare --pid --fork --mount-proc is not available or not permitted here (needs root or user "
+                    "namespaces)";
+  // --kill-child: should the test fail early, PID 1 (and with it the namespace) ends with unshare.
+  kept_service svc({"/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "--kill-child"}, true);
+  // unshare forks the namespace's PID 1, which execs baton-run: find it (its pid out here).
+  std::uint32_t keeper = 0;
+  for (const auto until = steady::now() + 30s; keeper == 0 && steady::now() < until; nap(20ms))
+    for (auto& [pid, st] : children_of(svc.run.pid())) keeper = pid;
+  ASSERT_NE(keeper, 0u) << "unshare started no process";
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  const auto nspid = status_field(keeper, "NSpid");
+  ASSERT_EQ(nspid.substr(nspid.find_last_of(" \t") + 1), "1") << "the keeper is not PID 1 in its namespace: " << nspid;
+  // The orphan generation 1 left (`sleep`, re-parented to PID 1) shows up as the keeper's child.
+  bool adopted = false;
+  for (const auto until = steady::now() + 10s; !adopted && steady::now() < until; nap(20ms))
+    for (auto& [pid, st] : children_of(keeper))
+      if (status_field(pid, "Name").find("sleep") != std::string::npos) adopted = true;
+  EXPECT_TRUE(adopted) << "no orphan was re-parented to the keeper";
+  {
+    load l(svc.port, 6);
+    wait_for_requests(l, 200);
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      baton::error_code ec;
+      baton::detail::fire_restart_trigger(svc.name, keeper, ec);  // SIGHUP, from outside the namespace
+      ASSERT_FALSE(ec) << ec.message();
+      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered";
+      wait_for_requests(l, 100);
+      EXPECT_TRUE(process_exists(keeper)) << "PID 1 exited during restart " << g - 1;
+      svc.serving_pid();
+    }
+    l.finish();
+    EXPECT_EQ(l.failed.load(), 0u);
+    EXPECT_EQ(l.conn_errors.load(), 0u);
+    EXPECT_EQ(l.sequence_errors.load(), 0u);
+    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+  }
+  // The orphans (each lives 2 s) end and are reaped by PID 1: wait for them, then count zombies.
+  for (const auto until = steady::now() + 20s; steady::now() < until; nap(50ms)) {
+    bool sleeping = false;
+    for (auto& [pid, st] : children_of(keeper))
+      if (st.state != 'Z' && status_field(pid, "Name").find("sleep") != std::string::npos) sleeping = true;
+    if (!sleeping) break;
+  }
+  EXPECT_EQ(wait_no_zombie(keeper), 0u) << "zombies left under PID 1";
+  EXPECT_EQ(svc.logged("baton-run: started "), 4u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton-run: restarted " + svc.name + ": generation 3 -> 4"), 1u) << read_file(svc.out);
+  const auto t0 = steady::now();
+  ASSERT_TRUE(terminate_process(keeper));
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << "unshare exits with PID 1's status, the service's 0";
+  EXPECT_LT(steady::now() - t0, svc.drain);
+  // The generations' pids are the namespace's; the namespace ends with its PID 1.
+  EXPECT_FALSE(process_exists(keeper));
+  EXPECT_TRUE(children_of(keeper).empty());
+  EXPECT_FALSE(shm_has("baton." + svc.name)) << "objects of the service left in /dev/shm";
+}
+#endif
+
+// A service killed with SIGKILL (TerminateProcess) leaves its objects; `batonctl clean NAME`
+// removes them, and leaves those of a live service alone.
+TEST(keeper, batonctl_clean_removes_what_a_killed_service_left_and_nothing_live) {
+  const std::string dead = unique_name("cd"), live = unique_name("cl");
+  name_guard g1(dead), g2(live);
+  auto start = [](const std::string& name) {
+    return child::run({program("baton-http"), "--name", name, "--listen", "127.0.0.1:0"});
+  };
+  auto serving = [](const std::string& name) {
+    for (const auto until = steady::now() + 60s; steady::now() < until; nap(50ms)) {
+      baton::error_code ec;
+      const auto st = baton::request_status(name, 5s, ec);
+      if (!ec && st.find("state serving") != std::string::npos) return true;
+    }
+    return false;
+  };
+  child a = start(dead), b = start(live);
+  ASSERT_TRUE(serving(dead));
+  ASSERT_TRUE(serving(live));
+  a.kill();
+  std::string out;
+  if (host_is_windows()) {
+    EXPECT_EQ(batonctl({"clean", dead}, out), 0) << out;
+    EXPECT_NE(out.find("nothing to clean on Windows"), std::string::npos) << out;
+    b.kill();
+    return;
+  }
+#ifndef _WIN32
+  ASSERT_TRUE(file_exists("/dev/shm/baton." + dead + ".ring")) << "SIGKILL left nothing behind: nothing to test";
+  EXPECT_EQ(batonctl({"clean", live}, out), 0) << out;
+  EXPECT_NE(out.find("nothing to clean for " + live), std::string::npos) << out;
+  EXPECT_TRUE(file_exists("/dev/shm/baton." + live + ".ring"));
+  baton::error_code ec;
+  baton::request_status(live, 5s, ec);
+  EXPECT_FALSE(ec) << "the live service stopped answering after clean: " << ec.message();
+  EXPECT_EQ(batonctl({"clean", dead}, out), 0) << out;
+  EXPECT_NE(out.find("removed " + dead + " "), std::string::npos) << out;
+  EXPECT_FALSE(shm_has("baton." + dead + ".")) << "clean left objects of the killed service";
+  EXPECT_TRUE(file_exists("/dev/shm/baton." + live + ".ring"));
+  baton::request_status(live, 5s, ec);
+  EXPECT_FALSE(ec) << ec.message();
+  b.kill();
+#endif
+}
