@@ -174,6 +174,15 @@ struct kept_service {
   }
 };
 
+// Generation 1 serving, and a request of `ms` milliseconds running on `busy`.
+void start_slow_request(kept_service& svc, http_conn& busy, int ms) {
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  svc.serving_pid();
+  ASSERT_TRUE(busy.connect(svc.port));
+  ASSERT_TRUE(busy.send("GET /slow?ms=" + std::to_string(ms) + " HTTP/1.1\r\nHost: t\r\n\r\n"));
+  nap(200ms);
+}
+
 }  // namespace
 
 // Three restarts under keep-alive load: SIGHUP to the keeper (Windows: `batonctl restart`), then
@@ -356,5 +365,71 @@ TEST(keeper, batonctl_clean_removes_what_a_killed_service_left_and_nothing_live)
   baton::request_status(live, 5s, ec);
   EXPECT_FALSE(ec) << ec.message();
   b.kill();
+#endif
+}
+
+// A generation that crashes with no successor ends the keeper with its status (it is not
+// restarted), and the keeper removes what the crash left under the service's name.
+TEST(keeper, a_crashed_generation_ends_the_keeper_with_its_status) {
+  kept_service svc;
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  const auto pid = svc.serving_pid();
+  ASSERT_NE(pid, 0u);
+  kill_process(pid);  // SIGKILL / TerminateProcess(137)
+  EXPECT_EQ(svc.run.wait(30s), 137) << "the keeper ends with the crashed generation's status";
+  EXPECT_EQ(generation_answering(svc.port), 0u) << "something still serves";
+#ifndef _WIN32
+  EXPECT_FALSE(shm_has("baton." + svc.name)) << "the crash's objects were left in /dev/shm";
+  EXPECT_EQ(svc.logged("exited with status 137"), 1u) << read_file(svc.out);
+#endif
+}
+
+// SIGTERM while a restart is under way: the stop waits for it, then stops the new generation;
+// the request in flight is answered; the keeper ends with status 0.
+TEST(keeper, a_stop_during_a_restart_stops_the_new_generation) {
+  if (host_is_windows()) GTEST_SKIP() << "SIGTERM to the keeper: Linux (on Windows batonctl stop is refused during a restart, as without a keeper)";
+#ifndef _WIN32
+  kept_service svc;
+  http_conn busy;  // keeps generation 1 handing over until it is answered
+  ASSERT_NO_FATAL_FAILURE(start_slow_request(svc, busy, 2000));
+  baton::error_code ec;
+  baton::detail::fire_restart_trigger(svc.name, svc.run.pid(), ec);  // SIGHUP to the keeper
+  ASSERT_FALSE(ec) << ec.message();
+  // Stop once generation 2 is running (it announces itself and takes the listener at once, while
+  // generation 1 still holds the request).
+  const auto until = steady::now() + 30s;
+  while (svc.logged("baton-run: started ") < 2 && steady::now() < until) nap(10ms);
+  ASSERT_EQ(svc.logged("baton-run: started "), 2u) << read_file(svc.out);
+  ASSERT_TRUE(terminate_process(svc.run.pid()));
+  response r;
+  ASSERT_TRUE(busy.read(r)) << "the request in flight was cut";
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton-run: generation 2 (pid "), 1u) << "generation 2 never took charge: " << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton-run: stopped " + svc.name + ": generation 2"), 1u) << read_file(svc.out);
+  EXPECT_EQ(generation_answering(svc.port), 0u) << "something still serves";
+  for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
+  EXPECT_FALSE(shm_has("baton." + svc.name));
+#endif
+}
+
+// A second SIGTERM stops at once: a request that would run for a minute is cut.
+TEST(keeper, a_second_sigterm_stops_at_once) {
+  if (host_is_windows()) GTEST_SKIP() << "SIGTERM to the keeper: Linux";
+#ifndef _WIN32
+  kept_service svc;
+  http_conn busy;
+  ASSERT_NO_FATAL_FAILURE(start_slow_request(svc, busy, 60000));
+  ASSERT_TRUE(terminate_process(svc.run.pid()));
+  // The graceful stop waits for the request: the keeper is still there a moment later.
+  const auto until = steady::now() + 30s;
+  while (svc.logged("stopping: no new connections") == 0 && steady::now() < until) nap(10ms);
+  EXPECT_TRUE(svc.run.running());
+  const auto t0 = steady::now();
+  ASSERT_TRUE(terminate_process(svc.run.pid()));
+  EXPECT_EQ(svc.run.wait(30s), 0) << read_file(svc.out);
+  EXPECT_LT(steady::now() - t0, 20s) << "the second SIGTERM did not stop at once";
+  EXPECT_EQ(svc.logged("stopping every generation at once"), 1u) << read_file(svc.out);
+  for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
 #endif
 }
