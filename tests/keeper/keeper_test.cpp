@@ -433,3 +433,17 @@ TEST(keeper, a_second_sigterm_stops_at_once) {
   for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
 #endif
 }
+
+// The keeper killed: its generation keeps serving, and a restart fails with a message that says
+// why (errc::keeper_gone) instead of a bare "channel not found".
+TEST(keeper, without_its_keeper_a_restart_fails_and_says_why) {
+  kept_service svc;
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  const auto pid = svc.serving_pid();
+  svc.run.kill();
+  std::string out;
+  EXPECT_EQ(batonctl({"restart", svc.name}, out), 1) << out;
+  EXPECT_NE(out.find(baton::make_error_code(baton::errc::keeper_gone).message()), std::string::npos) << out;
+  EXPECT_EQ(generation_answering(svc.port), 1u) << "generation 1 stopped serving";
+  EXPECT_TRUE(process_exists(pid));
+}

@@ -53,7 +53,10 @@ void handover::begin(std::optional<asio::any_completion_handler<void(error_code,
     // answer (op=spawned) names the next generation's pid, whose death then fails the restart.
     control_message m("spawn");
     m.set("reply", s_.name);
-    if ((ec = send_message(s_.ex, s_.opts.keeper, m))) return fail(ec);
+    if ((ec = send_message(s_.ex, s_.opts.keeper, m))) {
+      if (ec == errc::channel_not_found || ec == errc::channel_owner_dead) ec = errc::keeper_gone;
+      return fail(ec);
+    }
     s_.peer = process_watch();
     return s_.ensure_tick(20ms);
   }
