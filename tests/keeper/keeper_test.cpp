@@ -11,11 +11,12 @@
 
 #include <boost/asio.hpp>
 
-#include <fstream>
 #include <sstream>
 
 #ifndef _WIN32
 #include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
 #endif
 
 using namespace baton::test::prelude;
@@ -63,9 +64,19 @@ struct proc_stat {
   char state = '\0';
   std::uint32_t ppid = 0;
 };
+// A /proc file's text ("" if it cannot be read: the process may have just gone, and a read
+// then fails with ESRCH, which iostreams would throw).
+std::string read_proc(const std::string& path) {
+  std::string s;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return s;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return s;
+}
 proc_stat read_stat(std::uint32_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const std::string s = read_proc("/proc/" + std::to_string(pid) + "/stat");
   const auto close = s.rfind(')');  // the command may contain spaces and parentheses
   proc_stat st;
   if (close == std::string::npos) return st;
@@ -105,7 +116,7 @@ std::size_t wait_no_zombie(std::uint32_t ppid) {
 }
 // The value of `key:` in /proc/<pid>/status ("" if none).
 std::string status_field(std::uint32_t pid, const std::string& key) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::istringstream f(read_proc("/proc/" + std::to_string(pid) + "/status"));
   std::string line;
   while (std::getline(f, line))
     if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
@@ -156,6 +167,15 @@ struct kept_service {
       if (process_exists(pid)) kill_process(pid);
     remove_file(out);
   }
+  // Waits until the keeper's log says that generation `g` took charge (the restart before it has
+  // ended: a trigger before that is refused as a restart in progress). POSIX, where the log is
+  // captured; elsewhere true.
+  bool wait_in_charge(std::uint64_t g) const {
+    if (host_is_windows()) return true;
+    const auto until = steady::now() + 60s;
+    while (logged("baton-run: generation " + std::to_string(g) + " (pid ") == 0 && steady::now() < until) nap(10ms);
+    return logged("baton-run: generation " + std::to_string(g) + " (pid ") == 1;
+  }
   // How many times the keeper's log says `what`.
   std::size_t logged(const std::string& what) const {
     const auto text = read_file(out);
@@ -177,6 +197,7 @@ struct kept_service {
 // Generation 1 serving, and a request of `ms` milliseconds running on `busy`.
 void start_slow_request(kept_service& svc, http_conn& busy, int ms) {
   ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
   svc.serving_pid();
   ASSERT_TRUE(busy.connect(svc.port));
   ASSERT_TRUE(busy.send("GET /slow?ms=" + std::to_string(ms) + " HTTP/1.1\r\nHost: t\r\n\r\n"));
@@ -193,6 +214,7 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
   const auto keeper_pid = svc.run.pid();
   ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
   std::vector<std::uint32_t> gens{svc.serving_pid()};
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
   {
     load l(svc.port, 6);
     wait_for_requests(l, 200);
@@ -212,7 +234,8 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
         EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
         EXPECT_NE(out.find("generation " + std::to_string(g - 1) + " -> " + std::to_string(g)), std::string::npos) << out;
       }
-      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered";
+      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered; the keeper said:\n" << read_file(svc.out);
+      ASSERT_TRUE(svc.wait_in_charge(g)) << "generation " << g << " never took charge; the keeper said:\n" << read_file(svc.out);
       wait_for_requests(l, 100);
       EXPECT_TRUE(svc.run.running()) << "the keeper exited during restart " << g - 1;
       gens.push_back(svc.serving_pid());
@@ -276,6 +299,7 @@ TEST(keeper, as_pid_1_of_a_pid_namespace) {
     for (auto& [pid, st] : children_of(svc.run.pid())) keeper = pid;
   ASSERT_NE(keeper, 0u) << "unshare started no process";
   ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
   const auto nspid = status_field(keeper, "NSpid");
   ASSERT_EQ(nspid.substr(nspid.find_last_of(" \t") + 1), "1") << "the keeper is not PID 1 in its namespace: " << nspid;
   // The orphan generation 1 left (`sleep`, re-parented to PID 1) shows up as the keeper's child.
@@ -291,7 +315,8 @@ TEST(keeper, as_pid_1_of_a_pid_namespace) {
       baton::error_code ec;
       baton::detail::fire_restart_trigger(svc.name, keeper, ec);  // SIGHUP, from outside the namespace
       ASSERT_FALSE(ec) << ec.message();
-      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered";
+      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered; the keeper said:\n" << read_file(svc.out);
+      ASSERT_TRUE(svc.wait_in_charge(g)) << "generation " << g << " never took charge; the keeper said:\n" << read_file(svc.out);
       wait_for_requests(l, 100);
       EXPECT_TRUE(process_exists(keeper)) << "PID 1 exited during restart " << g - 1;
       svc.serving_pid();
