@@ -11,11 +11,15 @@
 
 #include <boost/asio.hpp>
 
+#include <algorithm>
+#include <cstring>
 #include <sstream>
 
 #ifndef _WIN32
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #endif
 
@@ -471,4 +475,101 @@ TEST(keeper, without_its_keeper_a_restart_fails_and_says_why) {
   EXPECT_NE(out.find(baton::make_error_code(baton::errc::keeper_gone).message()), std::string::npos) << out;
   EXPECT_EQ(generation_answering(svc.port), 1u) << "generation 1 stopped serving";
   EXPECT_TRUE(process_exists(pid));
+}
+
+// systemd's notify protocol, with the test as systemd: a datagram socket at NOTIFY_SOCKET that
+// sees each sender's pid. The keeper (the unit's main process) says READY=1 once generation 1
+// serves, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around each of three restarts, and
+// STOPPING=1 on SIGTERM, each with a STATUS= line.
+TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
+  if (host_is_windows()) GTEST_SKIP() << "systemd: Linux (the Windows Service Control Manager is not spoken yet)";
+#ifndef _WIN32
+  if (!baton::detail::supervisor_notify_built())
+    GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
+  const std::string path = temp_path("notify");
+  remove_file(path);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof addr.sun_path) << path;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0) << path;
+  const int on = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
+  timeval tv{0, 100000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::mutex m;
+  std::vector<std::pair<std::uint32_t, std::string>> heard;  // sender pid, text
+  std::atomic<bool> done{false};
+  std::thread listener([&] {
+    while (!done) {
+      char buf[4096];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+      iovec iov{buf, sizeof buf};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      const auto n = ::recvmsg(fd, &msg, 0);
+      if (n <= 0) continue;
+      std::uint32_t pid = 0;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+          ucred cr{};
+          std::memcpy(&cr, CMSG_DATA(c), sizeof cr);
+          pid = static_cast<std::uint32_t>(cr.pid);
+        }
+      std::lock_guard lk(m);
+      heard.emplace_back(pid, std::string(buf, static_cast<std::size_t>(n)));
+    }
+  });
+  auto count = [&](const std::string& what) {
+    std::lock_guard lk(m);
+    return std::count_if(heard.begin(), heard.end(), [&](auto& h) { return h.second.find(what) != std::string::npos; });
+  };
+  auto wait_count = [&](const std::string& what, long n) {
+    for (const auto until = steady::now() + 30s; count(what) < n && steady::now() < until;) nap(10ms);
+    return count(what) >= n;
+  };
+  {
+    set_env("NOTIFY_SOCKET", path);
+    kept_service svc;
+    set_env("NOTIFY_SOCKET", "");
+    ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+    EXPECT_TRUE(wait_count("READY=1", 1)) << "no READY=1 once generation 1 served";
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      std::string out;
+      EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
+      ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
+      EXPECT_TRUE(wait_count("READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
+    }
+    svc.serving_pid();
+    ASSERT_TRUE(terminate_process(svc.run.pid()));
+    EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0);
+    EXPECT_TRUE(wait_count("STOPPING=1", 1));
+    done = true;
+    listener.join();
+    ::close(fd);
+    remove_file(path);
+    // In order, each from the keeper (the pid systemd accepts with NotifyAccess=main).
+    std::vector<std::string> states;
+    for (auto& [pid, text] : heard) {
+      EXPECT_EQ(pid, svc.run.pid()) << text;
+      EXPECT_NE(text.find("STATUS="), std::string::npos) << text;
+      if (text.find("RELOADING=1") != std::string::npos) {
+        EXPECT_NE(text.find("MONOTONIC_USEC="), std::string::npos) << text;
+        states.push_back("RELOADING");
+      } else if (text.find("READY=1") != std::string::npos) {
+        states.push_back("READY");
+      } else if (text.find("STOPPING=1") != std::string::npos) {
+        states.push_back("STOPPING");
+      }
+    }
+    const std::vector<std::string> expected{"READY",     "RELOADING", "READY", "RELOADING", "READY",
+                                            "RELOADING", "READY",     "STOPPING"};
+    EXPECT_EQ(states, expected);
+  }
+#endif
 }

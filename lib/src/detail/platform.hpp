@@ -233,4 +233,14 @@ std::unique_ptr<keeper_os> make_keeper_os(const boost::asio::any_io_executor& ex
 /// Sets an environment variable of this process, inherited by the children it starts next.
 void set_environment(const std::string& name, const std::string& value);
 
+/// The service's state, for the service manager that started this process.
+enum class supervisor_state { ready, reloading, stopping, status };
+/// Tells the service manager about the service: systemd through libsystemd's sd_notify (to
+/// NOTIFY_SOCKET; READY=1, RELOADING=1 with MONOTONIC_USEC, STOPPING=1, each with STATUS=`status`).
+/// Returns false where nobody listens (no NOTIFY_SOCKET), the build has no libsystemd, or on
+/// Windows (the Service Control Manager is not spoken yet).
+bool notify_supervisor(supervisor_state s, const std::string& status) noexcept;
+/// True where notify_supervisor can reach systemd (the build has libsystemd).
+bool supervisor_notify_built() noexcept;
+
 }  // namespace baton::detail

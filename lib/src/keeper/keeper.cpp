@@ -88,6 +88,16 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     return child.pid;
   }
 
+  // systemd (sd_notify): READY=1 when the first generation takes charge; RELOADING=1 when a
+  // restart starts a new generation, READY=1 when it has taken charge (or the restart failed);
+  // STOPPING=1. Each with a STATUS= line.
+  void tell(supervisor_state s, const std::string& status) {
+    if (s == supervisor_state::ready && !reloading && ready_told) s = supervisor_state::status;
+    if (s == supervisor_state::ready) ready_told = true;
+    reloading = s == supervisor_state::reloading;
+    notify_supervisor(s, status);
+  }
+
   void receive() {
     auto c = ch;
     c->async_receive([self = shared_from_this(), c](error_code ec, ticket t) {
@@ -113,6 +123,9 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
         const auto pid = spawn(ec);
         if (ec) a.set_error(ec);
         else a.set("pid", std::uint64_t{pid});
+        if (!ec) tell(supervisor_state::reloading, "generation " + std::to_string(st.in_charge_generation) +
+                                                       " hands over to a new one (pid " + std::to_string(pid) + ")");
+        else tell(supervisor_state::ready, "restart failed: " + ec.message());
       }
       if (auto ec = send_message(ex, m.get("reply"), a)) note("baton-run: cannot answer a spawn request: " + ec.message());
     } else if (op == "charge") {
@@ -125,6 +138,8 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
       note("baton-run: generation " + std::to_string(st.in_charge_generation) + " (pid " +
            std::to_string(st.in_charge_pid) + ") is in charge of " + svc);
       if (stopping) stop_sent_to = 0;  // a restart ended during the stop: stop the new generation too
+      else tell(supervisor_state::ready, "generation " + std::to_string(st.in_charge_generation) + " (pid " +
+                                            std::to_string(st.in_charge_pid) + ") serving");
     } else if (op == "result") {
       const auto r = get_report(m);
       if (r.stopped || (stopping && r.ec)) {
@@ -133,6 +148,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
         else note("baton-run: " + to_string(r, opts.service));
       } else {
         note("baton-run: " + to_string(r, opts.service));
+        if (r.ec && !stopping) tell(supervisor_state::ready, "restart failed: " + r.ec.message());
       }
     }
   }
@@ -143,6 +159,9 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     if (pid == st.in_charge_pid) st.in_charge_pid = 0;
     if (status != 0) {
       note("baton-run: generation pid " + std::to_string(pid) + " exited with status " + std::to_string(status));
+      // A next generation that died before taking charge: its predecessor serves on.
+      if (reloading && !stopping && !children.empty())
+        tell(supervisor_state::ready, "restart failed: the new generation exited with status " + std::to_string(status));
     }
     if (children.empty()) {
       // A generation ending with no successor alive ends the keeper: a crash is the supervisor's
@@ -173,6 +192,8 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
       stopping = true;
       stop_deadline = clock_type::now() + opts.drain_deadline;
       note("baton-run: stopping");
+      tell(supervisor_state::stopping, "stopping: generations drain for up to " +
+                                           std::to_string(opts.drain_deadline.count()) + " ms");
       return send_stop();
     }
     stop_at_once();
@@ -241,6 +262,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
   keeper_stats st;
   int last_status = 0;
   bool finished = false, stopping = false, at_once = false;
+  bool ready_told = false, reloading = false;  // what systemd has been told
   std::uint32_t stop_sent_to = 0;
   clock_type::time_point stop_deadline{}, kill_deadline{};
 };

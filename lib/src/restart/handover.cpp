@@ -230,6 +230,7 @@ void handover::fail(error_code ec) {
     s_.reply(s_.reply_to, m);
   }
   s_.reply_to.clear();
+  s_.tell_keeper_in_charge();
   complete(ec);
   s_.stopper.resume_if_pending();
 }

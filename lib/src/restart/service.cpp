@@ -89,12 +89,15 @@ void service_impl::take_charge(error_code& ec) {
   control = std::make_shared<channel>(std::move(ctl));
   ph = service_phase::serving;
   receive_control();
-  if (!opts.keeper.empty()) {
-    control_message m("charge");
-    m.set("service", name).set("pid", std::uint64_t{pid}).set("generation", gen);
-    if (auto kec = send_message(ex, opts.keeper, m)) note("baton: service " + name + " cannot reach its keeper: " + kec.message());
-  }
+  tell_keeper_in_charge();
   if (opts.os_triggers && !trigger) arm_trigger(clock_type::now() + 5s);
+}
+
+void service_impl::tell_keeper_in_charge() const {
+  if (opts.keeper.empty()) return;
+  control_message m("charge");
+  m.set("service", name).set("pid", std::uint64_t{pid}).set("generation", gen);
+  if (auto ec = send_message(ex, opts.keeper, m)) note("baton: service " + name + " cannot reach its keeper: " + ec.message());
 }
 
 void service_impl::try_take_charge(clock_type::time_point until) {

@@ -9,7 +9,7 @@
 //     op=spawned pid | error        the keeper started the next generation (or could not)
 //   to the keeper's channel (BATON_KEEPER, baton/keeper.hpp; from the generation in charge):
 //     op=spawn reply                start the next generation, answer on `reply`
-//     op=charge service pid generation   this generation took charge
+//     op=charge service pid generation   this generation took charge (or kept it: restart failed)
 //   to the next generation's inbox (from N):
 //     op=welcome generation listeners pid      then the listeners, then the connections, then
 //     op=done ...counts and times... reply     (N owns nothing any more)
@@ -303,6 +303,8 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   /// take_charge, retried while the old generation's objects are on their way out; then answers
   /// whoever asked for the restart.
   void try_take_charge(clock_type::time_point until);
+  /// Under a keeper: tells it that this generation is in charge (again, after a failed restart).
+  void tell_keeper_in_charge() const;
   void wait_trigger();
   void stop_timers();
   std::string status_text();

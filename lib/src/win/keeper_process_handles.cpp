@@ -93,4 +93,8 @@ void set_environment(const std::string& name, const std::string& value) {
   ::SetEnvironmentVariableA(name.c_str(), value.empty() ? nullptr : value.c_str());
 }
 
+// The Service Control Manager's status reporting is not built yet: nobody to tell.
+bool notify_supervisor(supervisor_state, const std::string&) noexcept { return false; }
+bool supervisor_notify_built() noexcept { return false; }
+
 }  // namespace baton::detail
