@@ -177,8 +177,8 @@ struct kept_service {
   bool wait_in_charge(std::uint64_t g) const {
     if (host_is_windows()) return true;
     const auto until = steady::now() + 60s;
-    while (logged("baton-run: generation " + std::to_string(g) + " (pid ") == 0 && steady::now() < until) nap(10ms);
-    return logged("baton-run: generation " + std::to_string(g) + " (pid ") == 1;
+    while (logged("baton: keeper: generation " + std::to_string(g) + " (pid ") == 0 && steady::now() < until) nap(10ms);
+    return logged("baton: keeper: generation " + std::to_string(g) + " (pid ") == 1;
   }
   // How many times the keeper's log says `what`.
   std::size_t logged(const std::string& what) const {
@@ -259,8 +259,8 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
   // each generation left are reaped too: the keeper is their subreaper).
   EXPECT_EQ(read_stat(gens.back()).ppid, keeper_pid);
   // The keeper started each of them (not the previous generation), and heard each take charge.
-  EXPECT_EQ(svc.logged("baton-run: started "), 4u) << read_file(svc.out);
-  EXPECT_EQ(svc.logged("baton-run: generation 4 (pid " + std::to_string(gens.back()) + ") is in charge"), 1u)
+  EXPECT_EQ(svc.logged("baton: keeper: started "), 4u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: generation 4 (pid " + std::to_string(gens.back()) + ") is in charge"), 1u)
       << read_file(svc.out);
   EXPECT_EQ(wait_no_zombie(keeper_pid), 0u) << "zombies left under the keeper";
   for (std::size_t i = 0; i + 1 < gens.size(); ++i) EXPECT_EQ(read_stat(gens[i]).state, '\0') << gens[i];
@@ -339,8 +339,8 @@ TEST(keeper, as_pid_1_of_a_pid_namespace) {
     if (!sleeping) break;
   }
   EXPECT_EQ(wait_no_zombie(keeper), 0u) << "zombies left under PID 1";
-  EXPECT_EQ(svc.logged("baton-run: started "), 4u) << read_file(svc.out);
-  EXPECT_EQ(svc.logged("baton-run: restarted " + svc.name + ": generation 3 -> 4"), 1u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: started "), 4u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: restarted " + svc.name + ": generation 3 -> 4"), 1u) << read_file(svc.out);
   const auto t0 = steady::now();
   ASSERT_TRUE(terminate_process(keeper));
   EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << "unshare exits with PID 1's status, the service's 0";
@@ -427,15 +427,15 @@ TEST(keeper, a_stop_during_a_restart_stops_the_new_generation) {
   // Stop once generation 2 is running (it announces itself and takes the listener at once, while
   // generation 1 still holds the request).
   const auto until = steady::now() + 30s;
-  while (svc.logged("baton-run: started ") < 2 && steady::now() < until) nap(10ms);
-  ASSERT_EQ(svc.logged("baton-run: started "), 2u) << read_file(svc.out);
+  while (svc.logged("baton: keeper: started ") < 2 && steady::now() < until) nap(10ms);
+  ASSERT_EQ(svc.logged("baton: keeper: started "), 2u) << read_file(svc.out);
   ASSERT_TRUE(terminate_process(svc.run.pid()));
   response r;
   ASSERT_TRUE(busy.read(r)) << "the request in flight was cut";
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << read_file(svc.out);
-  EXPECT_EQ(svc.logged("baton-run: generation 2 (pid "), 1u) << "generation 2 never took charge: " << read_file(svc.out);
-  EXPECT_EQ(svc.logged("baton-run: stopped " + svc.name + ": generation 2"), 1u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: generation 2 (pid "), 1u) << "generation 2 never took charge: " << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: stopped " + svc.name + ": generation 2"), 1u) << read_file(svc.out);
   EXPECT_EQ(generation_answering(svc.port), 0u) << "something still serves";
   for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
   EXPECT_FALSE(shm_has("baton." + svc.name));

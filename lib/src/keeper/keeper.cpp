@@ -78,12 +78,12 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
   std::uint32_t spawn(error_code& ec) {
     const auto child = spawn_with_handles(opts.program, opts.args, {}, ec);
     if (ec) {
-      note("baton-run: cannot start " + opts.program + ": " + ec.message());
+      note("baton: keeper: cannot start " + opts.program + ": " + ec.message());
       return 0;
     }
     ++st.generations_started;
     children[child.pid] = true;
-    note("baton-run: started " + opts.program + " (pid " + std::to_string(child.pid) + ")");
+    note("baton: keeper: started " + opts.program + " (pid " + std::to_string(child.pid) + ")");
     os->watch(child.pid);
     return child.pid;
   }
@@ -105,7 +105,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
       if (!ec && t.kind == ticket_kind::control) {
         error_code pe;
         auto m = control_message::parse(t, pe);
-        if (pe) self->note("baton-run: ignored a ticket on its channel: " + pe.message());
+        if (pe) self->note("baton: keeper: ignored a ticket on its channel: " + pe.message());
         else self->on_message(m);
       }
       if (self->ch == c && c->is_open()) self->receive();
@@ -127,15 +127,15 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
                                                        " hands over to a new one (pid " + std::to_string(pid) + ")");
         else tell(supervisor_state::ready, "restart failed: " + ec.message());
       }
-      if (auto ec = send_message(ex, m.get("reply"), a)) note("baton-run: cannot answer a spawn request: " + ec.message());
+      if (auto ec = send_message(ex, m.get("reply"), a)) note("baton: keeper: cannot answer a spawn request: " + ec.message());
     } else if (op == "charge") {
       const auto svc = m.get("service");
       if (opts.service.empty()) opts.service = svc;
       else if (svc != opts.service)
-        note("baton-run: a generation took charge of service " + svc + ", expected " + opts.service);
+        note("baton: keeper: a generation took charge of service " + svc + ", expected " + opts.service);
       st.in_charge_pid = static_cast<std::uint32_t>(m.number("pid"));
       st.in_charge_generation = m.number("generation");
-      note("baton-run: generation " + std::to_string(st.in_charge_generation) + " (pid " +
+      note("baton: keeper: generation " + std::to_string(st.in_charge_generation) + " (pid " +
            std::to_string(st.in_charge_pid) + ") is in charge of " + svc);
       if (stopping) stop_sent_to = 0;  // a restart ended during the stop: stop the new generation too
       else tell(supervisor_state::ready, "generation " + std::to_string(st.in_charge_generation) + " (pid " +
@@ -144,10 +144,10 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
       const auto r = get_report(m);
       if (r.stopped || (stopping && r.ec)) {
         if (r.ec == errc::restart_in_progress) stop_sent_to = 0;  // asked again once the restart is over
-        else if (r.ec) note("baton-run: stop of " + opts.service + " failed: " + r.ec.message());
-        else note("baton-run: " + to_string(r, opts.service));
+        else if (r.ec) note("baton: keeper: stop of " + opts.service + " failed: " + r.ec.message());
+        else note("baton: keeper: " + to_string(r, opts.service));
       } else {
-        note("baton-run: " + to_string(r, opts.service));
+        note("baton: keeper: " + to_string(r, opts.service));
         if (r.ec && !stopping) tell(supervisor_state::ready, "restart failed: " + r.ec.message());
       }
     }
@@ -158,7 +158,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     last_status = status;
     if (pid == st.in_charge_pid) st.in_charge_pid = 0;
     if (status != 0) {
-      note("baton-run: generation pid " + std::to_string(pid) + " exited with status " + std::to_string(status));
+      note("baton: keeper: generation pid " + std::to_string(pid) + " exited with status " + std::to_string(status));
       // A next generation that died before taking charge: its predecessor serves on.
       if (reloading && !stopping && !children.empty())
         tell(supervisor_state::ready, "restart failed: the new generation exited with status " + std::to_string(status));
@@ -166,14 +166,14 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     if (children.empty()) {
       // A generation ending with no successor alive ends the keeper: a crash is the supervisor's
       // to handle (restarting it here would hide it), a stop is the service's end.
-      if (status != 0 && !stopping) note("baton-run: no generation left; not restarting a failed service");
+      if (status != 0 && !stopping) note("baton: keeper: no generation left; not restarting a failed service");
       finish({}, last_status);
     }
   }
 
   void restart() {
     if (finished) return;
-    if (stopping) return note("baton-run: restart ignored: stopping");
+    if (stopping) return note("baton: keeper: restart ignored: stopping");
     // Through the generation in charge, as batonctl does, so that a restart under way refuses
     // the second one and the report comes back here; with nobody in charge (yet), a new
     // generation announces itself to whoever runs.
@@ -191,7 +191,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     if (!stopping) {
       stopping = true;
       stop_deadline = clock_type::now() + opts.drain_deadline;
-      note("baton-run: stopping");
+      note("baton: keeper: stopping");
       tell(supervisor_state::stopping, "stopping: generations drain for up to " +
                                            std::to_string(opts.drain_deadline.count()) + " ms");
       return send_stop();
@@ -210,7 +210,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     if (at_once) return;
     at_once = true;
     kill_deadline = clock_type::now() + 5s;
-    note("baton-run: stopping every generation at once");
+    note("baton: keeper: stopping every generation at once");
     for (auto& [pid, alive] : children) os->stop_at_once(pid);
   }
 
