@@ -126,6 +126,33 @@ std::string status_field(std::uint32_t pid, const std::string& key) {
     if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
   return {};
 }
+// True if `pid` holds a listening TCP socket (its socket inodes against /proc/net/tcp{,6}).
+bool holds_tcp_listener(std::uint32_t pid) {
+  std::set<std::string> inodes;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      char target[256];
+      const auto n = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+      if (n <= 0) continue;
+      const std::string t(target, static_cast<std::size_t>(n));
+      if (t.rfind("socket:[", 0) == 0) inodes.insert(t.substr(8, t.size() - 9));
+    }
+    ::closedir(d);
+  }
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::istringstream f(read_proc(table));
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      std::istringstream w(line);
+      std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
+      w >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+      if (state == "0A" && inodes.count(inode)) return true;  // 0A: LISTEN
+    }
+  }
+  return false;
+}
 bool shm_has(const std::string& fragment) {
   bool found = false;
   if (DIR* d = ::opendir("/dev/shm")) {
@@ -149,14 +176,21 @@ struct kept_service {
   std::set<std::uint32_t> seen_pids;  // of the generations, when they are pids of ours (no namespace)
   bool own_pids = true;
 
-  explicit kept_service(std::vector<std::string> prefix = {}, bool orphans = false) {
+  unsigned short bound_port = port;  // what baton-http is told to bind (socket activation: another)
+
+  explicit kept_service(std::vector<std::string> prefix = {}, bool orphans = false, bool socket_activated = false) {
     own_pids = prefix.empty();
+    if (socket_activated) {
+      // systemd-socket-activate listens on `port` and execs the rest with LISTEN_FDS (same pid).
+      prefix.insert(prefix.end(), {"/usr/bin/systemd-socket-activate", "-l", "127.0.0.1:" + std::to_string(port)});
+      bound_port = free_port();
+    }
     // POSIX: the keeper's log (its standard error) goes to the output file too, through a shell
     // that execs it (so the keeper keeps the pid the shell started with).
     if (!host_is_windows()) prefix.insert(prefix.end(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1"});
     std::vector<std::string> argv = prefix;
     const std::string http = program("baton-http");
-    const std::string listen = "127.0.0.1:" + std::to_string(port);
+    const std::string listen = "127.0.0.1:" + std::to_string(bound_port);
     argv.insert(argv.end(), {program("baton-run"), "--drain-ms", std::to_string(drain.count()), "--name", name, "--"});
     if (orphans)
       argv.insert(argv.end(), {"/bin/sh", "-c", "(sleep 2 &) ; exec \"$0\" --name \"$1\" --listen \"$2\"", http, name, listen});
@@ -571,5 +605,46 @@ TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
                                             "RELOADING", "READY",     "STOPPING"};
     EXPECT_EQ(states, expected);
   }
+#endif
+}
+
+// systemd socket activation, with systemd's own systemd-socket-activate: it listens and passes the
+// socket (LISTEN_FDS) to the keeper, which hands it to generation 1 only: baton-http binds nothing
+// (its --listen port stays closed), three restarts under load move the activated listener, and the
+// keeper holds no listener.
+TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
+  if (host_is_windows()) GTEST_SKIP() << "systemd socket activation: Linux";
+#ifndef _WIN32
+  if (!baton::detail::supervisor_notify_built())
+    GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
+  if (!file_exists("/usr/bin/systemd-socket-activate")) GTEST_SKIP() << "no systemd-socket-activate (package systemd)";
+  kept_service svc({}, false, true);
+  const auto keeper_pid = svc.run.pid();
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered; the keeper said:\n" << read_file(svc.out);
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
+  EXPECT_TRUE(holds_tcp_listener(svc.serving_pid())) << "generation 1 holds no listener (the check sees nothing)";
+  http_conn other;
+  EXPECT_FALSE(other.connect(svc.bound_port)) << "baton-http bound its --listen port: the activated socket was not used";
+  EXPECT_FALSE(holds_tcp_listener(keeper_pid)) << "the keeper kept a copy of the activated listener";
+  {
+    load l(svc.port, 4);
+    wait_for_requests(l, 100);
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      std::string out;
+      EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
+      ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
+      wait_for_requests(l, 100);
+      svc.serving_pid();
+    }
+    l.finish();
+    EXPECT_EQ(l.failed.load(), 0u);
+    EXPECT_EQ(l.conn_errors.load(), 0u);
+    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+  }
+  EXPECT_FALSE(other.connect(svc.bound_port));
+  EXPECT_FALSE(holds_tcp_listener(keeper_pid));
+  ASSERT_TRUE(terminate_process(keeper_pid));
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << read_file(svc.out);
+  for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
 #endif
 }

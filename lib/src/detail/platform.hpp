@@ -242,5 +242,14 @@ enum class supervisor_state { ready, reloading, stopping, status };
 bool notify_supervisor(supervisor_state s, const std::string& status) noexcept;
 /// True where notify_supervisor can reach systemd (the build has libsystemd).
 bool supervisor_notify_built() noexcept;
+/// The listening sockets the service manager passed to this process (systemd socket activation:
+/// LISTEN_FDS for this pid, read with libsystemd's sd_listen_fds, which also removes the
+/// variables), in order; none where there are none, without libsystemd, or on Windows.
+std::vector<std::uintptr_t> take_activated_listeners() noexcept;
+/// Closes this process's copies of sockets handed to a child.
+void close_handles(const std::vector<std::uintptr_t>& handles) noexcept;
+/// The variable through which a keeper passes activated listeners (their numbers, comma-separated)
+/// to its first generation, which adopts them instead of binding.
+inline constexpr const char* activated_listeners_variable = "BATON_LISTEN_FDS";
 
 }  // namespace baton::detail

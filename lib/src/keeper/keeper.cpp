@@ -70,13 +70,21 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     os = make_keeper_os(ex, std::move(ev), ec);
     if (ec) return finish(ec, 1);
     set_environment(keeper_environment_variable, name);
-    spawn(ec);
+    // Socket activation: the listeners systemd passed go to generation 1 (which adopts them
+    // instead of binding) and only to it; the keeper keeps no copy (it holds no listener).
+    const auto activated = take_activated_listeners();
+    std::string numbers;
+    for (auto h : activated) numbers += (numbers.empty() ? "" : ",") + std::to_string(h);
+    set_environment(activated_listeners_variable, numbers);
+    spawn(ec, activated);
+    set_environment(activated_listeners_variable, "");
+    close_handles(activated);
     if (ec) return finish(ec, 127);
     tick();
   }
 
-  std::uint32_t spawn(error_code& ec) {
-    const auto child = spawn_with_handles(opts.program, opts.args, {}, ec);
+  std::uint32_t spawn(error_code& ec, const std::vector<std::uintptr_t>& handles = {}) {
+    const auto child = spawn_with_handles(opts.program, opts.args, handles, ec);
     if (ec) {
       note("baton: keeper: cannot start " + opts.program + ": " + ec.message());
       return 0;

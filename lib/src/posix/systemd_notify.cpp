@@ -1,7 +1,9 @@
-// The keeper's word to systemd: sd_notify from libsystemd (sd-daemon), which finds NOTIFY_SOCKET
-// and speaks its protocol. Built where CMake found libsystemd (BATON_HAS_LIBSYSTEMD); elsewhere
+// The keeper and systemd: sd_notify from libsystemd (sd-daemon), which finds NOTIFY_SOCKET and
+// speaks its protocol, and sd_listen_fds for socket activation. Built where CMake found libsystemd (BATON_HAS_LIBSYSTEMD); elsewhere
 // nothing is sent.
 #include "detail/platform.hpp"
+
+#include <unistd.h>
 
 #if BATON_HAS_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
@@ -37,6 +39,19 @@ bool notify_supervisor([[maybe_unused]] supervisor_state s, [[maybe_unused]] con
 #else
   return false;
 #endif
+}
+
+std::vector<std::uintptr_t> take_activated_listeners() noexcept {
+  std::vector<std::uintptr_t> fds;
+#if BATON_HAS_LIBSYSTEMD
+  const int n = ::sd_listen_fds(1);
+  for (int i = 0; i < n; ++i) fds.push_back(static_cast<std::uintptr_t>(SD_LISTEN_FDS_START + i));
+#endif
+  return fds;
+}
+
+void close_handles(const std::vector<std::uintptr_t>& handles) noexcept {
+  for (auto h : handles) ::close(static_cast<int>(h));
 }
 
 }  // namespace baton::detail

@@ -210,6 +210,7 @@ class successor {
 
  private:
   void join(channel ctl);
+  void adopt_activated_listeners();
   void receive_inbox();
   void on_inbox(arrival a);
   void on_message(const control_message& m);
