@@ -14,6 +14,9 @@
 //   batonctl list [--json]
 //       The services of this user on this host, each with its status (Linux; Windows cannot
 //       list named objects simply and says so).
+//   batonctl clean [NAME]
+//       Removes what killed services (of NAME, or all of this user's) left in /dev/shm; never
+//       the objects of a live service. Windows: named objects vanish with their processes.
 // Exit status: see `exit_codes` below (also in --help).
 #include "cli.hpp"
 
@@ -161,6 +164,23 @@ int list(ms timeout, bool json) {
   return 0;
 }
 
+int clean(const std::string& name) {
+  baton::error_code ec;
+  const auto removed = baton::remove_dead_channels(name, ec);
+  if (ec == boost::asio::error::operation_not_supported) {
+    std::printf("batonctl clean: nothing to clean on Windows: named objects vanish with the last process that "
+                "holds them\n");
+    return 0;
+  }
+  if (ec) {
+    std::fprintf(stderr, "batonctl clean: cannot list /dev/shm: %s\n", ec.message().c_str());
+    return 1;
+  }
+  for (const auto& n : removed) std::printf("removed %s (its owner is dead)\n", n.c_str());
+  if (removed.empty()) std::printf("nothing to clean%s\n", name.empty() ? "" : (" for " + name).c_str());
+  return 0;
+}
+
 // `timeout_text`: what a restart that timed out left behind (then `now` is the status now, or
 // empty if none answered).
 std::string report_json(const std::string& name, const baton::restart_report& r, const std::string& timeout_text,
@@ -259,12 +279,14 @@ int main(int argc, char** argv) {
                         "restart NAME [--binary PATH] [--timeout-ms N] [--json]\n"
                         "status NAME [--timeout-ms N] [--json]\n"
                         "stop NAME [--timeout-ms N] [--json]\n"
-                        "list [--timeout-ms N] [--json]",
+                        "list [--timeout-ms N] [--json]\n"
+                        "clean [NAME]",
                         "Controls the hot-restartable Baton services of this user on this host.\n"
                         "  restart  starts the next generation of service NAME and waits until it has taken over\n"
                         "  status   generation, pid, state, connections and counters of NAME's running generation\n"
                         "  stop     stops NAME gracefully: requests in flight finish, connections close, the name is freed\n"
-                        "  list     every service of this user with its generation, pid and connections (Linux)");
+                        "  list     every service of this user with its generation, pid and connections (Linux)\n"
+                        "  clean    removes what killed services (NAME's, or all) left in /dev/shm; live ones are left alone");
   cli.text("--binary", "PATH", "restart: the next generation's executable (the service must allow it)");
   cli.integer("--timeout-ms", 1, 86400000,
               "how long to wait for an answer (default: restart and stop 60000, status 5000, list 1000 per service)");
@@ -272,7 +294,7 @@ int main(int argc, char** argv) {
   cli.positionals(0, 2).epilog(exit_codes);
   if (auto rc = cli.parse(argc, argv)) return *rc;
   const auto& p = cli.positional();
-  if (p.empty()) return cli.fail("missing command: restart, status, stop or list");
+  if (p.empty()) return cli.fail("missing command: restart, status, stop, list or clean");
   const std::string& cmd = p[0];
   const bool json = cli.has("--json");
   auto timeout = [&](long long def) { return ms(cli.has("--timeout-ms") ? static_cast<long long>(cli.num("--timeout-ms")) : def); };
@@ -281,8 +303,12 @@ int main(int argc, char** argv) {
     if (cli.has("--binary")) return cli.fail("--binary is an option of restart only");
     return list(timeout(1000), json);
   }
+  if (cmd == "clean") {
+    if (cli.has("--binary") || cli.has("--json") || cli.has("--timeout-ms")) return cli.fail("clean takes no options");
+    return clean(p.size() > 1 ? p[1] : "");
+  }
   if (cmd != "restart" && cmd != "status" && cmd != "stop")
-    return cli.fail("unknown command '" + cmd + "' (restart, status, stop or list)");
+    return cli.fail("unknown command '" + cmd + "' (restart, status, stop, list or clean)");
   if (p.size() < 2) return cli.fail(cmd + " needs the service's NAME");
   if (cmd == "status") {
     if (cli.has("--binary")) return cli.fail("--binary is an option of restart only");

@@ -108,6 +108,9 @@ constexpr message_entry messages[] = {
     {errc::service_stopping,
      "the service is stopping gracefully: close this connection (its last response is written) and take no "
      "new requests"},
+    {errc::keeper_gone,
+     "the keeper (baton-run) that started this service no longer runs, so it cannot start the next "
+     "generation; the service keeps serving: stop it and start it again under a keeper"},
     {errc::control_message_malformed,
      "a control ticket's text is not a well-formed message (a line without '=', an empty or "
      "repeated key, or no op): it was ignored; sender and receiver may be different Baton builds"},

@@ -26,11 +26,13 @@ file(GLOB_RECURSE config "${prefix}/*/batonConfig.cmake")
 if(NOT config)
   message(FATAL_ERROR "install.consumer: no batonConfig.cmake under ${prefix}")
 endif()
-# The operator's tool is installed and runs.
-execute_process(COMMAND "${prefix}/bin/batonctl" --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
-if(NOT rc EQUAL 0 OR NOT out MATCHES "batonctl")
-  message(FATAL_ERROR "install.consumer: ${prefix}/bin/batonctl --help failed (${rc}): ${out}")
-endif()
+# The operator's tool and the keeper are installed and run.
+foreach(tool batonctl baton-run)
+  execute_process(COMMAND "${prefix}/bin/${tool}" --help RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "usage: ${tool}")
+    message(FATAL_ERROR "install.consumer: ${prefix}/bin/${tool} --help failed (${rc}): ${out}")
+  endif()
+endforeach()
 
 # 2. Configure the consumer against the prefix only.
 set(args -S "${CONSUMER_SOURCE_DIR}" -B "${consumer_build}" -G "${GENERATOR}"

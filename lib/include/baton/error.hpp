@@ -62,6 +62,7 @@ enum class errc {
   control_message_malformed, ///< a control ticket's text is not a well-formed message (ignored)
   // Hot restart (continued).
   service_stopping,          ///< the service is stopping: close this connection after its last response
+  keeper_gone,               ///< the keeper that started this service (BATON_KEEPER) no longer runs
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

@@ -72,6 +72,13 @@ struct restart_options {
   /// errc::restart_binary_refused, so that a process able to reach the control channel cannot
   /// choose what this service runs; next_binary (or this executable) is what restarts.
   bool allow_restart_binary = false;
+  /// The channel of the keeper (baton/keeper.hpp, the program `baton-run`) that starts this
+  /// service's generations; empty: the environment variable BATON_KEEPER, which a keeper sets for
+  /// its children. Under a keeper a restart asks it to start the next generation, with the
+  /// keeper's command line (next_binary and next_args are not used; a restart request naming an
+  /// executable is refused with errc::restart_binary_refused: replace the program's file instead),
+  /// and each generation tells the keeper when it takes charge.
+  std::string keeper;
   /// Called with one line of text for an event the service handled on its own and the caller
   /// may want to log: a reply it could not send, a control channel or OS trigger it could not
   /// own, a failed restart it recovered from (also in the restart report), a listener it could
@@ -244,5 +251,13 @@ restart_report request_stop(const std::string& service, std::chrono::millisecond
 /// ask each with request_status. Linux: found in /dev/shm. Windows cannot list the named objects
 /// of a session simply: fails with boost::asio::error::operation_not_supported. Thread-safe.
 std::vector<std::string> list_services(error_code& ec);
+/// Removes what killed services of this user left in shared memory (Linux /dev/shm:
+/// baton.<channel>.ring, .bell, .sock): the channels of `service` (its control channel and its
+/// generations' inboxes, `<service>.<10 characters>`), or every Baton channel of this user when
+/// `service` is empty; only channels whose owner process is dead (channel::remove_stale), never a
+/// live service's. Returns the channel names removed. Windows: named objects vanish with their
+/// last handle, there is nothing to remove: fails with boost::asio::error::operation_not_supported.
+/// Thread-safe.
+std::vector<std::string> remove_dead_channels(const std::string& service, error_code& ec);
 
 }  // namespace baton

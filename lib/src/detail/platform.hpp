@@ -206,4 +206,50 @@ std::unique_ptr<restart_trigger> make_restart_trigger(const boost::asio::any_io_
 /// Fires the trigger of `service`, run by process `pid`, from another process.
 void fire_restart_trigger(const std::string& service, std::uint32_t pid, error_code& ec);
 
+/// What a keeper (baton/keeper.hpp) needs from the operating system: the exits of the processes
+/// it started, with their status; the OS's restart and stop requests; and the reaping of every
+/// other child that ends up with it. POSIX: one signal_set for SIGCHLD, SIGHUP, SIGTERM and
+/// SIGINT; every child is reaped (waitpid(-1)), orphans too, since a keeper that is not PID 1
+/// makes itself their reaper (Linux PR_SET_CHILD_SUBREAPER). Windows: a process handle per
+/// started process awaited through the reactor, Ctrl+C (SIGINT) and SIGTERM as stop requests; no
+/// restart signal (the service's named event and batonctl do that). Use from one strand.
+class keeper_os {
+ public:
+  struct events {
+    /// A process passed to watch() has exited: its exit code, or 128 + the signal that ended it.
+    std::function<void(std::uint32_t pid, int status)> exited;
+    std::function<void()> restart;  ///< SIGHUP
+    std::function<void()> stop;     ///< SIGTERM, SIGINT (Ctrl+C)
+  };
+  virtual ~keeper_os() = default;
+  /// Reports the exit of `pid`, a child this process started.
+  virtual void watch(std::uint32_t pid) = 0;
+  /// Asks `pid` to stop at once: POSIX SIGTERM (a generation already stopping then cuts what is
+  /// left; one not yet serving ends), Windows TerminateProcess.
+  virtual void stop_at_once(std::uint32_t pid) noexcept = 0;
+  virtual void close() noexcept = 0;
+};
+std::unique_ptr<keeper_os> make_keeper_os(const boost::asio::any_io_executor& ex, keeper_os::events ev, error_code& ec);
+/// Sets an environment variable of this process, inherited by the children it starts next.
+void set_environment(const std::string& name, const std::string& value);
+
+/// The service's state, for the service manager that started this process.
+enum class supervisor_state { ready, reloading, stopping, status };
+/// Tells the service manager about the service: systemd through libsystemd's sd_notify (to
+/// NOTIFY_SOCKET; READY=1, RELOADING=1 with MONOTONIC_USEC, STOPPING=1, each with STATUS=`status`).
+/// Returns false where nobody listens (no NOTIFY_SOCKET), the build has no libsystemd, or on
+/// Windows (the Service Control Manager is not spoken yet).
+bool notify_supervisor(supervisor_state s, const std::string& status) noexcept;
+/// True where notify_supervisor can reach systemd (the build has libsystemd).
+bool supervisor_notify_built() noexcept;
+/// The listening sockets the service manager passed to this process (systemd socket activation:
+/// LISTEN_FDS for this pid, read with libsystemd's sd_listen_fds, which also removes the
+/// variables), in order; none where there are none, without libsystemd, or on Windows.
+std::vector<std::uintptr_t> take_activated_listeners() noexcept;
+/// Closes this process's copies of sockets handed to a child.
+void close_handles(const std::vector<std::uintptr_t>& handles) noexcept;
+/// The variable through which a keeper passes activated listeners (their numbers, comma-separated)
+/// to its first generation, which adopts them instead of binding.
+inline constexpr const char* activated_listeners_variable = "BATON_LISTEN_FDS";
+
 }  // namespace baton::detail

@@ -248,4 +248,33 @@ std::vector<std::string> list_services(error_code& ec) {
   return services;
 }
 
+namespace {
+
+// `n` is channel `service` or one of its inboxes, "<service>.<10 of [0-9a-z]>" (successor.cpp).
+bool channel_of_service(const std::string& n, const std::string& service) {
+  if (n == service) return true;
+  if (n.size() != service.size() + 11 || n.compare(0, service.size(), service) != 0 || n[service.size()] != '.')
+    return false;
+  return std::all_of(n.begin() + static_cast<std::ptrdiff_t>(service.size()) + 1, n.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z'); });
+}
+
+}  // namespace
+
+std::vector<std::string> remove_dead_channels(const std::string& service, error_code& ec) {
+  auto names = detail::list_channel_names(ec);
+  std::vector<std::string> removed;
+  if (ec) return removed;
+  for (const auto& n : names) {
+    if (!channel::valid_name(n) || (!service.empty() && !channel_of_service(n, service))) continue;
+    // A live owner's channel fails with name_in_use and stays; so does one too young to have
+    // its header, and another user's (not_owner).
+    error_code rec;
+    channel::remove_stale(n, rec);
+    if (!rec) removed.push_back(n);
+  }
+  std::sort(removed.begin(), removed.end());
+  return removed;
+}
+
 }  // namespace baton

@@ -17,7 +17,7 @@ bool handover::forwarding() const noexcept { return s_.ph == service_phase::hand
 
 void handover::begin(std::optional<asio::any_completion_handler<void(error_code, restart_report)>> h,
                      std::string reply, std::string binary) {
-  if (!binary.empty() && !s_.opts.allow_restart_binary) {
+  if (!binary.empty() && (!s_.opts.allow_restart_binary || !s_.opts.keeper.empty())) {
     // Whoever can write to the control channel would otherwise choose what this service runs.
     ++s_.st.restarts_refused;
     refuse(reply, make_error_code(errc::restart_binary_refused));
@@ -48,6 +48,18 @@ void handover::begin(std::optional<asio::any_completion_handler<void(error_code,
   t_trigger_ = clock_type::now();
   s_.ready_deadline = t_trigger_ + s_.opts.ready_timeout;
   error_code ec;
+  if (!s_.opts.keeper.empty()) {
+    // The keeper starts every generation, so that the process a supervisor watches stays; its
+    // answer (op=spawned) names the next generation's pid, whose death then fails the restart.
+    control_message m("spawn");
+    m.set("reply", s_.name);
+    if ((ec = send_message(s_.ex, s_.opts.keeper, m))) {
+      if (ec == errc::channel_not_found || ec == errc::channel_owner_dead) ec = errc::keeper_gone;
+      return fail(ec);
+    }
+    s_.peer = process_watch();
+    return s_.ensure_tick(20ms);
+  }
   const std::string bin = !binary.empty()               ? binary
                           : !s_.opts.next_binary.empty() ? s_.opts.next_binary
                                                          : current_executable_path();
@@ -55,6 +67,12 @@ void handover::begin(std::optional<asio::any_completion_handler<void(error_code,
   if (ec) return fail(ec);
   s_.peer = process_watch(child.pid);
   s_.ensure_tick(20ms);
+}
+
+void handover::on_spawned(const control_message& m) {
+  if (s_.ph != service_phase::spawning) return;  // the next generation announced itself first
+  if (const auto ec = m.error()) return fail(ec);
+  if (s_.peer.pid() == 0) s_.peer = process_watch(static_cast<std::uint32_t>(m.number("pid")));
 }
 
 void handover::refuse(const std::string& reply, const error_code& ec) {
@@ -212,6 +230,7 @@ void handover::fail(error_code ec) {
     s_.reply(s_.reply_to, m);
   }
   s_.reply_to.clear();
+  s_.tell_keeper_in_charge();
   complete(ec);
   s_.stopper.resume_if_pending();
 }

@@ -5,6 +5,8 @@
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
 
+#include <cstdlib>
+
 namespace baton {
 namespace detail {
 
@@ -20,7 +22,10 @@ service_impl::service_impl(const asio::any_io_executor& e, std::string n, restar
       conns(*this),
       succ(*this),
       hand(*this),
-      stopper(*this) {}
+      stopper(*this) {
+  if (opts.keeper.empty())
+    if (const char* k = std::getenv(keeper_environment_variable)) opts.keeper = k;
+}
 
 void service_impl::reply(const std::string& to, const control_message& m) const {
   if (auto ec = send_message(ex, to, m)) note("baton: service " + name + " cannot answer on channel " + to + ": " + ec.message());
@@ -84,7 +89,15 @@ void service_impl::take_charge(error_code& ec) {
   control = std::make_shared<channel>(std::move(ctl));
   ph = service_phase::serving;
   receive_control();
+  tell_keeper_in_charge();
   if (opts.os_triggers && !trigger) arm_trigger(clock_type::now() + 5s);
+}
+
+void service_impl::tell_keeper_in_charge() const {
+  if (opts.keeper.empty()) return;
+  control_message m("charge");
+  m.set("service", name).set("pid", std::uint64_t{pid}).set("generation", gen);
+  if (auto ec = send_message(ex, opts.keeper, m)) note("baton: service " + name + " cannot reach its keeper: " + ec.message());
 }
 
 void service_impl::try_take_charge(clock_type::time_point until) {
@@ -153,6 +166,8 @@ void service_impl::on_control(arrival a) {
     hand.on_hello(m.get("inbox"));
   } else if (op == "restart") {
     hand.begin(std::nullopt, m.get("reply"), m.get("binary"));
+  } else if (op == "spawned") {
+    hand.on_spawned(m);
   } else if (op == "stop") {
     stopper.request(std::nullopt, m.get("reply"));
   } else if (op == "status") {

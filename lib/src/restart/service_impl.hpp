@@ -6,6 +6,10 @@
 //     op=hello pid inbox            a next generation announces itself
 //     op=restart reply binary       batonctl asks for a restart
 //     op=status reply               batonctl asks for the status
+//     op=spawned pid | error        the keeper started the next generation (or could not)
+//   to the keeper's channel (BATON_KEEPER, baton/keeper.hpp; from the generation in charge):
+//     op=spawn reply                start the next generation, answer on `reply`
+//     op=charge service pid generation   this generation took charge (or kept it: restart failed)
 //   to the next generation's inbox (from N):
 //     op=welcome generation listeners pid      then the listeners, then the connections, then
 //     op=done ...counts and times... reply     (N owns nothing any more)
@@ -24,6 +28,7 @@
 //   handover         (handover.cpp)          the generation in charge handing everything over
 // service.cpp has the control channel, the tick and the public facade; control.cpp the batonctl
 // client, the status text and the report's text.
+#include "baton/keeper.hpp"
 #include "baton/restart.hpp"
 
 #include "detail/control_message.hpp"
@@ -205,6 +210,7 @@ class successor {
 
  private:
   void join(channel ctl);
+  void adopt_activated_listeners();
   void receive_inbox();
   void on_inbox(arrival a);
   void on_message(const control_message& m);
@@ -258,6 +264,8 @@ class handover {
   void begin(std::optional<asio::any_completion_handler<void(error_code, restart_report)>> h, std::string reply,
              std::string binary);
   void on_hello(const std::string& inbox_name);
+  /// The keeper's answer to this generation's op=spawn: the next generation's pid, or an error.
+  void on_spawned(const control_message& m);
   void listeners_sent();
   void fail(error_code ec);
   void tick(clock_type::time_point now);
@@ -296,6 +304,8 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   /// take_charge, retried while the old generation's objects are on their way out; then answers
   /// whoever asked for the restart.
   void try_take_charge(clock_type::time_point until);
+  /// Under a keeper: tells it that this generation is in charge (again, after a failed restart).
+  void tell_keeper_in_charge() const;
   void wait_trigger();
   void stop_timers();
   std::string status_text();

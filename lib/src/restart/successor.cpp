@@ -6,6 +6,7 @@
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
 
+#include <cstdlib>
 #include <random>
 
 namespace baton::detail {
@@ -58,7 +59,10 @@ void successor::start(asio::any_completion_handler<void(error_code)> h) {
     s_.gen = 1;
     s_.st.generation = s_.gen;
     s_.take_charge(ec);
-    if (!ec) return finish_start(ec);
+    if (!ec) {
+      adopt_activated_listeners();
+      return finish_start(ec);
+    }
     s_.gen = 0;
     s_.st.generation = 0;
     // Another process became generation 1 between our look and our creation: join it instead.
@@ -101,6 +105,36 @@ void successor::join(channel ctl) {
     if (ec && self->ph == service_phase::joining) self->succ.finish_start(ec);
   });
   s_.ensure_tick(20ms);
+}
+
+// Generation 1 under a keeper that systemd socket-activated: the listeners it passed (their
+// numbers in BATON_LISTEN_FDS) are this service's, and the application binds nothing
+// (listener_count() is not 0). Later generations receive them in the hand-over.
+void successor::adopt_activated_listeners() {
+  const char* numbers = std::getenv(activated_listeners_variable);
+  if (!numbers || !*numbers) return;
+  set_environment(activated_listeners_variable, "");  // not for the processes this one starts
+  std::string list = numbers;
+  for (std::size_t from = 0; from < list.size();) {
+    auto comma = list.find(',', from);
+    if (comma == std::string::npos) comma = list.size();
+    const auto h = static_cast<asio::ip::tcp::acceptor::native_handle_type>(std::strtoull(list.c_str() + from, nullptr, 10));
+    from = comma + 1;
+    error_code ec;
+    asio::ip::tcp::acceptor a(s_.ex);
+    a.assign(asio::ip::tcp::v4(), h, ec);
+    // The socket may be IPv6: assign again under the protocol its address says.
+    const auto ep = ec ? asio::ip::tcp::endpoint() : a.local_endpoint(ec);
+    if (!ec && ep.protocol() != asio::ip::tcp::v4()) {
+      const auto raw = a.release(ec);
+      if (!ec) a.assign(ep.protocol(), raw, ec);
+    }
+    if (ec) {
+      s_.note("baton: service " + s_.name + " cannot adopt activated listener " + std::to_string(h) + ": " + ec.message());
+      continue;
+    }
+    s_.listeners.add(listener(std::move(a)), true);
+  }
 }
 
 void successor::finish_start(error_code ec) {

@@ -16,7 +16,7 @@ using asio::ip::tcp;
 
 namespace {
 
-error_code wsa_error(int e) {
+error_code emulated_error(int e) {
   if (e == WSA_OPERATION_ABORTED || e == ERROR_OPERATION_ABORTED) return asio::error::operation_aborted;
   return {e, asio::error::get_system_category()};
 }
@@ -40,7 +40,7 @@ tcp::endpoint endpoint_of(SOCKET s, bool peer, error_code& ec) {
   const int rc = peer ? ::getpeername(s, reinterpret_cast<sockaddr*>(&ss), &len)
                       : ::getsockname(s, reinterpret_cast<sockaddr*>(&ss), &len);
   if (rc != 0) {
-    ec = wsa_error(::WSAGetLastError());
+    ec = emulated_error(::WSAGetLastError());
     return {};
   }
   ec.clear();
@@ -98,7 +98,7 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
     DWORD n = 0, flags = 0;
     if (::WSARecv(st->s, &wb, 1, &n, &flags, &st->rov, nullptr) == SOCKET_ERROR) {
       const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), wsa_error(e));
+      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
     }
     // Completed at once or pending: either way the event is signalled when it is done.
     const bool want = b.size() > 0;
@@ -106,7 +106,7 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
       DWORD n = 0, flags = 0;
       if (!::WSAGetOverlappedResult(st->s, &st->rov, &n, FALSE, &flags)) {
         const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : wsa_error(e), std::size_t{0});
+        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
       }
       if (n == 0 && want) return std::move(h)(error_code(asio::error::eof), std::size_t{0});
       std::move(h)(error_code(), static_cast<std::size_t>(n));
@@ -121,13 +121,13 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
     DWORD n = 0;
     if (::WSASend(st->s, &wb, 1, &n, 0, &st->wov, nullptr) == SOCKET_ERROR) {
       const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), wsa_error(e));
+      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
     }
     st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
       DWORD n = 0, flags = 0;
       if (!::WSAGetOverlappedResult(st->s, &st->wov, &n, FALSE, &flags)) {
         const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : wsa_error(e), std::size_t{0});
+        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
       }
       std::move(h)(error_code(), static_cast<std::size_t>(n));
     });
@@ -149,7 +149,7 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
   tcp::endpoint remote_endpoint(error_code& ec) const override { return endpoint_of(st_->s, true, ec); }
   void shutdown_send(error_code& ec) override {
     ec.clear();
-    if (::shutdown(st_->s, SD_SEND) != 0) ec = wsa_error(::WSAGetLastError());
+    if (::shutdown(st_->s, SD_SEND) != 0) ec = emulated_error(::WSAGetLastError());
   }
   void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
 
@@ -193,7 +193,7 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
   emulated_listener(const asio::any_io_executor& ex, SOCKET s, tcp proto, error_code& ec)
       : emulated_socket(ex, s, proto) {
     ec.clear();
-    if (::WSAEventSelect(s, st_->ev, FD_ACCEPT) != 0) ec = wsa_error(::WSAGetLastError());
+    if (::WSAEventSelect(s, st_->ev, FD_ACCEPT) != 0) ec = emulated_error(::WSAGetLastError());
   }
   ~emulated_listener() override { close(); }
 
@@ -233,7 +233,7 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
     // holder of it (a process this listener was moved to and back from) may have replaced it.
     // Selecting first, then accepting, leaves no window in which a connection goes unsignalled.
     if (::WSAEventSelect(st->s, st->ev, FD_ACCEPT) != 0) {
-      asio::post(ex, asio::append(std::move(h), wsa_error(::WSAGetLastError()), tcp::socket(ex)));
+      asio::post(ex, asio::append(std::move(h), emulated_error(::WSAGetLastError()), tcp::socket(ex)));
       return;
     }
     SOCKET c = ::accept(st->s, nullptr, nullptr);
@@ -253,7 +253,7 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
     }
     const int e = ::WSAGetLastError();
     if (e != WSAEWOULDBLOCK) {
-      asio::post(ex, asio::append(std::move(h), wsa_error(e), tcp::socket(ex)));
+      asio::post(ex, asio::append(std::move(h), emulated_error(e), tcp::socket(ex)));
       return;
     }
     if (notified || st->probe_every.count() > 0) {

@@ -1,0 +1,650 @@
+// The keeper, baton-run, with the real programs (samples/): baton-run keeps baton-http through
+// restarts under keep-alive load (0 failed requests, its pid unchanged, every generation its
+// child, no zombie), as a PID namespace's PID 1 (Linux, orphans reaped), and stops everything on
+// SIGTERM (Linux) or `batonctl stop` (Windows). And `batonctl clean`, which removes what a killed
+// service left in /dev/shm and leaves a live service's objects alone.
+#include "baton/keeper.hpp"
+
+#include "../restart/restart_support.hpp"
+#include "detail/platform.hpp"
+#include "test_prelude.hpp"
+
+#include <boost/asio.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+
+#ifndef _WIN32
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#endif
+
+using namespace baton::test::prelude;
+using namespace baton::test;
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+std::string program(const std::string& name) { return helper_exe("../samples/" + name); }
+
+int batonctl(const std::vector<std::string>& args, std::string& out) {
+  std::vector<std::string> argv{program("batonctl")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_capture(argv, out);
+}
+
+// A loopback port nobody listens on now (baton-http is then told to listen on it).
+unsigned short free_port() {
+  asio::io_context ioc;
+  tcp::acceptor a(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  return a.local_endpoint().port();
+}
+
+// The generation that answers a new connection's GET / (0: no answer).
+std::uint64_t generation_answering(unsigned short port) {
+  http_conn c;
+  response r;
+  if (!c.connect(port) || !c.get("/", r) || r.status != 200) return 0;
+  return r.header_u64("x-baton-generation");
+}
+
+bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::seconds within = 60s) {
+  const auto until = steady::now() + within;
+  while (steady::now() < until) {
+    if (generation_answering(port) == g) return true;
+    nap(50ms);
+  }
+  return false;
+}
+
+#ifndef _WIN32
+// /proc/<pid>/stat: the state letter and the parent pid ('\0' if the process is gone).
+struct proc_stat {
+  char state = '\0';
+  std::uint32_t ppid = 0;
+};
+// A /proc file's text ("" if it cannot be read: the process may have just gone, and a read
+// then fails with ESRCH, which iostreams would throw).
+std::string read_proc(const std::string& path) {
+  std::string s;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return s;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return s;
+}
+proc_stat read_stat(std::uint32_t pid) {
+  const std::string s = read_proc("/proc/" + std::to_string(pid) + "/stat");
+  const auto close = s.rfind(')');  // the command may contain spaces and parentheses
+  proc_stat st;
+  if (close == std::string::npos) return st;
+  std::istringstream rest(s.substr(close + 1));
+  rest >> st.state >> st.ppid;
+  return st;
+}
+// The processes whose parent is `ppid`, with their state.
+std::vector<std::pair<std::uint32_t, proc_stat>> children_of(std::uint32_t ppid) {
+  std::vector<std::pair<std::uint32_t, proc_stat>> out;
+  DIR* d = ::opendir("/proc");
+  if (!d) return out;
+  while (const dirent* e = ::readdir(d)) {
+    char* end = nullptr;
+    const auto pid = std::strtoul(e->d_name, &end, 10);
+    if (pid == 0 || *end != '\0') continue;
+    const auto st = read_stat(static_cast<std::uint32_t>(pid));
+    if (st.state != '\0' && st.ppid == ppid) out.emplace_back(static_cast<std::uint32_t>(pid), st);
+  }
+  ::closedir(d);
+  return out;
+}
+std::size_t zombies_of(std::uint32_t ppid) {
+  std::size_t n = 0;
+  for (auto& [pid, st] : children_of(ppid)) n += st.state == 'Z';
+  return n;
+}
+// Waits (bounded) until `ppid` has no zombie child; returns how many are left.
+std::size_t wait_no_zombie(std::uint32_t ppid) {
+  const auto until = steady::now() + 10s;
+  std::size_t n = zombies_of(ppid);
+  while (n != 0 && steady::now() < until) {
+    nap(20ms);
+    n = zombies_of(ppid);
+  }
+  return n;
+}
+// The value of `key:` in /proc/<pid>/status ("" if none).
+std::string status_field(std::uint32_t pid, const std::string& key) {
+  std::istringstream f(read_proc("/proc/" + std::to_string(pid) + "/status"));
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
+  return {};
+}
+// True if `pid` holds a listening TCP socket (its socket inodes against /proc/net/tcp{,6}).
+bool holds_tcp_listener(std::uint32_t pid) {
+  std::set<std::string> inodes;
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      char target[256];
+      const auto n = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+      if (n <= 0) continue;
+      const std::string t(target, static_cast<std::size_t>(n));
+      if (t.rfind("socket:[", 0) == 0) inodes.insert(t.substr(8, t.size() - 9));
+    }
+    ::closedir(d);
+  }
+  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+    std::istringstream f(read_proc(table));
+    std::string line;
+    std::getline(f, line);  // header
+    while (std::getline(f, line)) {
+      std::istringstream w(line);
+      std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
+      w >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
+      if (state == "0A" && inodes.count(inode)) return true;  // 0A: LISTEN
+    }
+  }
+  return false;
+}
+bool shm_has(const std::string& fragment) {
+  bool found = false;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (const dirent* e = ::readdir(d))
+      if (std::string(e->d_name).find(fragment) != std::string::npos) found = true;
+    ::closedir(d);
+  }
+  return found;
+}
+#endif
+
+// baton-run keeping baton-http. `prefix`: what runs baton-run (e.g. unshare); `orphans`: every
+// generation leaves an orphan (a `sleep` whose parent exited) on its way in (POSIX, through sh).
+struct kept_service {
+  std::string name = unique_name("kp");
+  name_guard guard{name};
+  std::string out = temp_path("keeper-out");
+  unsigned short port = free_port();
+  std::chrono::milliseconds drain{15000};
+  child run;  // baton-run, or the prefix that runs it
+  std::set<std::uint32_t> seen_pids;  // of the generations, when they are pids of ours (no namespace)
+  bool own_pids = true;
+
+  unsigned short bound_port = port;  // what baton-http is told to bind (socket activation: another)
+
+  explicit kept_service(std::vector<std::string> prefix = {}, bool orphans = false, bool socket_activated = false) {
+    own_pids = prefix.empty();
+    if (socket_activated) {
+      // systemd-socket-activate listens on `port` and execs the rest with LISTEN_FDS (same pid).
+      prefix.insert(prefix.end(), {"/usr/bin/systemd-socket-activate", "-l", "127.0.0.1:" + std::to_string(port)});
+      bound_port = free_port();
+    }
+    // POSIX: the keeper's log (its standard error) goes to the output file too, through a shell
+    // that execs it (so the keeper keeps the pid the shell started with).
+    if (!host_is_windows()) prefix.insert(prefix.end(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1"});
+    std::vector<std::string> argv = prefix;
+    const std::string http = program("baton-http");
+    const std::string listen = "127.0.0.1:" + std::to_string(bound_port);
+    argv.insert(argv.end(), {program("baton-run"), "--drain-ms", std::to_string(drain.count()), "--name", name, "--"});
+    if (orphans)
+      argv.insert(argv.end(), {"/bin/sh", "-c", "(sleep 2 &) ; exec \"$0\" --name \"$1\" --listen \"$2\"", http, name, listen});
+    else
+      argv.insert(argv.end(), {http, "--name", name, "--listen", listen});
+    run = child::run_to_file(argv, out);
+  }
+  ~kept_service() {
+    run.kill();
+    // Generations outlive a killed keeper: end each one seen.
+    for (auto pid : seen_pids)
+      if (process_exists(pid)) kill_process(pid);
+    remove_file(out);
+  }
+  // Waits until the keeper's log says that generation `g` took charge (the restart before it has
+  // ended: a trigger before that is refused as a restart in progress). POSIX, where the log is
+  // captured; elsewhere true.
+  bool wait_in_charge(std::uint64_t g) const {
+    if (host_is_windows()) return true;
+    const auto until = steady::now() + 60s;
+    while (logged("baton: keeper: generation " + std::to_string(g) + " (pid ") == 0 && steady::now() < until) nap(10ms);
+    return logged("baton: keeper: generation " + std::to_string(g) + " (pid ") == 1;
+  }
+  // How many times the keeper's log says `what`.
+  std::size_t logged(const std::string& what) const {
+    const auto text = read_file(out);
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  }
+  // The pid of the generation answering now (0: none); remembered for the clean-up.
+  std::uint32_t serving_pid() {
+    http_conn c;
+    response r;
+    if (!c.connect(port) || !c.get("/", r) || r.status != 200) return 0;
+    const auto pid = static_cast<std::uint32_t>(r.header_u64("x-baton-pid"));
+    if (own_pids) seen_pids.insert(pid);
+    return pid;
+  }
+};
+
+// Generation 1 serving, and a request of `ms` milliseconds running on `busy`.
+void start_slow_request(kept_service& svc, http_conn& busy, int ms) {
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
+  svc.serving_pid();
+  ASSERT_TRUE(busy.connect(svc.port));
+  ASSERT_TRUE(busy.send("GET /slow?ms=" + std::to_string(ms) + " HTTP/1.1\r\nHost: t\r\n\r\n"));
+  nap(200ms);
+}
+
+}  // namespace
+
+// Three restarts under keep-alive load: SIGHUP to the keeper (Windows: `batonctl restart`), then
+// `batonctl restart`, then the service's own trigger (SIGHUP to the generation in charge; Windows
+// the named event). Then a stop: SIGTERM to the keeper (Windows: `batonctl stop`).
+TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
+  kept_service svc({}, !host_is_windows());
+  const auto keeper_pid = svc.run.pid();
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  std::vector<std::uint32_t> gens{svc.serving_pid()};
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
+  {
+    load l(svc.port, 6);
+    wait_for_requests(l, 200);
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      if (!host_is_windows() && g == 2) {
+        baton::error_code ec;
+        baton::detail::fire_restart_trigger(svc.name, keeper_pid, ec);  // SIGHUP to the keeper
+        ASSERT_FALSE(ec) << ec.message();
+      } else if (g == 4) {
+        // The service's own trigger (SIGHUP to the generation; Windows the named event
+        // Local\baton.NAME.restart): the generation asks the keeper for its successor.
+        baton::error_code ec;
+        baton::detail::fire_restart_trigger(svc.name, gens.back(), ec);
+        ASSERT_FALSE(ec) << ec.message();
+      } else {
+        std::string out;
+        EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
+        EXPECT_NE(out.find("generation " + std::to_string(g - 1) + " -> " + std::to_string(g)), std::string::npos) << out;
+      }
+      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered; the keeper said:\n" << read_file(svc.out);
+      ASSERT_TRUE(svc.wait_in_charge(g)) << "generation " << g << " never took charge; the keeper said:\n" << read_file(svc.out);
+      wait_for_requests(l, 100);
+      EXPECT_TRUE(svc.run.running()) << "the keeper exited during restart " << g - 1;
+      gens.push_back(svc.serving_pid());
+    }
+    l.finish();
+    EXPECT_EQ(l.failed.load(), 0u);
+    EXPECT_EQ(l.conn_errors.load(), 0u);
+    EXPECT_EQ(l.sequence_errors.load(), 0u);
+    EXPECT_GE(l.ok.load(), 500u);
+    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+  }
+  // Four generations, four processes, none of them the keeper.
+  EXPECT_EQ(std::set<std::uint32_t>(gens.begin(), gens.end()).size(), 4u);
+  EXPECT_FALSE(std::set<std::uint32_t>(gens.begin(), gens.end()).count(keeper_pid));
+#ifndef _WIN32
+  // Every generation is the keeper's child; the old ones are gone, reaped: no zombie (the orphans
+  // each generation left are reaped too: the keeper is their subreaper).
+  EXPECT_EQ(read_stat(gens.back()).ppid, keeper_pid);
+  // The keeper started each of them (not the previous generation), and heard each take charge.
+  EXPECT_EQ(svc.logged("baton: keeper: started "), 4u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: generation 4 (pid " + std::to_string(gens.back()) + ") is in charge"), 1u)
+      << read_file(svc.out);
+  EXPECT_EQ(wait_no_zombie(keeper_pid), 0u) << "zombies left under the keeper";
+  for (std::size_t i = 0; i + 1 < gens.size(); ++i) EXPECT_EQ(read_stat(gens[i]).state, '\0') << gens[i];
+#endif
+
+  const auto t0 = steady::now();
+  if (host_is_windows()) {
+    std::string out;
+    EXPECT_EQ(batonctl({"stop", svc.name}, out), 0) << out;
+  } else {
+    ASSERT_TRUE(terminate_process(keeper_pid));  // SIGTERM
+  }
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << "the keeper ends with the service's status 0";
+  EXPECT_LT(steady::now() - t0, svc.drain) << "an idle service stops well within the drain deadline";
+  for (auto pid : gens) EXPECT_FALSE(process_exists(pid)) << "generation pid " << pid << " outlived the keeper";
+  baton::error_code ec;
+  baton::request_status(svc.name, 2s, ec);
+  EXPECT_EQ(ec, baton::errc::service_not_found) << ec.message();
+#ifndef _WIN32
+  EXPECT_FALSE(shm_has("baton." + svc.name)) << "objects of the service left in /dev/shm";
+  EXPECT_FALSE(shm_has("baton.keeper-" + std::to_string(keeper_pid) + "-")) << "the keeper's channel left in /dev/shm";
+#endif
+}
+
+// The keeper as PID 1 of its own PID namespace (as in a container): three restarts (SIGHUP from
+// outside) under load, the orphans every generation leaves are adopted and reaped by it, SIGTERM
+// ends everything.
+TEST(keeper, as_pid_1_of_a_pid_namespace) {
+  if (host_is_windows()) GTEST_SKIP() << "Linux PID namespaces; Windows has no PID 1 and no orphans to reap";
+#ifndef _WIN32
+  std::string out;
+  if (run_capture({"/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "/bin/true"}, out, 30s) != 0)
+    GTEST_SKIP() << "unshare --pid --fork --mount-proc is not available or not permitted here (needs root or user "
+                    "namespaces)";
+  // --kill-child: should the test fail early, PID 1 (and with it the namespace) ends with unshare.
+  kept_service svc({"/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "--kill-child"}, true);
+  // unshare forks the namespace's PID 1, which execs baton-run: find it (its pid out here).
+  std::uint32_t keeper = 0;
+  for (const auto until = steady::now() + 30s; keeper == 0 && steady::now() < until; nap(20ms))
+    for (auto& [pid, st] : children_of(svc.run.pid())) keeper = pid;
+  ASSERT_NE(keeper, 0u) << "unshare started no process";
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
+  const auto nspid = status_field(keeper, "NSpid");
+  ASSERT_EQ(nspid.substr(nspid.find_last_of(" \t") + 1), "1") << "the keeper is not PID 1 in its namespace: " << nspid;
+  // The orphan generation 1 left (`sleep`, re-parented to PID 1) shows up as the keeper's child.
+  bool adopted = false;
+  for (const auto until = steady::now() + 10s; !adopted && steady::now() < until; nap(20ms))
+    for (auto& [pid, st] : children_of(keeper))
+      if (status_field(pid, "Name").find("sleep") != std::string::npos) adopted = true;
+  EXPECT_TRUE(adopted) << "no orphan was re-parented to the keeper";
+  {
+    load l(svc.port, 6);
+    wait_for_requests(l, 200);
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      baton::error_code ec;
+      baton::detail::fire_restart_trigger(svc.name, keeper, ec);  // SIGHUP, from outside the namespace
+      ASSERT_FALSE(ec) << ec.message();
+      ASSERT_TRUE(wait_generation(svc.port, g)) << "generation " << g << " never answered; the keeper said:\n" << read_file(svc.out);
+      ASSERT_TRUE(svc.wait_in_charge(g)) << "generation " << g << " never took charge; the keeper said:\n" << read_file(svc.out);
+      wait_for_requests(l, 100);
+      EXPECT_TRUE(process_exists(keeper)) << "PID 1 exited during restart " << g - 1;
+      svc.serving_pid();
+    }
+    l.finish();
+    EXPECT_EQ(l.failed.load(), 0u);
+    EXPECT_EQ(l.conn_errors.load(), 0u);
+    EXPECT_EQ(l.sequence_errors.load(), 0u);
+    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+  }
+  // The orphans (each lives 2 s) end and are reaped by PID 1: wait for them, then count zombies.
+  for (const auto until = steady::now() + 20s; steady::now() < until; nap(50ms)) {
+    bool sleeping = false;
+    for (auto& [pid, st] : children_of(keeper))
+      if (st.state != 'Z' && status_field(pid, "Name").find("sleep") != std::string::npos) sleeping = true;
+    if (!sleeping) break;
+  }
+  EXPECT_EQ(wait_no_zombie(keeper), 0u) << "zombies left under PID 1";
+  EXPECT_EQ(svc.logged("baton: keeper: started "), 4u) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: restarted " + svc.name + ": generation 3 -> 4"), 1u) << read_file(svc.out);
+  const auto t0 = steady::now();
+  ASSERT_TRUE(terminate_process(keeper));
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << "unshare exits with PID 1's status, the service's 0";
+  EXPECT_LT(steady::now() - t0, svc.drain);
+  // The generations' pids are the namespace's; the namespace ends with its PID 1.
+  EXPECT_FALSE(process_exists(keeper));
+  EXPECT_TRUE(children_of(keeper).empty());
+  EXPECT_FALSE(shm_has("baton." + svc.name)) << "objects of the service left in /dev/shm";
+#endif
+}
+
+// A service killed with SIGKILL (TerminateProcess) leaves its objects; `batonctl clean NAME`
+// removes them, and leaves those of a live service alone.
+TEST(keeper, batonctl_clean_removes_what_a_killed_service_left_and_nothing_live) {
+  const std::string dead = unique_name("cd"), live = unique_name("cl");
+  name_guard g1(dead), g2(live);
+  auto start = [](const std::string& name) {
+    return child::run({program("baton-http"), "--name", name, "--listen", "127.0.0.1:0"});
+  };
+  auto serving = [](const std::string& name) {
+    for (const auto until = steady::now() + 60s; steady::now() < until; nap(50ms)) {
+      baton::error_code ec;
+      const auto st = baton::request_status(name, 5s, ec);
+      if (!ec && st.find("state serving") != std::string::npos) return true;
+    }
+    return false;
+  };
+  child a = start(dead), b = start(live);
+  ASSERT_TRUE(serving(dead));
+  ASSERT_TRUE(serving(live));
+  a.kill();
+  std::string out;
+  if (host_is_windows()) {
+    EXPECT_EQ(batonctl({"clean", dead}, out), 0) << out;
+    EXPECT_NE(out.find("nothing to clean on Windows"), std::string::npos) << out;
+    b.kill();
+    return;
+  }
+#ifndef _WIN32
+  ASSERT_TRUE(file_exists("/dev/shm/baton." + dead + ".ring")) << "SIGKILL left nothing behind: nothing to test";
+  EXPECT_EQ(batonctl({"clean", live}, out), 0) << out;
+  EXPECT_NE(out.find("nothing to clean for " + live), std::string::npos) << out;
+  EXPECT_TRUE(file_exists("/dev/shm/baton." + live + ".ring"));
+  baton::error_code ec;
+  baton::request_status(live, 5s, ec);
+  EXPECT_FALSE(ec) << "the live service stopped answering after clean: " << ec.message();
+  EXPECT_EQ(batonctl({"clean", dead}, out), 0) << out;
+  EXPECT_NE(out.find("removed " + dead + " "), std::string::npos) << out;
+  EXPECT_FALSE(shm_has("baton." + dead + ".")) << "clean left objects of the killed service";
+  EXPECT_TRUE(file_exists("/dev/shm/baton." + live + ".ring"));
+  baton::request_status(live, 5s, ec);
+  EXPECT_FALSE(ec) << ec.message();
+  b.kill();
+#endif
+}
+
+// A generation that crashes with no successor ends the keeper with its status (it is not
+// restarted), and the keeper removes what the crash left under the service's name.
+TEST(keeper, a_crashed_generation_ends_the_keeper_with_its_status) {
+  kept_service svc;
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  const auto pid = svc.serving_pid();
+  ASSERT_NE(pid, 0u);
+  kill_process(pid);  // SIGKILL / TerminateProcess(137)
+  EXPECT_EQ(svc.run.wait(30s), 137) << "the keeper ends with the crashed generation's status";
+  EXPECT_EQ(generation_answering(svc.port), 0u) << "something still serves";
+#ifndef _WIN32
+  EXPECT_FALSE(shm_has("baton." + svc.name)) << "the crash's objects were left in /dev/shm";
+  EXPECT_EQ(svc.logged("exited with status 137"), 1u) << read_file(svc.out);
+#endif
+}
+
+// SIGTERM while a restart is under way: the stop waits for it, then stops the new generation;
+// the request in flight is answered; the keeper ends with status 0.
+TEST(keeper, a_stop_during_a_restart_stops_the_new_generation) {
+  if (host_is_windows()) GTEST_SKIP() << "SIGTERM to the keeper: Linux (on Windows batonctl stop is refused during a restart, as without a keeper)";
+#ifndef _WIN32
+  kept_service svc;
+  http_conn busy;  // keeps generation 1 handing over until it is answered
+  ASSERT_NO_FATAL_FAILURE(start_slow_request(svc, busy, 2000));
+  baton::error_code ec;
+  baton::detail::fire_restart_trigger(svc.name, svc.run.pid(), ec);  // SIGHUP to the keeper
+  ASSERT_FALSE(ec) << ec.message();
+  // Stop once generation 2 is running (it announces itself and takes the listener at once, while
+  // generation 1 still holds the request).
+  const auto until = steady::now() + 30s;
+  while (svc.logged("baton: keeper: started ") < 2 && steady::now() < until) nap(10ms);
+  ASSERT_EQ(svc.logged("baton: keeper: started "), 2u) << read_file(svc.out);
+  ASSERT_TRUE(terminate_process(svc.run.pid()));
+  response r;
+  ASSERT_TRUE(busy.read(r)) << "the request in flight was cut";
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: generation 2 (pid "), 1u) << "generation 2 never took charge: " << read_file(svc.out);
+  EXPECT_EQ(svc.logged("baton: keeper: stopped " + svc.name + ": generation 2"), 1u) << read_file(svc.out);
+  EXPECT_EQ(generation_answering(svc.port), 0u) << "something still serves";
+  for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
+  EXPECT_FALSE(shm_has("baton." + svc.name));
+#endif
+}
+
+// A second SIGTERM stops at once: a request that would run for a minute is cut.
+TEST(keeper, a_second_sigterm_stops_at_once) {
+  if (host_is_windows()) GTEST_SKIP() << "SIGTERM to the keeper: Linux";
+#ifndef _WIN32
+  kept_service svc;
+  http_conn busy;
+  ASSERT_NO_FATAL_FAILURE(start_slow_request(svc, busy, 60000));
+  ASSERT_TRUE(terminate_process(svc.run.pid()));
+  // The graceful stop waits for the request: the keeper is still there a moment later.
+  const auto until = steady::now() + 30s;
+  while (svc.logged("stopping: no new connections") == 0 && steady::now() < until) nap(10ms);
+  EXPECT_TRUE(svc.run.running());
+  const auto t0 = steady::now();
+  ASSERT_TRUE(terminate_process(svc.run.pid()));
+  EXPECT_EQ(svc.run.wait(30s), 0) << read_file(svc.out);
+  EXPECT_LT(steady::now() - t0, 20s) << "the second SIGTERM did not stop at once";
+  EXPECT_EQ(svc.logged("stopping every generation at once"), 1u) << read_file(svc.out);
+  for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
+#endif
+}
+
+// The keeper killed: its generation keeps serving, and a restart fails with a message that says
+// why (errc::keeper_gone) instead of a bare "channel not found".
+TEST(keeper, without_its_keeper_a_restart_fails_and_says_why) {
+  kept_service svc;
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  const auto pid = svc.serving_pid();
+  svc.run.kill();
+  std::string out;
+  EXPECT_EQ(batonctl({"restart", svc.name}, out), 1) << out;
+  EXPECT_NE(out.find(baton::make_error_code(baton::errc::keeper_gone).message()), std::string::npos) << out;
+  EXPECT_EQ(generation_answering(svc.port), 1u) << "generation 1 stopped serving";
+  EXPECT_TRUE(process_exists(pid));
+}
+
+// systemd's notify protocol, with the test as systemd: a datagram socket at NOTIFY_SOCKET that
+// sees each sender's pid. The keeper (the unit's main process) says READY=1 once generation 1
+// serves, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around each of three restarts, and
+// STOPPING=1 on SIGTERM, each with a STATUS= line.
+TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
+  if (host_is_windows()) GTEST_SKIP() << "systemd: Linux (the Windows Service Control Manager is not spoken yet)";
+#ifndef _WIN32
+  if (!baton::detail::supervisor_notify_built())
+    GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
+  const std::string path = temp_path("notify");
+  remove_file(path);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  ASSERT_LT(path.size(), sizeof addr.sun_path) << path;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0) << path;
+  const int on = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
+  timeval tv{0, 100000};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::mutex m;
+  std::vector<std::pair<std::uint32_t, std::string>> heard;  // sender pid, text
+  std::atomic<bool> done{false};
+  std::thread listener([&] {
+    while (!done) {
+      char buf[4096];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
+      iovec iov{buf, sizeof buf};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      const auto n = ::recvmsg(fd, &msg, 0);
+      if (n <= 0) continue;
+      std::uint32_t pid = 0;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
+          ucred cr{};
+          std::memcpy(&cr, CMSG_DATA(c), sizeof cr);
+          pid = static_cast<std::uint32_t>(cr.pid);
+        }
+      std::lock_guard lk(m);
+      heard.emplace_back(pid, std::string(buf, static_cast<std::size_t>(n)));
+    }
+  });
+  auto count = [&](const std::string& what) {
+    std::lock_guard lk(m);
+    return std::count_if(heard.begin(), heard.end(), [&](auto& h) { return h.second.find(what) != std::string::npos; });
+  };
+  auto wait_count = [&](const std::string& what, long n) {
+    for (const auto until = steady::now() + 30s; count(what) < n && steady::now() < until;) nap(10ms);
+    return count(what) >= n;
+  };
+  {
+    set_env("NOTIFY_SOCKET", path);
+    kept_service svc;
+    set_env("NOTIFY_SOCKET", "");
+    ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+    EXPECT_TRUE(wait_count("READY=1", 1)) << "no READY=1 once generation 1 served";
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      std::string out;
+      EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
+      ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
+      EXPECT_TRUE(wait_count("READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
+    }
+    svc.serving_pid();
+    ASSERT_TRUE(terminate_process(svc.run.pid()));
+    EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0);
+    EXPECT_TRUE(wait_count("STOPPING=1", 1));
+    done = true;
+    listener.join();
+    ::close(fd);
+    remove_file(path);
+    // In order, each from the keeper (the pid systemd accepts with NotifyAccess=main).
+    std::vector<std::string> states;
+    for (auto& [pid, text] : heard) {
+      EXPECT_EQ(pid, svc.run.pid()) << text;
+      EXPECT_NE(text.find("STATUS="), std::string::npos) << text;
+      if (text.find("RELOADING=1") != std::string::npos) {
+        EXPECT_NE(text.find("MONOTONIC_USEC="), std::string::npos) << text;
+        states.push_back("RELOADING");
+      } else if (text.find("READY=1") != std::string::npos) {
+        states.push_back("READY");
+      } else if (text.find("STOPPING=1") != std::string::npos) {
+        states.push_back("STOPPING");
+      }
+    }
+    const std::vector<std::string> expected{"READY",     "RELOADING", "READY", "RELOADING", "READY",
+                                            "RELOADING", "READY",     "STOPPING"};
+    EXPECT_EQ(states, expected);
+  }
+#endif
+}
+
+// systemd socket activation, with systemd's own systemd-socket-activate: it listens and passes the
+// socket (LISTEN_FDS) to the keeper, which hands it to generation 1 only: baton-http binds nothing
+// (its --listen port stays closed), three restarts under load move the activated listener, and the
+// keeper holds no listener.
+TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
+  if (host_is_windows()) GTEST_SKIP() << "systemd socket activation: Linux";
+#ifndef _WIN32
+  if (!baton::detail::supervisor_notify_built())
+    GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
+  if (!file_exists("/usr/bin/systemd-socket-activate")) GTEST_SKIP() << "no systemd-socket-activate (package systemd)";
+  kept_service svc({}, false, true);
+  const auto keeper_pid = svc.run.pid();
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered; the keeper said:\n" << read_file(svc.out);
+  ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
+  EXPECT_TRUE(holds_tcp_listener(svc.serving_pid())) << "generation 1 holds no listener (the check sees nothing)";
+  http_conn other;
+  EXPECT_FALSE(other.connect(svc.bound_port)) << "baton-http bound its --listen port: the activated socket was not used";
+  EXPECT_FALSE(holds_tcp_listener(keeper_pid)) << "the keeper kept a copy of the activated listener";
+  {
+    load l(svc.port, 4);
+    wait_for_requests(l, 100);
+    for (std::uint64_t g = 2; g <= 4; ++g) {
+      std::string out;
+      EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
+      ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
+      wait_for_requests(l, 100);
+      svc.serving_pid();
+    }
+    l.finish();
+    EXPECT_EQ(l.failed.load(), 0u);
+    EXPECT_EQ(l.conn_errors.load(), 0u);
+    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+  }
+  EXPECT_FALSE(other.connect(svc.bound_port));
+  EXPECT_FALSE(holds_tcp_listener(keeper_pid));
+  ASSERT_TRUE(terminate_process(keeper_pid));
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << read_file(svc.out);
+  for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
+#endif
+}
