@@ -230,6 +230,17 @@ class keeper_os {
   virtual void close() noexcept = 0;
 };
 std::unique_ptr<keeper_os> make_keeper_os(const boost::asio::any_io_executor& ex, keeper_os::events ev, error_code& ec);
+
+/// Makes a T from `args` and starts it (`start(error_code&)`): nullptr and `ec` if it would not
+/// start. Both platforms' make_keeper_os.
+template <class T, class... Args>
+std::unique_ptr<T> make_started(error_code& ec, Args&&... args) {
+  ec.clear();
+  auto t = std::make_unique<T>(std::forward<Args>(args)...);
+  t->start(ec);
+  if (ec) return nullptr;
+  return t;
+}
 /// Sets an environment variable of this process, inherited by the children it starts next.
 void set_environment(const std::string& name, const std::string& value);
 

@@ -85,11 +85,7 @@ class sigchld_keeper final : public keeper_os {
 }  // namespace
 
 std::unique_ptr<keeper_os> make_keeper_os(const boost::asio::any_io_executor& ex, keeper_os::events ev, error_code& ec) {
-  ec.clear();
-  auto k = std::make_unique<sigchld_keeper>(ex, std::move(ev));
-  k->start(ec);
-  if (ec) return nullptr;
-  return k;
+  return make_started<sigchld_keeper>(ec, ex, std::move(ev));
 }
 
 void set_environment(const std::string& name, const std::string& value) {

@@ -82,11 +82,7 @@ class handle_keeper final : public keeper_os {
 }  // namespace
 
 std::unique_ptr<keeper_os> make_keeper_os(const asio::any_io_executor& ex, keeper_os::events ev, error_code& ec) {
-  ec.clear();
-  auto k = std::make_unique<handle_keeper>(ex, std::move(ev));
-  k->start(ec);
-  if (ec) return nullptr;
-  return k;
+  return make_started<handle_keeper>(ec, ex, std::move(ev));
 }
 
 void set_environment(const std::string& name, const std::string& value) {
