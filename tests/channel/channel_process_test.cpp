@@ -168,18 +168,22 @@ constexpr std::uint32_t ticket_divisor = 5;
 constexpr std::uint32_t ticket_divisor = 1;
 #endif
 
-TEST(channel_process, hundred_thousand_tickets_random_sizes_one_sender) {
-  constexpr std::uint32_t count = 100000 / ticket_divisor;
+// `senders` processes each send `count` tickets of random sizes up to 64 KiB at once; every
+// ticket arrives, in each sender's order, with its size and content.
+void bulk_case(const char* tag, std::uint32_t senders, std::uint32_t count) {
   asio::io_context ioc;
-  name_guard g(unique_name("100k"));
+  name_guard g(unique_name(tag));
   auto rx = baton::channel::create(ioc.get_executor(), g.name);
   verifier v;
-  v.add_sender(1, 64 * 1024);
   std::vector<child> kids;
-  kids.push_back(child::spawn("sender", {g.name, "1", std::to_string(count), "65536"}));
-  receive_all(ioc, rx, v, count, 200s, kids);
-  EXPECT_EQ(kids[0].wait(30s), 0);
-  EXPECT_EQ(v.total, count);
+  for (std::uint32_t s = 1; s <= senders; ++s) {
+    v.add_sender(s, 64 * 1024);
+    kids.push_back(child::spawn("sender", {g.name, std::to_string(s), std::to_string(count), "65536"}));
+  }
+  const std::uint64_t expected = std::uint64_t{senders} * count;
+  receive_all(ioc, rx, v, expected, 200s, kids);
+  for (auto& k : kids) EXPECT_EQ(k.wait(30s), 0);
+  EXPECT_EQ(v.total, expected);
   EXPECT_EQ(v.errors, 0u);
   std::printf("[ info ] %llu tickets, %llu payload bytes verified, %llu doorbells\n",
               static_cast<unsigned long long>(v.total), static_cast<unsigned long long>(v.bytes),
@@ -187,22 +191,11 @@ TEST(channel_process, hundred_thousand_tickets_random_sizes_one_sender) {
   baton::test::report_bytes_checked(v.bytes);
 }
 
-TEST(channel_process, three_senders_at_once) {
-  constexpr std::uint32_t count = 34000 / ticket_divisor;
-  asio::io_context ioc;
-  name_guard g(unique_name("3tx"));
-  auto rx = baton::channel::create(ioc.get_executor(), g.name);
-  verifier v;
-  std::vector<child> kids;
-  for (std::uint32_t s = 1; s <= 3; ++s) {
-    v.add_sender(s, 64 * 1024);
-    kids.push_back(child::spawn("sender", {g.name, std::to_string(s), std::to_string(count), "65536"}));
-  }
-  receive_all(ioc, rx, v, 3 * count, 200s, kids);
-  for (auto& k : kids) EXPECT_EQ(k.wait(30s), 0);
-  EXPECT_EQ(v.total, 3u * count);
-  EXPECT_EQ(v.errors, 0u);
+TEST(channel_process, hundred_thousand_tickets_random_sizes_one_sender) {
+  bulk_case("100k", 1, 100000 / ticket_divisor);
 }
+
+TEST(channel_process, three_senders_at_once) { bulk_case("3tx", 3, 34000 / ticket_divisor); }
 
 TEST(channel_process, squatted_name_is_refused_and_gets_no_ticket) {
   asio::io_context ioc;
