@@ -203,7 +203,16 @@ struct kept_service {
     // Generations outlive a killed keeper: end each one seen.
     for (auto pid : seen_pids)
       if (process_exists(pid)) kill_process(pid);
+    // ... and are gone before `guard` removes the service's objects, which it leaves to a live owner.
+    for (const auto until = steady::now() + 10s; steady::now() < until; nap(10ms))
+      if (std::none_of(seen_pids.begin(), seen_pids.end(), [](auto pid) { return process_exists(pid); })) break;
     remove_file(out);
+    // A killed keeper leaves its channel, "keeper-<pid>-<random>", in /dev/shm (Windows: its
+    // objects die with it, and the names cannot be listed).
+    baton::error_code ec;
+    const std::string mine = "keeper-" + std::to_string(run.pid()) + "-";
+    for (const auto& n : baton::detail::list_channel_names(ec))
+      if (n.rfind(mine, 0) == 0) baton::channel::remove_stale(n, ec);
   }
   // Waits until the keeper's log says that generation `g` took charge (the restart before it has
   // ended: a trigger before that is refused as a restart in progress). POSIX, where the log is
