@@ -3,6 +3,7 @@
 #include "net_helpers.hpp"
 #include "support_platform.hpp"
 
+#include <baton/restart.hpp>
 #include <baton/spawn.hpp>
 
 #include <gtest/gtest.h>
@@ -58,6 +59,9 @@ name_guard::name_guard(std::string n) : name(std::move(n)) {
 name_guard::~name_guard() {
   error_code ec;
   channel::remove_stale(name, ec);
+  // A service's successors made inboxes "<name>.<10 characters>" (Linux: listed in /dev/shm;
+  // Windows: gone with their processes): those whose owner is dead go too.
+  remove_dead_channels(name, ec);
 }
 
 child::child(child&& o) noexcept { *this = std::move(o); }
