@@ -257,8 +257,6 @@ bool supervisor_notify_built() noexcept;
 /// LISTEN_FDS for this pid, read with libsystemd's sd_listen_fds, which also removes the
 /// variables), in order; none where there are none, without libsystemd, or on Windows.
 std::vector<std::uintptr_t> take_activated_listeners() noexcept;
-/// Closes this process's copies of sockets handed to a child.
-void close_handles(const std::vector<std::uintptr_t>& handles) noexcept;
 /// The variable through which a keeper passes activated listeners (their numbers, comma-separated)
 /// to its first generation, which adopts them instead of binding.
 inline constexpr const char* activated_listeners_variable = "BATON_LISTEN_FDS";

@@ -23,6 +23,13 @@ class kept_listener {
 
   /// Duplicates `l`'s handle. On failure nothing is kept.
   static kept_listener keep(const listener& l, error_code& ec);
+  /// Takes over `h`, a listening socket's handle this process owns (e.g. one a service manager
+  /// passed in).
+  static kept_listener own(std::uintptr_t h) noexcept {
+    kept_listener k;
+    k.h_ = h;
+    return k;
+  }
   /// A listener of the kept handle on `ex` (native where possible, emulated otherwise). The handle
   /// is given up either way (closed on failure).
   listener adopt(const boost::asio::any_io_executor& ex, error_code& ec);

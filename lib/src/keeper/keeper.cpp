@@ -13,14 +13,14 @@
 
 #include "baton/restart.hpp"
 #include "baton/spawn.hpp"
+#include "detail/socket_custody.hpp"
 #include "restart/service_impl.hpp"
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
-#include <map>
-#include <random>
+#include <set>
 
 namespace baton {
 namespace detail {
@@ -44,9 +44,8 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     handler.emplace(std::move(h));
     error_code ec;
     // The channel's name is unpredictable, so that nobody can hold it in advance.
-    std::mt19937_64 rng(std::random_device{}());
     for (int attempt = 0; attempt < 8; ++attempt) {
-      name = "keeper-" + std::to_string(current_pid()) + "-" + std::to_string(rng() % 1000000000);
+      name = "keeper-" + std::to_string(current_pid()) + "-" + random_suffix();
       auto o = restart_channel_options();
       o.ack_slots = 16;  // not the control channel's geometry: `batonctl list` must not take it for a service
       ch = std::make_shared<channel>(channel::create(ex, name, o, ec));
@@ -78,9 +77,8 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     set_environment(activated_listeners_variable, numbers);
     spawn(ec, activated);
     set_environment(activated_listeners_variable, "");
-    close_handles(activated);
+    for (auto h : activated) kept_listener::own(h).close();  // the keeper holds no listener
     if (ec) return finish(ec, 127);
-    tick();
   }
 
   std::uint32_t spawn(error_code& ec, const std::vector<std::uintptr_t>& handles = {}) {
@@ -90,7 +88,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
       return 0;
     }
     ++st.generations_started;
-    children[child.pid] = true;
+    children.insert(child.pid);
     note("baton: keeper: started " + opts.program + " (pid " + std::to_string(child.pid) + ")");
     os->watch(child.pid);
     return child.pid;
@@ -202,7 +200,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
       note("baton: keeper: stopping");
       tell(supervisor_state::stopping, "stopping: generations drain for up to " +
                                            std::to_string(opts.drain_deadline.count()) + " ms");
-      return send_stop();
+      return tick();  // sends the stop, and follows it until the deadlines
     }
     stop_at_once();
   }
@@ -219,20 +217,20 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     at_once = true;
     kill_deadline = clock_type::now() + 5s;
     note("baton: keeper: stopping every generation at once");
-    for (auto& [pid, alive] : children) os->stop_at_once(pid);
+    for (auto pid : children) os->stop_at_once(pid);
   }
 
+  // While stopping, every 100 ms: the stop sent (again, until the generation in charge takes it),
+  // then at the deadlines every generation stopped at once, then killed.
   void tick() {
     if (finished) return;
     const auto now = clock_type::now();
-    if (stopping) {
-      if (at_once && now >= kill_deadline) {
-        for (auto& [pid, alive] : children) kill_process_hard(pid);
-      } else if (!at_once && now >= stop_deadline) {
-        stop_at_once();
-      } else if (!at_once) {
-        send_stop();  // retried until the generation in charge takes it
-      }
+    if (at_once && now >= kill_deadline) {
+      for (auto pid : children) kill_process_hard(pid);
+    } else if (!at_once && now >= stop_deadline) {
+      stop_at_once();
+    } else if (!at_once) {
+      send_stop();
     }
     timer.expires_after(100ms);
     timer.async_wait([self = shared_from_this()](error_code ec) {
@@ -266,7 +264,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
   std::shared_ptr<channel> ch;
   std::unique_ptr<keeper_os> os;
   std::optional<run_handler> handler;
-  std::map<std::uint32_t, bool> children;
+  std::set<std::uint32_t> children;  // generations alive
   keeper_stats st;
   int last_status = 0;
   bool finished = false, stopping = false, at_once = false;

@@ -50,8 +50,4 @@ std::vector<std::uintptr_t> take_activated_listeners() noexcept {
   return fds;
 }
 
-void close_handles(const std::vector<std::uintptr_t>& handles) noexcept {
-  for (auto h : handles) ::close(static_cast<int>(h));
-}
-
 }  // namespace baton::detail

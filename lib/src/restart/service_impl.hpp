@@ -68,6 +68,10 @@ restart_report get_report(const control_message& m);
 
 struct service_impl;
 
+/// Ten characters of [0-9a-z] from the OS's random source, for channel names nobody can hold in
+/// advance (a successor's inbox, the keeper's channel). successor.cpp.
+std::string random_suffix();
+
 enum class service_phase {
   created,       // async_start not called yet
   joining,       // successor: hello sent, waiting for welcome and listeners

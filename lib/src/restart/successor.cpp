@@ -14,6 +14,8 @@ namespace {
 
 using namespace std::chrono_literals;
 
+}  // namespace
+
 // Ten characters of [0-9a-z] from the OS's random source (about 51 bits): with a service name of
 // at most 53 characters, "<service>.<suffix>" stays within a channel name's 64.
 std::string random_suffix() {
@@ -23,8 +25,6 @@ std::string random_suffix() {
   for (auto& ch : s) ch = digits[rd() % 36];
   return s;
 }
-
-}  // namespace
 
 void successor::start(asio::any_completion_handler<void(error_code)> h) {
   if (s_.ph != service_phase::created) {
@@ -118,22 +118,15 @@ void successor::adopt_activated_listeners() {
   for (std::size_t from = 0; from < list.size();) {
     auto comma = list.find(',', from);
     if (comma == std::string::npos) comma = list.size();
-    const auto h = static_cast<asio::ip::tcp::acceptor::native_handle_type>(std::strtoull(list.c_str() + from, nullptr, 10));
+    const auto h = static_cast<std::uintptr_t>(std::strtoull(list.c_str() + from, nullptr, 10));
     from = comma + 1;
     error_code ec;
-    asio::ip::tcp::acceptor a(s_.ex);
-    a.assign(asio::ip::tcp::v4(), h, ec);
-    // The socket may be IPv6: assign again under the protocol its address says.
-    const auto ep = ec ? asio::ip::tcp::endpoint() : a.local_endpoint(ec);
-    if (!ec && ep.protocol() != asio::ip::tcp::v4()) {
-      const auto raw = a.release(ec);
-      if (!ec) a.assign(ep.protocol(), raw, ec);
-    }
+    auto l = kept_listener::own(h).adopt(s_.ex, ec);  // under the protocol its address says
     if (ec) {
       s_.note("baton: service " + s_.name + " cannot adopt activated listener " + std::to_string(h) + ": " + ec.message());
       continue;
     }
-    s_.listeners.add(listener(std::move(a)), true);
+    s_.listeners.add(std::move(l), true);
   }
 }
 

@@ -93,8 +93,5 @@ void set_environment(const std::string& name, const std::string& value) {
 bool notify_supervisor(supervisor_state, const std::string&) noexcept { return false; }
 bool supervisor_notify_built() noexcept { return false; }
 std::vector<std::uintptr_t> take_activated_listeners() noexcept { return {}; }
-void close_handles(const std::vector<std::uintptr_t>& handles) noexcept {
-  for (auto h : handles) ::closesocket(static_cast<SOCKET>(h));
-}
 
 }  // namespace baton::detail
