@@ -7,6 +7,7 @@
 
 #include "../restart/restart_support.hpp"
 #include "detail/platform.hpp"
+#include "process_tree.hpp"
 #include "test_prelude.hpp"
 
 #include <boost/asio.hpp>
@@ -15,13 +16,6 @@
 #include <cstring>
 #include <sstream>
 
-#ifndef _WIN32
-#include <dirent.h>
-#include <fcntl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
-#endif
 
 using namespace baton::test::prelude;
 using namespace baton::test;
@@ -62,107 +56,6 @@ bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::seconds 
   return false;
 }
 
-#ifndef _WIN32
-// /proc/<pid>/stat: the state letter and the parent pid ('\0' if the process is gone).
-struct proc_stat {
-  char state = '\0';
-  std::uint32_t ppid = 0;
-};
-// A /proc file's text ("" if it cannot be read: the process may have just gone, and a read
-// then fails with ESRCH, which iostreams would throw).
-std::string read_proc(const std::string& path) {
-  std::string s;
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return s;
-  char buf[4096];
-  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) s.append(buf, static_cast<std::size_t>(n));
-  ::close(fd);
-  return s;
-}
-proc_stat read_stat(std::uint32_t pid) {
-  const std::string s = read_proc("/proc/" + std::to_string(pid) + "/stat");
-  const auto close = s.rfind(')');  // the command may contain spaces and parentheses
-  proc_stat st;
-  if (close == std::string::npos) return st;
-  std::istringstream rest(s.substr(close + 1));
-  rest >> st.state >> st.ppid;
-  return st;
-}
-// The processes whose parent is `ppid`, with their state.
-std::vector<std::pair<std::uint32_t, proc_stat>> children_of(std::uint32_t ppid) {
-  std::vector<std::pair<std::uint32_t, proc_stat>> out;
-  DIR* d = ::opendir("/proc");
-  if (!d) return out;
-  while (const dirent* e = ::readdir(d)) {
-    char* end = nullptr;
-    const auto pid = std::strtoul(e->d_name, &end, 10);
-    if (pid == 0 || *end != '\0') continue;
-    const auto st = read_stat(static_cast<std::uint32_t>(pid));
-    if (st.state != '\0' && st.ppid == ppid) out.emplace_back(static_cast<std::uint32_t>(pid), st);
-  }
-  ::closedir(d);
-  return out;
-}
-std::size_t zombies_of(std::uint32_t ppid) {
-  std::size_t n = 0;
-  for (auto& [pid, st] : children_of(ppid)) n += st.state == 'Z';
-  return n;
-}
-// Waits (bounded) until `ppid` has no zombie child; returns how many are left.
-std::size_t wait_no_zombie(std::uint32_t ppid) {
-  const auto until = steady::now() + 10s;
-  std::size_t n = zombies_of(ppid);
-  while (n != 0 && steady::now() < until) {
-    nap(20ms);
-    n = zombies_of(ppid);
-  }
-  return n;
-}
-// The value of `key:` in /proc/<pid>/status ("" if none).
-std::string status_field(std::uint32_t pid, const std::string& key) {
-  std::istringstream f(read_proc("/proc/" + std::to_string(pid) + "/status"));
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(key + ":", 0) == 0) return line.substr(key.size() + 1);
-  return {};
-}
-// True if `pid` holds a listening TCP socket (its socket inodes against /proc/net/tcp{,6}).
-bool holds_tcp_listener(std::uint32_t pid) {
-  std::set<std::string> inodes;
-  const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
-  if (DIR* d = ::opendir(dir.c_str())) {
-    while (const dirent* e = ::readdir(d)) {
-      char target[256];
-      const auto n = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
-      if (n <= 0) continue;
-      const std::string t(target, static_cast<std::size_t>(n));
-      if (t.rfind("socket:[", 0) == 0) inodes.insert(t.substr(8, t.size() - 9));
-    }
-    ::closedir(d);
-  }
-  for (const char* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-    std::istringstream f(read_proc(table));
-    std::string line;
-    std::getline(f, line);  // header
-    while (std::getline(f, line)) {
-      std::istringstream w(line);
-      std::string sl, local, remote, state, queues, timer, retr, uid, timeout, inode;
-      w >> sl >> local >> remote >> state >> queues >> timer >> retr >> uid >> timeout >> inode;
-      if (state == "0A" && inodes.count(inode)) return true;  // 0A: LISTEN
-    }
-  }
-  return false;
-}
-bool shm_has(const std::string& fragment) {
-  bool found = false;
-  if (DIR* d = ::opendir("/dev/shm")) {
-    while (const dirent* e = ::readdir(d))
-      if (std::string(e->d_name).find(fragment) != std::string::npos) found = true;
-    ::closedir(d);
-  }
-  return found;
-}
-#endif
 
 // baton-run keeping baton-http. `prefix`: what runs baton-run (e.g. unshare); `orphans`: every
 // generation leaves an orphan (a `sleep` whose parent exited) on its way in (POSIX, through sh).
@@ -297,17 +190,17 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
   // Four generations, four processes, none of them the keeper.
   EXPECT_EQ(std::set<std::uint32_t>(gens.begin(), gens.end()).size(), 4u);
   EXPECT_FALSE(std::set<std::uint32_t>(gens.begin(), gens.end()).count(keeper_pid));
-#ifndef _WIN32
-  // Every generation is the keeper's child; the old ones are gone, reaped: no zombie (the orphans
-  // each generation left are reaped too: the keeper is their subreaper).
-  EXPECT_EQ(read_stat(gens.back()).ppid, keeper_pid);
-  // The keeper started each of them (not the previous generation), and heard each take charge.
-  EXPECT_EQ(svc.logged("baton: keeper: started "), 4u) << read_file(svc.out);
-  EXPECT_EQ(svc.logged("baton: keeper: generation 4 (pid " + std::to_string(gens.back()) + ") is in charge"), 1u)
-      << read_file(svc.out);
-  EXPECT_EQ(wait_no_zombie(keeper_pid), 0u) << "zombies left under the keeper";
-  for (std::size_t i = 0; i + 1 < gens.size(); ++i) EXPECT_EQ(read_stat(gens[i]).state, '\0') << gens[i];
-#endif
+  if (!host_is_windows()) {  // /proc, and the keeper's log (captured on POSIX)
+    // Every generation is the keeper's child; the old ones are gone, reaped: no zombie (the
+    // orphans each generation left are reaped too: the keeper is their subreaper).
+    EXPECT_EQ(read_stat(gens.back()).ppid, keeper_pid);
+    // The keeper started each of them (not the previous generation), and heard each take charge.
+    EXPECT_EQ(svc.logged("baton: keeper: started "), 4u) << read_file(svc.out);
+    EXPECT_EQ(svc.logged("baton: keeper: generation 4 (pid " + std::to_string(gens.back()) + ") is in charge"), 1u)
+        << read_file(svc.out);
+    EXPECT_EQ(wait_no_zombie(keeper_pid), 0u) << "zombies left under the keeper";
+    for (std::size_t i = 0; i + 1 < gens.size(); ++i) EXPECT_EQ(read_stat(gens[i]).state, '\0') << gens[i];
+  }
 
   const auto t0 = steady::now();
   if (host_is_windows()) {
@@ -322,10 +215,10 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
   baton::error_code ec;
   baton::request_status(svc.name, 2s, ec);
   EXPECT_EQ(ec, baton::errc::service_not_found) << ec.message();
-#ifndef _WIN32
-  EXPECT_FALSE(shm_has("baton." + svc.name)) << "objects of the service left in /dev/shm";
-  EXPECT_FALSE(shm_has("baton.keeper-" + std::to_string(keeper_pid) + "-")) << "the keeper's channel left in /dev/shm";
-#endif
+  if (!host_is_windows()) {  // Windows' named objects go with their last handle
+    EXPECT_FALSE(shm_has("baton." + svc.name)) << "objects of the service left in /dev/shm";
+    EXPECT_FALSE(shm_has("baton.keeper-" + std::to_string(keeper_pid) + "-")) << "the keeper's channel left in /dev/shm";
+  }
 }
 
 // The keeper as PID 1 of its own PID namespace (as in a container): three restarts (SIGHUP from
@@ -333,7 +226,6 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
 // ends everything.
 TEST(keeper, as_pid_1_of_a_pid_namespace) {
   if (host_is_windows()) GTEST_SKIP() << "Linux PID namespaces; Windows has no PID 1 and no orphans to reap";
-#ifndef _WIN32
   std::string out;
   if (run_capture({"/usr/bin/unshare", "--pid", "--fork", "--mount-proc", "/bin/true"}, out, 30s) != 0)
     GTEST_SKIP() << "unshare --pid --fork --mount-proc is not available or not permitted here (needs root or user "
@@ -392,7 +284,6 @@ TEST(keeper, as_pid_1_of_a_pid_namespace) {
   EXPECT_FALSE(process_exists(keeper));
   EXPECT_TRUE(children_of(keeper).empty());
   EXPECT_FALSE(shm_has("baton." + svc.name)) << "objects of the service left in /dev/shm";
-#endif
 }
 
 // A service killed with SIGKILL (TerminateProcess) leaves its objects; `batonctl clean NAME`
@@ -422,7 +313,6 @@ TEST(keeper, batonctl_clean_removes_what_a_killed_service_left_and_nothing_live)
     b.kill();
     return;
   }
-#ifndef _WIN32
   ASSERT_TRUE(file_exists("/dev/shm/baton." + dead + ".ring")) << "SIGKILL left nothing behind: nothing to test";
   EXPECT_EQ(batonctl({"clean", live}, out), 0) << out;
   EXPECT_NE(out.find("nothing to clean for " + live), std::string::npos) << out;
@@ -437,7 +327,6 @@ TEST(keeper, batonctl_clean_removes_what_a_killed_service_left_and_nothing_live)
   baton::request_status(live, 5s, ec);
   EXPECT_FALSE(ec) << ec.message();
   b.kill();
-#endif
 }
 
 // A generation that crashes with no successor ends the keeper with its status (it is not
@@ -450,17 +339,16 @@ TEST(keeper, a_crashed_generation_ends_the_keeper_with_its_status) {
   kill_process(pid);  // SIGKILL / TerminateProcess(137)
   EXPECT_EQ(svc.run.wait(30s), 137) << "the keeper ends with the crashed generation's status";
   EXPECT_EQ(generation_answering(svc.port), 0u) << "something still serves";
-#ifndef _WIN32
-  EXPECT_FALSE(shm_has("baton." + svc.name)) << "the crash's objects were left in /dev/shm";
-  EXPECT_EQ(svc.logged("exited with status 137"), 1u) << read_file(svc.out);
-#endif
+  if (!host_is_windows()) {  // /dev/shm, and the keeper's log (captured on POSIX)
+    EXPECT_FALSE(shm_has("baton." + svc.name)) << "the crash's objects were left in /dev/shm";
+    EXPECT_EQ(svc.logged("exited with status 137"), 1u) << read_file(svc.out);
+  }
 }
 
 // SIGTERM while a restart is under way: the stop waits for it, then stops the new generation;
 // the request in flight is answered; the keeper ends with status 0.
 TEST(keeper, a_stop_during_a_restart_stops_the_new_generation) {
   if (host_is_windows()) GTEST_SKIP() << "SIGTERM to the keeper: Linux (on Windows batonctl stop is refused during a restart, as without a keeper)";
-#ifndef _WIN32
   kept_service svc;
   http_conn busy;  // keeps generation 1 handing over until it is answered
   ASSERT_NO_FATAL_FAILURE(start_slow_request(svc, busy, 2000));
@@ -482,13 +370,11 @@ TEST(keeper, a_stop_during_a_restart_stops_the_new_generation) {
   EXPECT_EQ(generation_answering(svc.port), 0u) << "something still serves";
   for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
   EXPECT_FALSE(shm_has("baton." + svc.name));
-#endif
 }
 
 // A second SIGTERM stops at once: a request that would run for a minute is cut.
 TEST(keeper, a_second_sigterm_stops_at_once) {
   if (host_is_windows()) GTEST_SKIP() << "SIGTERM to the keeper: Linux";
-#ifndef _WIN32
   kept_service svc;
   http_conn busy;
   ASSERT_NO_FATAL_FAILURE(start_slow_request(svc, busy, 60000));
@@ -503,7 +389,6 @@ TEST(keeper, a_second_sigterm_stops_at_once) {
   EXPECT_LT(steady::now() - t0, 20s) << "the second SIGTERM did not stop at once";
   EXPECT_EQ(svc.logged("stopping every generation at once"), 1u) << read_file(svc.out);
   for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
-#endif
 }
 
 // The keeper killed: its generation keeps serving, and a restart fails with a message that says
@@ -526,95 +411,47 @@ TEST(keeper, without_its_keeper_a_restart_fails_and_says_why) {
 // STOPPING=1 on SIGTERM, each with a STATUS= line.
 TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
   if (host_is_windows()) GTEST_SKIP() << "systemd: Linux (the Windows Service Control Manager is not spoken yet)";
-#ifndef _WIN32
   if (!baton::detail::supervisor_notify_built())
     GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
   const std::string path = temp_path("notify");
-  remove_file(path);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  ASSERT_LT(path.size(), sizeof addr.sun_path) << path;
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr), 0) << path;
-  const int on = 1;
-  ::setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &on, sizeof on);
-  timeval tv{0, 100000};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  std::mutex m;
-  std::vector<std::pair<std::uint32_t, std::string>> heard;  // sender pid, text
-  std::atomic<bool> done{false};
-  std::thread listener([&] {
-    while (!done) {
-      char buf[4096];
-      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(ucred))];
-      iovec iov{buf, sizeof buf};
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = control;
-      msg.msg_controllen = sizeof control;
-      const auto n = ::recvmsg(fd, &msg, 0);
-      if (n <= 0) continue;
-      std::uint32_t pid = 0;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
-        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
-          ucred cr{};
-          std::memcpy(&cr, CMSG_DATA(c), sizeof cr);
-          pid = static_cast<std::uint32_t>(cr.pid);
-        }
-      std::lock_guard lk(m);
-      heard.emplace_back(pid, std::string(buf, static_cast<std::size_t>(n)));
-    }
-  });
-  auto count = [&](const std::string& what) {
-    std::lock_guard lk(m);
-    return std::count_if(heard.begin(), heard.end(), [&](auto& h) { return h.second.find(what) != std::string::npos; });
-  };
+  notify_socket systemd(path);
+  ASSERT_TRUE(systemd.ok()) << "cannot make a datagram socket at " << path;
   auto wait_count = [&](const std::string& what, long n) {
-    for (const auto until = steady::now() + 30s; count(what) < n && steady::now() < until;) nap(10ms);
-    return count(what) >= n;
+    for (const auto until = steady::now() + 30s; systemd.count(what) < n && steady::now() < until;) nap(10ms);
+    return systemd.count(what) >= n;
   };
-  {
-    set_env("NOTIFY_SOCKET", path);
-    kept_service svc;
-    set_env("NOTIFY_SOCKET", "");
-    ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
-    EXPECT_TRUE(wait_count("READY=1", 1)) << "no READY=1 once generation 1 served";
-    for (std::uint64_t g = 2; g <= 4; ++g) {
-      std::string out;
-      EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
-      ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
-      EXPECT_TRUE(wait_count("READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
-    }
-    svc.serving_pid();
-    ASSERT_TRUE(terminate_process(svc.run.pid()));
-    EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0);
-    EXPECT_TRUE(wait_count("STOPPING=1", 1));
-    done = true;
-    listener.join();
-    ::close(fd);
-    remove_file(path);
-    // In order, each from the keeper (the pid systemd accepts with NotifyAccess=main).
-    std::vector<std::string> states;
-    for (auto& [pid, text] : heard) {
-      EXPECT_EQ(pid, svc.run.pid()) << text;
-      EXPECT_NE(text.find("STATUS="), std::string::npos) << text;
-      if (text.find("RELOADING=1") != std::string::npos) {
-        EXPECT_NE(text.find("MONOTONIC_USEC="), std::string::npos) << text;
-        states.push_back("RELOADING");
-      } else if (text.find("READY=1") != std::string::npos) {
-        states.push_back("READY");
-      } else if (text.find("STOPPING=1") != std::string::npos) {
-        states.push_back("STOPPING");
-      }
-    }
-    const std::vector<std::string> expected{"READY",     "RELOADING", "READY", "RELOADING", "READY",
-                                            "RELOADING", "READY",     "STOPPING"};
-    EXPECT_EQ(states, expected);
+  set_env("NOTIFY_SOCKET", path);
+  kept_service svc;
+  set_env("NOTIFY_SOCKET", "");
+  ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
+  EXPECT_TRUE(wait_count("READY=1", 1)) << "no READY=1 once generation 1 served";
+  for (std::uint64_t g = 2; g <= 4; ++g) {
+    std::string out;
+    EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
+    ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
+    EXPECT_TRUE(wait_count("READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
   }
-#endif
+  svc.serving_pid();
+  ASSERT_TRUE(terminate_process(svc.run.pid()));
+  EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0);
+  EXPECT_TRUE(wait_count("STOPPING=1", 1));
+  // In order, each from the keeper (the pid systemd accepts with NotifyAccess=main).
+  std::vector<std::string> states;
+  for (auto& [pid, text] : systemd.heard()) {
+    EXPECT_EQ(pid, svc.run.pid()) << text;
+    EXPECT_NE(text.find("STATUS="), std::string::npos) << text;
+    if (text.find("RELOADING=1") != std::string::npos) {
+      EXPECT_NE(text.find("MONOTONIC_USEC="), std::string::npos) << text;
+      states.push_back("RELOADING");
+    } else if (text.find("READY=1") != std::string::npos) {
+      states.push_back("READY");
+    } else if (text.find("STOPPING=1") != std::string::npos) {
+      states.push_back("STOPPING");
+    }
+  }
+  const std::vector<std::string> expected{"READY",     "RELOADING", "READY", "RELOADING", "READY",
+                                          "RELOADING", "READY",     "STOPPING"};
+  EXPECT_EQ(states, expected);
 }
 
 // systemd socket activation, with systemd's own systemd-socket-activate: it listens and passes the
@@ -623,7 +460,6 @@ TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
 // keeper holds no listener.
 TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
   if (host_is_windows()) GTEST_SKIP() << "systemd socket activation: Linux";
-#ifndef _WIN32
   if (!baton::detail::supervisor_notify_built())
     GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
   if (!file_exists("/usr/bin/systemd-socket-activate")) GTEST_SKIP() << "no systemd-socket-activate (package systemd)";
@@ -655,5 +491,4 @@ TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
   ASSERT_TRUE(terminate_process(keeper_pid));
   EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0) << read_file(svc.out);
   for (auto pid : svc.seen_pids) EXPECT_FALSE(process_exists(pid));
-#endif
 }
