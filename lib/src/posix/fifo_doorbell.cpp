@@ -1,13 +1,18 @@
 // POSIX doorbell: a named FIFO in /dev/shm (mode 0600). The receiver holds it open read-write, so
 // it never sees end-of-file, and awaits readability through the reactor; senders write one byte.
 // A full FIFO means a wake-up is already pending, so a failed write is harmless.
+// The FIFO is made and opened by its receiver under a private name, then linked into place, so a
+// FIFO under a channel's name always had a reader: one that has none (ENXIO) was left by a dead
+// receiver, and a sender knows at once (channel_owner_dead) instead of waiting for it to appear.
 #include "detail/doorbell_impl.hpp"
 
 #include <boost/asio/posix/stream_descriptor.hpp>
 
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <ctime>
+#include <random>
 #include <pthread.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -43,15 +48,23 @@ doorbell doorbell::create(const asio::any_io_executor& ex, const std::string& os
   ec.clear();
   doorbell d;
   auto path = fifo_path(os_name);
-  if (::mkfifo(path.c_str(), 0600) != 0) {
-    ec = errno == EEXIST ? make_error_code(errc::name_in_use) : error_code(errno, boost::system::system_category());
+  std::random_device rd;
+  char tmp[64];
+  std::snprintf(tmp, sizeof tmp, "/baton-creating.%u.%08x%08x", static_cast<unsigned>(::getpid()), rd(), rd());
+  const auto tmp_path = fifo_path(tmp);
+  if (::mkfifo(tmp_path.c_str(), 0600) != 0) {
+    ec = {errno, boost::system::system_category()};
     return d;
   }
-  ::chmod(path.c_str(), 0600);  // mkfifo applies the umask; make the mode exact
-  int fd = ::open(path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) {
-    ec = {errno, boost::system::system_category()};
-    ::unlink(path.c_str());
+  ::chmod(tmp_path.c_str(), 0600);  // mkfifo applies the umask; make the mode exact
+  int fd = ::open(tmp_path.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
+  // link() fails if the name exists: a name is never taken over.
+  const int rc = fd < 0 ? -1 : ::link(tmp_path.c_str(), path.c_str());
+  const int err = errno;
+  ::unlink(tmp_path.c_str());
+  if (rc != 0) {
+    if (fd >= 0) ::close(fd);
+    ec = fd >= 0 && err == EEXIST ? make_error_code(errc::name_in_use) : error_code(err, boost::system::system_category());
     return d;
   }
   d.impl_ = std::make_unique<fifo_bell>(path, -1, std::make_unique<asio::posix::stream_descriptor>(ex, fd));
@@ -64,8 +77,9 @@ doorbell doorbell::open(const std::string& os_name, error_code& ec) {
   auto path = fifo_path(os_name);
   int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
-    ec = errno == ENOENT || errno == ENXIO ? make_error_code(errc::channel_not_found)
-                                           : error_code(errno, boost::system::system_category());
+    ec = errno == ENOENT ? make_error_code(errc::channel_not_found)
+         : errno == ENXIO ? make_error_code(errc::channel_owner_dead)  // its receiver is gone
+                          : error_code(errno, boost::system::system_category());
     return d;
   }
   struct stat st {};

@@ -236,12 +236,7 @@ std::vector<std::string> list_services(error_code& ec) {
   boost::asio::io_context ioc;
   for (const auto& n : names) {
     if (!channel::valid_name(n) || reply_channel_name(n)) continue;
-    // A doorbell nobody can ring is no live service's. Asked first, because channel::open waits
-    // up to 2 s for a doorbell (a channel being created gets its doorbell after its ring): what
-    // a dead process left, under a pid now reused (or pid 1 of a PID namespace), cost 2 s each.
     error_code oec;
-    const auto bell = detail::doorbell::open(detail::object_name(n, "bell", false), oec);
-    if (oec) continue;
     auto ch = channel::open(ioc.get_executor(), n, want, oec);
     if (oec) continue;
     const auto& id = detail::channel_access::get(ch).ring.identity();
