@@ -3,8 +3,13 @@
 // event Local\baton.NAME.restart on Windows): a new process takes over the listening socket and
 // every open connection, between two requests, and the old one exits.
 //
-//   baton-http --name NAME [--listen HOST:PORT] [--drain-deadline-ms N] [--ready-timeout-ms N]
-//              [--allow-restart-binary 0|1]
+//   baton-http --name NAME [--listen HOST:PORT] [--fdname NAME[:NAME...]] [--drain-deadline-ms N]
+//              [--ready-timeout-ms N] [--allow-restart-binary 0|1]
+//
+//   Socket activation (systemd, or systemd-socket-activate, with or without baton-run): every
+//   listening socket passed is served and --listen is not bound; --fdname serves only the sockets
+//   of those names (FileDescriptorName=). Under systemd without a keeper it says READY=1, and at
+//   each restart MAINPID= the new generation (NotifyAccess=all).
 //
 //   GET /            200 "ok", headers X-Baton-Generation, X-Baton-Pid, X-Baton-Requests
 //                    (requests served on this connection, across generations)
@@ -14,6 +19,7 @@
 #include "cli.hpp"
 #include "http_server.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -29,6 +35,8 @@ int main(int argc, char** argv) {
       "Endpoints: GET / (200 \"ok\"), GET /slow?ms=N, POST /upload, GET /metrics.");
   cli.text("--name", "NAME", "service name (1-64 characters from A-Z a-z 0-9 . _ -)").required();
   cli.text("--listen", "HOST:PORT", "address to listen on (port 0: any free port, printed)").defaults("127.0.0.1:8080");
+  cli.text("--fdname", "NAME[:NAME...]",
+           "socket activation: serve only the passed sockets of these names (default: every socket passed)");
   cli.integer("--drain-deadline-ms", 0, 86400000, "how long a restart waits for connections to reach a safe point")
       .defaults("30000");
   cli.integer("--ready-timeout-ms", 1, 86400000, "how long a restart waits for the next generation to announce itself")
@@ -43,6 +51,15 @@ int main(int argc, char** argv) {
     return cli.fail("--name: '" + o.name + "' is not a service name (1-64 characters from A-Z a-z 0-9 . _ -, not starting with '.')");
   if (!parse_endpoint(cli.str("--listen"), o.listen))
     return cli.fail("--listen: '" + cli.str("--listen") + "' is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:0)");
+  for (std::size_t from = 0, to = 0; cli.has("--fdname") && from <= cli.str("--fdname").size(); from = to + 1) {
+    const auto& all = cli.str("--fdname");
+    to = std::min(all.find(':', from), all.size());
+    const auto n = all.substr(from, to - from);
+    // systemd's own rule for FileDescriptorName=: 1-255 printable ASCII characters, no ':'.
+    if (n.empty() || n.size() > 255 || std::any_of(n.begin(), n.end(), [](char c) { return c < ' ' || c > '~'; }))
+      return cli.fail("--fdname: '" + n + "' is not a socket name (1-255 printable ASCII characters; several: A:B)");
+    o.restart.activated_names.push_back(n);
+  }
   o.restart.drain_deadline = std::chrono::milliseconds(cli.num("--drain-deadline-ms"));
   o.restart.ready_timeout = std::chrono::milliseconds(cli.num("--ready-timeout-ms"));
   o.restart.allow_restart_binary = cli.num("--allow-restart-binary") == 1;

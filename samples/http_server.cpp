@@ -130,7 +130,9 @@ int run_http_service(const http_service_options& o) {
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     auto [ec] = co_await svc.async_start(tuple_aw);
     if (ec) {
-      std::fprintf(stderr, "baton-http: cannot join service %s: %s\n", name.c_str(), ec.message().c_str());
+      const auto detail = svc.last_report().detail;
+      std::fprintf(stderr, "baton-http: cannot join service %s: %s%s%s\n", name.c_str(), ec.message().c_str(),
+                   detail.empty() ? "" : ": ", detail.c_str());
       status = 1;
       ioc.stop();
       co_return;
@@ -144,10 +146,10 @@ int run_http_service(const http_service_options& o) {
       a.listen(asio::socket_base::max_listen_connections);
       svc.add_listener(baton::listener(std::move(a)));
     }
-    for (auto& e : svc.local_endpoints()) {
-      std::printf("baton-http: service %s generation %llu pid %u listening on %s:%u\n", name.c_str(),
+    for (auto& [e, socket_name] : svc.listeners()) {
+      std::printf("baton-http: service %s generation %llu pid %u listening on %s:%u%s\n", name.c_str(),
                   static_cast<unsigned long long>(svc.generation()), baton::current_process_id(),
-                  e.address().to_string().c_str(), e.port());
+                  e.address().to_string().c_str(), e.port(), socket_name.empty() ? "" : (" (socket " + socket_name + ")").c_str());
       if (o.on_listening) o.on_listening(e);
     }
     std::fflush(stdout);

@@ -280,6 +280,14 @@ void listener::cancel() {
 void listener::close() {
   if (impl_ && impl_->backend) impl_->backend->close();
 }
+const std::string& listener::name() const noexcept {
+  static const std::string none;
+  return impl_ ? impl_->name : none;
+}
+void listener::set_name(std::string name) {
+  if (name.size() > 255) name.resize(255);
+  if (impl_) impl_->name = std::move(name);
+}
 
 void listener::start_accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) {
   auto& im = impl_;

@@ -66,6 +66,7 @@ struct connection_impl : socket_state<stream_backend>, std::enable_shared_from_t
 
 struct listener_impl : socket_state<listener_backend>, std::enable_shared_from_this<listener_impl> {
   int accepts = 0;
+  std::string name;  // travels in the ticket's state
 
   using socket_state::socket_state;
   bool writing() const noexcept { return false; }

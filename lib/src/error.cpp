@@ -111,6 +111,9 @@ constexpr message_entry messages[] = {
     {errc::keeper_gone,
      "the keeper (baton-run) that started this service no longer runs, so it cannot start the next "
      "generation; the service keeps serving: stop it and start it again under a keeper"},
+    {errc::activated_listener_not_found,
+     "socket activation: no listening socket of the requested name was passed to the service (check "
+     "FileDescriptorName= in the .socket unit, or the names the service asks for)"},
     {errc::control_message_malformed,
      "a control ticket's text is not a well-formed message (a line without '=', an empty or "
      "repeated key, or no op): it was ignored; sender and receiver may be different Baton builds"},

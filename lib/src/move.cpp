@@ -12,6 +12,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <utility>
 
@@ -111,6 +112,8 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       t.state = st->state;
     } else {
       t.kind = ticket_kind::listener;
+      const auto* n = reinterpret_cast<const std::byte*>(st->name.data());
+      t.state.assign(n, n + st->name.size());
     }
     error_code ec = bounded(t);
     if (!ec) {
@@ -288,7 +291,9 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
       im->state = std::move(t.state);
       a.conn = connection_access::wrap(std::move(im));
     } else {
-      a.lst = connection_access::wrap(std::make_shared<listener_impl>(ex, backend_cast<listener_backend>(std::move(b))));
+      auto im = std::make_shared<listener_impl>(ex, backend_cast<listener_backend>(std::move(b)));
+      im->name.assign(reinterpret_cast<const char*>(t.state.data()), std::min<std::size_t>(t.state.size(), 255));
+      a.lst = connection_access::wrap(std::move(im));
     }
     return true;
   }

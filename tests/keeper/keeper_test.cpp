@@ -5,10 +5,9 @@
 // service left in /dev/shm and leaves a live service's objects alone.
 #include "baton/keeper.hpp"
 
-#include "../restart/restart_support.hpp"
 #include "detail/platform.hpp"
+#include "keeper_support.hpp"
 #include "process_tree.hpp"
-#include "test_prelude.hpp"
 
 #include <boost/asio.hpp>
 
@@ -16,46 +15,10 @@
 #include <cstring>
 #include <sstream>
 
-
 using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
-
-using steady = std::chrono::steady_clock;
-
-std::string program(const std::string& name) { return helper_exe("../samples/" + name); }
-
-int batonctl(const std::vector<std::string>& args, std::string& out) {
-  std::vector<std::string> argv{program("batonctl")};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run_capture(argv, out);
-}
-
-// A loopback port nobody listens on now (baton-http is then told to listen on it).
-unsigned short free_port() {
-  asio::io_context ioc;
-  tcp::acceptor a(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  return a.local_endpoint().port();
-}
-
-// The generation that answers a new connection's GET / (0: no answer).
-std::uint64_t generation_answering(unsigned short port) {
-  http_conn c;
-  response r;
-  if (!c.connect(port) || !c.get("/", r) || r.status != 200) return 0;
-  return r.header_u64("x-baton-generation");
-}
-
-bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::seconds within = 60s) {
-  const auto until = steady::now() + within;
-  while (steady::now() < until) {
-    if (generation_answering(port) == g) return true;
-    nap(50ms);
-  }
-  return false;
-}
-
 
 // baton-run keeping baton-http. `prefix`: what runs baton-run (e.g. unshare); `orphans`: every
 // generation leaves an orphan (a `sleep` whose parent exited) on its way in (POSIX, through sh).
@@ -70,12 +33,17 @@ struct kept_service {
   bool own_pids = true;
 
   unsigned short bound_port = port;  // what baton-http is told to bind (socket activation: another)
+  unsigned short second_port = 0;    // socket activation: the second socket passed (named "admin")
 
   explicit kept_service(std::vector<std::string> prefix = {}, bool orphans = false, bool socket_activated = false) {
     own_pids = prefix.empty();
     if (socket_activated) {
-      // systemd-socket-activate listens on `port` and execs the rest with LISTEN_FDS (same pid).
-      prefix.insert(prefix.end(), {"/usr/bin/systemd-socket-activate", "-l", "127.0.0.1:" + std::to_string(port)});
+      // systemd-socket-activate listens on `port` and `second_port` and execs the rest with
+      // LISTEN_FDS=2 and LISTEN_FDNAMES=http:admin (same pid).
+      do second_port = free_port();
+      while (second_port == port);
+      prefix.insert(prefix.end(), {"/usr/bin/systemd-socket-activate", "-l", "127.0.0.1:" + std::to_string(port), "-l",
+                                   "127.0.0.1:" + std::to_string(second_port), "--fdname=http:admin"});
       bound_port = free_port();
     }
     // POSIX: the keeper's log (its standard error) goes to the output file too, through a shell
@@ -454,11 +422,12 @@ TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
   EXPECT_EQ(states, expected);
 }
 
-// systemd socket activation, with systemd's own systemd-socket-activate: it listens and passes the
-// socket (LISTEN_FDS) to the keeper, which hands it to generation 1 only: baton-http binds nothing
-// (its --listen port stays closed), three restarts under load move the activated listener, and the
-// keeper holds no listener.
-TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
+// systemd socket activation, with systemd's own systemd-socket-activate: it listens on two
+// addresses and passes both sockets, named http and admin (LISTEN_FDS, LISTEN_FDNAMES), to the
+// keeper, which hands them with their names to generation 1 only: baton-http binds nothing (its
+// --listen port stays closed) and serves both, three restarts under load move both listeners with
+// their names, and the keeper holds no listener.
+TEST(keeper, systemd_socket_activation_passes_named_listeners_to_generation_1) {
   if (host_is_windows()) GTEST_SKIP() << "systemd socket activation: Linux";
   if (!baton::detail::supervisor_notify_built())
     GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
@@ -467,10 +436,22 @@ TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
   const auto keeper_pid = svc.run.pid();
   ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered; the keeper said:\n" << read_file(svc.out);
   ASSERT_TRUE(svc.wait_in_charge(1)) << read_file(svc.out);
+  EXPECT_EQ(generation_answering(svc.second_port), 1u) << "the second activated socket is not served";
   EXPECT_TRUE(holds_tcp_listener(svc.serving_pid())) << "generation 1 holds no listener (the check sees nothing)";
   http_conn other;
   EXPECT_FALSE(other.connect(svc.bound_port)) << "baton-http bound its --listen port: the activated socket was not used";
   EXPECT_FALSE(holds_tcp_listener(keeper_pid)) << "the keeper kept a copy of the activated listener";
+  // Each listener with its name (FileDescriptorName=), in generation 1 and, moved, in generation 4.
+  auto names_said = [&](std::uint64_t g, std::uint32_t pid) {
+    const auto text = read_file(svc.out);
+    for (const auto& [port, name] : {std::pair{svc.port, "http"}, std::pair{svc.second_port, "admin"}}) {
+      if (text.find("generation " + std::to_string(g) + " pid " + std::to_string(pid) + " listening on 127.0.0.1:" +
+                    std::to_string(port) + " (socket " + name + ")") == std::string::npos)
+        return false;
+    }
+    return true;
+  };
+  EXPECT_TRUE(names_said(1, svc.serving_pid())) << read_file(svc.out);
   {
     load l(svc.port, 4);
     wait_for_requests(l, 100);
@@ -480,12 +461,14 @@ TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
       ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
       wait_for_requests(l, 100);
       svc.serving_pid();
+      EXPECT_EQ(generation_answering(svc.second_port), g) << "the second activated socket did not move";
     }
     l.finish();
     EXPECT_EQ(l.failed.load(), 0u);
     EXPECT_EQ(l.conn_errors.load(), 0u);
     EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
   }
+  EXPECT_TRUE(names_said(4, svc.serving_pid())) << "generation 4 lost its listeners' names:\n" << read_file(svc.out);
   EXPECT_FALSE(other.connect(svc.bound_port));
   EXPECT_FALSE(holds_tcp_listener(keeper_pid));
   ASSERT_TRUE(terminate_process(keeper_pid));

@@ -63,6 +63,7 @@ enum class errc {
   // Hot restart (continued).
   service_stopping,          ///< the service is stopping: close this connection after its last response
   keeper_gone,               ///< the keeper that started this service (BATON_KEEPER) no longer runs
+  activated_listener_not_found, ///< socket activation: no listening socket of a requested name was passed
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

@@ -11,6 +11,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <memory>
+#include <string>
 
 namespace baton {
 
@@ -40,6 +41,11 @@ class listener {
   std::uintptr_t native_handle() const noexcept;
   void cancel();
   void close();
+  /// The listener's name, empty unless given: a service manager's name for a socket it passed
+  /// (systemd's FileDescriptorName=, set by baton::service when it adopts an activated socket),
+  /// or one the application chose. A move carries it (at most 255 bytes; longer is cut).
+  const std::string& name() const noexcept;
+  void set_name(std::string name);
 
   /// Accepts one connection: void(error_code, boost::asio::ip::tcp::socket).
   template <class Token>

@@ -79,6 +79,14 @@ struct restart_options {
   /// executable is refused with errc::restart_binary_refused: replace the program's file instead),
   /// and each generation tells the keeper when it takes charge.
   std::string keeper;
+  /// Socket activation (systemd's LISTEN_FDS, passed to generation 1 by the service manager or by
+  /// its keeper): generation 1 adopts the listening sockets passed as its listeners, so the
+  /// application binds nothing (listener_count() is not 0); each keeps its name (systemd's
+  /// FileDescriptorName=, listener::name()) through restarts. Names here: only the sockets of
+  /// these names are adopted, the others closed; a name that was not passed fails async_start with
+  /// errc::activated_listener_not_found (last_report().detail lists the names passed). Empty:
+  /// every socket passed. Without socket activation this has no effect.
+  std::vector<std::string> activated_names;
   /// Called with one line of text for an event the service handled on its own and the caller
   /// may want to log: a reply it could not send, a control channel or OS trigger it could not
   /// own, a failed restart it recovered from (also in the restart report), a listener it could
@@ -110,6 +118,12 @@ struct restart_report {
   std::chrono::microseconds listeners_time{0}; ///< announcement to the last listener acknowledged
   std::chrono::microseconds handover_time{0};  ///< announcement to N owning nothing
   std::chrono::microseconds old_exit_time{0};  ///< announcement to N's exit, as seen by N+1
+};
+
+/// A listener of a service: where it listens, and its name (empty if it has none).
+struct listener_info {
+  boost::asio::ip::tcp::endpoint endpoint;
+  std::string name;
 };
 
 /// Counters of one service in this process.
@@ -162,6 +176,9 @@ class service {
   std::size_t listener_count() const noexcept;
   /// Local endpoints of the listeners.
   std::vector<boost::asio::ip::tcp::endpoint> local_endpoints() const;
+  /// The listeners with their names (listener::name(): systemd's FileDescriptorName= for a
+  /// socket-activated one, kept across restarts).
+  std::vector<listener_info> listeners() const;
 
   /// The next connection: accepted here, or moved in from the previous generation with its
   /// unread bytes and state. Signature: void(error_code, connection). operation_aborted once this

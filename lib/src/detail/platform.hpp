@@ -247,18 +247,47 @@ void set_environment(const std::string& name, const std::string& value);
 /// The service's state, for the service manager that started this process.
 enum class supervisor_state { ready, reloading, stopping, status };
 /// Tells the service manager about the service: systemd through libsystemd's sd_notify (to
-/// NOTIFY_SOCKET; READY=1, RELOADING=1 with MONOTONIC_USEC, STOPPING=1, each with STATUS=`status`).
+/// NOTIFY_SOCKET; READY=1, RELOADING=1 with MONOTONIC_USEC, STOPPING=1, each with STATUS=`status`,
+/// and MAINPID=`main_pid` unless 0: the process systemd is to watch from now on).
 /// Returns false where nobody listens (no NOTIFY_SOCKET), the build has no libsystemd, or on
 /// Windows (the Service Control Manager is not spoken yet).
-bool notify_supervisor(supervisor_state s, const std::string& status) noexcept;
+bool notify_supervisor(supervisor_state s, const std::string& status, std::uint32_t main_pid = 0) noexcept;
 /// True where notify_supervisor can reach systemd (the build has libsystemd).
 bool supervisor_notify_built() noexcept;
+
+/// What one process (the keeper, or a generation run without one) tells the service manager, in
+/// the order systemd expects: READY=1 once serving, then per restart RELOADING=1 and READY=1 again
+/// (or STOPPING=1). A READY outside a reload is only a STATUS= update. Use from one strand.
+class supervisor_notes {
+ public:
+  void tell(supervisor_state s, const std::string& status, std::uint32_t main_pid = 0) {
+    if (s == supervisor_state::ready && !reloading_ && ready_told_) s = supervisor_state::status;
+    if (s == supervisor_state::ready) ready_told_ = true;
+    if (s != supervisor_state::status) reloading_ = s == supervisor_state::reloading;
+    notify_supervisor(s, status, main_pid);
+  }
+  /// Between a RELOADING=1 and the READY=1 (or STOPPING=1) that ends it.
+  bool reloading() const noexcept { return reloading_; }
+
+ private:
+  bool ready_told_ = false, reloading_ = false;
+};
+
+/// A listening socket the service manager passed to this process, and its name (systemd's
+/// FileDescriptorName=, from LISTEN_FDNAMES; "unknown" where none was given).
+struct activated_listener {
+  std::uintptr_t handle = 0;
+  std::string name;
+};
 /// The listening sockets the service manager passed to this process (systemd socket activation:
-/// LISTEN_FDS for this pid, read with libsystemd's sd_listen_fds, which also removes the
-/// variables), in order; none where there are none, without libsystemd, or on Windows.
-std::vector<std::uintptr_t> take_activated_listeners() noexcept;
-/// The variable through which a keeper passes activated listeners (their numbers, comma-separated)
-/// to its first generation, which adopts them instead of binding.
+/// LISTEN_FDS and LISTEN_FDNAMES for this pid, read with libsystemd's sd_listen_fds_with_names,
+/// which also removes the variables), in order; none where there are none, without libsystemd,
+/// or on Windows.
+std::vector<activated_listener> take_activated_listeners() noexcept;
+/// The variables through which a keeper passes activated listeners to its first generation, which
+/// adopts them instead of binding: their numbers, comma-separated, and their names, separated by
+/// ':' as in LISTEN_FDNAMES (a name cannot hold one).
 inline constexpr const char* activated_listeners_variable = "BATON_LISTEN_FDS";
+inline constexpr const char* activated_names_variable = "BATON_LISTEN_FDNAMES";
 
 }  // namespace baton::detail

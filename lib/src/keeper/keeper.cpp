@@ -71,13 +71,20 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     set_environment(keeper_environment_variable, name);
     // Socket activation: the listeners systemd passed go to generation 1 (which adopts them
     // instead of binding) and only to it; the keeper keeps no copy (it holds no listener).
-    const auto activated = take_activated_listeners();
-    std::string numbers;
-    for (auto h : activated) numbers += (numbers.empty() ? "" : ",") + std::to_string(h);
+    // Their names (FileDescriptorName=) go with them.
+    std::vector<std::uintptr_t> handles;
+    std::string numbers, names;
+    for (const auto& a : take_activated_listeners()) {
+      numbers += (handles.empty() ? "" : ",") + std::to_string(a.handle);
+      names += (handles.empty() ? "" : ":") + a.name;
+      handles.push_back(a.handle);
+    }
     set_environment(activated_listeners_variable, numbers);
-    spawn(ec, activated);
+    set_environment(activated_names_variable, names);
+    spawn(ec, handles);
     set_environment(activated_listeners_variable, "");
-    for (auto h : activated) kept_listener::own(h).close();  // the keeper holds no listener
+    set_environment(activated_names_variable, "");
+    for (auto h : handles) kept_listener::own(h).close();  // the keeper holds no listener
     if (ec) return finish(ec, 127);
   }
 
@@ -96,13 +103,8 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
 
   // systemd (sd_notify): READY=1 when the first generation takes charge; RELOADING=1 when a
   // restart starts a new generation, READY=1 when it has taken charge (or the restart failed);
-  // STOPPING=1. Each with a STATUS= line.
-  void tell(supervisor_state s, const std::string& status) {
-    if (s == supervisor_state::ready && !reloading && ready_told) s = supervisor_state::status;
-    if (s == supervisor_state::ready) ready_told = true;
-    reloading = s == supervisor_state::reloading;
-    notify_supervisor(s, status);
-  }
+  // STOPPING=1. Each with a STATUS= line. The keeper stays the main process: no MAINPID=.
+  void tell(supervisor_state s, const std::string& status) { systemd.tell(s, status); }
 
   void receive() {
     auto c = ch;
@@ -166,7 +168,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     if (status != 0) {
       note("baton: keeper: generation pid " + std::to_string(pid) + " exited with status " + std::to_string(status));
       // A next generation that died before taking charge: its predecessor serves on.
-      if (reloading && !stopping && !children.empty())
+      if (systemd.reloading() && !stopping && !children.empty())
         tell(supervisor_state::ready, "restart failed: the new generation exited with status " + std::to_string(status));
     }
     if (children.empty()) {
@@ -268,7 +270,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
   keeper_stats st;
   int last_status = 0;
   bool finished = false, stopping = false, at_once = false;
-  bool ready_told = false, reloading = false;  // what systemd has been told
+  supervisor_notes systemd;
   std::uint32_t stop_sent_to = 0;
   clock_type::time_point stop_deadline{}, kill_deadline{};
 };

@@ -47,6 +47,7 @@ void handover::begin(std::optional<asio::any_completion_handler<void(error_code,
   s_.ph = service_phase::spawning;
   t_trigger_ = clock_type::now();
   s_.ready_deadline = t_trigger_ + s_.opts.ready_timeout;
+  s_.tell_systemd(supervisor_state::reloading, "generation " + std::to_string(s_.gen) + " hands over to a new one");
   error_code ec;
   if (!s_.opts.keeper.empty()) {
     // The keeper starts every generation, so that the process a supervisor watches stays; its
@@ -95,6 +96,7 @@ void handover::on_hello(const std::string& inbox_name) {
     s_.report.old_pid = s_.pid;
     t_trigger_ = clock_type::now();
     s_.ph = service_phase::spawning;
+    s_.tell_systemd(supervisor_state::reloading, "generation " + std::to_string(s_.gen) + " hands over to a new one");
   }
   error_code ec;
   s_.next = std::make_shared<channel>(channel::open(s_.ex, inbox_name, {}, ec));
@@ -174,6 +176,12 @@ void handover::retire(std::size_t not_moved) {
     s_.control->close();
     asio::post(s_.ex, [self = s_.shared_from_this()] { self->control.reset(); });
   }
+  // Without a keeper systemd watches this process: it must follow the next generation before
+  // this one exits (which it would otherwise take for the service's end). From here, not from
+  // the next generation, so that it is said before the exit.
+  s_.tell_systemd(supervisor_state::status,
+                  "generation " + std::to_string(s_.gen + 1) + " (pid " + std::to_string(s_.report.new_pid) + ") takes over",
+                  s_.report.new_pid);
   control_message m("done");
   m.set("reply", s_.reply_to);
   put_report(m, s_.report);
@@ -230,7 +238,7 @@ void handover::fail(error_code ec) {
     s_.reply(s_.reply_to, m);
   }
   s_.reply_to.clear();
-  s_.tell_keeper_in_charge();
+  s_.tell_in_charge();
   complete(ec);
   s_.stopper.resume_if_pending();
 }

@@ -68,6 +68,7 @@ void listener_custody::send_all() {
     error_code ec;
     e->kept = kept_listener::keep(e->l, ec);
     if (ec) return s_.hand.fail(ec);
+    e->name = e->l.name();
     e->moving = true;
     auto nx = s_.next;
     baton::async_send(*nx, std::move(e->l), s_.opts.move,
@@ -124,6 +125,7 @@ void listener_custody::restore(const entry_ptr& e) {
   if (!e->kept) return;
   error_code ec;
   e->l = e->kept.adopt(s_.ex, ec);
+  e->l.set_name(e->name);
   if (ec) {
     s_.note("baton: service " + s_.name + " cannot take a listener back: " + ec.message());
     return;
@@ -151,10 +153,16 @@ void listener_custody::discard() {
 
 std::vector<asio::ip::tcp::endpoint> listener_custody::local_endpoints() const {
   std::vector<asio::ip::tcp::endpoint> v;
+  for (auto& i : info()) v.push_back(i.endpoint);
+  return v;
+}
+
+std::vector<listener_info> listener_custody::info() const {
+  std::vector<listener_info> v;
   for (auto& e : listeners_) {
     error_code ec;
     auto ep = e->l.local_endpoint(ec);
-    if (!ec) v.push_back(ep);
+    if (!ec) v.push_back({ep, e->l.name()});
   }
   return v;
 }

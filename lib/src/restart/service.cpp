@@ -89,15 +89,26 @@ void service_impl::take_charge(error_code& ec) {
   control = std::make_shared<channel>(std::move(ctl));
   ph = service_phase::serving;
   receive_control();
-  tell_keeper_in_charge();
+  tell_in_charge();
   if (opts.os_triggers && !trigger) arm_trigger(clock_type::now() + 5s);
 }
 
-void service_impl::tell_keeper_in_charge() const {
-  if (opts.keeper.empty()) return;
+void service_impl::tell_in_charge() {
+  // Once the application accepts, so that generation 1 has its listeners when it is reported ready.
+  in_charge_untold = !accepting;
+  if (in_charge_untold) return;
+  if (opts.keeper.empty()) {
+    // Without a keeper this process is the one systemd watches from now on (MAINPID=).
+    return tell_systemd(supervisor_state::ready,
+                        "generation " + std::to_string(gen) + " (pid " + std::to_string(pid) + ") serving", pid);
+  }
   control_message m("charge");
   m.set("service", name).set("pid", std::uint64_t{pid}).set("generation", gen);
   if (auto ec = send_message(ex, opts.keeper, m)) note("baton: service " + name + " cannot reach its keeper: " + ec.message());
+}
+
+void service_impl::tell_systemd(supervisor_state s, const std::string& status, std::uint32_t main_pid) {
+  if (opts.keeper.empty()) systemd.tell(s, status, main_pid);  // under a keeper, the keeper speaks
 }
 
 void service_impl::try_take_charge(clock_type::time_point until) {
@@ -219,6 +230,7 @@ std::size_t service::listener_count() const noexcept { return impl_->listeners.c
 std::vector<boost::asio::ip::tcp::endpoint> service::local_endpoints() const {
   return impl_->listeners.local_endpoints();
 }
+std::vector<listener_info> service::listeners() const { return impl_->listeners.info(); }
 restart_report service::last_report() const { return impl_->report; }
 service_stats service::stats() const { return impl_->stats(); }
 void service::close() { impl_->close(); }
@@ -227,6 +239,10 @@ void service::start_start(boost::asio::any_completion_handler<void(error_code)> 
   impl_->succ.start(std::move(h));
 }
 void service::start_accept(boost::asio::any_completion_handler<void(error_code, connection)> h) {
+  if (!impl_->accepting) {
+    impl_->accepting = true;
+    if (impl_->in_charge_untold) impl_->tell_in_charge();
+  }
   impl_->conns.accept(std::move(h));
 }
 void service::start_safe_point(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h) {

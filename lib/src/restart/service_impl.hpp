@@ -93,6 +93,7 @@ class listener_custody {
     bool moving = false, gone = false, restore_on_success = false;
     bool paused = false;  // not accepting: the ready queue is full (see resume_accepting)
     kept_listener kept;   // held during a hand-over
+    std::string name;     // the listener's, for the one taken back from `kept`
   };
   using entry_ptr = std::shared_ptr<entry>;
 
@@ -114,6 +115,7 @@ class listener_custody {
   void discard();
   std::size_t count() const noexcept { return listeners_.size(); }
   std::vector<asio::ip::tcp::endpoint> local_endpoints() const;
+  std::vector<listener_info> info() const;
 
  private:
   void on_sent(const entry_ptr& e, error_code ec, listener back);
@@ -214,7 +216,9 @@ class successor {
 
  private:
   void join(channel ctl);
+  error_code take_activated();
   void adopt_activated_listeners();
+  void close_activated(const std::string& why);
   void receive_inbox();
   void on_inbox(arrival a);
   void on_message(const control_message& m);
@@ -227,6 +231,8 @@ class successor {
   clock_type::time_point take_charge_deadline_{}, peer_dead_at_{};
   bool predecessor_done_ = false;
   std::size_t expected_listeners_ = 0, received_listeners_ = 0;
+  static constexpr std::uintptr_t no_handle = ~std::uintptr_t{0};
+  std::vector<activated_listener> activated_;  // passed by the service manager, until adopted
 };
 
 /// A graceful stop (stop.cpp): from service::async_stop, `batonctl stop` or a signal; waits for a
@@ -308,8 +314,12 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   /// take_charge, retried while the old generation's objects are on their way out; then answers
   /// whoever asked for the restart.
   void try_take_charge(clock_type::time_point until);
-  /// Under a keeper: tells it that this generation is in charge (again, after a failed restart).
-  void tell_keeper_in_charge() const;
+  /// Tells the keeper (op=charge), or without one systemd (READY=1, MAINPID= this process), that
+  /// this generation is in charge (again, after a failed restart); deferred until the application
+  /// first accepts.
+  void tell_in_charge();
+  /// Tells systemd, unless a keeper does (supervisor_notes; a no-op without NOTIFY_SOCKET).
+  void tell_systemd(supervisor_state s, const std::string& status, std::uint32_t main_pid = 0);
   void wait_trigger();
   void stop_timers();
   std::string status_text();
@@ -328,6 +338,8 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   std::unique_ptr<restart_trigger> trigger;
   asio::steady_timer tick_timer, trigger_retry;
   bool ticking = false;
+  bool accepting = false, in_charge_untold = false;  // see tell_in_charge
+  supervisor_notes systemd;
 
   // Restart in progress (either side).
   restart_report report;

@@ -82,6 +82,7 @@ void graceful_stop::begin() {
   s_.report.old_pid = s_.report.new_pid = s_.pid;
   s_.note("baton: service " + s_.name + " generation " + std::to_string(s_.gen) +
           " stopping: no new connections, open ones close after their current request");
+  s_.tell_systemd(supervisor_state::stopping, "generation " + std::to_string(s_.gen) + " stopping");
   s_.listeners.close();
   s_.conns.stop_all();
   tick(clock_type::now());

@@ -6,6 +6,7 @@
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <random>
 
@@ -33,6 +34,7 @@ void successor::start(asio::any_completion_handler<void(error_code)> h) {
   }
   start_handler_.emplace(std::move(h));
   if (!channel::valid_name(s_.name) || s_.name.size() > 53) return finish_start(make_error_code(errc::invalid_name));
+  if (auto ec = take_activated()) return finish_start(ec);
   s_.ph = service_phase::joining;
   // From here on a restart request (SIGHUP's default action would kill this process and every
   // connection it already holds) is answered, and refused until this generation is in charge.
@@ -69,6 +71,7 @@ void successor::start(asio::any_completion_handler<void(error_code)> h) {
     if (ec != errc::name_in_use || attempt == 3) return finish_start(ec);
   }
   if (ec) return finish_start(ec);
+  close_activated("generation 1 only");
   join(std::move(ctl));
 }
 
@@ -107,27 +110,73 @@ void successor::join(channel ctl) {
   s_.ensure_tick(20ms);
 }
 
-// Generation 1 under a keeper that systemd socket-activated: the listeners it passed (their
-// numbers in BATON_LISTEN_FDS) are this service's, and the application binds nothing
-// (listener_count() is not 0). Later generations receive them in the hand-over.
-void successor::adopt_activated_listeners() {
+// Socket activation: the listening sockets passed to this process, by its keeper
+// (BATON_LISTEN_FDS and BATON_LISTEN_FDNAMES) or, without one, by systemd (LISTEN_FDS and
+// LISTEN_FDNAMES for this pid). restart_options::activated_names picks some by name; a name that
+// was not passed fails the start, with the names that were in the report's detail.
+error_code successor::take_activated() {
   const char* numbers = std::getenv(activated_listeners_variable);
-  if (!numbers || !*numbers) return;
-  set_environment(activated_listeners_variable, "");  // not for the processes this one starts
-  std::string list = numbers;
-  for (std::size_t from = 0; from < list.size();) {
-    auto comma = list.find(',', from);
-    if (comma == std::string::npos) comma = list.size();
-    const auto h = static_cast<std::uintptr_t>(std::strtoull(list.c_str() + from, nullptr, 10));
-    from = comma + 1;
+  if (numbers && *numbers) {
+    const char* names_env = std::getenv(activated_names_variable);
+    const std::string list = numbers, names = names_env ? names_env : "";
+    std::size_t name_from = 0;
+    for (std::size_t from = 0; from < list.size();) {
+      auto comma = list.find(',', from);
+      if (comma == std::string::npos) comma = list.size();
+      auto colon = names.find(':', name_from);
+      if (colon == std::string::npos) colon = names.size();
+      activated_.push_back({static_cast<std::uintptr_t>(std::strtoull(list.c_str() + from, nullptr, 10)),
+                            name_from < names.size() ? names.substr(name_from, colon - name_from) : ""});
+      from = comma + 1;
+      name_from = colon + 1;
+    }
+    // Not for the processes this one starts.
+    set_environment(activated_listeners_variable, "");
+    set_environment(activated_names_variable, "");
+  } else {
+    activated_ = take_activated_listeners();
+  }
+  if (activated_.empty()) return {};
+  std::string passed;
+  for (const auto& a : activated_) passed += (passed.empty() ? "" : ", ") + a.name;
+  for (const auto& want : s_.opts.activated_names) {
+    if (std::none_of(activated_.begin(), activated_.end(), [&](const auto& a) { return a.name == want; })) {
+      s_.report.detail = "none is named '" + want + "'; the names passed: " + passed;
+      close_activated("");
+      return make_error_code(errc::activated_listener_not_found);
+    }
+  }
+  return {};
+}
+
+// Generation 1: the activated listeners (those named in restart_options::activated_names, or
+// all) are this service's, and the application binds nothing (listener_count() is not 0). Later
+// generations receive them in the hand-over, with their names.
+void successor::adopt_activated_listeners() {
+  const auto& want = s_.opts.activated_names;
+  for (auto& a : activated_) {
+    if (!want.empty() && std::find(want.begin(), want.end(), a.name) == want.end()) continue;
     error_code ec;
-    auto l = kept_listener::own(h).adopt(s_.ex, ec);  // under the protocol its address says
+    auto l = kept_listener::own(std::exchange(a.handle, no_handle)).adopt(s_.ex, ec);  // under the protocol its address says
     if (ec) {
-      s_.note("baton: service " + s_.name + " cannot adopt activated listener " + std::to_string(h) + ": " + ec.message());
+      s_.note("baton: service " + s_.name + " cannot adopt activated listener " + a.name + ": " + ec.message());
       continue;
     }
+    l.set_name(a.name);
     s_.listeners.add(std::move(l), true);
   }
+  close_activated("not in restart_options::activated_names");
+}
+
+// Passed sockets that no generation serves are closed rather than left with a backlog nobody
+// accepts from.
+void successor::close_activated(const std::string& why) {
+  for (auto& a : activated_) {
+    if (a.handle == no_handle) continue;
+    if (!why.empty()) s_.note("baton: service " + s_.name + " closes activated listener " + a.name + ": " + why);
+    kept_listener::own(a.handle).close();
+  }
+  activated_.clear();
 }
 
 void successor::finish_start(error_code ec) {
@@ -145,6 +194,7 @@ void successor::finish_start(error_code ec) {
       asio::post(s_.ex, [self = s_.shared_from_this()] { self->succ.inbox_.reset(); });
     }
     s_.listeners.discard();
+    close_activated("");
   } else {
     s_.stopper.arm_signals();
   }

@@ -90,8 +90,8 @@ void set_environment(const std::string& name, const std::string& value) {
 }
 
 // The Service Control Manager's status reporting is not built yet: nobody to tell.
-bool notify_supervisor(supervisor_state, const std::string&) noexcept { return false; }
+bool notify_supervisor(supervisor_state, const std::string&, std::uint32_t) noexcept { return false; }
 bool supervisor_notify_built() noexcept { return false; }
-std::vector<std::uintptr_t> take_activated_listeners() noexcept { return {}; }
+std::vector<activated_listener> take_activated_listeners() noexcept { return {}; }
 
 }  // namespace baton::detail
