@@ -22,7 +22,9 @@
 /// - systemd (where the build has libsystemd, and NOTIFY_SOCKET is set): READY=1 once the first
 ///   generation is in charge, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around each restart,
 ///   STOPPING=1 on a stop, each with a STATUS= line. Socket activation: listeners passed in
-///   LISTEN_FDS go to generation 1 only (BATON_LISTEN_FDS), which adopts them instead of binding.
+///   LISTEN_FDS go to generation 1 only, with their LISTEN_FDNAMES (BATON_LISTEN_FDS,
+///   BATON_LISTEN_FDNAMES), which adopts them instead of binding (restart_options::activated_names).
+///   docs/deploy.md has the units.
 /// - When no generation is left, async_run completes with the exit status of the last one that
 ///   ended (128 + signal for one killed by a signal). A generation that crashes is not restarted:
 ///   if it was the last, the keeper ends with its status and removes what the crash left in
