@@ -2,10 +2,14 @@
 // Shared by the tests that run the real programs (samples/) under a supervisor's stand-in:
 // keeper_test.cpp (baton-run keeping baton-http) and systemd_test.cpp (baton-http alone).
 #include "../restart/restart_support.hpp"
+#include "detail/platform.hpp"
+#include "process_tree.hpp"
 #include "test_prelude.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -45,5 +49,52 @@ inline bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::s
   }
   return false;
 }
+
+// Why a test of systemd's protocols cannot run here, or "": Linux, with libsystemd in the build.
+inline std::string systemd_missing() {
+  if (host_is_windows()) return "systemd: Linux (the Windows Service Control Manager is not spoken yet)";
+  if (!baton::detail::supervisor_notify_built()) return "this build has no libsystemd (install libsystemd-dev and configure again)";
+  return "";
+}
+
+// Waits (up to 30 s) until `systemd` has heard `what` in at least `n` messages.
+inline bool wait_heard(const notify_socket& systemd, const std::string& what, long n) {
+  for (const auto until = steady::now() + 30s; systemd.count(what) < n && steady::now() < until;) nap(10ms);
+  return systemd.count(what) >= n;
+}
+
+// A service run by a program of samples/ that the test started (`run`, its output in `out`), and
+// the generations seen serving it, which may outlive `run` and are ended with it.
+struct service_run {
+  std::string name;
+  name_guard guard{name};
+  std::string out;
+  unsigned short port = free_port();
+  child run;
+  std::set<std::uint32_t> seen_pids;  // of the generations, when they are pids of ours (no namespace)
+  bool own_pids = true;
+
+  service_run(std::string service, const std::string& out_name) : name(std::move(service)), out(temp_path(out_name)) {}
+  ~service_run() { end(); }
+  // Kills `run` and every generation seen, and waits (up to 10 s) until they are gone, before
+  // `guard` removes the service's objects (it leaves them to a live owner).
+  void end() {
+    run.kill();
+    for (auto pid : seen_pids)
+      if (process_exists(pid)) kill_process(pid);
+    for (const auto until = steady::now() + 10s; steady::now() < until; nap(10ms))
+      if (std::none_of(seen_pids.begin(), seen_pids.end(), [](auto pid) { return process_exists(pid); })) break;
+    remove_file(out);
+  }
+  // The pid of the generation answering on `at` now (0: none); remembered for end().
+  std::uint32_t serving_pid(unsigned short at) {
+    http_conn c;
+    response r;
+    if (!c.connect(at) || !c.get("/", r) || r.status != 200) return 0;
+    const auto pid = static_cast<std::uint32_t>(r.header_u64("x-baton-pid"));
+    if (own_pids) seen_pids.insert(pid);
+    return pid;
+  }
+};
 
 }  // namespace baton::test

@@ -22,20 +22,14 @@ namespace {
 
 // baton-run keeping baton-http. `prefix`: what runs baton-run (e.g. unshare); `orphans`: every
 // generation leaves an orphan (a `sleep` whose parent exited) on its way in (POSIX, through sh).
-struct kept_service {
-  std::string name = unique_name("kp");
-  name_guard guard{name};
-  std::string out = temp_path("keeper-out");
-  unsigned short port = free_port();
+struct kept_service : service_run {
   std::chrono::milliseconds drain{15000};
-  child run;  // baton-run, or the prefix that runs it
-  std::set<std::uint32_t> seen_pids;  // of the generations, when they are pids of ours (no namespace)
-  bool own_pids = true;
 
   unsigned short bound_port = port;  // what baton-http is told to bind (socket activation: another)
   unsigned short second_port = 0;    // socket activation: the second socket passed (named "admin")
 
-  explicit kept_service(std::vector<std::string> prefix = {}, bool orphans = false, bool socket_activated = false) {
+  explicit kept_service(std::vector<std::string> prefix = {}, bool orphans = false, bool socket_activated = false)
+      : service_run(unique_name("kp"), "keeper-out") {
     own_pids = prefix.empty();
     if (socket_activated) {
       // systemd-socket-activate listens on `port` and `second_port` and execs the rest with
@@ -60,14 +54,7 @@ struct kept_service {
     run = child::run_to_file(argv, out);
   }
   ~kept_service() {
-    run.kill();
-    // Generations outlive a killed keeper: end each one seen.
-    for (auto pid : seen_pids)
-      if (process_exists(pid)) kill_process(pid);
-    // ... and are gone before `guard` removes the service's objects, which it leaves to a live owner.
-    for (const auto until = steady::now() + 10s; steady::now() < until; nap(10ms))
-      if (std::none_of(seen_pids.begin(), seen_pids.end(), [](auto pid) { return process_exists(pid); })) break;
-    remove_file(out);
+    end();  // the keeper and the generations it left
     // A killed keeper leaves its channel, "keeper-<pid>-<random>", in /dev/shm (Windows: its
     // objects die with it, and the names cannot be listed).
     baton::error_code ec;
@@ -92,14 +79,7 @@ struct kept_service {
     return n;
   }
   // The pid of the generation answering now (0: none); remembered for the clean-up.
-  std::uint32_t serving_pid() {
-    http_conn c;
-    response r;
-    if (!c.connect(port) || !c.get("/", r) || r.status != 200) return 0;
-    const auto pid = static_cast<std::uint32_t>(r.header_u64("x-baton-pid"));
-    if (own_pids) seen_pids.insert(pid);
-    return pid;
-  }
+  std::uint32_t serving_pid() { return service_run::serving_pid(port); }
 };
 
 // Generation 1 serving, and a request of `ms` milliseconds running on `busy`.
@@ -378,31 +358,25 @@ TEST(keeper, without_its_keeper_a_restart_fails_and_says_why) {
 // serves, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around each of three restarts, and
 // STOPPING=1 on SIGTERM, each with a STATUS= line.
 TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
-  if (host_is_windows()) GTEST_SKIP() << "systemd: Linux (the Windows Service Control Manager is not spoken yet)";
-  if (!baton::detail::supervisor_notify_built())
-    GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
+  if (const auto why = systemd_missing(); !why.empty()) GTEST_SKIP() << why;
   const std::string path = temp_path("notify");
   notify_socket systemd(path);
   ASSERT_TRUE(systemd.ok()) << "cannot make a datagram socket at " << path;
-  auto wait_count = [&](const std::string& what, long n) {
-    for (const auto until = steady::now() + 30s; systemd.count(what) < n && steady::now() < until;) nap(10ms);
-    return systemd.count(what) >= n;
-  };
   set_env("NOTIFY_SOCKET", path);
   kept_service svc;
   set_env("NOTIFY_SOCKET", "");
   ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered";
-  EXPECT_TRUE(wait_count("READY=1", 1)) << "no READY=1 once generation 1 served";
+  EXPECT_TRUE(wait_heard(systemd, "READY=1", 1)) << "no READY=1 once generation 1 served";
   for (std::uint64_t g = 2; g <= 4; ++g) {
     std::string out;
     EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
     ASSERT_TRUE(svc.wait_in_charge(g)) << read_file(svc.out);
-    EXPECT_TRUE(wait_count("READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
+    EXPECT_TRUE(wait_heard(systemd, "READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
   }
   svc.serving_pid();
   ASSERT_TRUE(terminate_process(svc.run.pid()));
   EXPECT_EQ(svc.run.wait(svc.drain + 10s), 0);
-  EXPECT_TRUE(wait_count("STOPPING=1", 1));
+  EXPECT_TRUE(wait_heard(systemd, "STOPPING=1", 1));
   // In order, each from the keeper (the pid systemd accepts with NotifyAccess=main).
   std::vector<std::string> states;
   for (auto& [pid, text] : systemd.heard()) {
@@ -428,9 +402,7 @@ TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
 // --listen port stays closed) and serves both, three restarts under load move both listeners with
 // their names, and the keeper holds no listener.
 TEST(keeper, systemd_socket_activation_passes_named_listeners_to_generation_1) {
-  if (host_is_windows()) GTEST_SKIP() << "systemd socket activation: Linux";
-  if (!baton::detail::supervisor_notify_built())
-    GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
+  if (const auto why = systemd_missing(); !why.empty()) GTEST_SKIP() << why;
   if (!file_exists("/usr/bin/systemd-socket-activate")) GTEST_SKIP() << "no systemd-socket-activate (package systemd)";
   kept_service svc({}, false, true);
   const auto keeper_pid = svc.run.pid();

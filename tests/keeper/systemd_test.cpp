@@ -18,37 +18,14 @@ using namespace baton::test;
 namespace {
 
 // baton-http alone, its output and errors in a file (through a shell that execs it, so that it
-// keeps the pid the shell started with). `prefix`: what runs it (systemd-socket-activate).
-struct lone_service {
-  std::string name = unique_name("sd");
-  name_guard guard{name};
-  std::string out = temp_path("lone-out");
-  unsigned short port = free_port();  // its --listen
-  child run;
-  std::set<std::uint32_t> seen_pids;  // of its generations, ended by the destructor
-
-  explicit lone_service(std::vector<std::string> argv = {}, const std::vector<std::string>& extra = {}) {
+// keeps the pid the shell started with). `argv`: what runs it (systemd-socket-activate).
+struct lone_service : service_run {
+  explicit lone_service(std::vector<std::string> argv = {}, const std::vector<std::string>& extra = {})
+      : service_run(unique_name("sd"), "lone-out") {
     argv.insert(argv.end(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" 2>&1", program("baton-http"), "--name", name,
                              "--listen", "127.0.0.1:" + std::to_string(port), "--drain-deadline-ms", "15000"});
     argv.insert(argv.end(), extra.begin(), extra.end());
     run = child::run_to_file(argv, out);
-  }
-  ~lone_service() {
-    run.kill();
-    for (auto pid : seen_pids)
-      if (process_exists(pid)) kill_process(pid);
-    for (const auto until = steady::now() + 10s; steady::now() < until; nap(10ms))
-      if (std::none_of(seen_pids.begin(), seen_pids.end(), [](auto pid) { return process_exists(pid); })) break;
-    remove_file(out);
-  }
-  // The pid of the generation answering on `at` now (0: none); remembered for the clean-up.
-  std::uint32_t serving_pid(unsigned short at) {
-    http_conn c;
-    response r;
-    if (!c.connect(at) || !c.get("/", r) || r.status != 200) return 0;
-    const auto pid = static_cast<std::uint32_t>(r.header_u64("x-baton-pid"));
-    seen_pids.insert(pid);
-    return pid;
   }
   bool wait_gone(std::uint32_t pid) const {
     for (const auto until = steady::now() + 30s; process_exists(pid) && steady::now() < until;) nap(10ms);
@@ -62,43 +39,33 @@ std::uint64_t field(const std::string& text, const std::string& key) {
   return at == std::string::npos ? 0 : std::stoull(text.substr(at + key.size()));
 }
 
-bool skip_systemd(std::string& why) {
-  if (host_is_windows()) why = "systemd: Linux";
-  else if (!baton::detail::supervisor_notify_built()) why = "this build has no libsystemd (install libsystemd-dev and configure again)";
-  return !why.empty();
-}
-
 }  // namespace
 
 // The unit's main process is baton-http itself (Type=notify, NotifyAccess=all, no keeper). Two
 // restarts, then SIGTERM. Each message comes from a generation (a process of the unit), and from
 // the one that is the main process at that moment, so NotifyAccess=main would accept it too.
 TEST(systemd, a_service_without_keeper_names_each_new_generation_its_main_pid) {
-  if (std::string why; skip_systemd(why)) GTEST_SKIP() << why;
+  if (const auto why = systemd_missing(); !why.empty()) GTEST_SKIP() << why;
   const std::string path = temp_path("notify");
   notify_socket systemd(path);
   ASSERT_TRUE(systemd.ok()) << "cannot make a datagram socket at " << path;
-  auto wait_count = [&](const std::string& what, long n) {
-    for (const auto until = steady::now() + 30s; systemd.count(what) < n && steady::now() < until;) nap(10ms);
-    return systemd.count(what) >= n;
-  };
   set_env("NOTIFY_SOCKET", path);
   lone_service svc;
   set_env("NOTIFY_SOCKET", "");
   ASSERT_TRUE(wait_generation(svc.port, 1)) << "generation 1 never answered:\n" << read_file(svc.out);
   std::vector<std::uint32_t> gens{svc.serving_pid(svc.port)};
   EXPECT_EQ(gens[0], svc.run.pid());
-  EXPECT_TRUE(wait_count("READY=1", 1)) << "no READY=1 once generation 1 served";
+  EXPECT_TRUE(wait_heard(systemd, "READY=1", 1)) << "no READY=1 once generation 1 served";
   for (std::uint64_t g = 2; g <= 3; ++g) {
     std::string out;
     EXPECT_EQ(batonctl({"restart", svc.name}, out), 0) << out;
     ASSERT_TRUE(wait_generation(svc.port, g)) << read_file(svc.out);
     gens.push_back(svc.serving_pid(svc.port));
-    EXPECT_TRUE(wait_count("READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
+    EXPECT_TRUE(wait_heard(systemd, "READY=1", static_cast<long>(g))) << "no READY=1 after restart " << g - 1;
   }
   ASSERT_TRUE(terminate_process(gens.back()));
   EXPECT_TRUE(svc.wait_gone(gens.back())) << "generation 3 did not stop on SIGTERM";
-  EXPECT_TRUE(wait_count("STOPPING=1", 1));
+  EXPECT_TRUE(wait_heard(systemd, "STOPPING=1", 1));
 
   std::vector<std::string> states;
   std::vector<std::uint32_t> main_pids;  // each MAINPID= that changes the main process
@@ -133,7 +100,7 @@ TEST(systemd, a_service_without_keeper_names_each_new_generation_its_main_pid) {
 // `--fdname admin`: admin is served, http closed, --listen not bound; admin moves, with its name,
 // through a restart.
 TEST(systemd, socket_activation_without_keeper_serves_the_sockets_asked_for_by_name) {
-  if (std::string why; skip_systemd(why)) GTEST_SKIP() << why;
+  if (const auto why = systemd_missing(); !why.empty()) GTEST_SKIP() << why;
   if (!file_exists("/usr/bin/systemd-socket-activate")) GTEST_SKIP() << "no systemd-socket-activate (package systemd)";
   const auto http = free_port();
   auto admin = free_port();
