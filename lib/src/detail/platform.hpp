@@ -249,7 +249,7 @@ enum class supervisor_state { ready, reloading, stopping, status };
 /// Tells the service manager about the service: systemd through libsystemd's sd_notify (to
 /// NOTIFY_SOCKET; READY=1, RELOADING=1 with MONOTONIC_USEC, STOPPING=1, each with STATUS=`status`).
 /// Returns false where nobody listens (no NOTIFY_SOCKET), the build has no libsystemd, or on
-/// Windows (the Service Control Manager is not spoken yet).
+/// Windows (the Service Control Manager is a stateful connection: detail/windows_service.hpp).
 bool notify_supervisor(supervisor_state s, const std::string& status) noexcept;
 /// True where notify_supervisor can reach systemd (the build has libsystemd).
 bool supervisor_notify_built() noexcept;
