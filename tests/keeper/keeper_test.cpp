@@ -5,10 +5,9 @@
 // service left in /dev/shm and leaves a live service's objects alone.
 #include "baton/keeper.hpp"
 
-#include "../restart/restart_support.hpp"
 #include "detail/platform.hpp"
+#include "keeper_support.hpp"
 #include "process_tree.hpp"
-#include "test_prelude.hpp"
 
 #include <boost/asio.hpp>
 
@@ -21,41 +20,6 @@ using namespace baton::test::prelude;
 using namespace baton::test;
 
 namespace {
-
-using steady = std::chrono::steady_clock;
-
-std::string program(const std::string& name) { return helper_exe("../samples/" + name); }
-
-int batonctl(const std::vector<std::string>& args, std::string& out) {
-  std::vector<std::string> argv{program("batonctl")};
-  argv.insert(argv.end(), args.begin(), args.end());
-  return run_capture(argv, out);
-}
-
-// A loopback port nobody listens on now (baton-http is then told to listen on it).
-unsigned short free_port() {
-  asio::io_context ioc;
-  tcp::acceptor a(ioc, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
-  return a.local_endpoint().port();
-}
-
-// The generation that answers a new connection's GET / (0: no answer).
-std::uint64_t generation_answering(unsigned short port) {
-  http_conn c;
-  response r;
-  if (!c.connect(port) || !c.get("/", r) || r.status != 200) return 0;
-  return r.header_u64("x-baton-generation");
-}
-
-bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::seconds within = 60s) {
-  const auto until = steady::now() + within;
-  while (steady::now() < until) {
-    if (generation_answering(port) == g) return true;
-    nap(50ms);
-  }
-  return false;
-}
-
 
 // baton-run keeping baton-http. `prefix`: what runs baton-run (e.g. unshare); `orphans`: every
 // generation leaves an orphan (a `sleep` whose parent exited) on its way in (POSIX, through sh).
@@ -117,12 +81,7 @@ struct kept_service {
     return logged("baton: keeper: generation " + std::to_string(g) + " (pid ") == 1;
   }
   // How many times the keeper's log says `what`.
-  std::size_t logged(const std::string& what) const {
-    const auto text = read_file(out);
-    std::size_t n = 0;
-    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-    return n;
-  }
+  std::size_t logged(const std::string& what) const { return occurrences(read_file(out), what); }
   // The pid of the generation answering now (0: none); remembered for the clean-up.
   std::uint32_t serving_pid() {
     http_conn c;
@@ -410,7 +369,7 @@ TEST(keeper, without_its_keeper_a_restart_fails_and_says_why) {
 // serves, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around each of three restarts, and
 // STOPPING=1 on SIGTERM, each with a STATUS= line.
 TEST(keeper, tells_systemd_ready_reloading_and_stopping) {
-  if (host_is_windows()) GTEST_SKIP() << "systemd: Linux (the Windows Service Control Manager is not spoken yet)";
+  if (host_is_windows()) GTEST_SKIP() << "systemd: Linux (the Windows Service Control Manager: keeper_service_test.cpp)";
   if (!baton::detail::supervisor_notify_built())
     GTEST_SKIP() << "this build has no libsystemd (install libsystemd-dev and configure again)";
   const std::string path = temp_path("notify");
