@@ -170,12 +170,7 @@ TEST(keeper, as_a_windows_service_restarts_three_times_under_load) {
       EXPECT_EQ(windows_service_pid(svc.name), keeper_pid) << "the service's process changed in restart " << g - 1;
     }
     states.finish();
-    l.finish();
-    EXPECT_EQ(l.failed.load(), 0u);
-    EXPECT_EQ(l.conn_errors.load(), 0u);
-    EXPECT_EQ(l.sequence_errors.load(), 0u);
-    EXPECT_GE(l.ok.load(), 500u);
-    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+    finish_clean_load(l, 4, 500);
     EXPECT_GE(states.seen["RUNNING"], 1);
     EXPECT_EQ(states.seen.size(), 1u) << "sc query showed a state other than RUNNING during the restarts";
   }

@@ -42,6 +42,17 @@ inline bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::s
   return false;
 }
 
+// Ends the load and checks that it saw no failure and reached `generation` (and at least
+// `min_ok` good responses).
+inline void finish_clean_load(load& l, std::uint64_t generation, std::uint64_t min_ok = 0) {
+  l.finish();
+  EXPECT_EQ(l.failed.load(), 0u);
+  EXPECT_EQ(l.conn_errors.load(), 0u);
+  EXPECT_EQ(l.sequence_errors.load(), 0u);
+  EXPECT_GE(l.ok.load(), min_ok);
+  EXPECT_TRUE(l.generations.count(generation)) << "the load never reached generation " << generation;
+}
+
 // How many times `text` contains `what`.
 inline std::size_t occurrences(const std::string& text, const std::string& what) {
   std::size_t n = 0;

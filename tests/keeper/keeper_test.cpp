@@ -139,12 +139,7 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
       EXPECT_TRUE(svc.run.running()) << "the keeper exited during restart " << g - 1;
       gens.push_back(svc.serving_pid());
     }
-    l.finish();
-    EXPECT_EQ(l.failed.load(), 0u);
-    EXPECT_EQ(l.conn_errors.load(), 0u);
-    EXPECT_EQ(l.sequence_errors.load(), 0u);
-    EXPECT_GE(l.ok.load(), 500u);
-    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+    finish_clean_load(l, 4, 500);
   }
   // Four generations, four processes, none of them the keeper.
   EXPECT_EQ(std::set<std::uint32_t>(gens.begin(), gens.end()).size(), 4u);
@@ -219,11 +214,7 @@ TEST(keeper, as_pid_1_of_a_pid_namespace) {
       EXPECT_TRUE(process_exists(keeper)) << "PID 1 exited during restart " << g - 1;
       svc.serving_pid();
     }
-    l.finish();
-    EXPECT_EQ(l.failed.load(), 0u);
-    EXPECT_EQ(l.conn_errors.load(), 0u);
-    EXPECT_EQ(l.sequence_errors.load(), 0u);
-    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+    finish_clean_load(l, 4);
   }
   // The orphans (each lives 2 s) end and are reaped by PID 1: wait for them, then count zombies.
   for (const auto until = steady::now() + 20s; steady::now() < until; nap(50ms)) {
@@ -440,10 +431,7 @@ TEST(keeper, systemd_socket_activation_passes_the_listener_to_generation_1) {
       wait_for_requests(l, 100);
       svc.serving_pid();
     }
-    l.finish();
-    EXPECT_EQ(l.failed.load(), 0u);
-    EXPECT_EQ(l.conn_errors.load(), 0u);
-    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+    finish_clean_load(l, 4);
   }
   EXPECT_FALSE(other.connect(svc.bound_port));
   EXPECT_FALSE(holds_tcp_listener(keeper_pid));
