@@ -152,15 +152,18 @@ class scm_service final : public windows_service {
       }
       link->cv.notify_all();
     });
+    // The SCM calls the entry point at once; in a process it did not start, the dispatcher fails
+    // with 1063 (at once on Windows, after ~10 s under Wine).
     std::unique_lock lk(link_->m);
-    // The SCM calls the entry point at once; a process it did not start fails at once (1063).
     const bool settled =
         link_->cv.wait_for(lk, 30s, [&] { return link_->entered || link_->dispatcher_done; });
-    if (settled && link_->entered && link_->error == 0) return tick(SERVICE_START_PENDING);
-    if (!settled) ec = make_error_code(asio::error::timed_out);
-    else if (link_->error == ERROR_FAILED_SERVICE_CONTROLLER_CONNECT) ec = make_error_code(errc::not_started_as_service);
-    else ec = error_code(static_cast<int>(link_->error), boost::system::system_category());
+    const bool entered = settled && link_->entered && link_->error == 0;
+    const DWORD error = link_->error;
     lk.unlock();
+    if (entered) return tick(SERVICE_START_PENDING);
+    if (!settled) ec = make_error_code(asio::error::timed_out);
+    else if (error == ERROR_FAILED_SERVICE_CONTROLLER_CONNECT) ec = make_error_code(errc::not_started_as_service);
+    else ec = error_code(static_cast<int>(error), boost::system::system_category());
     stopped(1);
   }
 
