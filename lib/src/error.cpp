@@ -114,6 +114,13 @@ constexpr message_entry messages[] = {
     {errc::activated_listener_not_found,
      "socket activation: no listening socket of the requested name was passed to the service (check "
      "FileDescriptorName= in the .socket unit, or the names the service asks for)"},
+    {errc::windows_service_unsupported,
+     "Windows services exist only on Windows; on Linux run baton-run under systemd (Type=notify, "
+     "see docs/restart.md) or as a container's PID 1"},
+    {errc::not_started_as_service,
+     "this process was not started by the Service Control Manager: register it with sc create NAME "
+     "binPath= \"<path>\\baton-run.exe --service NAME -- PROGRAM ARGS\" and start it with sc start NAME "
+     "(from a console, run baton-run without --service)"},
     {errc::control_message_malformed,
      "a control ticket's text is not a well-formed message (a line without '=', an empty or "
      "repeated key, or no op): it was ignored; sender and receiver may be different Baton builds"},

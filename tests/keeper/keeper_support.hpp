@@ -1,6 +1,7 @@
 #pragma once
 // Shared by the tests that run the real programs (samples/) under a supervisor's stand-in:
-// keeper_test.cpp (baton-run keeping baton-http) and systemd_test.cpp (baton-http alone).
+// keeper_test.cpp (baton-run keeping baton-http), systemd_test.cpp (baton-http alone) and
+// keeper_service_test.cpp (baton-run as a Windows service).
 #include "../restart/restart_support.hpp"
 #include "detail/platform.hpp"
 #include "process_tree.hpp"
@@ -14,6 +15,8 @@
 #include <vector>
 
 namespace baton::test {
+
+using namespace std::chrono_literals;
 
 using steady = std::chrono::steady_clock;
 
@@ -52,7 +55,7 @@ inline bool wait_generation(unsigned short port, std::uint64_t g, std::chrono::s
 
 // Why a test of systemd's protocols cannot run here, or "": Linux, with libsystemd in the build.
 inline std::string systemd_missing() {
-  if (host_is_windows()) return "systemd: Linux (the Windows Service Control Manager is not spoken yet)";
+  if (host_is_windows()) return "systemd: Linux (the Windows Service Control Manager: keeper_service_test.cpp)";
   if (!baton::detail::supervisor_notify_built()) return "this build has no libsystemd (install libsystemd-dev and configure again)";
   return "";
 }
@@ -96,5 +99,23 @@ struct service_run {
     return pid;
   }
 };
+
+// Ends the load and checks that it saw no failure and reached `generation` (and at least
+// `min_ok` good responses).
+inline void finish_clean_load(load& l, std::uint64_t generation, std::uint64_t min_ok = 0) {
+  l.finish();
+  EXPECT_EQ(l.failed.load(), 0u);
+  EXPECT_EQ(l.conn_errors.load(), 0u);
+  EXPECT_EQ(l.sequence_errors.load(), 0u);
+  EXPECT_GE(l.ok.load(), min_ok);
+  EXPECT_TRUE(l.generations.count(generation)) << "the load never reached generation " << generation;
+}
+
+// How many times `text` contains `what`.
+inline std::size_t occurrences(const std::string& text, const std::string& what) {
+  std::size_t n = 0;
+  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
 
 }  // namespace baton::test

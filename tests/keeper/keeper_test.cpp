@@ -72,12 +72,7 @@ struct kept_service : service_run {
     return logged("baton: keeper: generation " + std::to_string(g) + " (pid ") == 1;
   }
   // How many times the keeper's log says `what`.
-  std::size_t logged(const std::string& what) const {
-    const auto text = read_file(out);
-    std::size_t n = 0;
-    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-    return n;
-  }
+  std::size_t logged(const std::string& what) const { return occurrences(read_file(out), what); }
   // The pid of the generation answering now (0: none); remembered for the clean-up.
   std::uint32_t serving_pid() { return service_run::serving_pid(port); }
 };
@@ -128,12 +123,7 @@ TEST(keeper, restarts_under_load_keep_its_pid_and_a_stop_ends_everything) {
       EXPECT_TRUE(svc.run.running()) << "the keeper exited during restart " << g - 1;
       gens.push_back(svc.serving_pid());
     }
-    l.finish();
-    EXPECT_EQ(l.failed.load(), 0u);
-    EXPECT_EQ(l.conn_errors.load(), 0u);
-    EXPECT_EQ(l.sequence_errors.load(), 0u);
-    EXPECT_GE(l.ok.load(), 500u);
-    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+    finish_clean_load(l, 4, 500);
   }
   // Four generations, four processes, none of them the keeper.
   EXPECT_EQ(std::set<std::uint32_t>(gens.begin(), gens.end()).size(), 4u);
@@ -208,11 +198,7 @@ TEST(keeper, as_pid_1_of_a_pid_namespace) {
       EXPECT_TRUE(process_exists(keeper)) << "PID 1 exited during restart " << g - 1;
       svc.serving_pid();
     }
-    l.finish();
-    EXPECT_EQ(l.failed.load(), 0u);
-    EXPECT_EQ(l.conn_errors.load(), 0u);
-    EXPECT_EQ(l.sequence_errors.load(), 0u);
-    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+    finish_clean_load(l, 4);
   }
   // The orphans (each lives 2 s) end and are reaped by PID 1: wait for them, then count zombies.
   for (const auto until = steady::now() + 20s; steady::now() < until; nap(50ms)) {
@@ -435,10 +421,7 @@ TEST(keeper, systemd_socket_activation_passes_named_listeners_to_generation_1) {
       svc.serving_pid();
       EXPECT_EQ(generation_answering(svc.second_port), g) << "the second activated socket did not move";
     }
-    l.finish();
-    EXPECT_EQ(l.failed.load(), 0u);
-    EXPECT_EQ(l.conn_errors.load(), 0u);
-    EXPECT_TRUE(l.generations.count(4)) << "the load never reached generation 4";
+    finish_clean_load(l, 4);
   }
   EXPECT_TRUE(names_said(4, svc.serving_pid())) << "generation 4 lost its listeners' names:\n" << read_file(svc.out);
   EXPECT_FALSE(other.connect(svc.bound_port));

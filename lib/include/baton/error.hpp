@@ -64,6 +64,9 @@ enum class errc {
   service_stopping,          ///< the service is stopping: close this connection after its last response
   keeper_gone,               ///< the keeper that started this service (BATON_KEEPER) no longer runs
   activated_listener_not_found, ///< socket activation: no listening socket of a requested name was passed
+  // The keeper as a Windows service.
+  windows_service_unsupported, ///< a Windows service was asked for on another platform
+  not_started_as_service,      ///< the Service Control Manager did not start this process
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

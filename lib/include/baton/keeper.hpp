@@ -25,6 +25,14 @@
 ///   LISTEN_FDS go to generation 1 only, with their LISTEN_FDNAMES (BATON_LISTEN_FDS,
 ///   BATON_LISTEN_FDNAMES), which adopts them instead of binding (restart_options::activated_names).
 ///   docs/deploy.md has the units.
+/// - Windows service (keeper_options::windows_service; the process must be started by the Service
+///   Control Manager, e.g. `sc start NAME`): START_PENDING (with checkpoints and wait hints) until
+///   the first generation is in charge, RUNNING through every restart (the keeper's pid never
+///   changes), STOP_PENDING (checkpoints and wait hints) while a stop drains, then STOPPED with
+///   the exit status (non-zero: ERROR_SERVICE_SPECIFIC_ERROR, the status as the service-specific
+///   exit code). SERVICE_CONTROL_STOP and SERVICE_CONTROL_SHUTDOWN are stop(); the custom control
+///   code keeper_service_control_restart (`sc control NAME 128`) is restart(). The controls arrive
+///   on a thread of the SCM and are posted to the keeper's executor.
 /// - When no generation is left, async_run completes with the exit status of the last one that
 ///   ended (128 + signal for one killed by a signal). A generation that crashes is not restarted:
 ///   if it was the last, the keeper ends with its status and removes what the crash left in
@@ -58,6 +66,11 @@ struct keeper_options {
   std::chrono::milliseconds drain_deadline{30000};
   /// Take SIGHUP (Linux) as restart() and SIGTERM/SIGINT as stop().
   bool os_signals = true;
+  /// Windows: run as this service of the Service Control Manager (the name given to `sc create`),
+  /// reporting its status to the SCM and taking its stop, shutdown and restart controls. The
+  /// process must have been started by the SCM: async_run fails with errc::not_started_as_service
+  /// otherwise, and with errc::windows_service_unsupported on other platforms. Empty: no service.
+  std::string windows_service;
   /// Called with one line for each event worth logging (a generation started, in charge, ended;
   /// a restart's report). Empty: the library writes nothing. Called on the keeper's executor.
   std::function<void(const std::string&)> log;
@@ -86,7 +99,7 @@ class keeper {
 
   /// Starts the first generation and keeps the service until no generation is left. Completes
   /// with the last generation's exit status; an error if the keeper could not start (its channel,
-  /// its signals, or the first generation: the program could not be run). Signature:
+  /// its signals, its Windows service, or the first generation: the program could not be run). Signature:
   /// void(error_code, int exit_status). Call once.
   template <class Token>
   auto async_run(Token&& token) {
@@ -106,6 +119,11 @@ class keeper {
   void start_run(boost::asio::any_completion_handler<void(error_code, int)> h);
   std::shared_ptr<detail::keeper_impl> impl_;
 };
+
+/// The custom control code that restarts a keeper run as a Windows service, as restart() does:
+/// `sc control NAME 128`, or ControlService(h, keeper_service_control_restart, &status) with a
+/// handle opened with SERVICE_USER_DEFINED_CONTROL. (Windows reserves 128-255 for services.)
+inline constexpr std::uint32_t keeper_service_control_restart = 128;
 
 /// The environment variable through which a keeper's children find it.
 inline constexpr const char* keeper_environment_variable = "BATON_KEEPER";

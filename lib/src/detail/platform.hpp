@@ -250,7 +250,7 @@ enum class supervisor_state { ready, reloading, stopping, status };
 /// NOTIFY_SOCKET; READY=1, RELOADING=1 with MONOTONIC_USEC, STOPPING=1, each with STATUS=`status`,
 /// and MAINPID=`main_pid` unless 0: the process systemd is to watch from now on).
 /// Returns false where nobody listens (no NOTIFY_SOCKET), the build has no libsystemd, or on
-/// Windows (the Service Control Manager is not spoken yet).
+/// Windows (the Service Control Manager is a stateful connection: detail/windows_service.hpp).
 bool notify_supervisor(supervisor_state s, const std::string& status, std::uint32_t main_pid = 0) noexcept;
 /// True where notify_supervisor can reach systemd (the build has libsystemd).
 bool supervisor_notify_built() noexcept;

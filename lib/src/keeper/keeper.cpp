@@ -14,6 +14,7 @@
 #include "baton/restart.hpp"
 #include "baton/spawn.hpp"
 #include "detail/socket_custody.hpp"
+#include "detail/windows_service.hpp"
 #include "restart/service_impl.hpp"
 
 #include <boost/asio/append.hpp>
@@ -43,6 +44,18 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     }
     handler.emplace(std::move(h));
     error_code ec;
+    auto weak = weak_from_this();
+    const auto on_restart = [weak] {
+      if (auto self = weak.lock()) self->restart();
+    };
+    const auto on_stop = [weak] {
+      if (auto self = weak.lock()) self->stop();
+    };
+    // First, so that the SCM hears from its service at once (it waits 30 s at most).
+    if (!opts.windows_service.empty()) {
+      scm = make_windows_service(ex, opts.windows_service, {on_restart, on_stop, keeper_service_control_restart}, ec);
+      if (ec) return finish(ec, 1);
+    }
     // The channel's name is unpredictable, so that nobody can hold it in advance.
     for (int attempt = 0; attempt < 8; ++attempt) {
       name = "keeper-" + std::to_string(current_pid()) + "-" + random_suffix();
@@ -54,17 +67,12 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     if (ec) return finish(ec, 1);
     receive();
     keeper_os::events ev;
-    auto weak = weak_from_this();
     ev.exited = [weak](std::uint32_t pid, int status) {
       if (auto self = weak.lock()) self->on_exit(pid, status);
     };
     if (opts.os_signals) {
-      ev.restart = [weak] {
-        if (auto self = weak.lock()) self->restart();
-      };
-      ev.stop = [weak] {
-        if (auto self = weak.lock()) self->stop();
-      };
+      ev.restart = on_restart;
+      ev.stop = on_stop;
     }
     os = make_keeper_os(ex, std::move(ev), ec);
     if (ec) return finish(ec, 1);
@@ -103,8 +111,12 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
 
   // systemd (sd_notify): READY=1 when the first generation takes charge; RELOADING=1 when a
   // restart starts a new generation, READY=1 when it has taken charge (or the restart failed);
-  // STOPPING=1. Each with a STATUS= line. The keeper stays the main process: no MAINPID=.
-  void tell(supervisor_state s, const std::string& status) { systemd.tell(s, status); }
+  // STOPPING=1. Each with a STATUS= line. The keeper stays the main process: no MAINPID=. The
+  // Windows SCM: RUNNING from the first READY on, STOP_PENDING on a stop.
+  void tell(supervisor_state s, const std::string& status) {
+    systemd.tell(s, status);
+    if (scm) scm->tell(s);
+  }
 
   void receive() {
     auto c = ch;
@@ -252,6 +264,8 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
       error_code ignored;
       channel::remove_stale(opts.service, ignored);
     }
+    // Last: once the SCM hears SERVICE_STOPPED, it may end this process at any moment.
+    if (scm) scm->stopped(ec && status == 0 ? 1 : status);
     if (handler) {
       auto h = std::move(*handler);
       handler.reset();
@@ -265,6 +279,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
   std::string name;
   std::shared_ptr<channel> ch;
   std::unique_ptr<keeper_os> os;
+  std::unique_ptr<windows_service> scm;  // keeper_options::windows_service
   std::optional<run_handler> handler;
   std::set<std::uint32_t> children;  // generations alive
   keeper_stats st;

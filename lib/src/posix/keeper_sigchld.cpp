@@ -1,8 +1,10 @@
 // The keeper's OS side on Linux: SIGCHLD, SIGHUP, SIGTERM and SIGINT through one Asio signal_set
 // (handlers run on the reactor, not in signal context); every child is reaped with waitpid(-1),
 // so that no zombie stays, whether it is a generation the keeper started or an orphan that the
-// kernel re-parented to it (as PID 1, or as a child subreaper).
+// kernel re-parented to it (as PID 1, or as a child subreaper). No Windows service here: systemd
+// (systemd_notify.cpp) is the supervisor the keeper speaks to.
 #include "detail/platform.hpp"
+#include "detail/windows_service.hpp"
 
 #include <boost/asio/signal_set.hpp>
 
@@ -86,6 +88,12 @@ class sigchld_keeper final : public keeper_os {
 
 std::unique_ptr<keeper_os> make_keeper_os(const boost::asio::any_io_executor& ex, keeper_os::events ev, error_code& ec) {
   return make_started<sigchld_keeper>(ec, ex, std::move(ev));
+}
+
+std::unique_ptr<windows_service> make_windows_service(const boost::asio::any_io_executor&, const std::string&,
+                                                      windows_service::events, error_code& ec) {
+  ec = make_error_code(errc::windows_service_unsupported);
+  return nullptr;
 }
 
 void set_environment(const std::string& name, const std::string& value) {

@@ -89,7 +89,7 @@ void set_environment(const std::string& name, const std::string& value) {
   ::SetEnvironmentVariableA(name.c_str(), value.empty() ? nullptr : value.c_str());
 }
 
-// The Service Control Manager's status reporting is not built yet: nobody to tell.
+// No systemd here; the Service Control Manager is told through detail/windows_service.hpp.
 bool notify_supervisor(supervisor_state, const std::string&, std::uint32_t) noexcept { return false; }
 bool supervisor_notify_built() noexcept { return false; }
 std::vector<activated_listener> take_activated_listeners() noexcept { return {}; }
