@@ -80,18 +80,12 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     // Socket activation: the listeners systemd passed go to generation 1 (which adopts them
     // instead of binding) and only to it; the keeper keeps no copy (it holds no listener).
     // Their names (FileDescriptorName=) go with them.
+    const auto activated = take_activated_listeners();
     std::vector<std::uintptr_t> handles;
-    std::string numbers, names;
-    for (const auto& a : take_activated_listeners()) {
-      numbers += (handles.empty() ? "" : ",") + std::to_string(a.handle);
-      names += (handles.empty() ? "" : ":") + a.name;
-      handles.push_back(a.handle);
-    }
-    set_environment(activated_listeners_variable, numbers);
-    set_environment(activated_names_variable, names);
+    for (const auto& a : activated) handles.push_back(a.handle);
+    pass_activated_listeners(activated);
     spawn(ec, handles);
-    set_environment(activated_listeners_variable, "");
-    set_environment(activated_names_variable, "");
+    pass_activated_listeners({});
     for (auto h : handles) kept_listener::own(h).close();  // the keeper holds no listener
     if (ec) return finish(ec, 127);
   }

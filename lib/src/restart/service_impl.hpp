@@ -72,6 +72,13 @@ struct service_impl;
 /// advance (a successor's inbox, the keeper's channel). successor.cpp.
 std::string random_suffix();
 
+/// Socket activation through a keeper (successor.cpp): puts `ls` in the environment of the next
+/// process this one starts (BATON_LISTEN_FDS, their numbers comma-separated; BATON_LISTEN_FDNAMES,
+/// their names ':'-separated as in LISTEN_FDNAMES); an empty list clears both.
+void pass_activated_listeners(const std::vector<activated_listener>& ls);
+/// What a keeper passed this process that way (none: an empty list), clearing the variables.
+std::vector<activated_listener> take_passed_activated_listeners();
+
 enum class service_phase {
   created,       // async_start not called yet
   joining,       // successor: hello sent, waiting for welcome and listeners

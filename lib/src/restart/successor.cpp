@@ -27,6 +27,34 @@ std::string random_suffix() {
   return s;
 }
 
+void pass_activated_listeners(const std::vector<activated_listener>& ls) {
+  std::string numbers, names;
+  for (std::size_t i = 0; i < ls.size(); ++i) {
+    numbers += (i ? "," : "") + std::to_string(ls[i].handle);
+    names += (i ? ":" : "") + ls[i].name;
+  }
+  set_environment(activated_listeners_variable, numbers);
+  set_environment(activated_names_variable, names);
+}
+
+std::vector<activated_listener> take_passed_activated_listeners() {
+  std::vector<activated_listener> ls;
+  const char* numbers = std::getenv(activated_listeners_variable);
+  if (!numbers || !*numbers) return ls;
+  const char* names_env = std::getenv(activated_names_variable);
+  const std::string list = numbers, names = names_env ? names_env : "";
+  for (std::size_t from = 0, name_from = 0; from < list.size();) {
+    const auto comma = std::min(list.find(',', from), list.size());
+    const auto colon = std::min(names.find(':', name_from), names.size());
+    ls.push_back({static_cast<std::uintptr_t>(std::strtoull(list.c_str() + from, nullptr, 10)),
+                  name_from < names.size() ? names.substr(name_from, colon - name_from) : ""});
+    from = comma + 1;
+    name_from = colon + 1;
+  }
+  pass_activated_listeners({});  // not for the processes this one starts
+  return ls;
+}
+
 void successor::start(asio::any_completion_handler<void(error_code)> h) {
   if (s_.ph != service_phase::created) {
     asio::post(s_.ex, asio::append(std::move(h), make_error_code(errc::operation_in_progress)));
@@ -115,27 +143,8 @@ void successor::join(channel ctl) {
 // LISTEN_FDNAMES for this pid). restart_options::activated_names picks some by name; a name that
 // was not passed fails the start, with the names that were in the report's detail.
 error_code successor::take_activated() {
-  const char* numbers = std::getenv(activated_listeners_variable);
-  if (numbers && *numbers) {
-    const char* names_env = std::getenv(activated_names_variable);
-    const std::string list = numbers, names = names_env ? names_env : "";
-    std::size_t name_from = 0;
-    for (std::size_t from = 0; from < list.size();) {
-      auto comma = list.find(',', from);
-      if (comma == std::string::npos) comma = list.size();
-      auto colon = names.find(':', name_from);
-      if (colon == std::string::npos) colon = names.size();
-      activated_.push_back({static_cast<std::uintptr_t>(std::strtoull(list.c_str() + from, nullptr, 10)),
-                            name_from < names.size() ? names.substr(name_from, colon - name_from) : ""});
-      from = comma + 1;
-      name_from = colon + 1;
-    }
-    // Not for the processes this one starts.
-    set_environment(activated_listeners_variable, "");
-    set_environment(activated_names_variable, "");
-  } else {
-    activated_ = take_activated_listeners();
-  }
+  activated_ = take_passed_activated_listeners();
+  if (activated_.empty()) activated_ = take_activated_listeners();
   if (activated_.empty()) return {};
   std::string passed;
   for (const auto& a : activated_) passed += (passed.empty() ? "" : ", ") + a.name;

@@ -4,6 +4,7 @@
 // SetServiceStatus from the keeper's executor. The control handler runs on the dispatcher's thread:
 // it only posts to the executor, which calls the keeper.
 #include "detail/windows_service.hpp"
+#include "win/security.hpp"
 #include "win/win_headers.hpp"
 
 #include <boost/asio/post.hpp>
@@ -220,10 +221,7 @@ class scm_service final : public windows_service {
 
 std::unique_ptr<windows_service> make_windows_service(const asio::any_io_executor& ex, const std::string& name,
                                                       windows_service::events ev, error_code& ec) {
-  std::wstring wide(name.size(), L'\0');
-  wide.resize(static_cast<std::size_t>(::MultiByteToWideChar(CP_UTF8, 0, name.data(), static_cast<int>(name.size()),
-                                                              wide.data(), static_cast<int>(wide.size()))));
-  return make_started<scm_service>(ec, ex, std::make_shared<scm_link>(ex, std::move(wide), std::move(ev)));
+  return make_started<scm_service>(ec, ex, std::make_shared<scm_link>(ex, widen(name), std::move(ev)));
 }
 
 }  // namespace baton::detail

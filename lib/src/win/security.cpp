@@ -22,7 +22,13 @@ std::vector<unsigned char> token_user() {
 }
 }  // namespace
 
-std::wstring widen(const std::string& s) { return std::wstring(s.begin(), s.end()); }
+std::wstring widen(const std::string& s) {
+  if (s.empty()) return {};
+  std::wstring w(s.size(), L'\0');  // UTF-8 never needs more UTF-16 units than bytes
+  const int n = ::MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), w.data(), static_cast<int>(w.size()));
+  w.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return w;
+}
 
 std::wstring current_user_sid(error_code& ec) {
   ec.clear();

@@ -38,6 +38,7 @@ std::wstring current_user_sid(error_code& ec);
 /// current user and SYSTEM, which is what Baton's own objects do).
 bool object_owned_by_current_user(HANDLE h, error_code& ec);
 
+/// `s` (UTF-8; Baton's names are ASCII) as UTF-16, for the W functions.
 std::wstring widen(const std::string& s);
 
 }  // namespace baton::detail
