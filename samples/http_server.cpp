@@ -118,6 +118,29 @@ bool parse_endpoint(const std::string& s, tcp::endpoint& ep) {
   return true;
 }
 
+void listen_if_none(baton::service& svc, const tcp::endpoint& ep) {
+  if (svc.listener_count() != 0) return;
+  tcp::acceptor a(svc.get_executor());
+  a.open(ep.protocol());
+  a.set_option(tcp::acceptor::reuse_address(true));
+  a.bind(ep);
+  a.listen(asio::socket_base::max_listen_connections);
+  svc.add_listener(baton::listener(std::move(a)));
+}
+
+std::function<void(std::exception_ptr)> exit_on_exception(const char* program, int& status, asio::io_context& ioc) {
+  return [program, &status, &ioc](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      std::fprintf(stderr, "%s: %s\n", program, x.what());
+    }
+    status = 1;
+    ioc.stop();
+  };
+}
+
 int run_http_service(const http_service_options& o) {
   asio::io_context ioc(1);
   auto ro = o.restart;
@@ -138,14 +161,7 @@ int run_http_service(const http_service_options& o) {
       co_return;
     }
     if (o.on_started) o.on_started(svc);
-    if (svc.listener_count() == 0) {
-      tcp::acceptor a(ioc);
-      a.open(o.listen.protocol());
-      a.set_option(tcp::acceptor::reuse_address(true));
-      a.bind(o.listen);
-      a.listen(asio::socket_base::max_listen_connections);
-      svc.add_listener(baton::listener(std::move(a)));
-    }
+    listen_if_none(svc, o.listen);
     for (auto& [e, socket_name] : svc.listeners()) {
       std::printf("baton-http: service %s generation %llu pid %u listening on %s:%u%s\n", name.c_str(),
                   static_cast<unsigned long long>(svc.generation()), baton::current_process_id(),
@@ -160,16 +176,7 @@ int run_http_service(const http_service_options& o) {
       if (o.on_connection) o.on_connection(svc);
       asio::co_spawn(ioc, srv.session(std::move(c)), asio::detached);
     }
-  }, [&](std::exception_ptr e) {
-    if (!e) return;
-    try {
-      std::rethrow_exception(e);
-    } catch (const std::exception& x) {
-      std::fprintf(stderr, "baton-http: %s\n", x.what());
-    }
-    status = 1;
-    ioc.stop();
-  });
+  }, exit_on_exception("baton-http", status, ioc));
   svc.async_wait_retired([&](baton::error_code ec, baton::restart_report r) {
     if (ec) return;
     if (r.stopped)

@@ -4,7 +4,10 @@
 // endpoints.
 #include <baton/restart.hpp>
 
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+
+#include <exception>
 
 #include <functional>
 #include <string>
@@ -30,5 +33,14 @@ struct http_service_options {
 
 /// Runs the server until this generation retires (exit status 0) or fails to start (1).
 int run_http_service(const http_service_options& o);
+
+/// A first generation's listener: `svc` gets one on `ep` unless it has inherited or been passed
+/// some. Throws on a bind failure (the program reports it and exits 1).
+void listen_if_none(baton::service& svc, const tcp::endpoint& ep);
+
+/// The completion of a program's main coroutine: an exception is printed as "<program>: what",
+/// makes `status` 1 and stops `ioc`.
+std::function<void(std::exception_ptr)> exit_on_exception(const char* program, int& status,
+                                                          boost::asio::io_context& ioc);
 
 }  // namespace baton_samples

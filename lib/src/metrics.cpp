@@ -74,6 +74,8 @@ std::string prometheus_metrics(const service* svc) {
        "Connections hand-overs did not carry through: left in the old generation at the drain deadline, "
        "or ended with a next generation that died.",
        s.connections_lost},
+      {true, "baton_service_closed_gracefully_total", "counter",
+       "Connections the application closed instead of moving them (service::close_gracefully).", s.closed_gracefully},
   };
   std::string out;
   for (const auto& d : table)

@@ -114,6 +114,9 @@ struct restart_report {
   /// open at the drain deadline (closed as the process exits).
   bool stopped = false;
   std::uint64_t connections_closed = 0;  ///< stop: closed at a safe point, after their last response
+  /// Closed by the application (service::close_gracefully) instead of moved or cut: connections
+  /// it chose not to move, after telling their clients (a WebSocket close frame, say).
+  std::uint64_t connections_closed_gracefully = 0;
   std::chrono::microseconds ready_time{0};     ///< trigger to N+1's announcement (0 if not started by N)
   std::chrono::microseconds listeners_time{0}; ///< announcement to the last listener acknowledged
   std::chrono::microseconds handover_time{0};  ///< announcement to N owning nothing
@@ -139,6 +142,8 @@ struct service_stats {
   /// Connections that hand-overs seen by this process did not carry through: left in the old
   /// generation at the drain deadline, or taken by a next generation that then died.
   std::uint64_t connections_lost = 0;
+  /// Connections the application closed with close_gracefully instead of moving them.
+  std::uint64_t closed_gracefully = 0;
   std::size_t listeners = 0;
 };
 
@@ -200,6 +205,43 @@ class service {
         [this, &c](auto h) { start_safe_point(c, std::move(h)); }, token);
   }
 
+  /// Connections only the server writes on (server push, server-sent events, a WebSocket feeding
+  /// a silent client, a long download) never come to async_safe_point by themselves: their writer
+  /// learns of a hand-over here (or polls handing_over()), stops at a boundary of its own (a whole
+  /// message written, nothing outstanding), puts what it still has to send in `c.state()` and
+  /// calls async_handover, or closes the connection itself with close_gracefully.
+  ///
+  /// Completes when this generation starts moving connections to the next (the listeners are
+  /// there: success), when a graceful stop begins (errc::service_stopping: close the connection)
+  /// or when the service closes or has retired (operation_aborted); at once if one of these is
+  /// already the case. Any number may wait. Signature: void(error_code).
+  template <class Token>
+  auto async_wait_handover(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this](auto h) { start_wait_handover(std::move(h)); }, token);
+  }
+
+  /// True while this generation moves connections to the next: what async_wait_handover waits for.
+  bool handing_over() const noexcept;
+
+  /// Moves `c` to the next generation now, at a boundary the application chose, without waiting
+  /// for its client (no read or write of `c` may be outstanding). Completes with moved == true when
+  /// the next generation has it (`c` is empty: stop serving it), or moved == false with `c` still
+  /// here when no hand-over is moving connections (none was, or it failed meanwhile: go on
+  /// serving) or, with errc::service_stopping, when a graceful stop began (close it). Signature:
+  /// void(error_code, bool moved).
+  template <class Token>
+  auto async_handover(connection& c, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, bool)>(
+        [this, &c](auto h) { start_handover(c, std::move(h)); }, token);
+  }
+
+  /// Closes `c` (its send side first, after everything written) and counts it as closed
+  /// gracefully (restart_report::connections_closed_gracefully, service_stats::closed_gracefully),
+  /// so that a hand-over or a stop waits for it no longer. For connections the application chose
+  /// not to move, once it has told their client (a WebSocket close frame, an HTTP/2 GOAWAY).
+  void close_gracefully(connection& c);
+
   /// Starts the next generation (restart_options::next_binary/next_args) and hands everything
   /// over to it. Completes with the report when this generation owns nothing (success: exit
   /// now) or when the restart failed (this generation keeps serving). Signature:
@@ -245,6 +287,8 @@ class service {
   void start_start(boost::asio::any_completion_handler<void(error_code)> h);
   void start_accept(boost::asio::any_completion_handler<void(error_code, connection)> h);
   void start_safe_point(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h);
+  void start_handover(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h);
+  void start_wait_handover(boost::asio::any_completion_handler<void(error_code)> h);
   void start_restart(boost::asio::any_completion_handler<void(error_code, restart_report)> h);
   void start_wait_retired(boost::asio::any_completion_handler<void(error_code, restart_report)> h);
   void start_stop(boost::asio::any_completion_handler<void(error_code, restart_report)> h);

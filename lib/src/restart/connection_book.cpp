@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <array>
 
 namespace baton::detail {
 
@@ -98,6 +99,8 @@ void connection_book::pump() {
     // Parked connections whose client spoke meanwhile went back to the application; it parks
     // them again at their next safe point.
     if (!p->finished && !p->reader.taken() && !p->move_requested && p->c->is_open()) move_parked(p);
+    else if (p->pushed && !p->finished && !p->c->is_open())
+      finish_parked(p, error_code(asio::error::bad_descriptor), false);
   }
 }
 
@@ -122,6 +125,9 @@ void connection_book::abandon_moves() {
   for (auto& p : to_move_) p->queued = false;
   to_move_.clear();
   parked_refused_ = false;
+  // Connections the application handed over itself go back to it (their writers go on); a
+  // pushed connection in the middle of its move hears from its verdict.
+  finish_pushed([](const parked& p) { return !p.reader.taken(); }, {});
   while (accept_waiter_ && !ready_.empty()) {
     auto c = std::move(ready_.front());
     ready_.pop_front();
@@ -216,6 +222,7 @@ void connection_book::send_parked(const std::shared_ptr<parked>& p) {
   }
   if (!s_.hand.forwarding() || !s_.next) {  // the hand-over was abandoned meanwhile: park again
     --moves_in_flight_;
+    if (p->pushed) return finish_parked(p, {}, false);
     return read_parked(p);
   }
   p->reader.set_taken(true);
@@ -233,8 +240,9 @@ void connection_book::send_parked(const std::shared_ptr<parked>& p) {
                       *p->c = std::move(back);
                       p->reader.set_taken(false);
                       book.last_move_failure_ = clock_type::now();
+                      if (p->pushed && !self->hand.forwarding()) return book.finish_parked(p, {}, false);
                       book.parked_refused_ = true;
-                      book.read_parked(p);  // keep waiting; the drain retries the move
+                      if (!p->pushed) book.read_parked(p);  // keep waiting; the drain retries the move
                       book.pump();
                     });
 }
@@ -256,15 +264,117 @@ void connection_book::stop_all() {
   // Parked at a safe point: their reads are cancelled, and each waiter hears service_stopping
   // (or, if the client's next request came first, gets it to serve as usual).
   for (auto& p : parked_) {
-    if (p->reader.taken() || p->finished || p->move_requested) continue;
+    if (p->pushed || p->reader.taken() || p->finished || p->move_requested) continue;
     p->stopping = true;
     if (p->c->is_open()) p->c->cancel();
   }
+  // A graceful stop moves nothing: the connections the application handed over come back to it
+  // with service_stopping (it closes them, gracefully), and so do the writers waiting for a notice.
+  finish_pushed([](const parked& p) { return !p.reader.taken(); }, make_error_code(errc::service_stopping));
+  notify_handover(make_error_code(errc::service_stopping));
 }
 
 void connection_book::cancel_parked() {
   for (auto& p : parked_)
-    if (!p->reader.taken() && p->c->is_open()) p->c->cancel();
+    if (!p->pushed && !p->reader.taken() && p->c->is_open()) p->c->cancel();
+  finish_pushed([](const parked& p) { return !p.reader.taken(); }, make_error_code(asio::error::operation_aborted));
+  notify_handover(make_error_code(asio::error::operation_aborted));
+}
+
+// ---- connections the application hands over or closes itself -----------------------------------
+
+void connection_book::handover_now(connection& c, safe_point_handler h) {
+  if (!c.is_open()) {
+    asio::post(s_.ex, asio::append(std::move(h), error_code(asio::error::bad_descriptor), false));
+    return;
+  }
+  if (s_.ph == service_phase::stopping) {
+    asio::post(s_.ex, asio::append(std::move(h), make_error_code(errc::service_stopping), false));
+    return;
+  }
+  if (!s_.hand.forwarding()) {  // nothing is moving: the application goes on with it
+    asio::post(s_.ex, asio::append(std::move(h), error_code(), false));
+    return;
+  }
+  auto p = std::make_shared<parked>();
+  p->c = &c;
+  p->pushed = true;
+  p->h.emplace(std::move(h));
+  parked_.push_front(p);
+  p->self = parked_.begin();
+  queue_parked(p);
+  pump();
+}
+
+namespace {
+
+// A connection closing gracefully: its send side is shut, and what its client still sends is read
+// and dropped until the client closes its side too (a WebSocket client answers a close frame, then
+// closes), for at most a few seconds. Closed at once, a socket with the client's answer unread
+// would be reset, and a reset can destroy the goodbye still waiting in the client's buffer.
+struct closing_connection : std::enable_shared_from_this<closing_connection> {
+  connection c;
+  asio::steady_timer timer;
+  std::array<char, 4096> sink;
+
+  closing_connection(connection cc, const asio::any_io_executor& ex) : c(std::move(cc)), timer(ex) {}
+
+  void start() {
+    timer.expires_after(std::chrono::seconds(3));
+    timer.async_wait([self = shared_from_this()](error_code ec) {
+      if (!ec) self->c.close();
+    });
+    drain();
+  }
+  void drain() {
+    c.async_read_some(asio::buffer(sink), [self = shared_from_this()](error_code ec, std::size_t) {
+      if (!ec) return self->drain();
+      self->timer.cancel();
+      self->c.close();
+    });
+  }
+};
+
+}  // namespace
+
+void connection_book::close_gracefully(connection& c) {
+  if (!c.is_open()) return;
+  ++s_.st.closed_gracefully;
+  ++s_.report.connections_closed_gracefully;
+  error_code ec;
+  c.shutdown_send(ec);
+  if (ec) return c.close();
+  std::make_shared<closing_connection>(std::move(c), s_.ex)->start();
+}
+
+void connection_book::wait_handover(asio::any_completion_handler<void(error_code)> h) {
+  error_code now;
+  if (s_.hand.forwarding()) now = {};
+  else if (s_.ph == service_phase::stopping) now = make_error_code(errc::service_stopping);
+  else if (s_.ph == service_phase::retired || s_.ph == service_phase::closed)
+    now = make_error_code(asio::error::operation_aborted);
+  else return handover_waiters_.push_back(std::move(h));
+  asio::post(s_.ex, asio::append(std::move(h), now));
+}
+
+void connection_book::notify_handover(error_code ec) {
+  auto waiters = std::move(handover_waiters_);
+  handover_waiters_.clear();
+  for (auto& w : waiters) asio::post(s_.ex, asio::append(std::move(w), ec));
+}
+
+template <class Pred>
+void connection_book::finish_pushed(Pred which, error_code ec) {
+  std::vector<std::shared_ptr<parked>> done;
+  for (auto& p : parked_)
+    if (p->pushed && !p->finished && which(*p)) done.push_back(p);
+  for (auto& p : done) {
+    if (p->queued) {
+      p->queued = false;
+      std::erase(to_move_, p);
+    }
+    finish_parked(p, ec, false);
+  }
 }
 
 }  // namespace baton::detail

@@ -44,7 +44,7 @@ void put_report(control_message& m, const restart_report& r) {
   m.set("old_generation", r.old_generation).set("new_generation", r.new_generation);
   m.set("old_pid", std::uint64_t{r.old_pid}).set("new_pid", std::uint64_t{r.new_pid});
   m.set("listeners", r.listeners_moved).set("moved", r.connections_moved).set("not_moved", r.connections_not_moved);
-  m.set("lost", r.connections_lost);
+  m.set("lost", r.connections_lost).set("closed_gracefully", r.connections_closed_gracefully);
   if (r.stopped) m.set("stopped", std::uint64_t{1}).set("closed", r.connections_closed);
   m.set("ready_us", std::to_string(r.ready_time.count())).set("listeners_us", std::to_string(r.listeners_time.count()));
   m.set("handover_us", std::to_string(r.handover_time.count()));
@@ -64,6 +64,7 @@ restart_report get_report(const control_message& m) {
   r.connections_lost = m.number("lost");
   r.stopped = m.number("stopped") != 0;
   r.connections_closed = m.number("closed");
+  r.connections_closed_gracefully = m.number("closed_gracefully");
   r.ready_time = std::chrono::microseconds(m.number("ready_us"));
   r.listeners_time = std::chrono::microseconds(m.number("listeners_us"));
   r.handover_time = std::chrono::microseconds(m.number("handover_us"));
@@ -81,7 +82,7 @@ std::string service_impl::status_text() {
     << names[static_cast<int>(ph)] << ";listeners " << s.listeners << ";connections " << s.connections
     << ";accepted " << s.accepted << ";inherited " << s.inherited << ";moved_out " << s.moved_out
     << ";restarts_failed " << s.restarts_failed << ";restarts_refused " << s.restarts_refused
-    << ";connections_lost " << s.connections_lost
+    << ";connections_lost " << s.connections_lost << ";closed_gracefully " << s.closed_gracefully
     << ";moves_sent " << ms.sent << ";moves_received " << ms.received << ";rollbacks " << ms.rollbacks;
   return o.str();
 }
@@ -96,6 +97,8 @@ std::string to_string(const restart_report& r, const std::string& service_name) 
                   service_name.c_str(), static_cast<unsigned long long>(r.old_generation), r.old_pid,
                   static_cast<unsigned long long>(r.connections_closed), r.handover_time.count() / 1000.0);
     std::string s = buf;
+    if (r.connections_closed_gracefully)
+      s += "; " + std::to_string(r.connections_closed_gracefully) + " closed gracefully by the application";
     if (r.connections_not_moved)
       s += "; " + std::to_string(r.connections_not_moved) +
            " connections were still in a request at the drain deadline and were cut";
@@ -116,6 +119,8 @@ std::string to_string(const restart_report& r, const std::string& service_name) 
                 static_cast<unsigned long long>(r.connections_moved), r.handover_time.count() / 1000.0,
                 r.old_exit_time.count() / 1000.0);
   std::string s = buf;
+  if (r.connections_closed_gracefully)
+    s += "; " + std::to_string(r.connections_closed_gracefully) + " closed gracefully by the application instead";
   if (r.connections_not_moved)
     s += "; " + std::to_string(r.connections_not_moved) +
          " connections were NOT moved by the drain deadline and ended with the old generation";

@@ -132,6 +132,8 @@ void handover::listeners_sent() {
   // Connections accepted but not yet taken by the application, and those parked at a safe
   // point, go on now, a window of moves at a time.
   s_.conns.move_all();
+  // Connections only the server writes on never reach a safe point: their writers hear it now.
+  s_.conns.notify_handover({});
   drain_step(clock_type::now());
 }
 

@@ -248,6 +248,14 @@ void service::start_accept(boost::asio::any_completion_handler<void(error_code, 
 void service::start_safe_point(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h) {
   impl_->conns.safe_point(c, std::move(h));
 }
+void service::start_handover(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h) {
+  impl_->conns.handover_now(c, std::move(h));
+}
+void service::start_wait_handover(boost::asio::any_completion_handler<void(error_code)> h) {
+  impl_->conns.wait_handover(std::move(h));
+}
+bool service::handing_over() const noexcept { return impl_->hand.forwarding(); }
+void service::close_gracefully(connection& c) { impl_->conns.close_gracefully(c); }
 void service::start_restart(boost::asio::any_completion_handler<void(error_code, restart_report)> h) {
   impl_->hand.begin(std::move(h), "", "");
 }

@@ -150,6 +150,16 @@ class connection_book {
   void accept(accept_handler h);
   void abort_accept();
   void safe_point(connection& c, safe_point_handler h);
+  /// service::async_handover: `c` goes to the next generation now, within the window, without
+  /// waiting for its client; moved == false (and `c` back) when no hand-over is moving
+  /// connections or it was abandoned.
+  void handover_now(connection& c, safe_point_handler h);
+  /// service::close_gracefully.
+  void close_gracefully(connection& c);
+  /// service::async_wait_handover: completes when connections start moving (success), when a
+  /// graceful stop begins (errc::service_stopping) or when the service closes (operation_aborted).
+  void wait_handover(asio::any_completion_handler<void(error_code)> h);
+  void notify_handover(error_code ec);
   /// Queues what is ready and what is parked for the next generation and starts moving it, at
   /// most a window of moves in flight (restart_options::max_moves_in_flight, bounded by the next
   /// generation's ack slots); each verdict that comes back starts the next move.
@@ -180,6 +190,7 @@ class connection_book {
     bool finished = false;  // handler called; no longer in parked_
     bool stopping = false;  // a graceful stop cancelled its read
     bool move_requested = false;  // a move cancelled its read and starts when the read has ended
+    bool pushed = false;    // from handover_now: no read pending, waits for nothing but its move
   };
 
   void track(connection& c);
@@ -193,6 +204,9 @@ class connection_book {
   void send_parked(const std::shared_ptr<parked>& p);
   void read_parked(const std::shared_ptr<parked>& p);
   void finish_parked(const std::shared_ptr<parked>& p, error_code ec, bool moved);
+  /// Completes the pushed connections (handover_now) that `which` picks with `ec`, moved == false.
+  template <class Pred>
+  void finish_pushed(Pred which, error_code ec);
 
   service_impl& s_;
   std::deque<connection> ready_;
@@ -207,6 +221,7 @@ class connection_book {
   bool parked_refused_ = false;      // a parked connection's move failed since the last retry
   std::uint64_t closed_at_stop_ = 0;
   clock_type::time_point last_move_failure_{};
+  std::vector<asio::any_completion_handler<void(error_code)>> handover_waiters_;
 };
 
 /// A new generation: announces itself to the one in charge (or becomes generation 1), receives

@@ -293,6 +293,7 @@ void successor::on_message(const control_message& m) {
     auto& rep = s_.report;
     rep.connections_moved = r.connections_moved;
     rep.connections_not_moved = r.connections_not_moved;
+    rep.connections_closed_gracefully = r.connections_closed_gracefully;
     s_.st.connections_lost += r.connections_not_moved;
     rep.listeners_moved = r.listeners_moved;
     rep.ready_time = r.ready_time;
