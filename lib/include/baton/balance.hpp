@@ -101,7 +101,9 @@ struct dispatcher_options {
   bool restart_dead_workers = true;
   /// TCP_NODELAY on accepted connections (it travels with the socket to the worker).
   bool no_delay = true;
-  /// When non-zero, rebalance() runs at this interval.
+  /// When non-zero, rebalance() runs at this interval: after a worker joins or comes back from a
+  /// restart, the others move connections to it at their sessions' safe points (a keep-alive
+  /// connection between two requests) until the spread is within one.
   std::chrono::milliseconds auto_rebalance{0};
 };
 
@@ -176,7 +178,8 @@ class dispatcher : public detail::handle<detail::dispatcher_impl> {
   dispatcher_stats stats() const;
 
   /// Asks the most loaded worker to move idle connections to the least loaded one, if they
-  /// differ by two or more. Returns how many it asked to move.
+  /// differ by two or more, until it holds half their sum (rounded up): asking again before the
+  /// moves are reported does not move more. Returns how many it asked to move.
   std::size_t rebalance();
   /// Asks worker `from` to move up to `count` idle connections to worker `to` (ids). False if
   /// either is unknown, dead or leaving.

@@ -4,7 +4,7 @@
 // Messages are control tickets (detail/control_message.hpp) marked with kProtocol in `flags`:
 //   worker -> dispatcher: op=join index channel | op=load peer out (monotonic totals)
 //                         op=leave (stop sending, tell me where to drain) | op=left (drained)
-//   dispatcher -> worker: op=rebalance n to | op=drain to=CH1,CH2,... (possibly empty: wait)
+//   dispatcher -> worker: op=rebalance n keep to | op=drain to=CH1,CH2,... (possibly empty: wait)
 //
 // dispatcher.cpp: accepting, peeking and handing off (dispatcher_impl); worker_pool.cpp: the
 // workers the dispatcher knows, their joins, exits and restarts, rebalancing and draining;
@@ -104,7 +104,8 @@ class worker_pool {
   void abort_waiters();
   std::uint32_t spawn(const std::string& exe, const std::vector<std::string>& args, error_code& ec);
   std::size_t rebalance();
-  void ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n);
+  /// Asks `from` to move up to `n` connections to `to`, and to stop when it holds `keep`.
+  void ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n, std::uint64_t keep = 0);
   void cancel_exits();
 
  private:
@@ -193,6 +194,8 @@ struct worker_impl : std::enable_shared_from_this<worker_impl> {
   void arm_sweep();
   void check_drained();
   void report();
+  /// Sessions here that are neither moving nor moved.
+  std::uint64_t held() const;
   void finish(error_code ec);
   void stop();
 
@@ -209,6 +212,7 @@ struct worker_impl : std::enable_shared_from_this<worker_impl> {
   bool stopped = false, finished = false;
   // What the dispatcher asked for.
   std::size_t quota = 0;
+  std::uint64_t quota_keep = 0;  // stop moving when this many sessions are left here
   std::string quota_to;
   std::chrono::steady_clock::time_point quota_until{};
   bool draining = false;

@@ -158,13 +158,19 @@ std::size_t worker_pool::rebalance() {
   }
   if (!hi || hi == lo || hi->active() < lo->active() + 2) return 0;
   const std::size_t n = (hi->active() - lo->active()) / 2;
-  ask_move(hi, lo, n);
+  // The estimates lag the workers' reports, so a request sent while the moves of the previous
+  // one are still unreported would ask for them again and overshoot. But a move that one worker
+  // has not reported yet is missing from the other's estimate too, so the sum of the two, and
+  // the share `hi` should keep, are right even then: the worker stops at that share, whatever
+  // `n` says.
+  ask_move(hi, lo, n, hi->active() - n);
   return n;
 }
 
-void worker_pool::ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n) {
+void worker_pool::ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n, std::uint64_t keep) {
   d_.st.rebalance_moves += n;
-  send_control(from->ch, control_message("rebalance").set("n", std::uint64_t{n}).set("to", to->info.channel));
+  send_control(from->ch,
+               control_message("rebalance").set("n", std::uint64_t{n}).set("keep", keep).set("to", to->info.channel));
 }
 
 }  // namespace baton::balance::detail
