@@ -56,6 +56,8 @@ struct worker_info {
   std::uint64_t active = 0;      ///< connections it holds now (dispatched + moved in - closed or moved
                                  ///< out, from its latest load report)
   std::uint32_t in_flight = 0;   ///< hand-offs awaiting its acknowledgement
+  std::uint64_t moved_in = 0;    ///< connections moved in from other workers (its latest load report)
+  std::uint64_t departed = 0;    ///< connections closed or moved out (its latest load report)
   bool leaving = false;          ///< draining: gets no new connections
 };
 
