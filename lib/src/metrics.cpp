@@ -3,7 +3,9 @@
 // balancing dispatcher's, with labels.
 #include "baton/metrics.hpp"
 
+#include <array>
 #include <cstdio>
+#include <iterator>
 
 namespace baton {
 
@@ -108,27 +110,25 @@ std::string prometheus_metrics(const balance::dispatcher& d, std::string_view se
     print_head(out, f);
     print_sample(out, f.name, svc, v);
   }
-  using field = std::uint64_t (*)(const balance::worker_info&);
-  const std::pair<family, field> worker_table[] = {
-      {{"baton_balance_worker_connections", "gauge", "Connections the worker holds (dispatcher's estimate)."},
-       [](const balance::worker_info& w) { return w.active; }},
-      {{"baton_balance_worker_dispatched_total", "counter", "Connections handed to the worker and acknowledged."},
-       [](const balance::worker_info& w) { return w.dispatched; }},
-      {{"baton_balance_worker_in_flight", "gauge", "Hand-offs to the worker awaiting its acknowledgement."},
-       [](const balance::worker_info& w) { return std::uint64_t{w.in_flight}; }},
-      {{"baton_balance_worker_moved_in_total", "counter", "Connections moved in from other workers (latest report)."},
-       [](const balance::worker_info& w) { return w.moved_in; }},
-      {{"baton_balance_worker_departed_total", "counter", "Connections closed or moved out (latest report)."},
-       [](const balance::worker_info& w) { return w.departed; }},
-      {{"baton_balance_worker_leaving", "gauge", "1 while the worker drains before leaving."},
-       [](const balance::worker_info& w) { return std::uint64_t{w.leaving}; }},
-      {{"baton_balance_worker_pid", "gauge", "Process id of the worker in this slot."},
-       [](const balance::worker_info& w) { return std::uint64_t{w.pid}; }},
+  // One family per value, in the order worker_values() gives them.
+  const family worker_families[] = {
+      {"baton_balance_worker_connections", "gauge", "Connections the worker holds (dispatcher's estimate)."},
+      {"baton_balance_worker_dispatched_total", "counter", "Connections handed to the worker and acknowledged."},
+      {"baton_balance_worker_in_flight", "gauge", "Hand-offs to the worker awaiting its acknowledgement."},
+      {"baton_balance_worker_moved_in_total", "counter", "Connections moved in from other workers (latest report)."},
+      {"baton_balance_worker_departed_total", "counter", "Connections closed or moved out (latest report)."},
+      {"baton_balance_worker_leaving", "gauge", "1 while the worker drains before leaving."},
+      {"baton_balance_worker_pid", "gauge", "Process id of the worker in this slot."},
   };
-  for (const auto& [f, get] : worker_table) {
-    print_head(out, f);
+  auto worker_values = [](const balance::worker_info& w) {
+    return std::array<std::uint64_t, 7>{w.active, w.dispatched, w.in_flight, w.moved_in, w.departed, w.leaving, w.pid};
+  };
+  static_assert(std::size(worker_families) == std::tuple_size_v<decltype(worker_values(balance::worker_info{}))>);
+  for (std::size_t i = 0; i < std::size(worker_families); ++i) {
+    print_head(out, worker_families[i]);
     for (const auto& w : workers)
-      print_sample(out, f.name, svc + ",worker=\"" + std::to_string(w.index) + "\"", get(w));
+      print_sample(out, worker_families[i].name, svc + ",worker=\"" + std::to_string(w.index) + "\"",
+                   worker_values(w)[i]);
   }
   return out;
 }

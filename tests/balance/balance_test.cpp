@@ -428,10 +428,10 @@ TEST(balance, dead_worker_is_restarted) {
   EXPECT_EQ(answered, (std::set<int>{0, 1}));
 }
 
-TEST(balance, rebalancing_moves_idle_connections_and_they_keep_working) {
-  balance_rig rig(with_policy(balance::policy::round_robin), {"serve", "serve"});
+// Eight connections of a round-robin rig, spread 4:4, then everything on worker 0 moved to worker 1
+// (all idle: the clients wait). A fatal failure here ends the calling test.
+void all_eight_on_worker_1(balance_rig& rig, std::vector<std::unique_ptr<client_conn>>& conns) {
   ASSERT_TRUE(rig.ready());
-  std::vector<std::unique_ptr<client_conn>> conns;
   for (int i = 0; i < 8; ++i) {
     conns.push_back(std::make_unique<client_conn>());
     ASSERT_TRUE(conns.back()->open(rig.port));
@@ -442,18 +442,15 @@ TEST(balance, rebalancing_moves_idle_connections_and_they_keep_working) {
     auto ws = rig.d->workers();
     return ws.size() == 2 && ws[0].active == 4 && ws[1].active == 4;
   }));
-  // Everything on worker 0 goes to worker 1 (all idle: the clients wait).
   ASSERT_TRUE(rig.on_io([&] { return rig.d->rebalance(w0.id, w1.id, 4); }));
   ASSERT_TRUE(rig.settle([&] { return rig.worker_here(0).active == 0 && rig.worker_here(1).active == 8; }));
-  for (int round = 0; round < 3; ++round)
-    for (std::size_t i = 0; i < conns.size(); ++i)
-      EXPECT_EQ(conns[i]->request("b" + std::to_string(round) + "." + std::to_string(i)), 1);
-  // Now the dispatcher evens it out by itself.
-  EXPECT_EQ(rig.on_io([&] { return rig.d->rebalance(); }), 4u);
-  ASSERT_TRUE(rig.settle([&] { return rig.worker_here(0).active == 4 && rig.worker_here(1).active == 4; }));
+}
+
+// One request on each of the eight: every one answered, four by each worker.
+void answered_4_4(std::vector<std::unique_ptr<client_conn>>& conns, const std::string& tag) {
   std::map<int, int> by_worker;
   for (std::size_t i = 0; i < conns.size(); ++i) {
-    const int w = conns[i]->request("c" + std::to_string(i));
+    const int w = conns[i]->request(tag + std::to_string(i));
     ASSERT_GE(w, 0);
     ++by_worker[w];
   }
@@ -461,34 +458,31 @@ TEST(balance, rebalancing_moves_idle_connections_and_they_keep_working) {
   EXPECT_EQ(by_worker[1], 4);
 }
 
+TEST(balance, rebalancing_moves_idle_connections_and_they_keep_working) {
+  balance_rig rig(with_policy(balance::policy::round_robin), {"serve", "serve"});
+  std::vector<std::unique_ptr<client_conn>> conns;
+  ASSERT_NO_FATAL_FAILURE(all_eight_on_worker_1(rig, conns));
+  for (int round = 0; round < 3; ++round)
+    for (std::size_t i = 0; i < conns.size(); ++i)
+      EXPECT_EQ(conns[i]->request("b" + std::to_string(round) + "." + std::to_string(i)), 1);
+  // Now the dispatcher evens it out by itself.
+  EXPECT_EQ(rig.on_io([&] { return rig.d->rebalance(); }), 4u);
+  ASSERT_TRUE(rig.settle([&] { return rig.worker_here(0).active == 4 && rig.worker_here(1).active == 4; }));
+  ASSERT_NO_FATAL_FAILURE(answered_4_4(conns, "c"));
+}
+
 // rebalance() asked again before the workers report the moves of the first request (as a timer
 // may) does not move more: the request names the share the sender keeps, which the lag of the
 // reports does not change. Before, the second request moved the other half too (8:0).
 TEST(balance, rebalancing_asked_twice_before_the_reports_does_not_overshoot) {
   balance_rig rig(with_policy(balance::policy::round_robin), {"serve", "serve"});
-  ASSERT_TRUE(rig.ready());
   std::vector<std::unique_ptr<client_conn>> conns;
-  for (int i = 0; i < 8; ++i) {
-    conns.push_back(std::make_unique<client_conn>());
-    ASSERT_TRUE(conns.back()->open(rig.port));
-    ASSERT_GE(conns.back()->request("a" + std::to_string(i)), 0);
-  }
-  const auto w0 = rig.worker_at(0), w1 = rig.worker_at(1);
-  ASSERT_TRUE(rig.settle([&] { return rig.worker_here(0).active == 4 && rig.worker_here(1).active == 4; }));
-  ASSERT_TRUE(rig.on_io([&] { return rig.d->rebalance(w0.id, w1.id, 4); }));
-  ASSERT_TRUE(rig.settle([&] { return rig.worker_here(0).active == 0 && rig.worker_here(1).active == 8; }));
+  ASSERT_NO_FATAL_FAILURE(all_eight_on_worker_1(rig, conns));
   // Twice in a row: both requests see 0:8 and ask for 4.
   EXPECT_EQ(rig.on_io([&] { return rig.d->rebalance() + rig.d->rebalance(); }), 8u);
   ASSERT_TRUE(rig.settle([&] { return rig.worker_here(0).active == 4; }));
   std::this_thread::sleep_for(300ms);  // a second batch of moves would have been reported by now
-  std::map<int, int> by_worker;
-  for (std::size_t i = 0; i < conns.size(); ++i) {
-    const int w = conns[i]->request("b" + std::to_string(i));
-    ASSERT_GE(w, 0);
-    ++by_worker[w];
-  }
-  EXPECT_EQ(by_worker[0], 4);
-  EXPECT_EQ(by_worker[1], 4);
+  ASSERT_NO_FATAL_FAILURE(answered_4_4(conns, "b"));
 }
 
 TEST(balance, workers_join_and_leave_under_load_without_a_failed_request) {
