@@ -36,7 +36,8 @@ struct balance_access;
 /// How the dispatcher chooses a worker for a new connection.
 enum class policy {
   round_robin,        ///< each eligible worker in turn
-  least_connections,  ///< the worker holding the fewest connections (estimate + hand-offs in flight)
+  least_connections,  ///< the worker holding the fewest connections (estimate + hand-offs in flight;
+                      ///< moves rebalancing asked for count as done)
   client_hash,        ///< rendezvous hash of the client's IP address: one address, one worker
                       ///< while that worker lives (and only its clients move when it dies)
   custom,             ///< dispatcher_options::pick decides

@@ -51,6 +51,26 @@ struct worker_rec {
     const std::uint64_t in = info.dispatched + peer_in;
     return in > departed ? in - departed : 0;
   }
+
+  /// Moves the dispatcher asked for that the reports do not show yet: `n` more than `base` of a
+  /// report total (peer_in for moves in, departed for moves out), until `until`.
+  struct planned_moves {
+    std::uint64_t n = 0, base = 0;
+    std::chrono::steady_clock::time_point until{};
+    std::uint64_t pending(std::uint64_t total) const {
+      if (n == 0 || std::chrono::steady_clock::now() >= until) return 0;
+      const std::uint64_t done = total > base ? total - base : 0;
+      return done >= n ? 0 : n - done;
+    }
+  };
+  planned_moves moving_in, moving_out;
+  /// active() with the moves asked for by rebalance() counted as done: what least-connections
+  /// compares, so that new connections do not go to a worker that moves are already filling
+  /// (they would then have to be moved back).
+  std::uint64_t expected() const {
+    const std::uint64_t with_in = active() + moving_in.pending(peer_in), out = moving_out.pending(departed);
+    return with_in > out ? with_in - out : 0;
+  }
   /// Neither dead, gone nor leaving.
   bool live() const { return !dead && !left && !info.leaving; }
 };
