@@ -471,6 +471,25 @@ TEST(balance, rebalancing_moves_idle_connections_and_they_keep_working) {
   ASSERT_NO_FATAL_FAILURE(answered_4_4(conns, "c"));
 }
 
+// The clients of a killed worker see their connections end (a reset or the end of the stream),
+// also those whose connections were moved to it from another worker: the worker they came from
+// holds nothing of them any more. (Seen once under Wine: a client of a killed worker heard
+// nothing until its receive timeout.)
+TEST(balance, clients_of_a_killed_worker_see_the_end_also_of_connections_moved_to_it) {
+  balance_rig rig(with_policy(balance::policy::round_robin), {"serve", "serve"});
+  std::vector<std::unique_ptr<client_conn>> conns;
+  ASSERT_NO_FATAL_FAILURE(all_eight_on_worker_1(rig, conns));
+  baton::test::kill_process(rig.worker_at(1).pid);
+  for (std::size_t i = 0; i < conns.size(); ++i) {
+    baton::test::set_recv_timeout(conns[i]->s, 10s);  // a connection left open fails the test, later
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(conns[i]->request("d" + std::to_string(i)), -1) << "connection " << i;
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 9s) << "connection " << i << " was still open";
+  }
+  // Its replacement joins before the rig scales everything down (else that waits for it).
+  EXPECT_TRUE(rig.settle([&] { return rig.d->stats().restarts == 1 && rig.live() == 2; }, 60s));
+}
+
 // rebalance() asked again before the workers report the moves of the first request (as a timer
 // may) does not move more: the request names the share the sender keeps, which the lag of the
 // reports does not change. Before, the second request moved the other half too (8:0).
