@@ -181,7 +181,7 @@ class dispatcher : public detail::handle<detail::dispatcher_impl> {
   dispatcher_stats stats() const;
 
   /// Asks the most loaded worker to move idle connections to the least loaded one, if they
-  /// differ by two or more, until it holds half their sum (rounded up): asking again before the
+  /// differ by two or more (hand-offs in flight count), until it holds half their sum (rounded up): asking again before the
   /// moves are reported does not move more. Returns how many it asked to move.
   std::size_t rebalance();
   /// Asks worker `from` to move up to `count` idle connections to worker `to` (ids). False if

@@ -150,20 +150,24 @@ bool worker_pool::start_process(std::uint32_t index, const spawn_slot& s, error_
 }
 
 std::size_t worker_pool::rebalance() {
+  // Hand-offs in flight count, as for least-connections: while connections are being accepted, a
+  // worker whose acks are late is not the lighter one (asking for a move then moved a connection
+  // that least-connections had already made up for).
+  auto load = [](const worker_ptr& w) { return w->active() + w->info.in_flight; };
   worker_ptr hi, lo;
   for (auto& w : workers) {
     if (!w->live()) continue;
-    if (!hi || w->active() > hi->active()) hi = w;
-    if (!lo || w->active() < lo->active()) lo = w;
+    if (!hi || load(w) > load(hi)) hi = w;
+    if (!lo || load(w) < load(lo)) lo = w;
   }
-  if (!hi || hi == lo || hi->active() < lo->active() + 2) return 0;
-  const std::size_t n = (hi->active() - lo->active()) / 2;
+  if (!hi || hi == lo || load(hi) < load(lo) + 2) return 0;
+  const std::size_t n = (load(hi) - load(lo)) / 2;
   // The estimates lag the workers' reports, so a request sent while the moves of the previous
   // one are still unreported would ask for them again and overshoot. But a move that one worker
   // has not reported yet is missing from the other's estimate too, so the sum of the two, and
   // the share `hi` should keep, are right even then: the worker stops at that share, whatever
   // `n` says.
-  ask_move(hi, lo, n, hi->active() - n);
+  ask_move(hi, lo, n, load(hi) - n);
   return n;
 }
 
