@@ -1,10 +1,14 @@
 // baton-balancer: a dispatcher accepts each connection once and hands it to one of N worker
 // processes (copies of this program); the bytes then flow directly between client and worker.
-// Workers are tiny HTTP/1.1 keep-alive servers (Boost.Beast) answering `GET /` with 200 and the
-// headers X-Baton-Worker (index) and X-Baton-Pid.
+// Workers are tiny HTTP/1.1 keep-alive servers (Boost.Beast) answering `GET /` (any query) with 200
+// and the headers X-Baton-Worker (index), X-Baton-Pid and X-Baton-Request (the request target).
 //
 //   baton-balancer --listen HOST:PORT [--workers N] [--policy round-robin|least-connections|client-hash]
+//                  [--rebalance-ms N] [--metrics HOST:PORT]
 //       Runs until SIGINT/SIGTERM, then prints how the connections were spread over the workers.
+//       Every N ms (default 250; 0: never; never with client-hash) the dispatcher evens out the
+//       workers' connections: after a worker comes back from a restart, the others move keep-alive
+//       connections to it between two requests. --metrics serves GET /metrics (Prometheus text).
 //   baton-balancer --selftest [--workers N] [--policy P] [--connections C] [--requests R] [--close]
 //                  [--rebalance] [--scale]
 //       Listens on 127.0.0.1 (any port), drives itself with a built-in client over loopback and
@@ -18,6 +22,7 @@
 #include "cli.hpp"
 
 #include <baton/balance.hpp>
+#include <baton/metrics.hpp>
 #include <baton/spawn.hpp>
 
 #include <boost/asio.hpp>
@@ -73,7 +78,8 @@ asio::awaitable<void> serve_http(baton::connection& c, balance::session* s, cons
     if (ec) co_return;
     // The response is formatted into one buffer, so it leaves in one write (a connection
     // writes one buffer per call).
-    const bool found = req.target() == "/";
+    const auto target = req.target();
+    const bool found = target.substr(0, target.find('?')) == "/";
     const bool keep_alive = req.keep_alive();
     const std::string body = found ? "hello from baton worker " + tag + "\n" : "not found\n";
     std::string res;
@@ -83,6 +89,8 @@ asio::awaitable<void> serve_http(baton::connection& c, balance::session* s, cons
     res += tag;
     res += "\r\nX-Baton-Pid: ";
     res += pid;
+    res += "\r\nX-Baton-Request: ";
+    res.append(target.data(), target.size());
     res += "\r\nContent-Length: ";
     res += std::to_string(body.size());
     res += keep_alive ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
@@ -169,12 +177,17 @@ struct dispatcher_setup {
   asio::io_context ioc{1};
   std::unique_ptr<balance::dispatcher> d;
   tcp::acceptor acc{ioc};
+  tcp::acceptor metrics{ioc};
 };
 
+// `spread:` lists the connections each worker was handed (what bench/peers/balance.sh reads);
+// `holding:` what each holds now, after closes and rebalancing.
 void print_spread(FILE* f, const std::vector<balance::worker_info>& ws, const balance::dispatcher_stats& st) {
   std::fprintf(f, "spread:");
   for (auto& w : ws)
     std::fprintf(f, " w%u(pid %u)=%llu", w.index, w.pid, static_cast<unsigned long long>(w.dispatched));
+  std::fprintf(f, "\nholding:");
+  for (auto& w : ws) std::fprintf(f, " w%u=%llu", w.index, static_cast<unsigned long long>(w.active));
   std::fprintf(f, "\ndispatcher: accepted %llu, handed off %llu, taken back %llu, pauses %llu, worker deaths %llu, "
                "restarts %llu, dropped %llu\n",
                static_cast<unsigned long long>(st.accepted), static_cast<unsigned long long>(st.dispatched),
@@ -184,10 +197,13 @@ void print_spread(FILE* f, const std::vector<balance::worker_info>& ws, const ba
   std::fflush(f);
 }
 
-bool start_dispatcher(dispatcher_setup& s, const tcp::endpoint& ep, unsigned workers, balance::policy pol) {
+bool start_dispatcher(dispatcher_setup& s, const tcp::endpoint& ep, unsigned workers, balance::policy pol,
+                      std::chrono::milliseconds rebalance_every) {
   balance::dispatcher_options o;
   o.name = "balancer-" + pid_text();
   o.policy = pol;
+  // Rebalancing would move a client-hash client away from the worker its address chose.
+  if (pol != balance::policy::client_hash) o.auto_rebalance = rebalance_every;
   baton::error_code ec;
   baton::channel::remove_stale(o.name, ec);
   s.d = std::make_unique<balance::dispatcher>(s.ioc.get_executor(), o);
@@ -216,18 +232,58 @@ bool start_dispatcher(dispatcher_setup& s, const tcp::endpoint& ep, unsigned wor
   return true;
 }
 
-int run_balancer(const tcp::endpoint& ep, unsigned workers, balance::policy pol) {
+// GET /metrics on `s.metrics`: the dispatcher's and its workers' counters, then this process's
+// move counters. One request per connection.
+asio::awaitable<void> serve_metrics(dispatcher_setup& s) {
+  for (;;) {
+    auto [ec, sock] = co_await s.metrics.async_accept(tuple_aw);
+    if (ec == asio::error::operation_aborted) co_return;
+    if (ec) continue;
+    asio::co_spawn(s.ioc, [&s, sock = std::move(sock)]() mutable -> asio::awaitable<void> {
+      beast::flat_buffer buf;
+      http::request<http::empty_body> req;
+      auto [rec, rn] = co_await http::async_read(sock, buf, req, tuple_aw);
+      if (rec) co_return;
+      http::response<http::string_body> res{http::status::ok, req.version()};
+      if (req.target() == "/metrics") {
+        res.set(http::field::content_type, "text/plain; version=0.0.4");
+        res.body() = baton::prometheus_metrics(*s.d, s.d->name()) + baton::prometheus_metrics();
+      } else {
+        res.result(http::status::not_found);
+        res.body() = "not found (GET /metrics)\n";
+      }
+      res.keep_alive(false);
+      res.prepare_payload();
+      co_await http::async_write(sock, res, tuple_aw);
+    }, asio::detached);
+  }
+}
+
+int run_balancer(const tcp::endpoint& ep, unsigned workers, balance::policy pol, std::chrono::milliseconds rebalance_every,
+                 const tcp::endpoint* metrics_ep) {
   dispatcher_setup s;
-  if (!start_dispatcher(s, ep, workers, pol)) return 2;
-  std::printf("baton-balancer: pid %s listening on %s:%u, %u workers, policy %s\n", pid_text().c_str(),
-              s.acc.local_endpoint().address().to_string().c_str(), s.acc.local_endpoint().port(), workers,
-              balance::to_string(pol));
+  if (!start_dispatcher(s, ep, workers, pol, rebalance_every)) return 2;
+  if (metrics_ep) {
+    s.metrics.open(metrics_ep->protocol());
+    s.metrics.set_option(tcp::acceptor::reuse_address(true));
+    s.metrics.bind(*metrics_ep);
+    s.metrics.listen();
+    asio::co_spawn(s.ioc, serve_metrics(s), asio::detached);
+  }
+  std::printf("baton-balancer: pid %s listening on %s:%u, %u workers, policy %s, rebalance every %lld ms\n",
+              pid_text().c_str(), s.acc.local_endpoint().address().to_string().c_str(), s.acc.local_endpoint().port(),
+              workers, balance::to_string(pol), static_cast<long long>(pol == balance::policy::client_hash ? 0 : rebalance_every.count()));
+  if (metrics_ep)
+    std::printf("baton-balancer: metrics on http://%s:%u/metrics\n",
+                s.metrics.local_endpoint().address().to_string().c_str(), s.metrics.local_endpoint().port());
   std::fflush(stdout);
   asio::signal_set sig(s.ioc, SIGINT, SIGTERM);
   sig.async_wait([&](baton::error_code ec, int) {
     if (ec) return;
     print_spread(stderr, s.d->workers(), s.d->stats());
     s.d->stop();
+    baton::error_code ignored;
+    s.metrics.close(ignored);
     s.ioc.stop();
   });
   on_report_signal(s.ioc, [&] { print_spread(stderr, s.d->workers(), s.d->stats()); });
@@ -376,9 +432,12 @@ void client(unsigned short port, unsigned id, unsigned requests, bool close, cli
 }
 
 int run_selftest(unsigned workers, balance::policy pol, unsigned conns, unsigned requests, bool close,
-                 bool rebalance, bool scale) {
+                 bool rebalance, bool scale, std::chrono::milliseconds rebalance_every) {
   dispatcher_setup s;
-  if (!start_dispatcher(s, {asio::ip::address_v4::loopback(), 0}, workers, pol)) return 2;
+  // --rebalance makes the spread uneven on purpose and checks that rebalance() evens it out:
+  // the timer would race with it.
+  if (!start_dispatcher(s, {asio::ip::address_v4::loopback(), 0}, workers, pol, rebalance ? 0ms : rebalance_every))
+    return 2;
   const auto port = s.acc.local_endpoint().port();
   std::printf("baton-balancer selftest: %u workers, policy %s, %u connections x %u requests (%s)%s%s\n", workers,
               balance::to_string(pol), conns, requests, close ? "Connection: close" : "keep-alive",
@@ -520,16 +579,22 @@ int run_selftest(unsigned workers, balance::policy pol, unsigned conns, unsigned
 int main(int argc, char** argv) {
   baton_cli::parser cli(
       "baton-balancer",
-      "--listen HOST:PORT [--workers N] [--policy P]\n"
+      "--listen HOST:PORT [--workers N] [--policy P] [--rebalance-ms N] [--metrics HOST:PORT]\n"
       "--selftest [--workers N] [--policy P] [--connections C] [--requests R] [--close] [--rebalance] [--scale]\n"
       "--serve --listen HOST:PORT [--reuseport] [--tag T]",
       "A dispatcher accepts each connection once and hands it to one of N worker processes (HTTP/1.1\n"
       "keep-alive servers answering GET / with X-Baton-Worker and X-Baton-Pid); it runs until SIGINT/SIGTERM\n"
-      "and then prints the spread. --selftest drives itself over loopback and checks every response.\n"
+      "and then prints the spread. Every --rebalance-ms the busiest worker moves keep-alive connections to the\n"
+      "idlest at their next pause between two requests, until they differ by at most one (so a worker that\n"
+      "was restarted or added gets its share). --selftest drives itself over loopback and checks every response.\n"
       "--serve runs the same HTTP handler in one process with no hand-off (the benchmark's ceiling).");
   cli.text("--listen", "HOST:PORT", "address to listen on");
   cli.integer("--workers", 1, 1024, "worker processes").defaults("2");
   cli.text("--policy", "P", "round-robin, least-connections or client-hash").defaults("round-robin");
+  cli.integer("--rebalance-ms", 0, 3600000,
+              "even out the workers' connections this often (0: never; client-hash: never, its clients stay put)")
+      .defaults("250");
+  cli.text("--metrics", "HOST:PORT", "serve GET /metrics (Prometheus text: dispatcher and per-worker counters) there");
   cli.flag("--selftest", "listen on 127.0.0.1, drive the balancer with a built-in client, check every answer");
   cli.integer("--connections", 1, 100000, "--selftest: client connections").defaults("16");
   cli.integer("--requests", 1, 1000000, "--selftest: requests per connection").defaults("20");
@@ -555,13 +620,17 @@ int main(int argc, char** argv) {
     if (cli.has("--selftest"))
       return run_selftest(workers, pol, static_cast<unsigned>(cli.num("--connections")),
                           static_cast<unsigned>(cli.num("--requests")), cli.has("--close"), cli.has("--rebalance"),
-                          cli.has("--scale"));
+                          cli.has("--scale"), std::chrono::milliseconds(cli.num("--rebalance-ms")));
     tcp::endpoint ep;
     if (!cli.has("--listen")) return cli.fail("--listen HOST:PORT is required (or --selftest)");
     if (!parse_endpoint(cli.str("--listen"), ep))
       return cli.fail("--listen: '" + cli.str("--listen") + "' is not HOST:PORT (e.g. 127.0.0.1:8080)");
     if (cli.has("--serve")) return run_serve(ep, cli.has("--reuseport"), cli.str("--tag"));
-    return run_balancer(ep, workers, pol);
+    tcp::endpoint metrics_ep;
+    if (cli.has("--metrics") && !parse_endpoint(cli.str("--metrics"), metrics_ep))
+      return cli.fail("--metrics: '" + cli.str("--metrics") + "' is not HOST:PORT (e.g. 127.0.0.1:9100)");
+    return run_balancer(ep, workers, pol, std::chrono::milliseconds(cli.num("--rebalance-ms")),
+                        cli.has("--metrics") ? &metrics_ep : nullptr);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "baton-balancer: %s\n", e.what());
     return 2;

@@ -1,11 +1,13 @@
 // baton::prometheus_metrics after real moves in one process: the move counters (sent, received,
 // rollbacks) and the latency histogram advance by what the test did, the histogram is cumulative
-// and its +Inf bucket equals its count, and a service adds its own gauges and counters.
+// and its +Inf bucket equals its count, a service adds its own gauges and counters, and a
+// balancing dispatcher its labelled ones.
 #include <baton/metrics.hpp>
 
 #include "move_helpers.hpp"
 #include "test_support.hpp"
 
+#include <baton/balance.hpp>
 #include <baton/channel.hpp>
 #include <baton/move.hpp>
 #include <baton/restart.hpp>
@@ -95,4 +97,28 @@ TEST(metrics, a_service_reports_its_generation_and_listeners) {
   EXPECT_EQ(sample(text, "baton_service_restarts_failed_total"), 0) << text;
   // The move counters come first, as without a service.
   EXPECT_GE(sample(text, "baton_moves_sent_total"), 0) << text;
+}
+
+// A dispatcher's counters carry a `service` label (escaped as the text format wants), each family
+// has its HELP and TYPE once, and a dispatcher without workers has no per-worker sample. The
+// per-worker samples (labels service and worker) are read from the real baton-balancer in
+// balance/balancer_rebalance_test.cpp.
+TEST(metrics, a_dispatcher_reports_its_counters_with_a_service_label) {
+  asio::io_context ioc;
+  const std::string name = unique_name("mbal");
+  name_guard g(name);
+  baton::balance::dispatcher_options o;
+  o.name = name;
+  baton::balance::dispatcher d(ioc.get_executor(), o);
+  const std::string text = baton::prometheus_metrics(d, "front \"a\"\\b");
+  const std::string svc = "{service=\"front \\\"a\\\"\\\\b\"}";
+  EXPECT_EQ(sample(text, "baton_balance_accepted_total" + svc), 0) << text;
+  EXPECT_EQ(sample(text, "baton_balance_worker_joins_total" + svc), 0) << text;
+  EXPECT_EQ(sample(text, "baton_balance_rebalance_moves_total" + svc), 0) << text;
+  std::size_t types = 0;
+  for (auto at = text.find("# TYPE baton_balance_worker_connections gauge\n"); at != std::string::npos;
+       at = text.find("# TYPE baton_balance_worker_connections gauge\n", at + 1))
+    ++types;
+  EXPECT_EQ(types, 1u) << text;
+  EXPECT_EQ(text.find("baton_balance_worker_connections{"), std::string::npos) << text;
 }

@@ -36,7 +36,8 @@ struct balance_access;
 /// How the dispatcher chooses a worker for a new connection.
 enum class policy {
   round_robin,        ///< each eligible worker in turn
-  least_connections,  ///< the worker holding the fewest connections (estimate + hand-offs in flight)
+  least_connections,  ///< the worker holding the fewest connections (estimate + hand-offs in flight;
+                      ///< moves rebalancing asked for count as done)
   client_hash,        ///< rendezvous hash of the client's IP address: one address, one worker
                       ///< while that worker lives (and only its clients move when it dies)
   custom,             ///< dispatcher_options::pick decides
@@ -56,6 +57,8 @@ struct worker_info {
   std::uint64_t active = 0;      ///< connections it holds now (dispatched + moved in - closed or moved
                                  ///< out, from its latest load report)
   std::uint32_t in_flight = 0;   ///< hand-offs awaiting its acknowledgement
+  std::uint64_t moved_in = 0;    ///< connections moved in from other workers (its latest load report)
+  std::uint64_t departed = 0;    ///< connections closed or moved out (its latest load report)
   bool leaving = false;          ///< draining: gets no new connections
 };
 
@@ -101,7 +104,9 @@ struct dispatcher_options {
   bool restart_dead_workers = true;
   /// TCP_NODELAY on accepted connections (it travels with the socket to the worker).
   bool no_delay = true;
-  /// When non-zero, rebalance() runs at this interval.
+  /// When non-zero, rebalance() runs at this interval: after a worker joins or comes back from a
+  /// restart, the others move connections to it at their sessions' safe points (a keep-alive
+  /// connection between two requests) until the spread is within one.
   std::chrono::milliseconds auto_rebalance{0};
 };
 
@@ -176,7 +181,8 @@ class dispatcher : public detail::handle<detail::dispatcher_impl> {
   dispatcher_stats stats() const;
 
   /// Asks the most loaded worker to move idle connections to the least loaded one, if they
-  /// differ by two or more. Returns how many it asked to move.
+  /// differ by two or more (hand-offs in flight count), until it holds half their sum (rounded up): asking again before the
+  /// moves are reported does not move more. Returns how many it asked to move.
   std::size_t rebalance();
   /// Asks worker `from` to move up to `count` idle connections to worker `to` (ids). False if
   /// either is unknown, dead or leaving.

@@ -4,7 +4,7 @@
 // Messages are control tickets (detail/control_message.hpp) marked with kProtocol in `flags`:
 //   worker -> dispatcher: op=join index channel | op=load peer out (monotonic totals)
 //                         op=leave (stop sending, tell me where to drain) | op=left (drained)
-//   dispatcher -> worker: op=rebalance n to | op=drain to=CH1,CH2,... (possibly empty: wait)
+//   dispatcher -> worker: op=rebalance n keep to | op=drain to=CH1,CH2,... (possibly empty: wait)
 //
 // dispatcher.cpp: accepting, peeking and handing off (dispatcher_impl); worker_pool.cpp: the
 // workers the dispatcher knows, their joins, exits and restarts, rebalancing and draining;
@@ -50,6 +50,26 @@ struct worker_rec {
   std::uint64_t active() const {
     const std::uint64_t in = info.dispatched + peer_in;
     return in > departed ? in - departed : 0;
+  }
+
+  /// Moves the dispatcher asked for that the reports do not show yet: `n` more than `base` of a
+  /// report total (peer_in for moves in, departed for moves out), until `until`.
+  struct planned_moves {
+    std::uint64_t n = 0, base = 0;
+    std::chrono::steady_clock::time_point until{};
+    std::uint64_t pending(std::uint64_t total) const {
+      if (n == 0 || std::chrono::steady_clock::now() >= until) return 0;
+      const std::uint64_t done = total > base ? total - base : 0;
+      return done >= n ? 0 : n - done;
+    }
+  };
+  planned_moves moving_in, moving_out;
+  /// active() with the moves asked for by rebalance() counted as done: what least-connections
+  /// compares, so that new connections do not go to a worker that moves are already filling
+  /// (they would then have to be moved back).
+  std::uint64_t expected() const {
+    const std::uint64_t with_in = active() + moving_in.pending(peer_in), out = moving_out.pending(departed);
+    return with_in > out ? with_in - out : 0;
   }
   /// Neither dead, gone nor leaving.
   bool live() const { return !dead && !left && !info.leaving; }
@@ -104,7 +124,8 @@ class worker_pool {
   void abort_waiters();
   std::uint32_t spawn(const std::string& exe, const std::vector<std::string>& args, error_code& ec);
   std::size_t rebalance();
-  void ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n);
+  /// Asks `from` to move up to `n` connections to `to`, and to stop when it holds `keep`.
+  void ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n, std::uint64_t keep = 0);
   void cancel_exits();
 
  private:
@@ -193,6 +214,8 @@ struct worker_impl : std::enable_shared_from_this<worker_impl> {
   void arm_sweep();
   void check_drained();
   void report();
+  /// Sessions here that are neither moving nor moved.
+  std::uint64_t held() const;
   void finish(error_code ec);
   void stop();
 
@@ -209,6 +232,7 @@ struct worker_impl : std::enable_shared_from_this<worker_impl> {
   bool stopped = false, finished = false;
   // What the dispatcher asked for.
   std::size_t quota = 0;
+  std::uint64_t quota_keep = 0;  // stop moving when this many sessions are left here
   std::string quota_to;
   std::chrono::steady_clock::time_point quota_until{};
   bool draining = false;

@@ -53,7 +53,7 @@ worker_ptr choose_worker(const dispatcher_options& o, const std::vector<worker_p
   if (n == 0) return nullptr;
   switch (o.policy) {
     case policy::least_connections:
-      return best_of(workers, rr++, eligible, true, [](const worker_rec& w) { return w.active() + w.info.in_flight; });
+      return best_of(workers, rr++, eligible, true, [](const worker_rec& w) { return w.expected() + w.info.in_flight; });
     case policy::client_hash: {
       const std::uint64_t key = address_key(p.client);
       return best_of(workers, 0, eligible, false, [key](const worker_rec& w) { return mix(key ^ mix(w.info.index + 1)); });

@@ -356,6 +356,8 @@ std::vector<worker_info> dispatcher::workers() const {
     if (w->dead) continue;
     out.push_back(w->info);
     out.back().active = w->active();
+    out.back().moved_in = w->peer_in;
+    out.back().departed = w->departed;
   }
   return out;
 }

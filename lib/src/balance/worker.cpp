@@ -43,6 +43,7 @@ void worker_impl::on_control(const ticket& t) {
   const auto op = m.op();
   if (op == "rebalance") {
     quota = static_cast<std::size_t>(m.number("n"));
+    quota_keep = m.number("keep");
     quota_to = m.get("to");
     // A request is good for a short while: connections that are busy now are not moved
     // much later, when the balance may have changed.
@@ -60,7 +61,7 @@ std::optional<std::string> worker_impl::target() {
     if (drain_to.empty()) return std::nullopt;
     return drain_to[drain_rr++ % drain_to.size()];
   }
-  if (quota > 0 && std::chrono::steady_clock::now() < quota_until) {
+  if (quota > 0 && held() > quota_keep && std::chrono::steady_clock::now() < quota_until) {
     --quota;
     return quota_to;
   }
@@ -138,6 +139,11 @@ void worker_impl::check_drained() {
   if (!draining || finished || !sessions.empty() || moves_in_flight != 0) return;
   send_control(to_dispatcher, control_message("left"));
   finish({});
+}
+
+std::uint64_t worker_impl::held() const {
+  const std::uint64_t in = st.from_dispatcher + st.from_peers, out = st.moved_out + st.closed + static_cast<std::uint64_t>(moves_in_flight);
+  return in > out ? in - out : 0;
 }
 
 void worker_impl::report() {

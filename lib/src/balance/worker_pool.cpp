@@ -150,21 +150,35 @@ bool worker_pool::start_process(std::uint32_t index, const spawn_slot& s, error_
 }
 
 std::size_t worker_pool::rebalance() {
+  // Hand-offs in flight count, as for least-connections: while connections are being accepted, a
+  // worker whose acks are late is not the lighter one (asking for a move then moved a connection
+  // that least-connections had already made up for).
+  auto load = [](const worker_ptr& w) { return w->active() + w->info.in_flight; };
   worker_ptr hi, lo;
   for (auto& w : workers) {
     if (!w->live()) continue;
-    if (!hi || w->active() > hi->active()) hi = w;
-    if (!lo || w->active() < lo->active()) lo = w;
+    if (!hi || load(w) > load(hi)) hi = w;
+    if (!lo || load(w) < load(lo)) lo = w;
   }
-  if (!hi || hi == lo || hi->active() < lo->active() + 2) return 0;
-  const std::size_t n = (hi->active() - lo->active()) / 2;
-  ask_move(hi, lo, n);
+  if (!hi || hi == lo || load(hi) < load(lo) + 2) return 0;
+  const std::size_t n = (load(hi) - load(lo)) / 2;
+  // The estimates lag the workers' reports, so a request sent while the moves of the previous
+  // one are still unreported would ask for them again and overshoot. But a move that one worker
+  // has not reported yet is missing from the other's estimate too, so the sum of the two, and
+  // the share `hi` should keep, are right even then: the worker stops at that share, whatever
+  // `n` says.
+  ask_move(hi, lo, n, load(hi) - n);
   return n;
 }
 
-void worker_pool::ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n) {
+void worker_pool::ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n, std::uint64_t keep) {
   d_.st.rebalance_moves += n;
-  send_control(from->ch, control_message("rebalance").set("n", std::uint64_t{n}).set("to", to->info.channel));
+  // The worker's request lasts 2 s (worker_impl::on_control); so does the plan.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  from->moving_out = {n, from->departed, until};
+  to->moving_in = {n, to->peer_in, until};
+  send_control(from->ch,
+               control_message("rebalance").set("n", std::uint64_t{n}).set("keep", keep).set("to", to->info.channel));
 }
 
 }  // namespace baton::balance::detail
