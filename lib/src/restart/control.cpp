@@ -44,7 +44,7 @@ void put_report(control_message& m, const restart_report& r) {
   m.set("old_generation", r.old_generation).set("new_generation", r.new_generation);
   m.set("old_pid", std::uint64_t{r.old_pid}).set("new_pid", std::uint64_t{r.new_pid});
   m.set("listeners", r.listeners_moved).set("moved", r.connections_moved).set("not_moved", r.connections_not_moved);
-  m.set("lost", r.connections_lost);
+  m.set("lost", r.connections_lost).set("udp", r.udp_sockets_moved);
   if (r.stopped) m.set("stopped", std::uint64_t{1}).set("closed", r.connections_closed);
   m.set("ready_us", std::to_string(r.ready_time.count())).set("listeners_us", std::to_string(r.listeners_time.count()));
   m.set("handover_us", std::to_string(r.handover_time.count()));
@@ -62,6 +62,7 @@ restart_report get_report(const control_message& m) {
   r.connections_moved = m.number("moved");
   r.connections_not_moved = m.number("not_moved");
   r.connections_lost = m.number("lost");
+  r.udp_sockets_moved = m.number("udp");
   r.stopped = m.number("stopped") != 0;
   r.connections_closed = m.number("closed");
   r.ready_time = std::chrono::microseconds(m.number("ready_us"));

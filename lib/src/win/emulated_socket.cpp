@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 
 namespace baton::detail {
 
@@ -158,6 +159,86 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
   bool shutdown_on_close_ = false;
 };
 
+// A UDP socket still bound to another port: WSARecvFrom / WSASendTo with low-bit events. The
+// sender's address lands in the state (alive as long as the operation), and is copied out.
+struct emu_datagram_state : emu_state {
+  sockaddr_storage from{};
+  INT from_len = 0;
+  sockaddr_storage to{};
+  using emu_state::emu_state;
+};
+
+class emulated_datagram final : public emulated_socket<datagram_backend, emu_datagram_state> {
+ public:
+  using emulated_socket::emulated_socket;
+  ~emulated_datagram() override { close(); }
+
+  void receive_from(asio::mutable_buffer b, asio::ip::udp::endpoint& from, io_handler h) override {
+    auto st = st_;
+    if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
+    prepare(st->rov, st->rev);
+    st->from_len = sizeof st->from;
+    WSABUF wb{static_cast<ULONG>(b.size()), static_cast<char*>(b.data())};
+    DWORD n = 0, flags = 0;
+    if (::WSARecvFrom(st->s, &wb, 1, &n, &flags, reinterpret_cast<sockaddr*>(&st->from), &st->from_len, &st->rov,
+                      nullptr) == SOCKET_ERROR) {
+      const int e = ::WSAGetLastError();
+      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
+    }
+    st->rwait.async_wait([st, &from, h = std::move(h)](error_code) mutable {
+      DWORD n = 0, flags = 0;
+      if (!::WSAGetOverlappedResult(st->s, &st->rov, &n, FALSE, &flags)) {
+        const int e = ::WSAGetLastError();
+        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
+      }
+      const auto len = static_cast<std::size_t>(st->from_len);
+      if (len > 0 && len <= from.capacity()) {
+        std::memcpy(from.data(), &st->from, len);
+        from.resize(len);
+      }
+      std::move(h)(error_code(), static_cast<std::size_t>(n));
+    });
+  }
+
+  void send_to(asio::const_buffer b, const asio::ip::udp::endpoint& to, io_handler h) override {
+    auto st = st_;
+    if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
+    prepare(st->wov, st->wev);
+    std::memcpy(&st->to, to.data(), to.size());
+    WSABUF wb{static_cast<ULONG>(b.size()), const_cast<char*>(static_cast<const char*>(b.data()))};
+    DWORD n = 0;
+    if (::WSASendTo(st->s, &wb, 1, &n, 0, reinterpret_cast<const sockaddr*>(&st->to), static_cast<int>(to.size()),
+                    &st->wov, nullptr) == SOCKET_ERROR) {
+      const int e = ::WSAGetLastError();
+      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
+    }
+    st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
+      DWORD n = 0, flags = 0;
+      if (!::WSAGetOverlappedResult(st->s, &st->wov, &n, FALSE, &flags)) {
+        const int e = ::WSAGetLastError();
+        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
+      }
+      std::move(h)(error_code(), static_cast<std::size_t>(n));
+    });
+  }
+
+  void cancel() override {
+    if (!st_->closed) ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+  }
+  void close() override {
+    if (st_->closed) return;
+    st_->closed = true;
+    ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+    ::closesocket(st_->s);
+    st_->s = INVALID_SOCKET;
+  }
+  // A UDP socket has no peer to tell.
+  void set_shutdown_on_close(bool) override {}
+
+ private:
+  void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
+};
+
 // An imported listener still bound to another port: readiness through WSAEventSelect(FD_ACCEPT)
 // awaited by the reactor, then a non-blocking accept(). Accepted sockets are new kernel objects,
 // never bound to any port, so they attach natively.
@@ -280,6 +361,10 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
 
 std::unique_ptr<stream_backend> make_emulated_stream(const asio::any_io_executor& ex, SOCKET s, tcp proto) {
   return std::make_unique<emulated_stream>(ex, s, proto);
+}
+
+std::unique_ptr<datagram_backend> make_emulated_datagram(const asio::any_io_executor& ex, SOCKET s, tcp proto) {
+  return std::make_unique<emulated_datagram>(ex, s, proto);
 }
 
 std::unique_ptr<listener_backend> make_emulated_listener(const asio::any_io_executor& ex, SOCKET s, tcp proto,
