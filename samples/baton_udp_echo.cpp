@@ -4,7 +4,7 @@
 // datagrams queued in the kernel (docs/udp.md).
 //
 //   baton-udp-echo --name NAME --listen HOST:PORT [--rcvbuf BYTES]
-#include "cli.hpp"
+#include "service_main.hpp"
 
 #include <baton/restart.hpp>
 #include <baton/spawn.hpp>
@@ -45,22 +45,14 @@ int main(int argc, char** argv) {
                         "A UDP echo responder that restarts without losing a datagram (`batonctl restart NAME`):\n"
                         "replies are \"g<generation> \" and the datagram; the socket and its queued datagrams move\n"
                         "to the next generation.");
-  cli.text("--name", "NAME", "service name (1-64 characters from A-Z a-z 0-9 . _ -)").required();
-  cli.text("--listen", "HOST:PORT", "UDP address to bind (port 0: any free port, printed)").required();
+  baton_cli::service_options(cli, "UDP address to bind (port 0: any free port, printed)");
   cli.integer("--rcvbuf", 0, 1u << 30, "SO_RCVBUF of the socket (0: the system's default)").defaults("0");
-  cli.epilog("exit status: 0 when this generation handed over to the next, 1 if it could not start, 2 for a\n"
-             "wrong command line.");
+  cli.epilog(baton_cli::service_exit_statuses);
   if (auto rc = cli.parse(argc, argv)) return *rc;
-  const std::string name = cli.str("--name"), listen = cli.str("--listen");
-  if (!baton::channel::valid_name(name))
-    return cli.fail("--name: '" + name + "' is not a service name (1-64 characters from A-Z a-z 0-9 . _ -, not starting with '.')");
-  const auto colon = listen.rfind(':');
-  std::uint64_t port = 0;
-  baton::error_code aec;
-  const auto addr = colon == std::string::npos ? asio::ip::address() : asio::ip::make_address(listen.substr(0, colon), aec);
-  if (colon == std::string::npos || aec || !baton_cli::parse_uint(listen.substr(colon + 1), 0, 65535, port))
-    return cli.fail("--listen: '" + listen + "' is not HOST:PORT (e.g. 127.0.0.1:5353)");
-  const udp::endpoint ep(addr, static_cast<unsigned short>(port));
+  baton_cli::service_address at;
+  if (auto rc = baton_cli::read_service_address(cli, "127.0.0.1:5353", at)) return *rc;
+  const std::string& name = at.name;
+  const udp::endpoint ep(at.address, at.port);
   const auto rcvbuf = cli.num("--rcvbuf");
 
   baton::restart_options opts;
@@ -71,12 +63,7 @@ int main(int argc, char** argv) {
   int status = 0;
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     auto [ec] = co_await svc.async_start(tuple_aw);
-    if (ec) {
-      std::fprintf(stderr, "baton-udp-echo: cannot join service %s: %s\n", name.c_str(), ec.message().c_str());
-      status = 1;
-      ioc.stop();
-      co_return;
-    }
+    if (!baton_cli::joined("baton-udp-echo", ec, name, status, ioc)) co_return;
     if (svc.udp_socket_count() == 0) {  // generation 1 binds; later ones received the socket
       udp::socket s(ioc, ep);
       if (rcvbuf > 0) s.set_option(udp::socket::receive_buffer_size(static_cast<int>(rcvbuf)));
@@ -91,17 +78,5 @@ int main(int argc, char** argv) {
     }
     std::fflush(stdout);
   }, asio::detached);
-  svc.async_wait_retired([&](baton::error_code ec, baton::restart_report r) {
-    if (ec) return;
-    std::printf("baton-udp-echo: %s\n", baton::to_string(r, name).c_str());
-    std::fflush(stdout);
-    ioc.stop();
-  });
-  try {
-    ioc.run();
-  } catch (const std::exception& e) {  // e.g. the address is taken
-    std::fprintf(stderr, "baton-udp-echo: %s\n", e.what());
-    return 1;
-  }
-  return status;
+  return baton_cli::run_until_retired("baton-udp-echo", ioc, svc, status);  // 1 if the address is taken
 }

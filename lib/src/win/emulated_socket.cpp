@@ -69,6 +69,37 @@ struct emu_state {
   }
 };
 
+// After issuing an overlapped operation: true, with its error, if it failed at once (pending or
+// done, its event fires either way).
+bool failed_at_once(int rc, error_code& ec) {
+  if (rc != SOCKET_ERROR) return false;
+  const int e = ::WSAGetLastError();
+  if (e == WSA_IO_PENDING) return false;
+  ec = emulated_error(e);
+  return true;
+}
+
+// The outcome of `st`'s overlapped operation `ov` once its event fired: the bytes moved, or the
+// error (operation_aborted once the socket was closed).
+std::size_t overlapped_result(const emu_state& st, OVERLAPPED& ov, error_code& ec) {
+  DWORD n = 0, flags = 0;
+  ec.clear();
+  if (::WSAGetOverlappedResult(st.s, &ov, &n, FALSE, &flags)) return n;
+  const int e = ::WSAGetLastError();
+  ec = st.closed ? error_code(asio::error::operation_aborted) : emulated_error(e);
+  return 0;
+}
+
+// Completes `h` once the send issued on `st->wov` is done.
+template <class State>
+void wait_written(const std::shared_ptr<State>& st, io_handler h) {
+  st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
+    error_code ec;
+    const std::size_t n = overlapped_result(*st, st->wov, ec);
+    std::move(h)(ec, n);
+  });
+}
+
 // What the emulated backends share: a raw socket in a state shared with the operations in flight.
 template <class Base, class State>
 class emulated_socket : public Base {
@@ -82,6 +113,21 @@ class emulated_socket : public Base {
   std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
 
  protected:
+  void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
+  // Cancelled operations complete with WSA_OPERATION_ABORTED and signal their events; the
+  // object_handle waits are left alone so that the OVERLAPPEDs stay valid until then.
+  void cancel_io() {
+    if (!st_->closed) ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+  }
+  void close_socket(bool shutdown_first) {
+    if (st_->closed) return;
+    st_->closed = true;
+    ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+    if (shutdown_first) ::shutdown(st_->s, SD_BOTH);
+    ::closesocket(st_->s);
+    st_->s = INVALID_SOCKET;
+  }
+
   asio::any_io_executor ex_;
   std::shared_ptr<State> st_;
 };
@@ -97,20 +143,14 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
     prepare(st->rov, st->rev);
     WSABUF wb{static_cast<ULONG>(b.size()), static_cast<char*>(b.data())};
     DWORD n = 0, flags = 0;
-    if (::WSARecv(st->s, &wb, 1, &n, &flags, &st->rov, nullptr) == SOCKET_ERROR) {
-      const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
-    }
-    // Completed at once or pending: either way the event is signalled when it is done.
+    error_code ec;
+    if (failed_at_once(::WSARecv(st->s, &wb, 1, &n, &flags, &st->rov, nullptr), ec)) return post(std::move(h), ec);
     const bool want = b.size() > 0;
     st->rwait.async_wait([st, want, h = std::move(h)](error_code) mutable {
-      DWORD n = 0, flags = 0;
-      if (!::WSAGetOverlappedResult(st->s, &st->rov, &n, FALSE, &flags)) {
-        const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
-      }
-      if (n == 0 && want) return std::move(h)(error_code(asio::error::eof), std::size_t{0});
-      std::move(h)(error_code(), static_cast<std::size_t>(n));
+      error_code ec;
+      const std::size_t n = overlapped_result(*st, st->rov, ec);
+      if (!ec && n == 0 && want) ec = asio::error::eof;
+      std::move(h)(ec, n);
     });
   }
 
@@ -120,33 +160,13 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
     prepare(st->wov, st->wev);
     WSABUF wb{static_cast<ULONG>(b.size()), const_cast<char*>(static_cast<const char*>(b.data()))};
     DWORD n = 0;
-    if (::WSASend(st->s, &wb, 1, &n, 0, &st->wov, nullptr) == SOCKET_ERROR) {
-      const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
-    }
-    st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
-      DWORD n = 0, flags = 0;
-      if (!::WSAGetOverlappedResult(st->s, &st->wov, &n, FALSE, &flags)) {
-        const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
-      }
-      std::move(h)(error_code(), static_cast<std::size_t>(n));
-    });
+    error_code ec;
+    if (failed_at_once(::WSASend(st->s, &wb, 1, &n, 0, &st->wov, nullptr), ec)) return post(std::move(h), ec);
+    wait_written(st, std::move(h));
   }
 
-  void cancel() override {
-    // Cancelled operations complete with WSA_OPERATION_ABORTED and signal their events; the
-    // object_handle waits are left alone so that the OVERLAPPEDs stay valid until then.
-    if (!st_->closed) ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
-  }
-  void close() override {
-    if (st_->closed) return;
-    st_->closed = true;
-    ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
-    if (shutdown_on_close_) ::shutdown(st_->s, SD_BOTH);
-    ::closesocket(st_->s);
-    st_->s = INVALID_SOCKET;
-  }
+  void cancel() override { cancel_io(); }
+  void close() override { close_socket(shutdown_on_close_); }
   tcp::endpoint remote_endpoint(error_code& ec) const override { return endpoint_of(st_->s, true, ec); }
   void shutdown_send(error_code& ec) override {
     ec.clear();
@@ -155,7 +175,6 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
   void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
 
  private:
-  void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
   bool shutdown_on_close_ = false;
 };
 
@@ -180,23 +199,20 @@ class emulated_datagram final : public emulated_socket<datagram_backend, emu_dat
     st->from_len = sizeof st->from;
     WSABUF wb{static_cast<ULONG>(b.size()), static_cast<char*>(b.data())};
     DWORD n = 0, flags = 0;
-    if (::WSARecvFrom(st->s, &wb, 1, &n, &flags, reinterpret_cast<sockaddr*>(&st->from), &st->from_len, &st->rov,
-                      nullptr) == SOCKET_ERROR) {
-      const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
-    }
+    error_code ec;
+    if (failed_at_once(::WSARecvFrom(st->s, &wb, 1, &n, &flags, reinterpret_cast<sockaddr*>(&st->from),
+                                     &st->from_len, &st->rov, nullptr),
+                       ec))
+      return post(std::move(h), ec);
     st->rwait.async_wait([st, &from, h = std::move(h)](error_code) mutable {
-      DWORD n = 0, flags = 0;
-      if (!::WSAGetOverlappedResult(st->s, &st->rov, &n, FALSE, &flags)) {
-        const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
-      }
+      error_code ec;
+      const std::size_t n = overlapped_result(*st, st->rov, ec);
       const auto len = static_cast<std::size_t>(st->from_len);
-      if (len > 0 && len <= from.capacity()) {
+      if (!ec && len > 0 && len <= from.capacity()) {
         std::memcpy(from.data(), &st->from, len);
         from.resize(len);
       }
-      std::move(h)(error_code(), static_cast<std::size_t>(n));
+      std::move(h)(ec, n);
     });
   }
 
@@ -207,36 +223,18 @@ class emulated_datagram final : public emulated_socket<datagram_backend, emu_dat
     std::memcpy(&st->to, to.data(), to.size());
     WSABUF wb{static_cast<ULONG>(b.size()), const_cast<char*>(static_cast<const char*>(b.data()))};
     DWORD n = 0;
-    if (::WSASendTo(st->s, &wb, 1, &n, 0, reinterpret_cast<const sockaddr*>(&st->to), static_cast<int>(to.size()),
-                    &st->wov, nullptr) == SOCKET_ERROR) {
-      const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
-    }
-    st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
-      DWORD n = 0, flags = 0;
-      if (!::WSAGetOverlappedResult(st->s, &st->wov, &n, FALSE, &flags)) {
-        const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
-      }
-      std::move(h)(error_code(), static_cast<std::size_t>(n));
-    });
+    error_code ec;
+    if (failed_at_once(::WSASendTo(st->s, &wb, 1, &n, 0, reinterpret_cast<const sockaddr*>(&st->to),
+                                   static_cast<int>(to.size()), &st->wov, nullptr),
+                       ec))
+      return post(std::move(h), ec);
+    wait_written(st, std::move(h));
   }
 
-  void cancel() override {
-    if (!st_->closed) ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
-  }
-  void close() override {
-    if (st_->closed) return;
-    st_->closed = true;
-    ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
-    ::closesocket(st_->s);
-    st_->s = INVALID_SOCKET;
-  }
+  void cancel() override { cancel_io(); }
+  void close() override { close_socket(false); }
   // A UDP socket has no peer to tell.
   void set_shutdown_on_close(bool) override {}
-
- private:
-  void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
 };
 
 // An imported listener still bound to another port: readiness through WSAEventSelect(FD_ACCEPT)
