@@ -48,11 +48,8 @@ int main(int argc, char** argv) {
   const std::string& name = at.name;
   const tcp::endpoint ep(at.address, at.port);
   const bool allow_binary = cli.num("--allow-restart-binary") == 1;
-  baton::restart_options opts;
-  opts.next_args.assign(argv + 1, argv + argc);  // the next generation runs with the same command line
+  auto opts = baton_cli::same_command_line(argc, argv);
   opts.allow_restart_binary = allow_binary;
-  // The library reports and never prints; the server writes what its service reports to stderr.
-  opts.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
   asio::io_context ioc(1);
   baton::service svc(ioc.get_executor(), name, opts);
   int status = 0;

@@ -55,9 +55,7 @@ int main(int argc, char** argv) {
   const udp::endpoint ep(at.address, at.port);
   const auto rcvbuf = cli.num("--rcvbuf");
 
-  baton::restart_options opts;
-  opts.next_args.assign(argv + 1, argv + argc);  // the next generation runs with the same command line
-  opts.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  const auto opts = baton_cli::same_command_line(argc, argv);
   asio::io_context ioc(1);
   baton::service svc(ioc.get_executor(), name, opts);
   int status = 0;

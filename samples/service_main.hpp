@@ -50,6 +50,15 @@ inline std::optional<int> read_service_address(parser& cli, const std::string& e
   return std::nullopt;
 }
 
+/// Restart options for a sample: the next generation runs with the same command line, and what
+/// the service reports goes to stderr (the library reports and never prints).
+inline baton::restart_options same_command_line(int argc, char** argv) {
+  baton::restart_options opts;
+  opts.next_args.assign(argv + 1, argv + argc);
+  opts.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  return opts;
+}
+
 /// After async_start: false if it failed (said on stderr, `status` 1, `ioc` stopped).
 inline bool joined(const char* program, baton::error_code ec, const std::string& name, int& status,
                    boost::asio::io_context& ioc) {
