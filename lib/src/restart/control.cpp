@@ -79,7 +79,8 @@ std::string service_impl::status_text() {
   static const char* names[] = {"created", "joining", "taking-over", "serving", "starting-next",
                                 "handing-over", "retired", "closed", "stopping"};
   o << "service " << name << ";generation " << s.generation << ";pid " << s.pid << ";state "
-    << names[static_cast<int>(ph)] << ";listeners " << s.listeners << ";connections " << s.connections
+    << names[static_cast<int>(ph)] << ";listeners " << s.listeners << ";udp_sockets " << s.udp_sockets
+    << ";connections " << s.connections
     << ";accepted " << s.accepted << ";inherited " << s.inherited << ";moved_out " << s.moved_out
     << ";restarts_failed " << s.restarts_failed << ";restarts_refused " << s.restarts_refused
     << ";connections_lost " << s.connections_lost
