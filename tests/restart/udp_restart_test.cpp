@@ -154,7 +154,11 @@ TEST(udp_restart, three_restarts_while_datagrams_flow_lose_none_and_answer_each_
   client(r.port, count, 32, [&] { return count * static_cast<std::uint64_t>(restarts_done.load() + 2) / 5; }, t);
   const auto took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   operator_thread.join();
-  for (int k = 0; k < 3; ++k) EXPECT_EQ(codes[k], 0) << "restart " << k + 1 << ": " << outputs[k];
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_EQ(codes[k], 0) << "restart " << k + 1 << ": " << outputs[k];
+    EXPECT_NE(outputs[k].find("1 UDP sockets moved"), std::string::npos) << outputs[k];
+    std::printf("[ UDP      ] %s", outputs[k].c_str());  // batonctl's line: generations, hand-over time
+  }
   EXPECT_EQ(t.answered.load(), count) << "lost " << count - t.answered.load();
   EXPECT_EQ(t.duplicates, 0u);
   EXPECT_EQ(t.backwards, 0u);

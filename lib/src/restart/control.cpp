@@ -118,6 +118,7 @@ std::string to_string(const restart_report& r, const std::string& service_name) 
                 static_cast<unsigned long long>(r.connections_moved), r.handover_time.count() / 1000.0,
                 r.old_exit_time.count() / 1000.0);
   std::string s = buf;
+  if (r.udp_sockets_moved) s += "; " + std::to_string(r.udp_sockets_moved) + " UDP sockets moved with their queued datagrams";
   if (r.connections_not_moved)
     s += "; " + std::to_string(r.connections_not_moved) +
          " connections were NOT moved by the drain deadline and ended with the old generation";
