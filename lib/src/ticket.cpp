@@ -208,6 +208,7 @@ ticket decode(std::span<const std::byte> bytes, error_code& ec, const ticket_lim
   body += unread_len;
   t.state.assign(body, body + state_len);
   ec = sections_ok(t.kind, t.unread);
+  if (ec) return ticket{};
   return t;
 }
 
