@@ -193,7 +193,11 @@ TEST(udp_restart, next_generation_dies_holding_the_socket_the_old_one_keeps_it_a
   client(r.port, count, 32, [&] { return restarted ? count : count / 2; }, t);
   operator_thread.join();
   EXPECT_NE(code, 0) << out;
-  EXPECT_NE(out.find("the target exited before acknowledging"), std::string::npos) << out;
+  // Which of the two sees the death first varies (under Wine, either): the move's verdict, or the
+  // watch on the next generation. The socket's move is rolled back either way.
+  EXPECT_TRUE(out.find("the target exited before acknowledging") != std::string::npos ||
+              out.find("the next generation exited before it had taken over") != std::string::npos)
+      << out;
   // The move was not acknowledged: generation 1 kept the socket, with the datagram its cancelled
   // receive had taken (the copy generation 2 made died with it).
   EXPECT_EQ(t.answered.load(), count) << "lost " << count - t.answered.load();
