@@ -158,7 +158,8 @@ void listener_custody::restore(const entry_ptr& e) {
     e->l.set_name(e->name);
   }
   if (ec) {
-    s_.note("baton: service " + s_.name + " cannot take a listener back: " + ec.message());
+    s_.note("baton: service " + s_.name + " cannot take a " + (e->udp ? "UDP socket" : "listener") +
+            " back: " + ec.message());
     return;
   }
   accept_loop(e);
@@ -179,6 +180,9 @@ void listener_custody::close() {
     e->l.close();
     e->u.close();
   }
+  // Closed in the middle of a hand-over: what went is the next generation's, and a receive of the
+  // application waiting on it ends.
+  close_kept();
 }
 
 void listener_custody::discard() {
