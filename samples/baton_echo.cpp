@@ -2,7 +2,7 @@
 // to the next generation as soon as it is idle (everything received has been echoed).
 //
 //   baton-echo --name NAME --listen HOST:PORT [--allow-restart-binary 0|1]
-#include "cli.hpp"
+#include "service_main.hpp"
 
 #include <baton/restart.hpp>
 #include <baton/spawn.hpp>
@@ -39,39 +39,23 @@ int main(int argc, char** argv) {
   baton_cli::parser cli("baton-echo", "--name NAME --listen HOST:PORT [--allow-restart-binary 0|1]",
                         "An echo server that restarts without dropping a connection (`batonctl restart NAME`):\n"
                         "each connection moves to the next generation as soon as everything received is echoed.");
-  cli.text("--name", "NAME", "service name (1-64 characters from A-Z a-z 0-9 . _ -)").required();
-  cli.text("--listen", "HOST:PORT", "address to listen on (port 0: any free port, printed)").required();
+  baton_cli::service_options(cli, "address to listen on (port 0: any free port, printed)");
   cli.integer("--allow-restart-binary", 0, 1, "1: accept `batonctl restart --binary PATH`").defaults("0");
-  cli.epilog("exit status: 0 when this generation handed over to the next, 1 if it could not start, 2 for a\n"
-             "wrong command line.");
+  cli.epilog(baton_cli::service_exit_statuses);
   if (auto rc = cli.parse(argc, argv)) return *rc;
-  const std::string name = cli.str("--name"), listen = cli.str("--listen");
-  if (!baton::channel::valid_name(name))
-    return cli.fail("--name: '" + name + "' is not a service name (1-64 characters from A-Z a-z 0-9 . _ -, not starting with '.')");
-  const auto colon = listen.rfind(':');
-  std::uint64_t port = 0;
-  baton::error_code aec;
-  const auto addr = colon == std::string::npos ? asio::ip::address() : asio::ip::make_address(listen.substr(0, colon), aec);
-  if (colon == std::string::npos || aec || !baton_cli::parse_uint(listen.substr(colon + 1), 0, 65535, port))
-    return cli.fail("--listen: '" + listen + "' is not HOST:PORT (e.g. 127.0.0.1:7000)");
-  const tcp::endpoint ep(addr, static_cast<unsigned short>(port));
+  baton_cli::service_address at;
+  if (auto rc = baton_cli::read_service_address(cli, "127.0.0.1:7000", at)) return *rc;
+  const std::string& name = at.name;
+  const tcp::endpoint ep(at.address, at.port);
   const bool allow_binary = cli.num("--allow-restart-binary") == 1;
-  baton::restart_options opts;
-  opts.next_args.assign(argv + 1, argv + argc);  // the next generation runs with the same command line
+  auto opts = baton_cli::same_command_line(argc, argv);
   opts.allow_restart_binary = allow_binary;
-  // The library reports and never prints; the server writes what its service reports to stderr.
-  opts.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
   asio::io_context ioc(1);
   baton::service svc(ioc.get_executor(), name, opts);
   int status = 0;
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     auto [ec] = co_await svc.async_start(tuple_aw);
-    if (ec) {
-      std::fprintf(stderr, "baton-echo: cannot join service %s: %s\n", name.c_str(), ec.message().c_str());
-      status = 1;
-      ioc.stop();
-      co_return;
-    }
+    if (!baton_cli::joined("baton-echo", ec, name, status, ioc)) co_return;
     if (svc.listener_count() == 0) svc.add_listener(baton::listener(tcp::acceptor(ioc, ep)));
     for (auto& e : svc.local_endpoints())
       std::printf("baton-echo: service %s generation %llu pid %u listening on port %u\n", name.c_str(),
@@ -83,17 +67,5 @@ int main(int argc, char** argv) {
       asio::co_spawn(ioc, session(svc, std::move(c)), asio::detached);
     }
   }, asio::detached);
-  svc.async_wait_retired([&](baton::error_code ec, baton::restart_report r) {
-    if (ec) return;
-    std::printf("baton-echo: %s\n", baton::to_string(r, name).c_str());
-    std::fflush(stdout);
-    ioc.stop();
-  });
-  try {
-    ioc.run();
-  } catch (const std::exception& e) {  // e.g. the listening address is taken
-    std::fprintf(stderr, "baton-echo: %s\n", e.what());
-    return 1;
-  }
-  return status;
+  return baton_cli::run_until_retired("baton-echo", ioc, svc, status);  // 1 if the address is taken
 }

@@ -32,7 +32,10 @@ class native_socket : public Base {
   asio::any_io_executor get_executor() override { return s_.get_executor(); }
   bool is_open() const override { return s_.is_open(); }
   attach_mode mode() const override { return attach_mode::native; }
-  tcp::endpoint local_endpoint(error_code& ec) const override { return s_.local_endpoint(ec); }
+  tcp::endpoint local_endpoint(error_code& ec) const override {
+    const auto ep = s_.local_endpoint(ec);
+    return {ep.address(), ep.port()};
+  }
   std::uintptr_t native_handle() const override {
     return static_cast<std::uintptr_t>(const_cast<Socket&>(s_).native_handle());
   }
@@ -75,27 +78,23 @@ class native_listener final : public native_socket<listener_backend, tcp::accept
   tcp::acceptor* acceptor() override { return &s_; }
 };
 
-// What the whole of a connection or a listener does alike, over its impl.
-template <class Impl>
-void close_if_last(const std::shared_ptr<Impl>& im) {
-  if (im && im.use_count() == 1 && im->backend) im->backend->close();
-}
-template <class Impl>
-attach_mode mode_of(const std::shared_ptr<Impl>& im) noexcept {
-  return im && im->backend ? im->backend->mode() : attach_mode::native;
-}
-template <class Impl>
-std::uintptr_t handle_of(const std::shared_ptr<Impl>& im) noexcept {
-  return im && im->backend ? im->backend->native_handle() : ~std::uintptr_t{0};
-}
-template <class Impl>
-tcp::endpoint local_endpoint_of(const std::shared_ptr<Impl>& im, error_code& ec) {
-  if (!im || !im->backend) {
-    ec = asio::error::bad_descriptor;
-    return {};
+class native_datagram final : public native_socket<datagram_backend, asio::ip::udp::socket> {
+ public:
+  using native_socket::native_socket;
+  ~native_datagram() override { close(); }
+  void receive_from(asio::mutable_buffer b, asio::ip::udp::endpoint& from, io_handler h) override {
+    s_.async_receive_from(b, from, std::move(h));
   }
-  return im->backend->local_endpoint(ec);
-}
+  void send_to(asio::const_buffer b, const asio::ip::udp::endpoint& to, io_handler h) override {
+    s_.async_send_to(b, to, std::move(h));
+  }
+  // A UDP socket has no peer to tell: closing our handle is all there is.
+  void close() override {
+    error_code ec;
+    s_.close(ec);
+  }
+  asio::ip::udp::socket* socket() override { return &s_; }
+};
 
 // Completes `h` when no I/O may start: at once without a socket, through the executor while the
 // connection is being quiesced for a move. False if the operation may go ahead.
@@ -130,9 +129,19 @@ std::unique_ptr<listener_backend> make_native_listener(tcp::acceptor a) {
   return std::make_unique<native_listener>(std::move(a));
 }
 
+std::unique_ptr<datagram_backend> make_native_datagram(asio::ip::udp::socket s) {
+  return std::make_unique<native_datagram>(std::move(s));
+}
+
 std::unique_ptr<socket_backend> make_native_socket(socket_kind kind, const asio::any_io_executor& ex, tcp protocol,
                                                    std::uintptr_t h, error_code& ec) {
   const auto native = static_cast<tcp::socket::native_handle_type>(h);
+  if (kind == socket_kind::datagram) {
+    asio::ip::udp::socket s(ex);
+    s.assign(protocol.family() == tcp::v6().family() ? asio::ip::udp::v6() : asio::ip::udp::v4(),
+             static_cast<asio::ip::udp::socket::native_handle_type>(h), ec);
+    return ec ? nullptr : make_native_datagram(std::move(s));
+  }
   if (kind == socket_kind::connection) {
     tcp::socket s(ex);
     s.assign(protocol, native, ec);

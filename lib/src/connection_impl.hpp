@@ -3,11 +3,14 @@
 // restart service, which builds listeners of kept handles).
 #include "baton/connection.hpp"
 #include "baton/listener.hpp"
+#include "baton/udp_socket.hpp"
+#include "detail/datagram_queue.hpp"
 #include "detail/stream.hpp"
 
 #include <boost/asio/post.hpp>
 
 #include <functional>
+#include <optional>
 
 namespace baton {
 namespace detail {
@@ -31,6 +34,8 @@ struct socket_state {
     quiescing = false;
     on_idle = nullptr;
   }
+  /// The move succeeded: the target owns the socket (a UDP socket ends its parked receive).
+  void moved_away() noexcept {}
 
  protected:
   void begin_quiesce(std::function<void()> done) {
@@ -75,13 +80,72 @@ struct listener_impl : socket_state<listener_backend>, std::enable_shared_from_t
   void check_idle() { notify_if(accepts == 0); }
 };
 
-/// Baton's own access to the inside of connections and listeners.
+/// A UDP socket: datagrams taken from the kernel by a receive that a move cancelled are queued
+/// (and travel in the ticket); the application's receive waits out the move (`parked`) and goes
+/// on after a rollback, or ends with errc::socket_moved. With `hold_when_moved` (the restart
+/// service, which may take the socket back from a kept handle) it stays parked after a
+/// successful move until settle_move() or take_back().
+struct udp_socket_impl : socket_state<datagram_backend>, std::enable_shared_from_this<udp_socket_impl> {
+  struct parked_receive {
+    boost::asio::mutable_buffer b;
+    boost::asio::ip::udp::endpoint* from = nullptr;
+    io_handler h;
+  };
+  std::deque<queued_datagram> queued;
+  std::string name;  // travels in the ticket's state
+  std::optional<parked_receive> parked;
+  boost::asio::ip::udp::endpoint rx_from;  // the sender of the receive in flight
+  int receives = 0, sends = 0;
+  bool moved = false, hold_when_moved = false;
+
+  using socket_state::socket_state;
+  bool writing() const noexcept { return sends > 0; }
+  /// Lets pending sends finish, then cancels the receive; calls `done` once nothing is pending.
+  void quiesce(std::function<void()> done);
+  void check_idle() { notify_if(receives == 0 && sends == 0); }
+  /// After a rollback: the parked receive reads here again.
+  void resume();
+  void moved_away();
+  /// The socket is the target's for good: the parked receive ends with errc::socket_moved.
+  void settle_move();
+  /// The socket came back (a kept handle, re-attached as `b`): serve it here again.
+  void take_back(std::unique_ptr<datagram_backend> b);
+  void receive(boost::asio::mutable_buffer b, boost::asio::ip::udp::endpoint& from, io_handler h);
+};
+
+/// Baton's own access to the inside of connections, listeners and UDP sockets.
 struct connection_access {
   static std::shared_ptr<connection_impl>& impl(connection& c) noexcept { return c.impl_; }
   static std::shared_ptr<listener_impl>& impl(listener& l) noexcept { return l.impl_; }
+  static std::shared_ptr<udp_socket_impl>& impl(udp_socket& u) noexcept { return u.impl_; }
   static connection wrap(std::shared_ptr<connection_impl> im) noexcept { return connection(std::move(im)); }
   static listener wrap(std::shared_ptr<listener_impl> im) noexcept { return listener(std::move(im)); }
+  static udp_socket wrap(std::shared_ptr<udp_socket_impl> im) noexcept { return udp_socket(std::move(im)); }
+  /// Another handle to `u`'s socket.
+  static udp_socket share(udp_socket& u) noexcept { return udp_socket(u.impl_); }
 };
+
+// What the whole of a connection, a listener or a UDP socket does alike, over its impl.
+template <class Impl>
+void close_if_last(const std::shared_ptr<Impl>& im) {
+  if (im && im.use_count() == 1 && im->backend) im->backend->close();
+}
+template <class Impl>
+attach_mode mode_of(const std::shared_ptr<Impl>& im) noexcept {
+  return im && im->backend ? im->backend->mode() : attach_mode::native;
+}
+template <class Impl>
+std::uintptr_t handle_of(const std::shared_ptr<Impl>& im) noexcept {
+  return im && im->backend ? im->backend->native_handle() : ~std::uintptr_t{0};
+}
+template <class Impl>
+boost::asio::ip::tcp::endpoint local_endpoint_of(const std::shared_ptr<Impl>& im, error_code& ec) {
+  if (!im || !im->backend) {
+    ec = boost::asio::error::bad_descriptor;
+    return {};
+  }
+  return im->backend->local_endpoint(ec);
+}
 
 }  // namespace detail
 }  // namespace baton

@@ -121,6 +121,12 @@ constexpr message_entry messages[] = {
      "this process was not started by the Service Control Manager: register it with sc create NAME "
      "binPath= \"<path>\\baton-run.exe --service NAME -- PROGRAM ARGS\" and start it with sc start NAME "
      "(from a console, run baton-run without --service)"},
+    {errc::socket_moved,
+     "this UDP socket moved to another process (the next generation, or the channel's owner), which "
+     "serves it now with the datagrams that were queued: stop serving it here"},
+    {errc::ticket_bad_datagrams,
+     "the datagrams queued in a UDP socket's ticket are malformed (a record runs past the section, or "
+     "an address family is unknown); the move was refused and the sender kept the socket"},
     {errc::control_message_malformed,
      "a control ticket's text is not a well-formed message (a line without '=', an empty or "
      "repeated key, or no op): it was ignored; sender and receiver may be different Baton builds"},

@@ -1,10 +1,11 @@
-// The move: a source-side operation per connection or listener (quiesce, claim an ack slot,
+// The move: a source-side operation per connection, listener or UDP socket (quiesce, claim an ack slot,
 // export, publish, transact, then commit or roll back) and the target-side receive that
 // re-creates what a ticket names and acknowledges it. See docs/design.md, "The move".
 #include "baton/move.hpp"
 
 #include "channel_impl.hpp"
 #include "connection_impl.hpp"
+#include "detail/datagram_queue.hpp"
 #include "detail/fault.hpp"
 #include "detail/platform.hpp"
 
@@ -111,7 +112,8 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       t.unread = st->remaining_unread();
       t.state = st->state;
     } else {
-      t.kind = ticket_kind::listener;
+      t.kind = std::is_same_v<Object, listener> ? ticket_kind::listener : ticket_kind::udp_socket;
+      if constexpr (std::is_same_v<Object, udp_socket>) t.unread = detail::encode_datagrams(st->queued);
       const auto* n = reinterpret_cast<const std::byte*>(st->name.data());
       t.state.assign(n, n + st->name.size());
     }
@@ -162,6 +164,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       // The target owns it now. Close our handle; the kernel object lives on in the target.
       detail::inject(fault_step::commit, ch.owner_pid());
       std::exchange(pending, nullptr)->commit();
+      st->moved_away();
       g_stats.sent.fetch_add(1, std::memory_order_relaxed);
       g_stats.record_latency(std::chrono::steady_clock::now() - started);
       return complete({}, nullptr);
@@ -245,7 +248,17 @@ void start_send(channel& ch, listener&& l, const move_options& o,
   start_send_op(ch, std::move(l), o, std::move(h));
 }
 
+void start_send(channel& ch, udp_socket&& u, const move_options& o,
+                asio::any_completion_handler<void(error_code, udp_socket)> h) {
+  start_send_op(ch, std::move(u), o, std::move(h));
+}
+
 namespace {
+
+// A listener's or UDP socket's name, from its ticket's state.
+std::string name_of(const ticket& t) {
+  return {reinterpret_cast<const char*>(t.state.data()), std::min<std::size_t>(t.state.size(), 255)};
+}
 
 struct receive_op : std::enable_shared_from_this<receive_op> {
   channel& ch;
@@ -256,12 +269,14 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
     ch.async_receive([self = shared_from_this()](error_code ec, ticket t) { self->on_ticket(ec, std::move(t)); });
   }
 
-  // Re-creates the socket a connection or listener ticket names, accepts it, and builds the
-  // connection or listener around it in `a`. The order matters: a source that gave up (timeout)
+  // Re-creates the socket a connection, listener or UDP socket ticket names, accepts it, and
+  // builds the object around it in `a`. The order matters: a source that gave up (timeout)
   // before our accept kept its socket, so ours is a duplicate to close, and the next ticket is
   // what the caller wants. False when the caller has already been answered or restarted.
   bool attach(arrival& a, ticket& t, error_code ec) {
-    const auto kind = t.kind == ticket_kind::connection ? socket_kind::connection : socket_kind::listener;
+    const auto kind = t.kind == ticket_kind::connection ? socket_kind::connection
+                      : t.kind == ticket_kind::listener ? socket_kind::listener
+                                                        : socket_kind::datagram;
     const auto ex = ch.get_executor();
     auto b = import_socket(kind, *channel_access::get(ch).xfer, ex, t, ec);
     if (!ec && detail::inject(fault_step::attach, t.sender_pid)) {
@@ -290,10 +305,15 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
       im->unread = std::move(t.unread);
       im->state = std::move(t.state);
       a.conn = connection_access::wrap(std::move(im));
-    } else {
+    } else if (kind == socket_kind::listener) {
       auto im = std::make_shared<listener_impl>(ex, backend_cast<listener_backend>(std::move(b)));
-      im->name.assign(reinterpret_cast<const char*>(t.state.data()), std::min<std::size_t>(t.state.size(), 255));
+      im->name = name_of(t);
       a.lst = connection_access::wrap(std::move(im));
+    } else {
+      auto im = std::make_shared<udp_socket_impl>(ex, backend_cast<datagram_backend>(std::move(b)));
+      im->name = name_of(t);
+      decode_datagrams(t.unread, &im->queued);  // checked with the ticket
+      a.udp = connection_access::wrap(std::move(im));
     }
     return true;
   }

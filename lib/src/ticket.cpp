@@ -1,5 +1,6 @@
 #include "baton/ticket.hpp"
 
+#include "detail/datagram_queue.hpp"
 #include "detail/endian.hpp"
 #include "detail/ticket_codec.hpp"
 
@@ -37,7 +38,12 @@ bool payload_size_ok(transfer_method m, std::size_t n) {
   return false;
 }
 
-bool kind_ok(std::uint8_t k) { return k >= 1 && k <= 3; }
+bool kind_ok(std::uint8_t k) { return k >= 1 && k <= 4; }
+
+// A UDP socket's unread section is a list of datagram records; nothing else is checked here.
+error_code sections_ok(ticket_kind k, std::span<const std::byte> unread) {
+  return k == ticket_kind::udp_socket ? detail::decode_datagrams(unread, nullptr) : error_code();
+}
 bool method_ok(std::uint8_t m) { return m <= 5; }
 
 }  // namespace
@@ -82,7 +88,7 @@ error_code check_encodable(const ticket& t, const ticket_limits& limits) noexcep
   if (!payload_size_ok(t.method, t.payload.size()) ||
       (t.kind == ticket_kind::control) != (t.method == transfer_method::none))
     return errc::ticket_bad_payload;
-  return {};
+  return sections_ok(t.kind, t.unread);
 }
 
 void encode(const ticket& t, std::span<std::byte> out, error_code& ec, const ticket_limits& limits) {
@@ -201,6 +207,8 @@ ticket decode(std::span<const std::byte> bytes, error_code& ec, const ticket_lim
   t.unread.assign(body, body + unread_len);
   body += unread_len;
   t.state.assign(body, body + state_len);
+  ec = sections_ok(t.kind, t.unread);
+  if (ec) return ticket{};
   return t;
 }
 

@@ -11,7 +11,7 @@
 namespace {
 
 constexpr int first = static_cast<int>(baton::errc::invalid_name);
-constexpr int last = static_cast<int>(baton::errc::not_started_as_service);
+constexpr int last = static_cast<int>(baton::errc::ticket_bad_datagrams);
 
 TEST(error, every_code_has_its_own_message) {
   std::set<std::string> seen;

@@ -1,10 +1,11 @@
 // Writes the fuzzers' seed corpora (committed in tests/fuzz/corpus/):
 //   fuzz_seed_gen <ticket dir> <ring dir>
 // Tickets: valid tickets of every kind and transfer method, with and without unread bytes and
-// state. Ring images: valid channel mappings (as the ring fuzzer lays them out) holding encoded
+// state (a UDP socket's: queued datagrams). Ring images: valid channel mappings (as the ring fuzzer lays them out) holding encoded
 // tickets, a producer's abandoned record, a full ring, a wrapped ring. Output is deterministic:
 // tokens, pids and ids are fixed, and trailing zero bytes are trimmed (the ring fuzzer overlays
 // its input onto a zero-filled buffer).
+#include "detail/datagram_queue.hpp"
 #include "fuzz_common.hpp"
 #include "ring.hpp"
 
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <new>
@@ -83,6 +85,17 @@ std::vector<std::pair<std::string, ticket>> all_tickets() {
         out.emplace_back(kname + "-" + mnames[m] + "-unread-state",
                          make(kind, methods[m], payload_for(methods[m]), 37 + m, 16 * m + 3, seed++));
     }
+  }
+  // UDP sockets (appended, so that the ring images below keep their tickets): queued datagrams of
+  // both families, one of them empty, in the unread section.
+  for (int m : {0, 3}) {
+    auto t = make(ticket_kind::udp_socket, methods[m], payload_for(methods[m]), 0, 3, seed++);
+    std::deque<baton::detail::queued_datagram> q;
+    q.push_back({{boost::asio::ip::make_address("127.0.0.1"), 5353}, bytes(29, seed)});
+    q.push_back({{boost::asio::ip::make_address("::1"), 443}, {}});
+    q.push_back({{boost::asio::ip::make_address("10.1.2.3"), 53}, bytes(300, seed + 1)});
+    t.unread = baton::detail::encode_datagrams(q);
+    out.emplace_back(std::string("udp_socket-") + mnames[m] + "-datagrams", t);
   }
   return out;
 }

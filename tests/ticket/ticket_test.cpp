@@ -111,6 +111,39 @@ TEST(ticket, bad_payload_size_for_method) {
   EXPECT_EQ(ec, errc::ticket_bad_payload);
 }
 
+// A UDP socket's ticket: its unread section is a list of datagram records (family u8, port u16,
+// address, length u32, bytes), checked on encode and on decode.
+std::vector<std::byte> datagram_record(std::uint8_t family, std::uint32_t len, std::size_t actual) {
+  std::vector<std::byte> r{std::byte{family}, std::byte{0x35}, std::byte{0x00}};
+  r.resize(r.size() + (family == 6 ? 16 : 4), std::byte{1});
+  for (int i = 0; i < 4; ++i) r.push_back(static_cast<std::byte>(len >> (8 * i)));
+  r.resize(r.size() + actual, std::byte{'d'});
+  return r;
+}
+
+TEST(ticket, udp_socket_queued_datagrams) {
+  auto t = sample();
+  t.kind = baton::ticket_kind::udp_socket;
+  t.unread = datagram_record(4, 3, 3);
+  const auto v6 = datagram_record(6, 0, 0);
+  t.unread.insert(t.unread.end(), v6.begin(), v6.end());
+  EXPECT_EQ(baton::decode(baton::encode(t)), t);
+  t.unread.clear();  // no datagram queued
+  EXPECT_EQ(baton::decode(baton::encode(t)), t);
+  // Malformed: a length past the section, an unknown family, a record cut short.
+  for (const auto& bad : {datagram_record(4, 10, 3), datagram_record(5, 0, 0), std::vector<std::byte>(5)}) {
+    t.unread = bad;
+    EXPECT_EQ(baton::check_encodable(t), errc::ticket_bad_datagrams);
+    auto c = sample();  // a connection's ticket: its unread bytes are not parsed
+    c.unread = bad;
+    auto b = baton::encode(c);
+    EXPECT_FALSE(decode_error(b));
+    b[6] = std::byte{4};  // now a UDP socket's ticket
+    fix_crc(b);
+    EXPECT_EQ(decode_error(b), errc::ticket_bad_datagrams);
+  }
+}
+
 TEST(ticket, lengths_that_overflow_or_disagree) {
   auto b = baton::encode(sample());
   const std::uint32_t huge = 0xFFFFFFF0u;

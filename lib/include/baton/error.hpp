@@ -67,6 +67,9 @@ enum class errc {
   // The keeper as a Windows service.
   windows_service_unsupported, ///< a Windows service was asked for on another platform
   not_started_as_service,      ///< the Service Control Manager did not start this process
+  // UDP sockets.
+  socket_moved,                ///< a receive ended because its UDP socket moved to another process
+  ticket_bad_datagrams,        ///< a UDP socket's ticket carries queued datagrams that do not parse
 };
 
 /// Error codes in Baton's API are Asio's (`boost::system::error_code`), so Baton's handlers

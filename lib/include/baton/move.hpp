@@ -1,5 +1,6 @@
 #pragma once
-/// Moving live connections and listening sockets between processes over a channel.
+/// Moving live connections, listening sockets and bound UDP sockets between processes over a
+/// channel.
 ///
 /// Source:  baton::async_send(channel, std::move(conn), options, token)
 ///          completes with void(error_code, connection): on success the target owns the
@@ -14,6 +15,7 @@
 #include <baton/connection.hpp>
 #include <baton/listener.hpp>
 #include <baton/transfer_strategy.hpp>
+#include <baton/udp_socket.hpp>
 
 #include <array>
 #include <chrono>
@@ -27,11 +29,12 @@ struct move_options {
   transfer_strategy strategy = transfer_strategy::automatic;
 };
 
-/// What a receive yields: a connection, a listener, or a control ticket.
+/// What a receive yields: a connection, a listener, a UDP socket, or a control ticket.
 struct arrival {
   ticket_kind kind = ticket_kind::control;
   connection conn;   ///< kind == connection
   listener lst;      ///< kind == listener
+  udp_socket udp;    ///< kind == udp_socket (its queued datagrams are read first)
   ticket control;    ///< kind == control: the ticket itself
   std::uint32_t sender_pid = 0;  ///< the process that sent it
 };
@@ -59,18 +62,25 @@ void start_send(channel& ch, connection&& c, const move_options& o,
                 boost::asio::any_completion_handler<void(error_code, connection)> h);
 void start_send(channel& ch, listener&& l, const move_options& o,
                 boost::asio::any_completion_handler<void(error_code, listener)> h);
+void start_send(channel& ch, udp_socket&& u, const move_options& o,
+                boost::asio::any_completion_handler<void(error_code, udp_socket)> h);
 void start_receive(channel& ch, boost::asio::any_completion_handler<void(error_code, arrival)> h);
-/// What async_send moves: a connection or a listener, as an rvalue.
+/// What async_send moves: a connection, a listener or a UDP socket, as an rvalue.
 template <class T>
-concept movable_socket = !std::is_lvalue_reference_v<T> && (std::is_same_v<T, connection> || std::is_same_v<T, listener>);
+concept movable_socket = !std::is_lvalue_reference_v<T> && (std::is_same_v<T, connection> ||
+                                                            std::is_same_v<T, listener> || std::is_same_v<T, udp_socket>);
 }  // namespace detail
 
-/// Moves a connection or a listening socket to the channel's owner; completes with
+/// Moves a connection, a listening socket or a UDP socket to the channel's owner; completes with
 /// void(error_code, Object). The channel must be a sending end (channel::open).
 /// A connection: pending reads are cancelled (bytes they had already taken from the kernel are
 /// kept and travel as unread bytes); pending writes are allowed to finish first.
 /// A listener: connections waiting in its backlog stay there and are accepted by the target; no
 /// connection attempt is refused during the move.
+/// A UDP socket: pending sends finish first; the pending receive is cancelled (a datagram it had
+/// already taken travels in the ticket, with its sender's address, and is read first in the
+/// target); datagrams queued in the kernel stay there for the target. The receive itself waits
+/// for the verdict (udp_socket.hpp).
 template <class Object, class Token>
   requires detail::movable_socket<Object>
 auto async_send(channel& ch, Object&& obj, const move_options& o, Token&& token) {
@@ -84,7 +94,7 @@ auto async_send(channel& ch, Object&& obj, Token&& token) {
   return async_send(ch, std::move(obj), move_options{}, std::forward<Token>(token));
 }
 
-/// Receives the next moved connection, listener or control ticket on a receiving channel.
+/// Receives the next moved connection, listener, UDP socket or control ticket on a receiving channel.
 /// A ticket that fails validation or whose socket cannot be re-created completes with that
 /// error (and is refused, so its source takes the connection back); call again for the next.
 template <class Token>

@@ -104,6 +104,7 @@ struct restart_report {
   std::uint64_t old_generation = 0, new_generation = 0;
   std::uint32_t old_pid = 0, new_pid = 0;
   std::uint64_t listeners_moved = 0;
+  std::uint64_t udp_sockets_moved = 0;
   std::uint64_t connections_moved = 0;
   std::uint64_t connections_not_moved = 0;  ///< still in N at the deadline (closed as N exits)
   /// A failed restart: connections the next generation had already taken when it died (they
@@ -145,6 +146,7 @@ struct service_stats {
   /// Connections the application closed with close_gracefully instead of moving them.
   std::uint64_t closed_gracefully = 0;
   std::size_t listeners = 0;
+  std::size_t udp_sockets = 0;
 };
 
 namespace detail {
@@ -184,6 +186,18 @@ class service {
   /// The listeners with their names (listener::name(): systemd's FileDescriptorName= for a
   /// socket-activated one, kept across restarts).
   std::vector<listener_info> listeners() const;
+
+  /// Adds a bound UDP socket of this generation (a first generation opens its own; later ones
+  /// receive them with the listeners). At a restart it moves to the next generation with the
+  /// datagrams queued in the kernel; a receive the application has pending on it waits out the
+  /// hand-over and then ends with errc::socket_moved (or carries on if the restart fails).
+  /// See docs/udp.md.
+  void add_udp_socket(udp_socket u);
+  std::size_t udp_socket_count() const noexcept;
+  /// Handles to this generation's UDP sockets, for the application to serve (read each with one
+  /// receive at a time; send the reply to a datagram before awaiting anything else). Valid after
+  /// async_start; each keeps its name (udp_socket::name()).
+  std::vector<udp_socket> udp_sockets();
 
   /// The next connection: accepted here, or moved in from the previous generation with its
   /// unread bytes and state. Signature: void(error_code, connection). operation_aborted once this

@@ -20,6 +20,7 @@ enum class ticket_kind : std::uint8_t {
   connection = 1,  ///< an established TCP connection
   listener = 2,    ///< a listening TCP socket
   control = 3,     ///< no socket: a control message (restart, balance protocols)
+  udp_socket = 4,  ///< a bound UDP socket; `unread` holds the datagrams it had taken from the kernel
 };
 
 /// How the OS handle travels. The payload's layout depends on it.
@@ -57,7 +58,8 @@ struct ticket {
   std::uint32_t ack_slot = 0;  ///< index of the sender's slot in the channel's ack table
   std::uint32_t flags = 0;     ///< reserved for kind-specific flags; none is defined yet (0)
   std::vector<std::byte> payload;  ///< platform handle payload
-  std::vector<std::byte> unread;   ///< bytes read from the kernel, not yet consumed
+  std::vector<std::byte> unread;   ///< bytes read from the kernel, not yet consumed (a UDP socket:
+                                   ///< its queued datagrams, each with its sender's address)
   std::vector<std::byte> state;    ///< opaque application state
 
   friend bool operator==(const ticket&, const ticket&) = default;
@@ -72,7 +74,8 @@ inline constexpr std::uint16_t ticket_format_version = 1;
 std::size_t encoded_size(const ticket& t) noexcept;
 
 /// The checks `encode` makes, without encoding: ticket_too_large, ticket_bad_kind,
-/// ticket_bad_method, ticket_bad_payload, or success.
+/// ticket_bad_method, ticket_bad_payload, ticket_bad_datagrams (a UDP socket's queued datagrams),
+/// or success.
 error_code check_encodable(const ticket& t, const ticket_limits& limits = {}) noexcept;
 
 /// Encodes `t` into `out`, which must hold exactly `encoded_size(t)` bytes.

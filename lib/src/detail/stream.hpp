@@ -9,6 +9,7 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
 
 #include <atomic>
 #include <chrono>
@@ -20,8 +21,8 @@ namespace baton::detail {
 
 using io_handler = boost::asio::any_completion_handler<void(error_code, std::size_t)>;
 
-/// What a socket backend drives: a connected socket or a listening one.
-enum class socket_kind { connection, listener };
+/// What a socket backend drives: a connected socket, a listening one, or a bound UDP socket.
+enum class socket_kind { connection, listener, datagram };
 
 /// What every socket backend does, whatever its kind and attach mode.
 class socket_backend {
@@ -33,6 +34,7 @@ class socket_backend {
   virtual void close() = 0;
   virtual bool is_open() const = 0;
   virtual attach_mode mode() const = 0;
+  /// The local address and port (a UDP socket's too: the endpoint type only carries them).
   virtual boost::asio::ip::tcp::endpoint local_endpoint(error_code& ec) const = 0;
   /// The OS handle (fd or SOCKET), still owned by the backend.
   virtual std::uintptr_t native_handle() const = 0;
@@ -66,6 +68,15 @@ class listener_backend : public socket_backend {
   virtual boost::asio::ip::tcp::acceptor* acceptor() { return nullptr; }
 };
 
+/// One bound UDP socket under some attach mode. `from` must stay valid until the handler runs.
+class datagram_backend : public socket_backend {
+ public:
+  socket_kind kind() const noexcept final { return socket_kind::datagram; }
+  virtual void receive_from(boost::asio::mutable_buffer b, boost::asio::ip::udp::endpoint& from, io_handler h) = 0;
+  virtual void send_to(boost::asio::const_buffer b, const boost::asio::ip::udp::endpoint& to, io_handler h) = 0;
+  virtual boost::asio::ip::udp::socket* socket() { return nullptr; }
+};
+
 /// The backend of kind `Backend` that `b` is (its kind() says which).
 template <class Backend>
 std::unique_ptr<Backend> backend_cast(std::unique_ptr<socket_backend> b) noexcept {
@@ -75,7 +86,9 @@ std::unique_ptr<Backend> backend_cast(std::unique_ptr<socket_backend> b) noexcep
 /// Native backends around an Asio socket or acceptor (all platforms).
 std::unique_ptr<stream_backend> make_native_stream(boost::asio::ip::tcp::socket s);
 std::unique_ptr<listener_backend> make_native_listener(boost::asio::ip::tcp::acceptor a);
-/// A native backend of `kind` around handle `h` (assigned to an Asio socket or acceptor on `ex`).
+std::unique_ptr<datagram_backend> make_native_datagram(boost::asio::ip::udp::socket s);
+/// A native backend of `kind` around handle `h` (assigned to an Asio socket or acceptor on `ex`;
+/// `protocol` names the address family, a UDP socket's too).
 /// On failure `h` is left open and still the caller's.
 std::unique_ptr<socket_backend> make_native_socket(socket_kind kind, const boost::asio::any_io_executor& ex,
                                                    boost::asio::ip::tcp protocol, std::uintptr_t h, error_code& ec);
@@ -126,8 +139,8 @@ std::unique_ptr<socket_backend> import_socket(socket_kind kind, transfer_endpoin
 std::unique_ptr<socket_backend> attach_socket(socket_kind kind, const boost::asio::any_io_executor& ex,
                                               std::uintptr_t h, error_code& ec);
 
-/// A second OS handle to the same listening socket, attached to no reactor: what a generation
-/// keeps during a hot restart so that the socket outlives a successor that dies.
+/// A second OS handle to the same listening (or UDP) socket, attached to no reactor: what a
+/// generation keeps during a hot restart so that the socket outlives a successor that dies.
 std::uintptr_t duplicate_socket_handle(std::uintptr_t h, error_code& ec);
 void close_socket_handle(std::uintptr_t h) noexcept;
 /// Makes a listener of a handle from duplicate_socket_handle: attach_socket for a listener.

@@ -86,7 +86,7 @@ struct keeper_impl : std::enable_shared_from_this<keeper_impl> {
     pass_activated_listeners(activated);
     spawn(ec, handles);
     pass_activated_listeners({});
-    for (auto h : handles) kept_listener::own(h).close();  // the keeper holds no listener
+    for (auto h : handles) kept_socket::own(h).close();  // the keeper holds no listener
     if (ec) return finish(ec, 127);
   }
 

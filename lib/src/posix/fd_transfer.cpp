@@ -184,9 +184,9 @@ long pull_with_pidfd(std::uint32_t pid, int remote_fd, int& err) {
   return -1;
 }
 
-// Pulls the descriptor named by a pidfd_getfd ticket and checks that it is the TCP socket the
-// ticket describes.
-int import_fd(const ticket& t, fd_endpoint& ep, bool want_listener, error_code& ec) {
+// Pulls the descriptor named by a pidfd_getfd ticket and checks that it is the socket the ticket
+// describes: a connected or listening TCP socket, or a UDP socket.
+int import_fd(const ticket& t, fd_endpoint& ep, socket_kind kind, error_code& ec) {
   ec.clear();
   long fd = -1;
   fd_payload p{};
@@ -229,7 +229,10 @@ int import_fd(const ticket& t, fd_endpoint& ep, bool want_listener, error_code& 
   ::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len);
   len = sizeof listening;
   ::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
-  if (!S_ISSOCK(st.st_mode) || type != SOCK_STREAM || (listening != 0) != want_listener) {
+  const bool fits = kind == socket_kind::datagram
+                        ? type == SOCK_DGRAM
+                        : type == SOCK_STREAM && (listening != 0) == (kind == socket_kind::listener);
+  if (!S_ISSOCK(st.st_mode) || !fits) {
     // An inherited number that is not the promised socket may be one of our own descriptors.
     if (t.method != transfer_method::inherit) ::close(static_cast<int>(fd));
     ec = errc::not_a_socket;
@@ -306,7 +309,7 @@ std::unique_ptr<pending_export> export_socket(std::unique_ptr<socket_backend>& b
 
 std::unique_ptr<socket_backend> import_socket(socket_kind kind, transfer_endpoint& ep, const asio::any_io_executor& ex,
                                               const ticket& t, error_code& ec) {
-  const int fd = import_fd(t, static_cast<fd_endpoint&>(ep), kind == socket_kind::listener, ec);
+  const int fd = import_fd(t, static_cast<fd_endpoint&>(ep), kind, ec);
   if (fd < 0) return nullptr;
   return attach_socket(kind, ex, static_cast<std::uintptr_t>(fd), ec);
 }

@@ -45,6 +45,7 @@ void put_report(control_message& m, const restart_report& r) {
   m.set("old_pid", std::uint64_t{r.old_pid}).set("new_pid", std::uint64_t{r.new_pid});
   m.set("listeners", r.listeners_moved).set("moved", r.connections_moved).set("not_moved", r.connections_not_moved);
   m.set("lost", r.connections_lost).set("closed_gracefully", r.connections_closed_gracefully);
+  m.set("udp", r.udp_sockets_moved);
   if (r.stopped) m.set("stopped", std::uint64_t{1}).set("closed", r.connections_closed);
   m.set("ready_us", std::to_string(r.ready_time.count())).set("listeners_us", std::to_string(r.listeners_time.count()));
   m.set("handover_us", std::to_string(r.handover_time.count()));
@@ -62,6 +63,7 @@ restart_report get_report(const control_message& m) {
   r.connections_moved = m.number("moved");
   r.connections_not_moved = m.number("not_moved");
   r.connections_lost = m.number("lost");
+  r.udp_sockets_moved = m.number("udp");
   r.stopped = m.number("stopped") != 0;
   r.connections_closed = m.number("closed");
   r.connections_closed_gracefully = m.number("closed_gracefully");
@@ -79,7 +81,8 @@ std::string service_impl::status_text() {
   static const char* names[] = {"created", "joining", "taking-over", "serving", "starting-next",
                                 "handing-over", "retired", "closed", "stopping"};
   o << "service " << name << ";generation " << s.generation << ";pid " << s.pid << ";state "
-    << names[static_cast<int>(ph)] << ";listeners " << s.listeners << ";connections " << s.connections
+    << names[static_cast<int>(ph)] << ";listeners " << s.listeners << ";udp_sockets " << s.udp_sockets
+    << ";connections " << s.connections
     << ";accepted " << s.accepted << ";inherited " << s.inherited << ";moved_out " << s.moved_out
     << ";restarts_failed " << s.restarts_failed << ";restarts_refused " << s.restarts_refused
     << ";connections_lost " << s.connections_lost << ";closed_gracefully " << s.closed_gracefully
@@ -121,6 +124,7 @@ std::string to_string(const restart_report& r, const std::string& service_name) 
   std::string s = buf;
   if (r.connections_closed_gracefully)
     s += "; " + std::to_string(r.connections_closed_gracefully) + " closed gracefully by the application instead";
+  if (r.udp_sockets_moved) s += "; " + std::to_string(r.udp_sockets_moved) + " UDP sockets moved with their queued datagrams";
   if (r.connections_not_moved)
     s += "; " + std::to_string(r.connections_not_moved) +
          " connections were NOT moved by the drain deadline and ended with the old generation";

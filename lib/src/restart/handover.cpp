@@ -116,7 +116,7 @@ void handover::on_hello(const std::string& inbox_name) {
   listeners_done_ = false;
   drain_deadline_ = s_.t_hello + s_.opts.drain_deadline;
   control_message welcome("welcome");
-  welcome.set("generation", s_.gen).set("pid", std::uint64_t{s_.pid}).set("listeners", s_.listeners.count());
+  welcome.set("generation", s_.gen).set("pid", std::uint64_t{s_.pid}).set("listeners", s_.listeners.sockets());
   auto nx = s_.next;
   nx->async_send(welcome.to_ticket(), [self = s_.shared_from_this(), nx](error_code ec) {
     if (self->next != nx || self->ph != service_phase::handing_over) return;

@@ -1,6 +1,7 @@
-// Hot restart: the service's listeners (see service_impl.hpp). During a hand-over each listener
-// moves to the next generation while a duplicate of its handle stays here, so that a restart that
-// fails, however late, gets every listener back with its backlog.
+// Hot restart: the service's listeners and UDP sockets (see service_impl.hpp). During a hand-over
+// each moves to the next generation while a duplicate of its handle stays here, so that a restart
+// that fails, however late, gets every listener back with its backlog and every UDP socket with
+// the datagrams the kernel still holds.
 #include "restart/service_impl.hpp"
 
 #include <boost/asio/steady_timer.hpp>
@@ -15,8 +16,28 @@ void listener_custody::add(listener l, bool accepting) {
   auto e = std::make_shared<entry>();
   e->l = std::move(l);
   listeners_.push_back(e);
-  s_.st.listeners = listeners_.size();
+  s_.st.listeners = count();
   if (accepting) accept_loop(e);
+}
+
+void listener_custody::add_udp(udp_socket u) {
+  auto e = std::make_shared<entry>();
+  e->u = std::move(u);
+  e->udp = true;
+  hold_moves(e->u);
+  listeners_.push_back(e);
+}
+
+std::size_t listener_custody::udp_count() const noexcept {
+  return static_cast<std::size_t>(
+      std::count_if(listeners_.begin(), listeners_.end(), [](const entry_ptr& e) { return e->udp; }));
+}
+
+std::vector<udp_socket> listener_custody::udp_handles() {
+  std::vector<udp_socket> v;
+  for (auto& e : listeners_)
+    if (e->udp) v.push_back(share_held(e->u));
+  return v;
 }
 
 void listener_custody::start_all() {
@@ -66,27 +87,33 @@ void listener_custody::send_all() {
   if (moves_pending_ == 0) return all_sent();
   for (auto& e : listeners_) {
     error_code ec;
-    e->kept = kept_listener::keep(e->l, ec);
+    e->kept = e->udp ? kept_socket::keep(e->u, ec) : kept_socket::keep(e->l, ec);
     if (ec) return s_.hand.fail(ec);
-    e->name = e->l.name();
     e->moving = true;
     auto nx = s_.next;
-    baton::async_send(*nx, std::move(e->l), s_.opts.move,
-                      [self = s_.shared_from_this(), e, nx](error_code ec, listener back) {
-                        self->listeners.on_sent(e, ec, std::move(back));
-                      });
+    auto self = s_.shared_from_this();
+    if (e->udp) {
+      // A second handle goes: the entry's stays, to take the socket back or settle its move.
+      baton::async_send(*nx, share_held(e->u), s_.opts.move,
+                        [self, e, nx](error_code ec, udp_socket) { self->listeners.on_sent(e, ec); });
+      continue;
+    }
+    e->name = e->l.name();
+    baton::async_send(*nx, std::move(e->l), s_.opts.move, [self, e, nx](error_code ec, listener back) {
+      if (ec) e->l = std::move(back);
+      self->listeners.on_sent(e, ec);
+    });
   }
 }
 
-void listener_custody::on_sent(const entry_ptr& e, error_code ec, listener back) {
+void listener_custody::on_sent(const entry_ptr& e, error_code ec) {
   const bool handing_over = s_.ph == service_phase::handing_over;
   e->moving = false;
   if (!ec) {
     e->gone = true;
-    ++s_.report.listeners_moved;
+    ++(e->udp ? s_.report.udp_sockets_moved : s_.report.listeners_moved);
     if (e->restore_on_success) restore(e);  // the restart failed meanwhile
   } else {
-    e->l = std::move(back);
     e->kept.close();
     if (e->restore_on_success || !handing_over) {
       e->restore_on_success = false;
@@ -101,7 +128,7 @@ void listener_custody::all_sent() {
   for (auto& e : listeners_)
     if (e->gone) handed_over_.push_back(e);
   std::erase_if(listeners_, [](const entry_ptr& e) { return e->gone; });
-  s_.st.listeners = listeners_.size();
+  s_.st.listeners = count();
   s_.hand.listeners_sent();
 }
 
@@ -116,7 +143,7 @@ void listener_custody::take_back() {
     if (e->gone) restore(e);
     else if (e->moving) e->restore_on_success = true;
   }
-  s_.st.listeners = listeners_.size();
+  s_.st.listeners = count();
 }
 
 void listener_custody::restore(const entry_ptr& e) {
@@ -124,10 +151,15 @@ void listener_custody::restore(const entry_ptr& e) {
   e->restore_on_success = false;
   if (!e->kept) return;
   error_code ec;
-  e->l = e->kept.adopt(s_.ex, ec);
-  e->l.set_name(e->name);
+  if (e->udp) {
+    e->kept.restore(e->u, ec);
+  } else {
+    e->l = e->kept.adopt(s_.ex, ec);
+    e->l.set_name(e->name);
+  }
   if (ec) {
-    s_.note("baton: service " + s_.name + " cannot take a listener back: " + ec.message());
+    s_.note("baton: service " + s_.name + " cannot take a " + (e->udp ? "UDP socket" : "listener") +
+            " back: " + ec.message());
     return;
   }
   accept_loop(e);
@@ -135,7 +167,10 @@ void listener_custody::restore(const entry_ptr& e) {
 
 void listener_custody::close_kept() {
   for (auto& e : listeners_) e->kept.close();
-  for (auto& e : handed_over_) e->kept.close();
+  for (auto& e : handed_over_) {
+    e->kept.close();
+    if (e->udp) settle_move(e->u);  // the application's receive on it ends now
+  }
   handed_over_.clear();
 }
 
@@ -143,11 +178,15 @@ void listener_custody::close() {
   for (auto& e : listeners_) {
     e->kept.close();
     e->l.close();
+    e->u.close();
   }
+  // Closed in the middle of a hand-over: what went is the next generation's, and a receive of the
+  // application waiting on it ends.
+  close_kept();
 }
 
 void listener_custody::discard() {
-  for (auto& e : listeners_) e->l.close();
+  close();
   listeners_.clear();
 }
 
@@ -160,6 +199,7 @@ std::vector<asio::ip::tcp::endpoint> listener_custody::local_endpoints() const {
 std::vector<listener_info> listener_custody::info() const {
   std::vector<listener_info> v;
   for (auto& e : listeners_) {
+    if (e->udp) continue;
     error_code ec;
     auto ep = e->l.local_endpoint(ec);
     if (!ec) v.push_back({ep, e->l.name()});

@@ -107,6 +107,12 @@ void service_impl::tell_in_charge() {
   if (auto ec = send_message(ex, opts.keeper, m)) note("baton: service " + name + " cannot reach its keeper: " + ec.message());
 }
 
+void service_impl::application_serves() {
+  if (accepting) return;
+  accepting = true;
+  if (in_charge_untold) tell_in_charge();
+}
+
 void service_impl::tell_systemd(supervisor_state s, const std::string& status, std::uint32_t main_pid) {
   if (opts.keeper.empty()) systemd.tell(s, status, main_pid);  // under a keeper, the keeper speaks
 }
@@ -194,6 +200,7 @@ service_stats service_impl::stats() {
   s.generation = gen;
   s.connections = conns.owned_count();
   s.listeners = listeners.count();
+  s.udp_sockets = listeners.udp_count();
   return s;
 }
 
@@ -231,6 +238,12 @@ std::vector<boost::asio::ip::tcp::endpoint> service::local_endpoints() const {
   return impl_->listeners.local_endpoints();
 }
 std::vector<listener_info> service::listeners() const { return impl_->listeners.info(); }
+void service::add_udp_socket(udp_socket u) { impl_->listeners.add_udp(std::move(u)); }
+std::size_t service::udp_socket_count() const noexcept { return impl_->listeners.udp_count(); }
+std::vector<udp_socket> service::udp_sockets() {
+  impl_->application_serves();  // one that serves only UDP never accepts
+  return impl_->listeners.udp_handles();
+}
 restart_report service::last_report() const { return impl_->report; }
 service_stats service::stats() const { return impl_->stats(); }
 void service::close() { impl_->close(); }
@@ -239,10 +252,7 @@ void service::start_start(boost::asio::any_completion_handler<void(error_code)> 
   impl_->succ.start(std::move(h));
 }
 void service::start_accept(boost::asio::any_completion_handler<void(error_code, connection)> h) {
-  if (!impl_->accepting) {
-    impl_->accepting = true;
-    if (impl_->in_charge_untold) impl_->tell_in_charge();
-  }
+  impl_->application_serves();
   impl_->conns.accept(std::move(h));
 }
 void service::start_safe_point(connection& c, boost::asio::any_completion_handler<void(error_code, bool)> h) {

@@ -91,15 +91,19 @@ enum class service_phase {
   stopping,      // in charge, stopping gracefully: connections close at their safe points
 };
 
-/// The service's listeners: accepting on them, moving them to the next generation with a kept
-/// duplicate each, and taking them back from the duplicates when the restart fails.
+/// The service's listeners and UDP sockets: accepting on the listeners, moving both to the next
+/// generation with a kept duplicate each, and taking them back from the duplicates when the
+/// restart fails. The application reads the UDP sockets through handles of its own
+/// (udp_handles()); their receives wait out a move, and end once the restart has succeeded.
 class listener_custody {
  public:
   struct entry {
     listener l;
+    udp_socket u;         // a UDP socket's entry (`udp`): `l` is empty
+    bool udp = false;
     bool moving = false, gone = false, restore_on_success = false;
     bool paused = false;  // not accepting: the ready queue is full (see resume_accepting)
-    kept_listener kept;   // held during a hand-over
+    kept_socket kept;   // held during a hand-over
     std::string name;     // the listener's, for the one taken back from `kept`
   };
   using entry_ptr = std::shared_ptr<entry>;
@@ -107,6 +111,7 @@ class listener_custody {
   explicit listener_custody(service_impl& s) : s_(s) {}
 
   void add(listener l, bool accepting);
+  void add_udp(udp_socket u);
   void accept_loop(const entry_ptr& e);
   /// Restarts the accept loops that a full ready queue paused, once it has room again.
   void resume_accepting();
@@ -120,17 +125,21 @@ class listener_custody {
   void close();
   /// close(), and forgets them: a start that failed.
   void discard();
-  std::size_t count() const noexcept { return listeners_.size(); }
+  /// Listeners (TCP), UDP sockets, and both: what the next generation is to receive.
+  std::size_t count() const noexcept { return listeners_.size() - udp_count(); }
+  std::size_t udp_count() const noexcept;
+  std::size_t sockets() const noexcept { return listeners_.size(); }
+  std::vector<udp_socket> udp_handles();
   std::vector<asio::ip::tcp::endpoint> local_endpoints() const;
   std::vector<listener_info> info() const;
 
  private:
-  void on_sent(const entry_ptr& e, error_code ec, listener back);
+  void on_sent(const entry_ptr& e, error_code ec);
   void all_sent();
   void restore(const entry_ptr& e);
 
   service_impl& s_;
-  std::vector<entry_ptr> listeners_;
+  std::vector<entry_ptr> listeners_;  // with the UDP sockets
   std::vector<entry_ptr> handed_over_;  // moved; their duplicates kept until success
   std::size_t moves_pending_ = 0;
 };
@@ -340,6 +349,8 @@ struct service_impl : std::enable_shared_from_this<service_impl> {
   /// this generation is in charge (again, after a failed restart); deferred until the application
   /// first accepts.
   void tell_in_charge();
+  /// The application accepts, or takes its UDP sockets: the moment tell_in_charge waits for.
+  void application_serves();
   /// Tells systemd, unless a keeper does (supervisor_notes; a no-op without NOTIFY_SOCKET).
   void tell_systemd(supervisor_state s, const std::string& status, std::uint32_t main_pid = 0);
   void wait_trigger();

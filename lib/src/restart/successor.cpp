@@ -166,7 +166,7 @@ void successor::adopt_activated_listeners() {
   for (auto& a : activated_) {
     if (!want.empty() && std::find(want.begin(), want.end(), a.name) == want.end()) continue;
     error_code ec;
-    auto l = kept_listener::own(std::exchange(a.handle, no_handle)).adopt(s_.ex, ec);  // under the protocol its address says
+    auto l = kept_socket::own(std::exchange(a.handle, no_handle)).adopt(s_.ex, ec);  // under the protocol its address says
     if (ec) {
       s_.note("baton: service " + s_.name + " cannot adopt activated listener " + a.name + ": " + ec.message());
       continue;
@@ -183,7 +183,7 @@ void successor::close_activated(const std::string& why) {
   for (auto& a : activated_) {
     if (a.handle == no_handle) continue;
     if (!why.empty()) s_.note("baton: service " + s_.name + " closes activated listener " + a.name + ": " + why);
-    kept_listener::own(a.handle).close();
+    kept_socket::own(a.handle).close();
   }
   activated_.clear();
 }
@@ -255,11 +255,13 @@ void successor::receive_inbox() {
 }
 
 void successor::on_inbox(arrival a) {
-  if (a.kind == ticket_kind::listener) {
+  if (a.kind == ticket_kind::listener || a.kind == ticket_kind::udp_socket) {
     // While joining, a listener is held but not accepted on: if the hand-over is abandoned,
     // the previous generation takes it back, and connections still in the kernel's backlog go
-    // with it instead of dying here with connections accepted for nobody.
-    s_.listeners.add(std::move(a.lst), s_.ph != service_phase::joining);
+    // with it instead of dying here with connections accepted for nobody. A UDP socket is read
+    // by the application only once the start has completed.
+    if (a.kind == ticket_kind::udp_socket) s_.listeners.add_udp(std::move(a.udp));
+    else s_.listeners.add(std::move(a.lst), s_.ph != service_phase::joining);
     if (++received_listeners_ == expected_listeners_ && s_.ph == service_phase::joining) started();
     return;
   }
@@ -296,6 +298,7 @@ void successor::on_message(const control_message& m) {
     rep.connections_closed_gracefully = r.connections_closed_gracefully;
     s_.st.connections_lost += r.connections_not_moved;
     rep.listeners_moved = r.listeners_moved;
+    rep.udp_sockets_moved = r.udp_sockets_moved;
     rep.ready_time = r.ready_time;
     rep.listeners_time = r.listeners_time;
     rep.handover_time = r.handover_time;

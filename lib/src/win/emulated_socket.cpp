@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 
 namespace baton::detail {
 
@@ -68,6 +69,37 @@ struct emu_state {
   }
 };
 
+// After issuing an overlapped operation: true, with its error, if it failed at once (pending or
+// done, its event fires either way).
+bool failed_at_once(int rc, error_code& ec) {
+  if (rc != SOCKET_ERROR) return false;
+  const int e = ::WSAGetLastError();
+  if (e == WSA_IO_PENDING) return false;
+  ec = emulated_error(e);
+  return true;
+}
+
+// The outcome of `st`'s overlapped operation `ov` once its event fired: the bytes moved, or the
+// error (operation_aborted once the socket was closed).
+std::size_t overlapped_result(const emu_state& st, OVERLAPPED& ov, error_code& ec) {
+  DWORD n = 0, flags = 0;
+  ec.clear();
+  if (::WSAGetOverlappedResult(st.s, &ov, &n, FALSE, &flags)) return n;
+  const int e = ::WSAGetLastError();
+  ec = st.closed ? error_code(asio::error::operation_aborted) : emulated_error(e);
+  return 0;
+}
+
+// Completes `h` once the send issued on `st->wov` is done.
+template <class State>
+void wait_written(const std::shared_ptr<State>& st, io_handler h) {
+  st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
+    error_code ec;
+    const std::size_t n = overlapped_result(*st, st->wov, ec);
+    std::move(h)(ec, n);
+  });
+}
+
 // What the emulated backends share: a raw socket in a state shared with the operations in flight.
 template <class Base, class State>
 class emulated_socket : public Base {
@@ -81,6 +113,21 @@ class emulated_socket : public Base {
   std::uintptr_t native_handle() const override { return static_cast<std::uintptr_t>(st_->s); }
 
  protected:
+  void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
+  // Cancelled operations complete with WSA_OPERATION_ABORTED and signal their events; the
+  // object_handle waits are left alone so that the OVERLAPPEDs stay valid until then.
+  void cancel_io() {
+    if (!st_->closed) ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+  }
+  void close_socket(bool shutdown_first) {
+    if (st_->closed) return;
+    st_->closed = true;
+    ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
+    if (shutdown_first) ::shutdown(st_->s, SD_BOTH);
+    ::closesocket(st_->s);
+    st_->s = INVALID_SOCKET;
+  }
+
   asio::any_io_executor ex_;
   std::shared_ptr<State> st_;
 };
@@ -96,20 +143,14 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
     prepare(st->rov, st->rev);
     WSABUF wb{static_cast<ULONG>(b.size()), static_cast<char*>(b.data())};
     DWORD n = 0, flags = 0;
-    if (::WSARecv(st->s, &wb, 1, &n, &flags, &st->rov, nullptr) == SOCKET_ERROR) {
-      const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
-    }
-    // Completed at once or pending: either way the event is signalled when it is done.
+    error_code ec;
+    if (failed_at_once(::WSARecv(st->s, &wb, 1, &n, &flags, &st->rov, nullptr), ec)) return post(std::move(h), ec);
     const bool want = b.size() > 0;
     st->rwait.async_wait([st, want, h = std::move(h)](error_code) mutable {
-      DWORD n = 0, flags = 0;
-      if (!::WSAGetOverlappedResult(st->s, &st->rov, &n, FALSE, &flags)) {
-        const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
-      }
-      if (n == 0 && want) return std::move(h)(error_code(asio::error::eof), std::size_t{0});
-      std::move(h)(error_code(), static_cast<std::size_t>(n));
+      error_code ec;
+      const std::size_t n = overlapped_result(*st, st->rov, ec);
+      if (!ec && n == 0 && want) ec = asio::error::eof;
+      std::move(h)(ec, n);
     });
   }
 
@@ -119,33 +160,13 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
     prepare(st->wov, st->wev);
     WSABUF wb{static_cast<ULONG>(b.size()), const_cast<char*>(static_cast<const char*>(b.data()))};
     DWORD n = 0;
-    if (::WSASend(st->s, &wb, 1, &n, 0, &st->wov, nullptr) == SOCKET_ERROR) {
-      const int e = ::WSAGetLastError();
-      if (e != WSA_IO_PENDING) return post(std::move(h), emulated_error(e));
-    }
-    st->wwait.async_wait([st, h = std::move(h)](error_code) mutable {
-      DWORD n = 0, flags = 0;
-      if (!::WSAGetOverlappedResult(st->s, &st->wov, &n, FALSE, &flags)) {
-        const int e = ::WSAGetLastError();
-        return std::move(h)(st->closed ? error_code(asio::error::operation_aborted) : emulated_error(e), std::size_t{0});
-      }
-      std::move(h)(error_code(), static_cast<std::size_t>(n));
-    });
+    error_code ec;
+    if (failed_at_once(::WSASend(st->s, &wb, 1, &n, 0, &st->wov, nullptr), ec)) return post(std::move(h), ec);
+    wait_written(st, std::move(h));
   }
 
-  void cancel() override {
-    // Cancelled operations complete with WSA_OPERATION_ABORTED and signal their events; the
-    // object_handle waits are left alone so that the OVERLAPPEDs stay valid until then.
-    if (!st_->closed) ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
-  }
-  void close() override {
-    if (st_->closed) return;
-    st_->closed = true;
-    ::CancelIoEx(reinterpret_cast<HANDLE>(st_->s), nullptr);
-    if (shutdown_on_close_) ::shutdown(st_->s, SD_BOTH);
-    ::closesocket(st_->s);
-    st_->s = INVALID_SOCKET;
-  }
+  void cancel() override { cancel_io(); }
+  void close() override { close_socket(shutdown_on_close_); }
   tcp::endpoint remote_endpoint(error_code& ec) const override { return endpoint_of(st_->s, true, ec); }
   void shutdown_send(error_code& ec) override {
     ec.clear();
@@ -154,8 +175,66 @@ class emulated_stream final : public emulated_socket<stream_backend, emu_state> 
   void set_shutdown_on_close(bool on) override { shutdown_on_close_ = on; }
 
  private:
-  void post(io_handler h, error_code ec) { asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0})); }
   bool shutdown_on_close_ = false;
+};
+
+// A UDP socket still bound to another port: WSARecvFrom / WSASendTo with low-bit events. The
+// sender's address lands in the state (alive as long as the operation), and is copied out.
+struct emu_datagram_state : emu_state {
+  sockaddr_storage from{};
+  INT from_len = 0;
+  sockaddr_storage to{};
+  using emu_state::emu_state;
+};
+
+class emulated_datagram final : public emulated_socket<datagram_backend, emu_datagram_state> {
+ public:
+  using emulated_socket::emulated_socket;
+  ~emulated_datagram() override { close(); }
+
+  void receive_from(asio::mutable_buffer b, asio::ip::udp::endpoint& from, io_handler h) override {
+    auto st = st_;
+    if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
+    prepare(st->rov, st->rev);
+    st->from_len = sizeof st->from;
+    WSABUF wb{static_cast<ULONG>(b.size()), static_cast<char*>(b.data())};
+    DWORD n = 0, flags = 0;
+    error_code ec;
+    if (failed_at_once(::WSARecvFrom(st->s, &wb, 1, &n, &flags, reinterpret_cast<sockaddr*>(&st->from),
+                                     &st->from_len, &st->rov, nullptr),
+                       ec))
+      return post(std::move(h), ec);
+    st->rwait.async_wait([st, &from, h = std::move(h)](error_code) mutable {
+      error_code ec;
+      const std::size_t n = overlapped_result(*st, st->rov, ec);
+      const auto len = static_cast<std::size_t>(st->from_len);
+      if (!ec && len > 0 && len <= from.capacity()) {
+        std::memcpy(from.data(), &st->from, len);
+        from.resize(len);
+      }
+      std::move(h)(ec, n);
+    });
+  }
+
+  void send_to(asio::const_buffer b, const asio::ip::udp::endpoint& to, io_handler h) override {
+    auto st = st_;
+    if (st->closed) return post(std::move(h), asio::error::bad_descriptor);
+    prepare(st->wov, st->wev);
+    std::memcpy(&st->to, to.data(), to.size());
+    WSABUF wb{static_cast<ULONG>(b.size()), const_cast<char*>(static_cast<const char*>(b.data()))};
+    DWORD n = 0;
+    error_code ec;
+    if (failed_at_once(::WSASendTo(st->s, &wb, 1, &n, 0, reinterpret_cast<const sockaddr*>(&st->to),
+                                   static_cast<int>(to.size()), &st->wov, nullptr),
+                       ec))
+      return post(std::move(h), ec);
+    wait_written(st, std::move(h));
+  }
+
+  void cancel() override { cancel_io(); }
+  void close() override { close_socket(false); }
+  // A UDP socket has no peer to tell.
+  void set_shutdown_on_close(bool) override {}
 };
 
 // An imported listener still bound to another port: readiness through WSAEventSelect(FD_ACCEPT)
@@ -280,6 +359,10 @@ class emulated_listener final : public emulated_socket<listener_backend, emu_lis
 
 std::unique_ptr<stream_backend> make_emulated_stream(const asio::any_io_executor& ex, SOCKET s, tcp proto) {
   return std::make_unique<emulated_stream>(ex, s, proto);
+}
+
+std::unique_ptr<datagram_backend> make_emulated_datagram(const asio::any_io_executor& ex, SOCKET s, tcp proto) {
+  return std::make_unique<emulated_datagram>(ex, s, proto);
 }
 
 std::unique_ptr<listener_backend> make_emulated_listener(const asio::any_io_executor& ex, SOCKET s, tcp proto,

@@ -11,6 +11,8 @@ namespace baton::detail {
 
 std::unique_ptr<stream_backend> make_emulated_stream(const boost::asio::any_io_executor& ex, SOCKET s,
                                                      boost::asio::ip::tcp proto);
+std::unique_ptr<datagram_backend> make_emulated_datagram(const boost::asio::any_io_executor& ex, SOCKET s,
+                                                         boost::asio::ip::tcp proto);
 std::unique_ptr<listener_backend> make_emulated_listener(const boost::asio::any_io_executor& ex, SOCKET s,
                                                          boost::asio::ip::tcp proto, error_code& ec);
 

@@ -136,10 +136,10 @@ void make_payload(SOCKET s, std::uint32_t target_pid, transfer_strategy how, xfe
   ec = errc::strategy_unavailable;
 }
 
-SOCKET adopt_pushed_handle(SOCKET s);
+SOCKET adopt_pushed_handle(SOCKET s, socket_kind kind);
 
 // Re-creates the socket named by a ticket in this process.
-SOCKET import_handle(const ticket& t, xfer_endpoint& ep, bool want_listener, error_code& ec) {
+SOCKET import_handle(const ticket& t, xfer_endpoint& ep, socket_kind kind, error_code& ec) {
   ec.clear();
   // From here on the handle is this import's to adopt or close, not an orphan to collect.
   if (t.method == transfer_method::wsa_duplicate || t.method == transfer_method::duplicate_handle)
@@ -159,7 +159,7 @@ SOCKET import_handle(const ticket& t, xfer_endpoint& ep, bool want_listener, err
     std::memcpy(&v, t.payload.data(), 8);
     s = static_cast<SOCKET>(v);
     owned = false;  // until it proves to be a socket, it is not ours to close
-    s = adopt_pushed_handle(s);
+    s = adopt_pushed_handle(s, kind);
   } else {
     ec = errc::strategy_unavailable;
     return INVALID_SOCKET;
@@ -167,13 +167,15 @@ SOCKET import_handle(const ticket& t, xfer_endpoint& ep, bool want_listener, err
   int type = 0, len = sizeof type;
   BOOL listening = FALSE;
   int llen = sizeof listening;
-  if (::getsockopt(s, SOL_SOCKET, SO_TYPE, reinterpret_cast<char*>(&type), &len) != 0 || type != SOCK_STREAM) {
+  const int want_type = kind == socket_kind::datagram ? SOCK_DGRAM : SOCK_STREAM;
+  if (::getsockopt(s, SOL_SOCKET, SO_TYPE, reinterpret_cast<char*>(&type), &len) != 0 || type != want_type) {
     if (owned) ::closesocket(s);
     ec = errc::not_a_socket;
     return INVALID_SOCKET;
   }
-  ::getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, reinterpret_cast<char*>(&listening), &llen);
-  if ((listening != FALSE) != want_listener) {
+  if (kind != socket_kind::datagram)
+    ::getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, reinterpret_cast<char*>(&listening), &llen);
+  if ((listening != FALSE) != (kind == socket_kind::listener)) {
     // A pushed or inherited handle value that is not the promised socket may name one of our own.
     if (owned) ::closesocket(s);
     ec = errc::not_a_socket;
@@ -192,14 +194,16 @@ bool running_on_wine() {
   return wine;
 }
 
-SOCKET adopt_pushed_handle(SOCKET s) {
+SOCKET adopt_pushed_handle(SOCKET s, socket_kind kind) {
   int type = 0, len = sizeof type;
   if (::getsockopt(s, SOL_SOCKET, SO_TYPE, reinterpret_cast<char*>(&type), &len) == 0) return s;
   if (::WSAGetLastError() != WSAENOTSOCK || !running_on_wine()) return s;
   WSAPROTOCOL_INFOW info{};
   info.iAddressFamily = AF_INET;
-  info.iSocketType = SOCK_STREAM;
-  info.iProtocol = IPPROTO_TCP;
+  // The protocol info Wine adopts must name the socket's own type: a UDP socket is SOCK_DGRAM.
+  const bool dgram = kind == socket_kind::datagram;
+  info.iSocketType = dgram ? SOCK_DGRAM : SOCK_STREAM;
+  info.iProtocol = dgram ? IPPROTO_UDP : IPPROTO_TCP;
   info.dwServiceFlags4 = 0xff00ff00;
   info.dwServiceFlags3 = static_cast<DWORD>(s);
   SOCKET adopted = ::WSASocketW(FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO, FROM_PROTOCOL_INFO, &info, 0, WSA_FLAG_OVERLAPPED);
@@ -243,7 +247,7 @@ std::unique_ptr<pending_export> export_socket(std::unique_ptr<socket_backend>& b
 
 std::unique_ptr<socket_backend> import_socket(socket_kind kind, transfer_endpoint& ep, const asio::any_io_executor& ex,
                                               const ticket& t, error_code& ec) {
-  const SOCKET s = import_handle(t, static_cast<xfer_endpoint&>(ep), kind == socket_kind::listener, ec);
+  const SOCKET s = import_handle(t, static_cast<xfer_endpoint&>(ep), kind, ec);
   if (ec) return nullptr;
   return attach_socket(kind, ex, static_cast<std::uintptr_t>(s), ec);
 }
@@ -261,6 +265,7 @@ std::unique_ptr<socket_backend> attach_socket(socket_kind kind, const asio::any_
     return nullptr;
   }
   if (kind == socket_kind::connection) return make_emulated_stream(ex, s, proto);
+  if (kind == socket_kind::datagram) return make_emulated_datagram(ex, s, proto);
   return make_emulated_listener(ex, s, proto, ec);
 }
 
