@@ -24,7 +24,7 @@ baton_install_packages() {
 }
 
 BATON_ALL_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libboost1.81-dev googletest
-                    libbenchmark-dev libsystemd-dev systemd util-linux procps wine g++-mingw-w64-x86-64-posix wrk curl)
+                    libbenchmark-dev libsystemd-dev systemd util-linux wine g++-mingw-w64-x86-64-posix wrk curl)
 BATON_LINUX_PACKAGES=(cmake ninja-build g++ libboost1.81-dev googletest libbenchmark-dev libsystemd-dev systemd util-linux)
 
 # The Wine prefix the windows preset uses (cmake/toolchains/mingw-w64-wine.cmake).
