@@ -62,12 +62,41 @@ void connection_book::accept(accept_handler h) {
 
 // ---- moving to the next generation, a window at a time ---------------------------------------
 
-std::size_t connection_book::window() const {
+std::size_t connection_book::window_bound() const {
   const std::size_t slots = s_.next ? s_.next->ack_slots() : 0;
   return std::max<std::size_t>(1, std::min<std::size_t>(s_.opts.max_moves_in_flight, slots));
 }
 
+std::size_t connection_book::window() const { return std::min(window_bound(), congestion_window_); }
+
+// A next generation slower than the window (a loaded machine, a sanitizer build, Wine's emulated
+// sockets) acknowledges the last moves of a full window after the move timeout: they roll back, go
+// again, and time out again, and a hand-over of thousands ran into its drain deadline with
+// hundreds not moved. So the window adapts as TCP's does: a timed-out move halves it (once per
+// window of moves: those sent before the cut do not cut it again), and each window of verdicts
+// in time widens it by one, up to window_bound().
+void connection_book::on_verdict(std::uint64_t seq, const error_code& ec) {
+  if (ec == errc::move_timeout) {
+    if (seq <= cut_at_seq_) return;
+    const std::size_t before = std::min(window(), moves_in_flight_ + 1);
+    congestion_window_ = std::max<std::size_t>(1, before / 2);
+    cut_at_seq_ = sent_seq_;
+    verdicts_in_time_ = 0;
+    s_.note("baton: service " + s_.name + ": moves to the next generation time out; at most " +
+            std::to_string(congestion_window_) + " in flight from now");
+    return;
+  }
+  if (ec || congestion_window_ >= window_bound()) return;
+  if (++verdicts_in_time_ >= congestion_window_) {
+    ++congestion_window_;
+    verdicts_in_time_ = 0;
+  }
+}
+
 void connection_book::move_all() {
+  congestion_window_ = SIZE_MAX;  // each hand-over starts with the full window
+  cut_at_seq_ = sent_seq_;
+  verdicts_in_time_ = 0;
   while (!ready_.empty()) {
     outbound_.push_back(std::move(ready_.front()));
     ready_.pop_front();
@@ -138,9 +167,11 @@ void connection_book::abandon_moves() {
 void connection_book::move_ready(connection c) {
   auto nx = s_.next;
   ++moves_in_flight_;
-  baton::async_send(*nx, std::move(c), s_.opts.move, [self = s_.shared_from_this(), nx](error_code ec, connection back) {
+  const auto seq = ++sent_seq_;
+  baton::async_send(*nx, std::move(c), s_.opts.move, [self = s_.shared_from_this(), nx, seq](error_code ec, connection back) {
     auto& book = self->conns;
     --book.moves_in_flight_;
+    book.on_verdict(seq, ec);
     if (!ec) {
       ++self->report.connections_moved;
       ++self->st.moved_out;
@@ -227,10 +258,12 @@ void connection_book::send_parked(const std::shared_ptr<parked>& p) {
   }
   p->reader.set_taken(true);
   auto nx = s_.next;
+  const auto seq = ++sent_seq_;
   baton::async_send(*nx, std::move(*p->c), s_.opts.move,
-                    [self = s_.shared_from_this(), p, nx](error_code ec, connection back) {
+                    [self = s_.shared_from_this(), p, nx, seq](error_code ec, connection back) {
                       auto& book = self->conns;
                       --book.moves_in_flight_;
+                      book.on_verdict(seq, ec);
                       if (!ec) {
                         ++self->report.connections_moved;
                         ++self->st.moved_out;

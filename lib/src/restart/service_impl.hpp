@@ -41,6 +41,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <deque>
 #include <functional>
 #include <list>
@@ -207,7 +208,10 @@ class connection_book {
   void queue_parked(const std::shared_ptr<parked>& p);
   /// Starts queued moves while the window has room.
   void pump();
+  /// The moves in flight allowed now: window_bound(), narrowed while moves time out (on_verdict).
   std::size_t window() const;
+  std::size_t window_bound() const;
+  void on_verdict(std::uint64_t seq, const error_code& ec);
   void move_ready(connection c);
   void move_parked(const std::shared_ptr<parked>& p);
   void send_parked(const std::shared_ptr<parked>& p);
@@ -224,6 +228,9 @@ class connection_book {
   std::size_t owned_live_hint_ = 0;
   std::list<std::shared_ptr<parked>> parked_;
   std::size_t moves_in_flight_ = 0;  // on their way to the next generation
+  std::size_t congestion_window_ = SIZE_MAX;  // see on_verdict
+  std::uint64_t sent_seq_ = 0, cut_at_seq_ = 0;
+  std::size_t verdicts_in_time_ = 0;
   std::deque<std::shared_ptr<parked>> to_move_;  // parked connections waiting for the window
   std::deque<connection> outbound_;  // ready connections waiting for the window
   std::deque<connection> refused_;   // ready connections whose move failed, until the next retry
