@@ -123,7 +123,8 @@ struct responder {
     baton::error_code ec;
     const auto st = baton::request_status(name, 5s, ec);
     const auto p = st.find("\npid ");
-    if (!ec && p != std::string::npos) kill_process(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+    // Gone before the name guard removes what its channels left.
+    if (!ec && p != std::string::npos) kill_process_and_wait(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
     first.kill();
     remove_file(log);
   }

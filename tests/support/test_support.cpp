@@ -3,6 +3,8 @@
 #include "net_helpers.hpp"
 #include "support_platform.hpp"
 
+#include "detail/platform.hpp"
+
 #include <baton/restart.hpp>
 #include <baton/spawn.hpp>
 
@@ -50,6 +52,12 @@ std::string unique_name(const std::string& tag) {
   std::snprintf(buf, sizeof buf, "test-%s-%u-%d-%04x", tag.c_str(), static_cast<unsigned>(self_pid()),
                 counter.fetch_add(1), static_cast<unsigned>(rd() & 0xFFFF));
   return buf;
+}
+
+void kill_process_and_wait(std::uint32_t pid) {
+  kill_process(pid);
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (detail::process_alive(pid) && std::chrono::steady_clock::now() < until) nap(std::chrono::milliseconds(5));
 }
 
 name_guard::name_guard(std::string n) : name(std::move(n)) {

@@ -76,6 +76,9 @@ struct role_registrar {
 
 /// Hard-kills a process that is not our child (e.g. a later generation of a restarted service).
 void kill_process(std::uint32_t pid);
+/// kill_process, then waits (up to 10 s) until the process is gone, so that a name_guard after
+/// it finds its channels' owner dead and removes them.
+void kill_process_and_wait(std::uint32_t pid);
 /// POSIX: sends SIGTERM (a polite stop) and returns true. Windows has no such signal: false.
 bool terminate_process(std::uint32_t pid);
 /// True while a process with this pid exists (not our child: no reaping needed).
