@@ -14,6 +14,7 @@
 // A graceful stop (`batonctl stop NAME`, SIGTERM) closes every feed with a close frame.
 #include "cli.hpp"
 #include "http_server.hpp"
+#include "service_main.hpp"
 
 #include <baton/restart.hpp>
 #include <baton/spawn.hpp>
@@ -180,21 +181,14 @@ int main(int argc, char** argv) {
     return cli.fail("--listen: '" + cli.str("--listen") + "' is not HOST:PORT (e.g. 127.0.0.1:8081, [::1]:0)");
 
   asio::io_context ioc(1);
-  baton::restart_options ro;
+  auto ro = baton_cli::same_command_line(argc, argv);
   ro.drain_deadline = std::chrono::milliseconds(cli.num("--drain-deadline-ms"));
-  ro.next_args.assign(argv + 1, argv + argc);  // the next generation runs with the same command line
-  ro.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
   baton::service svc(ioc.get_executor(), name, ro);
   feed_server srv{svc, std::chrono::milliseconds(cli.num("--interval-ms"))};
   int status = 0;
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     auto [ec] = co_await svc.async_start(tuple_aw);
-    if (ec) {
-      std::fprintf(stderr, "baton-ws: cannot join service %s: %s\n", name.c_str(), ec.message().c_str());
-      status = 1;
-      ioc.stop();
-      co_return;
-    }
+    if (!baton_cli::joined("baton-ws", ec, name, status, ioc)) co_return;
     baton_samples::listen_if_none(svc, listen);
     for (const auto& e : svc.local_endpoints())
       std::printf("baton-ws: service %s generation %llu pid %u listening on %s:%u\n", name.c_str(),

@@ -139,11 +139,7 @@ struct running_feed {
                         "127.0.0.1:" + std::to_string(port), "--interval-ms", std::to_string(interval_ms)});
   }
   ~running_feed() {
-    baton::error_code ec;
-    const auto st = baton::request_status(name, 5s, ec);
-    const auto p = st.find("\npid ");
-    // Gone before the name guard removes what its channels left.
-    if (!ec && p != std::string::npos) kill_process_and_wait(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+    kill_service_generation(name);  // gone before the name guard removes what its channels left
     first.kill();
   }
   bool answering() {

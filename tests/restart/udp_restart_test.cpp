@@ -120,11 +120,7 @@ struct responder {
     EXPECT_NE(port, 0) << "baton-udp-echo did not start; its output: " << read_file(log);
   }
   ~responder() {
-    baton::error_code ec;
-    const auto st = baton::request_status(name, 5s, ec);
-    const auto p = st.find("\npid ");
-    // Gone before the name guard removes what its channels left.
-    if (!ec && p != std::string::npos) kill_process_and_wait(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+    kill_service_generation(name);  // gone before the name guard removes what its channels left
     first.kill();
     remove_file(log);
   }

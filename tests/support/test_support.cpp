@@ -60,6 +60,13 @@ void kill_process_and_wait(std::uint32_t pid) {
   while (detail::process_alive(pid) && std::chrono::steady_clock::now() < until) nap(std::chrono::milliseconds(5));
 }
 
+void kill_service_generation(const std::string& service) {
+  error_code ec;
+  const auto st = request_status(service, std::chrono::seconds(5), ec);
+  const auto p = st.find("\npid ");
+  if (!ec && p != std::string::npos) kill_process_and_wait(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+}
+
 name_guard::name_guard(std::string n) : name(std::move(n)) {
   error_code ec;
   channel::remove_stale(name, ec);

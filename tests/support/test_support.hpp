@@ -79,6 +79,9 @@ void kill_process(std::uint32_t pid);
 /// kill_process, then waits (up to 10 s) until the process is gone, so that a name_guard after
 /// it finds its channels' owner dead and removes them.
 void kill_process_and_wait(std::uint32_t pid);
+/// Kills whichever generation of `service` answers its status now, and waits until it is gone
+/// (nothing if none answers within 5 s).
+void kill_service_generation(const std::string& service);
 /// POSIX: sends SIGTERM (a polite stop) and returns true. Windows has no such signal: false.
 bool terminate_process(std::uint32_t pid);
 /// True while a process with this pid exists (not our child: no reaping needed).

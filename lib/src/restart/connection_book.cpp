@@ -156,7 +156,7 @@ void connection_book::abandon_moves() {
   parked_refused_ = false;
   // Connections the application handed over itself go back to it (their writers go on); a
   // pushed connection in the middle of its move hears from its verdict.
-  finish_pushed([](const parked& p) { return !p.reader.taken(); }, {});
+  finish_pushed({});
   while (accept_waiter_ && !ready_.empty()) {
     auto c = std::move(ready_.front());
     ready_.pop_front();
@@ -303,14 +303,14 @@ void connection_book::stop_all() {
   }
   // A graceful stop moves nothing: the connections the application handed over come back to it
   // with service_stopping (it closes them, gracefully), and so do the writers waiting for a notice.
-  finish_pushed([](const parked& p) { return !p.reader.taken(); }, make_error_code(errc::service_stopping));
+  finish_pushed(make_error_code(errc::service_stopping));
   notify_handover(make_error_code(errc::service_stopping));
 }
 
 void connection_book::cancel_parked() {
   for (auto& p : parked_)
     if (!p->pushed && !p->reader.taken() && p->c->is_open()) p->c->cancel();
-  finish_pushed([](const parked& p) { return !p.reader.taken(); }, make_error_code(asio::error::operation_aborted));
+  finish_pushed(make_error_code(asio::error::operation_aborted));
   notify_handover(make_error_code(asio::error::operation_aborted));
 }
 
@@ -396,11 +396,10 @@ void connection_book::notify_handover(error_code ec) {
   for (auto& w : waiters) asio::post(s_.ex, asio::append(std::move(w), ec));
 }
 
-template <class Pred>
-void connection_book::finish_pushed(Pred which, error_code ec) {
+void connection_book::finish_pushed(error_code ec) {
   std::vector<std::shared_ptr<parked>> done;
   for (auto& p : parked_)
-    if (p->pushed && !p->finished && which(*p)) done.push_back(p);
+    if (p->pushed && !p->finished && !p->reader.taken()) done.push_back(p);
   for (auto& p : done) {
     if (p->queued) {
       p->queued = false;

@@ -217,9 +217,9 @@ class connection_book {
   void send_parked(const std::shared_ptr<parked>& p);
   void read_parked(const std::shared_ptr<parked>& p);
   void finish_parked(const std::shared_ptr<parked>& p, error_code ec, bool moved);
-  /// Completes the pushed connections (handover_now) that `which` picks with `ec`, moved == false.
-  template <class Pred>
-  void finish_pushed(Pred which, error_code ec);
+  /// Completes the pushed connections (handover_now) not in the middle of their move with `ec`,
+  /// moved == false (one in its move hears from its verdict).
+  void finish_pushed(error_code ec);
 
   service_impl& s_;
   std::deque<connection> ready_;
