@@ -22,8 +22,9 @@ bool host_is_wine();
 std::string control_windows_service(const std::string& name, std::uint32_t code);
 /// The pid of service `name`'s process (QueryServiceStatusEx), 0 if none runs.
 std::uint32_t windows_service_pid(const std::string& name);
-/// Deletes the stopped services whose names start with test_service_prefix (left by crashed
-/// runs); a running one may belong to a test running now and is left alone. How many went.
+/// Deletes the stopped services whose names start with test_service_prefix and whose test
+/// process (the pid in unique_name's tail) is gone: those crashed runs left. A running one, or a
+/// stopped one of a test still running (created, not started yet), is left alone. How many went.
 std::size_t delete_stale_test_services();
 
 /// Stops service `name` when destroyed (or earlier, with remove()), waits for it up to

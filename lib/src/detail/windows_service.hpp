@@ -7,8 +7,10 @@
 namespace baton::detail {
 
 /// A connection to the Service Control Manager as the service this process runs. The SCM's
-/// controls arrive on a thread of the SCM's dispatcher, which only posts them to the executor:
-/// `events` are called there, never on the SCM's thread. Status reports come from the executor.
+/// controls arrive on a thread of the SCM's dispatcher, which posts them to the executor:
+/// `events` are called there, never on the SCM's thread. Status reports come from the executor,
+/// except one: a stop is reported STOP_PENDING on the SCM's thread before the control returns
+/// (so `sc stop` shows it), and from then on nothing but STOP_PENDING and STOPPED is reported.
 /// Use from the executor's thread (or strand) only.
 class windows_service {
  public:

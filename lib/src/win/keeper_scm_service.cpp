@@ -2,7 +2,8 @@
 // thread of its own (it returns only once the service has reported SERVICE_STOPPED), the
 // service's entry point registering the control handler (RegisterServiceCtrlHandlerExW), and
 // SetServiceStatus from the keeper's executor. The control handler runs on the dispatcher's thread:
-// it only posts to the executor, which calls the keeper.
+// it posts to the executor, which calls the keeper; a stop it also reports as STOP_PENDING itself,
+// before it returns, so that the stop's caller (sc stop, ControlService) already sees it pending.
 #include "detail/windows_service.hpp"
 #include "win/security.hpp"
 #include "win/win_headers.hpp"
@@ -48,9 +49,14 @@ struct scm_link : std::enable_shared_from_this<scm_link> {
     });
   }
 
-  // Every status report, whichever thread makes it.
-  void report(DWORD state, DWORD checkpoint, DWORD exit_status = 0) {
+  // Every status report, whichever thread makes it. The checkpoint counts reports of the same
+  // pending state. Once a stop was asked for, only STOP_PENDING and STOPPED are reported: a
+  // report of RUNNING from the executor, which has not seen the stop yet, would undo it.
+  void report(DWORD state, DWORD exit_status = 0) {
     std::lock_guard lk(report_m);
+    if (!status || (stop_asked && state != SERVICE_STOP_PENDING && state != SERVICE_STOPPED)) return;
+    checkpoint = state == last_state ? checkpoint + 1 : 1;
+    last_state = state;
     SERVICE_STATUS s{};
     s.dwServiceType = SERVICE_WIN32_OWN_PROCESS;
     s.dwCurrentState = state;
@@ -67,6 +73,15 @@ struct scm_link : std::enable_shared_from_this<scm_link> {
     ::SetServiceStatus(status, &s);
   }
 
+  // On the dispatcher's thread, for SERVICE_CONTROL_STOP / SHUTDOWN.
+  void report_stop_asked() {
+    {
+      std::lock_guard lk(report_m);
+      stop_asked = true;
+    }
+    report(SERVICE_STOP_PENDING);
+  }
+
   asio::any_io_executor ex;
   std::wstring name;
   windows_service::events ev;
@@ -75,8 +90,10 @@ struct scm_link : std::enable_shared_from_this<scm_link> {
   std::condition_variable cv;
   bool entered = false, dispatcher_done = false, open = true;
   DWORD error = 0;  // of StartServiceCtrlDispatcherW or RegisterServiceCtrlHandlerExW
+  std::mutex report_m;  // guards what follows
   SERVICE_STATUS_HANDLE status = nullptr;
-  std::mutex report_m;
+  bool stop_asked = false;
+  DWORD last_state = 0, checkpoint = 0;
 };
 
 // The service's entry point has no context argument: it finds the link here. One per process.
@@ -90,6 +107,7 @@ DWORD WINAPI scm_on_control(DWORD control, DWORD, LPVOID, LPVOID context) {
       return NO_ERROR;
     case SERVICE_CONTROL_STOP:
     case SERVICE_CONTROL_SHUTDOWN:
+      link->report_stop_asked();
       link->post(&windows_service::events::stop);
       return NO_ERROR;
     default:
@@ -109,9 +127,12 @@ void WINAPI scm_service_main(DWORD, LPWSTR*) {
   const auto h = ::RegisterServiceCtrlHandlerExW(link->name.c_str(), scm_on_control, link.get());
   const DWORD err = h ? 0 : ::GetLastError();
   if (h) {
-    link->status = h;
+    {
+      std::lock_guard lk(link->report_m);
+      link->status = h;
+    }
     // The SCM waits for this first report; the keeper goes on from its executor.
-    link->report(SERVICE_START_PENDING, 1);
+    link->report(SERVICE_START_PENDING);
   }
   {
     std::lock_guard lk(link->m);
@@ -184,7 +205,7 @@ class scm_service final : public windows_service {
       link_->open = false;
       entered = link_->entered && link_->error == 0;
     }
-    if (entered) link_->report(SERVICE_STOPPED, 0, static_cast<DWORD>(exit_status));
+    if (entered) link_->report(SERVICE_STOPPED, static_cast<DWORD>(exit_status));
     ::SetEvent(link_->stopped_event);
     if (!dispatcher_.joinable()) return;
     // The dispatcher returns once the SCM has taken the report; the process may end meanwhile.
@@ -200,9 +221,8 @@ class scm_service final : public windows_service {
  private:
   // Enters `state` and, while it is a pending one, reports progress every second.
   void tick(DWORD state) {
-    if (state != state_) checkpoint_ = 0;
     state_ = state;
-    link_->report(state_, ++checkpoint_);
+    link_->report(state_);
     if (state_ == SERVICE_RUNNING) return;
     timer_.expires_after(scm_checkpoint_every);
     timer_.async_wait([this, state](error_code ec) {
@@ -213,7 +233,7 @@ class scm_service final : public windows_service {
   std::shared_ptr<scm_link> link_;
   asio::steady_timer timer_;
   std::thread dispatcher_;
-  DWORD state_ = 0, checkpoint_ = 0;
+  DWORD state_ = 0;
   bool done_ = false;
 };
 
