@@ -123,7 +123,7 @@ TEST(connection, a_move_that_times_out_quiesces_and_resumes_the_connection) {
   asio::write(client, asio::buffer(std::string("early;")));
   // The client drains the write while the move runs.
   std::string drained(out.size(), '\0');
-  std::thread reader([&] {
+  std::thread reader([&client = client, &drained] {  // clang 14 lambdas cannot capture a binding
     baton::error_code ec;
     read_all(client, asio::buffer(drained), ec);
   });
