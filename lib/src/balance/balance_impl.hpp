@@ -39,6 +39,11 @@ bool is_balance_ticket(const ticket& t);
 /// Control messages are advisory or repeated on the next change; a full ring only delays them.
 void send_control(channel& ch, const control_message& m);
 
+/// How long a rebalance request stands: the worker moves connections for it this long (busy ones
+/// now, not much later, when the balance may have changed), and the dispatcher counts the
+/// requested moves as planned for as long.
+constexpr std::chrono::seconds rebalance_request_life{2};
+
 struct worker_rec {
   worker_info info;
   channel ch;

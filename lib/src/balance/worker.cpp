@@ -45,9 +45,7 @@ void worker_impl::on_control(const ticket& t) {
     quota = static_cast<std::size_t>(m.number("n"));
     quota_keep = m.number("keep");
     quota_to = m.get("to");
-    // A request is good for a short while: connections that are busy now are not moved
-    // much later, when the balance may have changed.
-    quota_until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    quota_until = std::chrono::steady_clock::now() + rebalance_request_life;
     sweep();
   } else if (op == "drain") {
     draining = true;

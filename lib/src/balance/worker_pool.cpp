@@ -173,8 +173,7 @@ std::size_t worker_pool::rebalance() {
 
 void worker_pool::ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n, std::uint64_t keep) {
   d_.st.rebalance_moves += n;
-  // The worker's request lasts 2 s (worker_impl::on_control); so does the plan.
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  const auto until = std::chrono::steady_clock::now() + rebalance_request_life;
   from->moving_out = {n, from->departed, until};
   to->moving_in = {n, to->peer_in, until};
   send_control(from->ch,
