@@ -142,12 +142,17 @@ struct running_feed {
     kill_service_generation(name);  // gone before the name guard removes what its channels left
     first.kill();
   }
+  // True once the service answers on its control channel and its port takes connections:
+  // baton-ws listens after its start completes, so the first answers precede the listener (a
+  // full run under TSan saw the first feed refused).
   bool answering() {
     const auto until = std::chrono::steady_clock::now() + 60s;
+    asio::io_context ioc;
     while (std::chrono::steady_clock::now() < until) {
       baton::error_code ec;
       baton::request_status(name, 2s, ec);
-      if (!ec) return true;
+      tcp::socket probe(ioc);
+      if (!ec && try_connect_loopback(ioc, probe, port)) return true;
       nap(20ms);
     }
     return false;
