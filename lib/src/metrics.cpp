@@ -104,6 +104,8 @@ std::string prometheus_metrics(const balance::dispatcher& d, std::string_view se
       {{"baton_balance_rebalance_moves_total", "counter", "Connections workers were asked to move to a lighter one."},
        st.rebalance_moves},
       {{"baton_balance_dropped_total", "counter", "Connections closed after failing to reach any worker."}, st.dropped},
+      {{"baton_balance_workers_rejoined_total", "counter", "Workers that joined with connections from an earlier dispatcher."},
+       st.rejoined},
   };
   std::string out;
   for (const auto& [f, v] : dispatcher_table) {

@@ -108,7 +108,27 @@ struct dispatcher_options {
   /// restart, the others move connections to it at their sessions' safe points (a keep-alive
   /// connection between two requests) until the spread is within one.
   std::chrono::milliseconds auto_rebalance{0};
+  /// A front that restarts: when a live dispatcher still holds `name` (the generation this one
+  /// replaces, exiting once it has handed its listeners over), wait up to this long for the name
+  /// instead of failing with errc::name_in_use; meanwhile the dispatcher exists, takes no
+  /// connections, and its workers (still the other's) are waited for. If the time passes,
+  /// async_run and async_wait_workers complete with errc::name_in_use. The names a dead dispatcher
+  /// left behind are removed in any case (channel::remove_stale).
+  std::chrono::milliseconds take_over{0};
+  /// spawn_worker does not start a process for a slot whose worker is still serving (one of an
+  /// earlier dispatcher of this name: each worker holds a small channel "<name>.w<index>" that
+  /// says so while it lives): it waits for that worker to rejoin (worker_options::rejoin_within),
+  /// and starts a process for the slot only if it has not rejoined this long after this
+  /// dispatcher took the name.
+  std::chrono::milliseconds adopt_within{5000};
 };
+
+/// Where a dispatcher takes connections from, other than an acceptor: called for the next
+/// connection whenever the dispatcher can take one (never twice at once; a source not called holds
+/// its clients back, as the kernel's backlog does). For a front that hot-restarts, the service's
+/// accept: `[&svc](auto h) { svc.async_accept(std::move(h)); }`. operation_aborted from the source
+/// ends async_run; other errors are retried after 10 ms.
+using connection_source = std::function<void(boost::asio::any_completion_handler<void(error_code, connection)>)>;
 
 struct dispatcher_stats {
   std::uint64_t accepted = 0;        ///< connections accepted
@@ -122,6 +142,7 @@ struct dispatcher_stats {
   std::uint64_t restarts = 0;        ///< workers started again after dying
   std::uint64_t rebalance_moves = 0; ///< connections workers were asked to move to a lighter worker
   std::uint64_t dropped = 0;         ///< connections closed after failing to reach any worker 16 times
+  std::uint64_t rejoined = 0;        ///< workers that joined with connections from an earlier dispatcher
 };
 
 namespace detail {
@@ -158,7 +179,9 @@ class dispatcher : public detail::handle<detail::dispatcher_impl> {
 
   /// Starts `exe args...` as a worker process that inherits no handle. In `args`, "{index}" is
   /// replaced by the worker's slot index and "{dispatcher}" by the control channel name. Returns
-  /// the slot index. The process is this process's child and is reaped when it exits.
+  /// the slot index. The process is this process's child and is reaped when it exits. If a worker
+  /// of an earlier dispatcher still serves the slot (see dispatcher_options::adopt_within), no
+  /// process is started: that worker is adopted when it rejoins.
   std::uint32_t spawn_worker(const std::string& exe, const std::vector<std::string>& args, error_code& ec);
 
   /// Accepts on `acc` and hands connections to workers until stop() (operation_aborted) or an
@@ -166,7 +189,30 @@ class dispatcher : public detail::handle<detail::dispatcher_impl> {
   template <class Token>
   auto async_run(boost::asio::ip::tcp::acceptor& acc, Token&& token) {
     return boost::asio::async_initiate<Token, void(error_code)>(
-        [this, &acc](auto h) { start_run(acc, std::move(h)); }, token);
+        [this, &acc](auto h) { start_run(&acc, {}, std::move(h)); }, token);
+  }
+  /// The same, taking connections from `source` (e.g. a hot-restarted service's accept). stop()
+  /// does not cancel the source: a connection it delivers afterwards is closed.
+  template <class Token>
+  auto async_run(connection_source source, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>(
+        [this, s = std::move(source)](auto h) mutable { start_run(nullptr, std::move(s), std::move(h)); }, token);
+  }
+
+  /// True when an earlier dispatcher held the name (one being replaced, or a dead one's
+  /// leftovers): its workers, if still serving, rejoin this one.
+  bool took_over() const noexcept;
+  /// For a front that stops for good (not a restart): tells every worker not to wait for a next
+  /// dispatcher once this one exits (worker_options::rejoin_within), so that they end with it.
+  void dismiss_workers();
+
+  /// Stops accepting; every connection already accepted still goes to a worker. Completes when
+  /// none is queued, peeked at or awaiting a worker's ack (then the dispatcher is stopped): what
+  /// a front that hot-restarts does before its process exits. Signature: void(error_code).
+  template <class Token>
+  auto async_drain(Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code)>([this](auto h) { start_drain(std::move(h)); },
+                                                                token);
   }
 
   /// Completes when at least `n` workers have joined and are not leaving, or with
@@ -196,8 +242,10 @@ class dispatcher : public detail::handle<detail::dispatcher_impl> {
   void stop();
 
  private:
-  void start_run(boost::asio::ip::tcp::acceptor& acc, boost::asio::any_completion_handler<void(error_code)> h);
+  void start_run(boost::asio::ip::tcp::acceptor* acc, connection_source src,
+                 boost::asio::any_completion_handler<void(error_code)> h);
   void start_wait_workers(std::size_t n, boost::asio::any_completion_handler<void(error_code)> h);
+  void start_drain(boost::asio::any_completion_handler<void(error_code)> h);
 };
 
 struct worker_options {
@@ -208,6 +256,12 @@ struct worker_options {
   channel_options rx_options{};  ///< of the worker's own channel
   /// Load reports to the dispatcher are coalesced to at most one per interval.
   std::chrono::milliseconds report_interval{2};
+  /// When the dispatcher exits: 0 ends async_run with errc::channel_owner_dead. Otherwise the
+  /// worker keeps serving its sessions, looks for the next dispatcher under the same name (a
+  /// restarted front, dispatcher_options::take_over) every 10 ms and rejoins it with its
+  /// connections, ending with channel_owner_dead only if none appears within this time or the
+  /// dispatcher dismissed its workers before exiting.
+  std::chrono::milliseconds rejoin_within{0};
 };
 
 struct worker_stats {
@@ -216,6 +270,7 @@ struct worker_stats {
   std::uint64_t moved_out = 0;        ///< connections moved to other workers
   std::uint64_t closed = 0;           ///< sessions ended here
   std::uint64_t active = 0;           ///< sessions alive now
+  std::uint64_t rejoins = 0;          ///< times it joined a next dispatcher after its own exited
 };
 
 /// One connection served by a worker. The application reads and writes `stream()` and calls
@@ -259,7 +314,8 @@ class worker : public detail::handle<detail::worker_impl> {
   worker(const executor_type& ex, worker_options opts);
 
   /// Receives connections and hands each to `on_session`, until the worker has left (success),
-  /// the dispatcher exits (errc::channel_owner_dead), or stop() (operation_aborted).
+  /// the dispatcher exits (errc::channel_owner_dead; see worker_options::rejoin_within), or
+  /// stop() (operation_aborted).
   /// Signature: void(error_code).
   template <class Token>
   auto async_run(std::function<void(session)> on_session, Token&& token) {
@@ -272,6 +328,7 @@ class worker : public detail::handle<detail::worker_impl> {
   void leave();
   void stop();
   worker_stats stats() const;
+  /// The dispatcher it serves now (0 between an exited dispatcher and the next).
   std::uint32_t dispatcher_pid() const noexcept;
 
  private:

@@ -2,9 +2,11 @@
 // Balancing's private pieces (see baton/balance.hpp).
 //
 // Messages are control tickets (detail/control_message.hpp) marked with kProtocol in `flags`:
-//   worker -> dispatcher: op=join index channel | op=load peer out (monotonic totals)
+//   worker -> dispatcher: op=join index channel [held peer out: rejoining with connections]
+//                         op=load peer out (monotonic totals)
 //                         op=leave (stop sending, tell me where to drain) | op=left (drained)
 //   dispatcher -> worker: op=rebalance n keep to | op=drain to=CH1,CH2,... (possibly empty: wait)
+//                         op=dismiss (do not wait for a next dispatcher after this one)
 //
 // dispatcher.cpp: accepting, peeking and handing off (dispatcher_impl); worker_pool.cpp: the
 // workers the dispatcher knows, their joins, exits and restarts, rebalancing and draining;
@@ -33,6 +35,9 @@ using handler_type = asio::any_completion_handler<void(error_code)>;
 /// Posts the handler `h` holds, if any, with `ec` on `ex`, leaving `h` empty.
 void post_once(const asio::any_io_executor& ex, std::optional<handler_type>& h, error_code ec);
 
+/// A worker's default receiving channel: "<dispatcher>.w<index>".
+std::string slot_channel(const std::string& dispatcher, std::uint32_t index);
+
 /// Marks this protocol's control tickets.
 constexpr std::uint32_t kProtocol = 0xBA1A0000u;
 bool is_balance_ticket(const ticket& t);
@@ -49,11 +54,12 @@ struct worker_rec {
   channel ch;
   baton::detail::process_exit_wait exit;
   std::uint64_t peer_in = 0, departed = 0;  // from the worker's latest load report
+  std::uint64_t carried = 0;  // a rejoining worker's connections not in its totals (see on_join)
   bool dead = false, left = false, full = false, removed = false;
   bool judged = false;  // after its exit, decided whether it left or died
 
   std::uint64_t active() const {
-    const std::uint64_t in = info.dispatched + peer_in;
+    const std::uint64_t in = carried + info.dispatched + peer_in;
     return in > departed ? in - departed : 0;
   }
 
@@ -126,8 +132,12 @@ class worker_pool {
   void send_drains();
   void notify_waiters();
   void add_waiter(std::size_t n, handler_type h);
-  void abort_waiters();
+  void abort_waiters(error_code ec);
   std::uint32_t spawn(const std::string& exe, const std::vector<std::string>& args, error_code& ec);
+  /// Starts the slots no worker rejoined within adopt_within of taking the name.
+  void arm_adoption();
+  /// A live worker (of an earlier dispatcher) owns the slot's default channel.
+  bool slot_serving(std::uint32_t index);
   std::size_t rebalance();
   /// Asks `from` to move up to `n` connections to `to`, and to stop when it holds `keep`.
   void ask_move(const worker_ptr& from, const worker_ptr& to, std::size_t n, std::uint64_t keep = 0);
@@ -146,6 +156,8 @@ class worker_pool {
   std::map<std::uint32_t, spawn_slot> slots_;
   std::set<std::uint32_t> children_;  // pids this dispatcher started (reaped on exit)
   std::uint32_t next_slot_ = 0, next_id_ = 1;
+  std::set<std::uint32_t> adopting_;  // slots waiting for a rejoining worker (took_over())
+  bool adoption_armed_ = false;
   std::list<std::pair<std::size_t, handler_type>> waiters_;
 };
 
@@ -155,7 +167,10 @@ struct dispatcher_impl : std::enable_shared_from_this<dispatcher_impl> {
 
   bool eligible(const worker_rec& w) const;
   void accept_next();
-  void on_accept(error_code ec, tcp::socket s);
+  void on_accept(error_code ec, connection c);
+  /// took_over() while the name is held: tries again every 10 ms until o.take_over has passed.
+  void claim_name();
+  void on_claimed();
   void start_peek(std::shared_ptr<pending_conn> p);
   void peek_more(std::shared_ptr<pending_conn> p, std::shared_ptr<asio::steady_timer> timer);
   void peek_done(std::shared_ptr<pending_conn> p, std::shared_ptr<asio::steady_timer> timer);
@@ -168,6 +183,8 @@ struct dispatcher_impl : std::enable_shared_from_this<dispatcher_impl> {
   void on_control(const ticket& t);
   void arm_auto_rebalance();
   void finish_run(error_code ec);
+  /// async_drain: completes it once nothing accepted is left here.
+  void check_drained();
   void stop();
 
   executor_type ex;
@@ -176,13 +193,16 @@ struct dispatcher_impl : std::enable_shared_from_this<dispatcher_impl> {
   worker_pool pool;
   std::deque<pending_conn> waiting;  // accepted, not yet with a worker
   tcp::acceptor* acc = nullptr;
+  connection_source src;
+  bool took_over = false, claimed = false;
+  std::chrono::steady_clock::time_point claim_until{}, claimed_at{};
   bool accepting = false, paused = false, running = false, stopped = false, receiving = false;
   bool peek_paused = false;
   std::size_t peeking = 0;  // accepted connections whose first bytes are being read
-  std::optional<handler_type> run_handler;
+  std::optional<handler_type> run_handler, drain_handler;
   dispatcher_stats st;
   std::size_t rr = 0;
-  asio::steady_timer retry_timer, full_timer, rebalance_timer;
+  asio::steady_timer retry_timer, full_timer, rebalance_timer, claim_timer, adopt_timer;
   bool full_timer_armed = false;
   bool no_delay_inherited = false;  // set on the acceptor, inherited by accepted sockets
 };
@@ -204,7 +224,7 @@ struct session_state : std::enable_shared_from_this<session_state> {
 
 struct worker_impl : std::enable_shared_from_this<worker_impl> {
   using executor_type = asio::any_io_executor;
-  explicit worker_impl(const executor_type& e) : ex(e), report_timer(e), sweep_timer(e) {}
+  explicit worker_impl(const executor_type& e) : ex(e), report_timer(e), sweep_timer(e), rejoin_timer(e) {}
 
   void receive();
   void adopt(connection c, bool from_dispatcher);
@@ -223,10 +243,18 @@ struct worker_impl : std::enable_shared_from_this<worker_impl> {
   std::uint64_t held() const;
   void finish(error_code ec);
   void stop();
+  void watch_dispatcher();
+  void on_dispatcher_exit();
+  /// Between dispatchers: opens the dispatcher's name and rejoins whoever holds it now.
+  void look_for_dispatcher();
+  void send_join(bool rejoin);
+  /// Control tickets are taken from the dispatcher only (and, between two, from the last one).
+  bool from_dispatcher(std::uint32_t pid) const;
 
   executor_type ex;
   worker_options o;
   channel rx, to_dispatcher;
+  channel slot_marker;  // "<dispatcher>.w<index>", held while the worker lives (see slot_serving)
   std::uint32_t dpid = 0;
   baton::detail::process_exit_wait dwatch;
   std::list<session_state*> sessions;
@@ -244,8 +272,11 @@ struct worker_impl : std::enable_shared_from_this<worker_impl> {
   std::vector<std::string> drain_to;
   std::size_t drain_rr = 0;
   int moves_in_flight = 0;
-  asio::steady_timer report_timer, sweep_timer;
+  asio::steady_timer report_timer, sweep_timer, rejoin_timer;
   bool report_armed = false, sweep_armed = false;
+  bool dismissed = false;        // the dispatcher said not to wait for a next one
+  std::uint32_t gone_dpid = 0;   // the dispatcher that exited, while looking for the next
+  std::chrono::steady_clock::time_point rejoin_until{};
 };
 
 }  // namespace baton::balance::detail

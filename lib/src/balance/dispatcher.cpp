@@ -16,6 +16,10 @@ namespace {
 constexpr int kMaxTries = 16;
 }  // namespace
 
+std::string slot_channel(const std::string& dispatcher, std::uint32_t index) {
+  return dispatcher + ".w" + std::to_string(index);
+}
+
 bool is_balance_ticket(const ticket& t) {
   return t.kind == ticket_kind::control && (t.flags & 0xFFFF0000u) == kProtocol;
 }
@@ -33,7 +37,14 @@ void send_control(channel& ch, const control_message& m) {
 }
 
 dispatcher_impl::dispatcher_impl(const executor_type& e, dispatcher_options opts)
-    : ex(e), o(std::move(opts)), pool(*this), retry_timer(e), full_timer(e), rebalance_timer(e) {}
+    : ex(e),
+      o(std::move(opts)),
+      pool(*this),
+      retry_timer(e),
+      full_timer(e),
+      rebalance_timer(e),
+      claim_timer(e),
+      adopt_timer(e) {}
 
 bool dispatcher_impl::eligible(const worker_rec& w) const {
   return w.live() && !w.full && w.info.in_flight < o.max_in_flight;
@@ -42,7 +53,7 @@ bool dispatcher_impl::eligible(const worker_rec& w) const {
 // ---- accepting --------------------------------------------------------------------------------
 
 void dispatcher_impl::accept_next() {
-  if (stopped || !running || accepting || !acc) return;
+  if (stopped || !running || accepting || (!acc && !src) || drain_handler) return;
   const bool any_eligible =
       std::any_of(pool.workers.begin(), pool.workers.end(), [&](auto& w) { return eligible(*w); });
   if (!waiting.empty() || !any_eligible) {
@@ -65,13 +76,20 @@ void dispatcher_impl::accept_next() {
   }
   peek_paused = false;
   accepting = true;
+  if (src) {
+    src([self = shared_from_this()](error_code ec, connection c) {
+      self->accepting = false;
+      self->on_accept(ec, std::move(c));
+    });
+    return;
+  }
   acc->async_accept([self = shared_from_this()](error_code ec, tcp::socket s) {
     self->accepting = false;
-    self->on_accept(ec, std::move(s));
+    self->on_accept(ec, ec ? connection() : connection(std::move(s)));
   });
 }
 
-void dispatcher_impl::on_accept(error_code ec, tcp::socket s) {
+void dispatcher_impl::on_accept(error_code ec, connection c) {
   if (stopped) return;
   if (ec) {
     if (ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor) return finish_run(ec);
@@ -83,13 +101,13 @@ void dispatcher_impl::on_accept(error_code ec, tcp::socket s) {
     return;
   }
   ++st.accepted;
-  if (o.no_delay && !no_delay_inherited) s.set_option(tcp::no_delay(true), ec);
+  if (auto* s = c.socket(); s && o.no_delay && !no_delay_inherited) s->set_option(tcp::no_delay(true), ec);
   pending_conn p;
   if (o.policy == policy::client_hash || o.policy == policy::custom) {
     error_code ignored;
-    p.client = s.remote_endpoint(ignored);
+    p.client = c.remote_endpoint(ignored);
   }
-  p.conn = connection(std::move(s));
+  p.conn = std::move(c);
   if (o.peek) {
     ++peeking;
     start_peek(std::make_shared<pending_conn>(std::move(p)));
@@ -126,6 +144,7 @@ void dispatcher_impl::peek_done(std::shared_ptr<pending_conn> p, std::shared_ptr
   // handed over (the worker sees its bytes, then the end of the stream).
   if (!p->first.empty()) p->conn.push_front_unread(p->first.data(), p->first.size());
   if (stopped) return;
+  check_drained();
   dispatch(std::move(*p));
   accept_next();  // a peek slot is free
 }
@@ -171,6 +190,7 @@ void dispatcher_impl::verdict(const worker_ptr& w, error_code ec, pending_conn p
   }
   pool.maybe_erase(w);
   pump();
+  check_drained();
 }
 
 // A worker whose ring is full (or that let a hand-off time out) is skipped for a moment.
@@ -246,9 +266,48 @@ void dispatcher_impl::arm_auto_rebalance() {
   });
 }
 
+// ---- taking a restarted front's name over ---------------------------------------------------------
+
+void dispatcher_impl::claim_name() {
+  if (stopped) return;
+  error_code ec;
+  channel::remove_stale(o.name, ec);  // refuses while the earlier dispatcher lives
+  ctl = channel::create(ex, o.name, {}, ec);
+  if (!ec) return on_claimed();
+  if (ec != errc::name_in_use || std::chrono::steady_clock::now() >= claim_until) {
+    // Still held (or not creatable) after take_over: what waits for this dispatcher ends.
+    stopped = true;
+    finish_run(ec);
+    pool.abort_waiters(ec);
+    return;
+  }
+  claim_timer.expires_after(std::chrono::milliseconds(10));
+  claim_timer.async_wait([self = shared_from_this()](error_code e) {
+    if (!e) self->claim_name();
+  });
+}
+
+void dispatcher_impl::on_claimed() {
+  claimed = true;
+  claimed_at = std::chrono::steady_clock::now();
+  receive_control();
+  pool.arm_adoption();
+}
+
 void dispatcher_impl::finish_run(error_code ec) {
   running = false;
   post_once(ex, run_handler, ec);
+}
+
+void dispatcher_impl::check_drained() {
+  if (!drain_handler || stopped) return;
+  const bool in_flight =
+      std::any_of(pool.workers.begin(), pool.workers.end(), [](const worker_ptr& w) { return w->info.in_flight != 0; });
+  if (!waiting.empty() || peeking != 0 || in_flight || accepting) return;
+  auto h = std::move(drain_handler);
+  drain_handler.reset();
+  stop();
+  post_once(ex, h, {});
 }
 
 void dispatcher_impl::stop() {
@@ -261,11 +320,14 @@ void dispatcher_impl::stop() {
   retry_timer.cancel();
   full_timer.cancel();
   rebalance_timer.cancel();
+  claim_timer.cancel();
+  adopt_timer.cancel();
   pool.cancel_exits();
   ctl.close();
   waiting.clear();  // connections no worker could take: closed
   finish_run(asio::error::operation_aborted);
-  pool.abort_waiters();
+  pool.abort_waiters(asio::error::operation_aborted);
+  post_once(ex, drain_handler, asio::error::operation_aborted);
 }
 
 // ---- what dispatcher and worker share ---------------------------------------------------------------
@@ -295,8 +357,21 @@ std::shared_ptr<dispatcher_impl> make_dispatcher(const asio::any_io_executor& ex
                                                  error_code& ec) {
   auto d = std::make_shared<dispatcher_impl>(ex, std::move(opts));
   d->ctl = channel::create(ex, d->o.name, {}, ec);
+  if (ec == errc::name_in_use) {
+    // An earlier dispatcher's: a dead one's names go; a live one's are waited for (take_over).
+    d->took_over = true;
+    ec.clear();
+    channel::remove_stale(d->o.name, ec);
+    if (!ec) d->ctl = channel::create(ex, d->o.name, {}, ec);
+    if (ec == errc::name_in_use && d->o.take_over.count() > 0) {
+      ec.clear();
+      d->claim_until = std::chrono::steady_clock::now() + d->o.take_over;
+      d->claim_name();
+      return d;
+    }
+  }
   if (ec) return nullptr;
-  d->receive_control();
+  d->on_claimed();
   return d;
 }
 
@@ -313,27 +388,35 @@ dispatcher::dispatcher(const executor_type& ex, dispatcher_options opts, error_c
 dispatcher::dispatcher(const executor_type& ex, dispatcher_options opts)
     : handle(detail::or_throw(detail::make_dispatcher, ex, std::move(opts), "baton::balance::dispatcher")) {}
 
-const std::string& dispatcher::name() const noexcept { return impl_->ctl.name(); }
+const std::string& dispatcher::name() const noexcept { return impl_->o.name; }
+bool dispatcher::took_over() const noexcept { return impl_ && impl_->took_over; }
+
+void dispatcher::dismiss_workers() {
+  if (!impl_) return;
+  for (auto& w : impl_->pool.workers)
+    if (!w->dead) detail::send_control(w->ch, detail::control_message("dismiss"));
+}
 
 std::uint32_t dispatcher::spawn_worker(const std::string& exe, const std::vector<std::string>& args, error_code& ec) {
   return impl_->pool.spawn(exe, args, ec);
 }
 
-void dispatcher::start_run(tcp::acceptor& acc, detail::handler_type h) {
-  if (!impl_ || impl_->stopped) {
-    const error_code ec = impl_ ? error_code(asio::error::operation_aborted) : error_code(asio::error::bad_descriptor);
-    asio::post(impl_ ? impl_->ex : acc.get_executor(), asio::append(std::move(h), ec));
+void dispatcher::start_run(tcp::acceptor* acc, connection_source src, detail::handler_type h) {
+  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));  // moved-from
+  if (impl_->stopped) {
+    asio::post(impl_->ex, asio::append(std::move(h), error_code(asio::error::operation_aborted)));
     return;
   }
   if (impl_->running) {
     asio::post(impl_->ex, asio::append(std::move(h), make_error_code(errc::operation_in_progress)));
     return;
   }
-  impl_->acc = &acc;
+  impl_->acc = acc;
+  impl_->src = std::move(src);
   impl_->running = true;
-  if (impl_->o.no_delay && baton::detail::accepted_socket_inherits_no_delay()) {
+  if (acc && impl_->o.no_delay && baton::detail::accepted_socket_inherits_no_delay()) {
     error_code ec;
-    acc.set_option(tcp::no_delay(true), ec);
+    acc->set_option(tcp::no_delay(true), ec);
     impl_->no_delay_inherited = !ec;
   }
   impl_->run_handler.emplace(std::move(h));
@@ -348,6 +431,24 @@ void dispatcher::start_wait_workers(std::size_t n, detail::handler_type h) {
     return;
   }
   impl_->pool.add_waiter(n, std::move(h));
+}
+
+void dispatcher::start_drain(detail::handler_type h) {
+  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));  // moved-from
+  if (impl_->stopped || impl_->drain_handler) {
+    const error_code ec = impl_->stopped ? error_code(asio::error::operation_aborted) : make_error_code(errc::operation_in_progress);
+    asio::post(impl_->ex, asio::append(std::move(h), ec));
+    return;
+  }
+  impl_->drain_handler.emplace(std::move(h));
+  // An accept of our own is cancelled; a source's pending accept is the source's to end (what it
+  // delivers after the drain is closed).
+  if (impl_->acc) {
+    error_code ignored;
+    impl_->acc->cancel(ignored);
+  }
+  impl_->accepting = false;
+  impl_->check_drained();
 }
 
 std::vector<worker_info> dispatcher::workers() const {

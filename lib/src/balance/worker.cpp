@@ -14,8 +14,8 @@ void worker_impl::receive() {
     if (self->stopped || self->finished || ec == asio::error::operation_aborted) return;
     if (!ec) {
       if (a.kind == ticket_kind::connection)
-        self->adopt(std::move(a.conn), a.sender_pid == self->dpid);
-      else if (a.kind == ticket_kind::control && a.sender_pid == self->dpid && is_balance_ticket(a.control))
+        self->adopt(std::move(a.conn), self->from_dispatcher(a.sender_pid));
+      else if (a.kind == ticket_kind::control && self->from_dispatcher(a.sender_pid) && is_balance_ticket(a.control))
         self->on_control(a.control);
     }
     self->receive();
@@ -51,6 +51,8 @@ void worker_impl::on_control(const ticket& t) {
     draining = true;
     drain_to = m.list("to");
     sweep();
+  } else if (op == "dismiss") {
+    dismissed = true;
   }
 }
 
@@ -157,12 +159,76 @@ void worker_impl::report() {
   });
 }
 
+// ---- the dispatcher, and the next one ------------------------------------------------------------
+
+void worker_impl::watch_dispatcher() {
+  dwatch.async_wait([self = shared_from_this()](error_code ec) {
+    if (!ec) self->on_dispatcher_exit();
+  });
+}
+
+void worker_impl::on_dispatcher_exit() {
+  if (finished || stopped) return;
+  if (o.rejoin_within.count() <= 0 || dismissed) return finish(errc::channel_owner_dead);
+  // The front is restarting (or died): serve on, and join whoever takes its name next. Until
+  // then only the exited dispatcher's last tickets are taken (a dismiss ends the wait), load
+  // reports go nowhere, and moves asked for go on.
+  gone_dpid = dpid;
+  dpid = 0;
+  // Released, not only closed: on Windows a name lives as long as any handle on it, and the next
+  // dispatcher cannot create it while this one maps the old channel.
+  to_dispatcher = channel();
+  rejoin_until = std::chrono::steady_clock::now() + o.rejoin_within;
+  look_for_dispatcher();
+}
+
+bool worker_impl::from_dispatcher(std::uint32_t pid) const {
+  // Between dispatchers, the last one's tickets still count: its exit can be seen before what it
+  // wrote just before (a dismiss) is read.
+  return pid == dpid || (dpid == 0 && pid == gone_dpid);
+}
+
+void worker_impl::look_for_dispatcher() {
+  if (finished || stopped) return;
+  if (dismissed) return finish(errc::channel_owner_dead);
+  error_code ec;
+  channel ch = channel::open(ex, o.dispatcher, {}, ec);
+  if (!ec && ch.owner_pid() != gone_dpid) {
+    const std::uint32_t pid = ch.owner_pid();
+    auto watch = baton::detail::process_exit_wait(ex, pid, false, ec);
+    if (!ec) {
+      to_dispatcher = std::move(ch);
+      dpid = pid;
+      dwatch = std::move(watch);
+      ++st.rejoins;
+      send_join(true);
+      watch_dispatcher();
+      return;
+    }
+  }
+  if (std::chrono::steady_clock::now() >= rejoin_until) return finish(errc::channel_owner_dead);
+  rejoin_timer.expires_after(std::chrono::milliseconds(10));
+  rejoin_timer.async_wait([self = shared_from_this()](error_code e) {
+    if (!e) self->look_for_dispatcher();
+  });
+}
+
+void worker_impl::send_join(bool rejoin) {
+  control_message join("join");
+  join.set("index", std::uint64_t{o.index}).set("channel", o.channel);
+  // Rejoining: what it serves, so that the new dispatcher's estimate starts right.
+  if (rejoin) join.set("held", held()).set("peer", st.from_peers).set("out", st.moved_out + st.closed);
+  send_control(to_dispatcher, join);
+}
+
 void worker_impl::finish(error_code ec) {
   if (finished) return;
   finished = true;
   rx.close();
+  slot_marker.close();
   dwatch.cancel();
   sweep_timer.cancel();
+  rejoin_timer.cancel();
   post_once(ex, run_handler, ec);
 }
 
@@ -177,15 +243,24 @@ std::shared_ptr<worker_impl> make_worker(const asio::any_io_executor& ex, worker
   auto w = std::make_shared<worker_impl>(ex);
   w->o = std::move(opts);
   w->rx = channel::create(ex, w->o.channel, w->o.rx_options, ec);
+  if (!ec) {
+    // The slot's marker, for a restarted dispatcher to find this worker serving (spawn_worker):
+    // what a dead worker of the slot left goes first; none if the slot has a live worker already.
+    const std::string marker = slot_channel(w->o.dispatcher, w->o.index);
+    error_code ignored;
+    channel::remove_stale(marker, ignored);
+    channel_options tiny;
+    tiny.ring_bytes = 4096;
+    tiny.ack_slots = 1;
+    w->slot_marker = channel::create(ex, marker, tiny, ignored);
+  }
   if (!ec) w->to_dispatcher = channel::open(ex, w->o.dispatcher, {}, ec);
   if (!ec) {
     w->dpid = w->to_dispatcher.owner_pid();
     w->dwatch = baton::detail::process_exit_wait(ex, w->dpid, false, ec);
   }
   if (ec) return nullptr;
-  control_message join("join");
-  join.set("index", std::uint64_t{w->o.index}).set("channel", w->o.channel);
-  send_control(w->to_dispatcher, join);
+  w->send_join(false);
   return w;
 }
 
@@ -261,9 +336,7 @@ void worker::start_run(std::function<void(session)> f, detail::handler_type h) {
   }
   impl_->on_session = std::move(f);
   impl_->run_handler.emplace(std::move(h));
-  impl_->dwatch.async_wait([self = impl_](error_code ec) {
-    if (!ec) self->finish(errc::channel_owner_dead);
-  });
+  impl_->watch_dispatcher();
   impl_->receive();
 }
 

@@ -43,6 +43,17 @@ void worker_pool::on_join(std::uint32_t pid, const control_message& m) {
   w->exit.async_wait([self = d_.shared_from_this(), w](error_code e) {
     if (!e) self->pool.on_exit(w);
   });
+  if (m.has("held")) {
+    // A worker of an earlier dispatcher, with the connections it serves: its report totals cover
+    // its whole life, so what it held when it rejoined is carried beside them.
+    w->peer_in = m.number("peer");
+    w->departed = m.number("out");
+    const std::uint64_t with_out = m.number("held") + w->departed;
+    w->carried = with_out > w->peer_in ? with_out - w->peer_in : 0;
+    ++d_.st.rejoined;
+  }
+  // A slot waiting to be adopted has its worker now (and is started again if it dies).
+  adopting_.erase(w->info.index);
   workers.push_back(w);
   ++d_.st.worker_joins;
   notify_waiters();
@@ -117,8 +128,8 @@ void worker_pool::add_waiter(std::size_t n, handler_type h) {
   notify_waiters();
 }
 
-void worker_pool::abort_waiters() {
-  for (auto& [n, h] : waiters_) asio::post(d_.ex, asio::append(std::move(h), error_code(asio::error::operation_aborted)));
+void worker_pool::abort_waiters(error_code ec) {
+  for (auto& [n, h] : waiters_) asio::post(d_.ex, asio::append(std::move(h), ec));
   waiters_.clear();
 }
 
@@ -129,16 +140,48 @@ void worker_pool::cancel_exits() {
 std::uint32_t worker_pool::spawn(const std::string& exe, const std::vector<std::string>& args, error_code& ec) {
   const std::uint32_t index = next_slot_++;
   spawn_slot s{exe, args};
+  if (slot_serving(index)) {
+    // An earlier dispatcher's worker of this slot still serves: it rejoins, or the slot is
+    // started when adopt_within has passed (arm_adoption).
+    slots_.emplace(index, std::move(s));
+    if (!std::any_of(workers.begin(), workers.end(), [&](const worker_ptr& w) { return w->info.index == index && !w->dead; }))
+      adopting_.insert(index);
+    if (d_.claimed) arm_adoption();
+    return index;
+  }
   if (!start_process(index, s, ec)) return index;
   slots_.emplace(index, std::move(s));
   return index;
+}
+
+bool worker_pool::slot_serving(std::uint32_t index) {
+  error_code ec;
+  channel ch = channel::open(d_.ex, slot_channel(d_.o.name, index), {}, ec);
+  return !ec && baton::detail::process_alive(ch.owner_pid());
+}
+
+void worker_pool::arm_adoption() {
+  if (adoption_armed_ || adopting_.empty()) return;
+  adoption_armed_ = true;
+  d_.adopt_timer.expires_at(d_.claimed_at + d_.o.adopt_within);
+  d_.adopt_timer.async_wait([self = d_.shared_from_this()](error_code ec) {
+    auto& pool = self->pool;
+    pool.adoption_armed_ = false;
+    if (ec || self->stopped) return;
+    const auto slots = std::move(pool.adopting_);
+    pool.adopting_.clear();
+    for (auto index : slots) {
+      error_code e;
+      if (auto it = pool.slots_.find(index); it != pool.slots_.end()) pool.start_process(index, it->second, e);
+    }
+  });
 }
 
 bool worker_pool::start_process(std::uint32_t index, const spawn_slot& s, error_code& ec) {
   std::vector<std::string> args = s.args;
   for (auto& a : args) {
     for (auto [key, value] : {std::pair<std::string, std::string>{"{index}", std::to_string(index)},
-                              std::pair<std::string, std::string>{"{dispatcher}", d_.ctl.name()}}) {
+                              std::pair<std::string, std::string>{"{dispatcher}", d_.o.name}}) {
       for (auto pos = a.find(key); pos != std::string::npos; pos = a.find(key, pos + value.size()))
         a.replace(pos, key.size(), value);
     }
