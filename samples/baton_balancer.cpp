@@ -20,6 +20,7 @@
 //       The same HTTP handler in one process accepting by itself, with no hand-off (the
 //       benchmark's ceiling with SO_REUSEPORT, and nginx's backends). Prints its counts on exit.
 #include "cli.hpp"
+#include "service_main.hpp"
 
 #include <baton/balance.hpp>
 #include <baton/metrics.hpp>
@@ -33,6 +34,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <future>
@@ -146,11 +148,12 @@ void on_report_signal(asio::io_context& ioc, std::function<void()> f) {
 
 // -- worker role --------------------------------------------------------------------------------
 
-int run_worker(const std::string& dispatcher, unsigned index) {
+int run_worker(const std::string& dispatcher, unsigned index, std::chrono::milliseconds rejoin) {
   asio::io_context ioc(1);
   balance::worker_options wo;
   wo.dispatcher = dispatcher;
   wo.index = index;
+  wo.rejoin_within = rejoin;
   wo.channel = dispatcher + "-w" + std::to_string(index) + "-" + pid_text();
   balance::worker w(ioc.get_executor(), wo);
   counters n;
@@ -168,7 +171,14 @@ int run_worker(const std::string& dispatcher, unsigned index) {
     if (!ec) w.leave();
   });
   ioc.run();
-  return 0;
+  // The process ends here without destroying the io_context: under Wine, a worker whose front had
+  // been killed and whose second front then exited waited forever in the io_context's destructor
+  // (win_iocp_io_context::shutdown, for an overlapped operation that never completed; about one
+  // run in six of balancer_restart.killed_dispatcher_…). The sessions' sockets close with the
+  // process. Cause not found yet: see the closing note of issue 15.
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(0);
 }
 
 // -- dispatcher ---------------------------------------------------------------------------------
@@ -259,23 +269,25 @@ asio::awaitable<void> serve_metrics(dispatcher_setup& s) {
   }
 }
 
+// Serves GET /metrics on `ep` and says where.
+void start_metrics(dispatcher_setup& s, const tcp::endpoint& ep) {
+  s.metrics.open(ep.protocol());
+  s.metrics.set_option(tcp::acceptor::reuse_address(true));
+  s.metrics.bind(ep);
+  s.metrics.listen();
+  asio::co_spawn(s.ioc, serve_metrics(s), asio::detached);
+  std::printf("baton-balancer: metrics on http://%s:%u/metrics\n", s.metrics.local_endpoint().address().to_string().c_str(),
+              s.metrics.local_endpoint().port());
+}
+
 int run_balancer(const tcp::endpoint& ep, unsigned workers, balance::policy pol, std::chrono::milliseconds rebalance_every,
                  const tcp::endpoint* metrics_ep) {
   dispatcher_setup s;
   if (!start_dispatcher(s, ep, workers, pol, rebalance_every)) return 2;
-  if (metrics_ep) {
-    s.metrics.open(metrics_ep->protocol());
-    s.metrics.set_option(tcp::acceptor::reuse_address(true));
-    s.metrics.bind(*metrics_ep);
-    s.metrics.listen();
-    asio::co_spawn(s.ioc, serve_metrics(s), asio::detached);
-  }
   std::printf("baton-balancer: pid %s listening on %s:%u, %u workers, policy %s, rebalance every %lld ms\n",
               pid_text().c_str(), s.acc.local_endpoint().address().to_string().c_str(), s.acc.local_endpoint().port(),
               workers, balance::to_string(pol), static_cast<long long>(pol == balance::policy::client_hash ? 0 : rebalance_every.count()));
-  if (metrics_ep)
-    std::printf("baton-balancer: metrics on http://%s:%u/metrics\n",
-                s.metrics.local_endpoint().address().to_string().c_str(), s.metrics.local_endpoint().port());
+  if (metrics_ep) start_metrics(s, *metrics_ep);
   std::fflush(stdout);
   asio::signal_set sig(s.ioc, SIGINT, SIGTERM);
   sig.async_wait([&](baton::error_code ec, int) {
@@ -289,6 +301,111 @@ int run_balancer(const tcp::endpoint& ep, unsigned workers, balance::policy pol,
   on_report_signal(s.ioc, [&] { print_spread(stderr, s.d->workers(), s.d->stats()); });
   s.ioc.run();
   return 0;
+}
+
+// -- a front that restarts (--name) --------------------------------------------------------------
+// The dispatcher as a hot-restartable service. `batonctl restart NAME` starts the next generation,
+// which receives the listener (baton::service) and takes the dispatcher's name over once this
+// generation has handed its last accepted connection to a worker and exited; the workers serve on
+// meanwhile and rejoin it, with their connections. A dispatcher killed outright leaves its workers
+// serving for --rejoin-ms; a balancer started again with the same --name adopts them.
+
+std::string dispatcher_name(const std::string& service) { return service + "-dispatcher"; }
+
+int run_front(const std::string& name, const tcp::endpoint& ep, unsigned workers, balance::policy pol,
+              std::chrono::milliseconds rebalance_every, const tcp::endpoint* metrics_ep,
+              std::chrono::milliseconds rejoin, int argc, char** argv) {
+  dispatcher_setup s;
+  baton::service svc(s.ioc.get_executor(), name, baton_cli::same_command_line(argc, argv));
+  int status = 0;
+  asio::co_spawn(s.ioc, [&]() -> asio::awaitable<void> {
+    auto [ec] = co_await svc.async_start(tuple_aw);
+    if (!baton_cli::joined("baton-balancer", ec, name, status, s.ioc)) co_return;
+    if (svc.listener_count() == 0) {  // generation 1 listens; later ones received the listener
+      tcp::acceptor a(s.ioc, ep.protocol());
+      a.set_option(tcp::acceptor::reuse_address(true));
+      a.bind(ep);
+      a.listen(asio::socket_base::max_listen_connections);
+      svc.add_listener(baton::listener(std::move(a)));
+    }
+    balance::dispatcher_options o;
+    o.name = dispatcher_name(name);
+    o.policy = pol;
+    if (pol != balance::policy::client_hash) o.auto_rebalance = rebalance_every;
+    // The generation this one replaces holds the name until it has handed off what it accepted.
+    o.take_over = 60s;
+    s.d = std::make_unique<balance::dispatcher>(s.ioc.get_executor(), o, ec);
+    if (ec) {
+      std::fprintf(stderr, "baton-balancer: cannot create dispatcher %s: %s\n", o.name.c_str(), ec.message().c_str());
+      status = 2;
+      s.ioc.stop();
+      co_return;
+    }
+    const std::string exe = baton::current_executable_path();
+    for (unsigned i = 0; i < workers; ++i) {
+      s.d->spawn_worker(exe, {"--worker", "--dispatcher", "{dispatcher}", "--index", "{index}", "--rejoin-ms",
+                              std::to_string(rejoin.count())}, ec);
+      if (ec) {
+        std::fprintf(stderr, "baton-balancer: cannot start a worker: %s\n", ec.message().c_str());
+        status = 2;
+        s.ioc.stop();
+        co_return;
+      }
+    }
+    // Connections wait in the service (or the kernel's backlog) until a worker has joined.
+    s.d->async_run([&svc](auto h) { svc.async_accept(std::move(h)); }, [](baton::error_code) {});
+    auto [wec] = co_await s.d->async_wait_workers(workers, tuple_aw);
+    if (wec) {
+      std::fprintf(stderr, "baton-balancer: workers did not join: %s\n", wec.message().c_str());
+      status = 2;
+      s.ioc.stop();
+      co_return;
+    }
+    const auto st = s.d->stats();
+    const auto local = svc.local_endpoints();
+    std::printf("baton-balancer: service %s generation %llu pid %s listening on %s:%u, %u workers (%llu rejoined), "
+                "policy %s\n",
+                name.c_str(), static_cast<unsigned long long>(svc.generation()), pid_text().c_str(),
+                local.empty() ? "?" : local[0].address().to_string().c_str(), local.empty() ? 0u : local[0].port(),
+                workers, static_cast<unsigned long long>(st.rejoined), balance::to_string(pol));
+    if (metrics_ep) start_metrics(s, *metrics_ep);
+    std::fflush(stdout);
+  }, [&](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      std::fprintf(stderr, "baton-balancer: %s\n", x.what());
+    }
+    status = 2;
+    s.ioc.stop();
+  });
+  svc.async_wait_retired([&](baton::error_code ec, baton::restart_report r) {
+    if (ec) return;
+    std::printf("baton-balancer: %s\n", baton::to_string(r, name).c_str());
+    std::fflush(stdout);
+    baton::error_code ignored;
+    s.metrics.close(ignored);
+    if (!s.d) return s.ioc.stop();
+    // Stopped for good (not restarted): the workers end with this dispatcher.
+    if (r.stopped) s.d->dismiss_workers();
+    // What it accepted still goes to the workers before the process exits: at most 30 s (with
+    // no worker left to take them, the rest are closed).
+    auto bound = std::make_shared<asio::steady_timer>(s.ioc, 30s);
+    bound->async_wait([&](baton::error_code e) {
+      if (!e) s.d->stop();
+    });
+    s.d->async_drain([&, bound](baton::error_code) {
+      bound->cancel();
+      print_spread(stderr, s.d->workers(), s.d->stats());
+      s.ioc.stop();
+    });
+  });
+  on_report_signal(s.ioc, [&] {
+    if (s.d) print_spread(stderr, s.d->workers(), s.d->stats());
+  });
+  s.ioc.run();
+  return status;
 }
 
 // -- serve mode (no hand-off) -------------------------------------------------------------------
@@ -580,6 +697,7 @@ int main(int argc, char** argv) {
   baton_cli::parser cli(
       "baton-balancer",
       "--listen HOST:PORT [--workers N] [--policy P] [--rebalance-ms N] [--metrics HOST:PORT]\n"
+      "--name NAME --listen HOST:PORT [--workers N] [--policy P] [--rebalance-ms N] [--metrics HOST:PORT] [--rejoin-ms N]\n"
       "--selftest [--workers N] [--policy P] [--connections C] [--requests R] [--close] [--rebalance] [--scale]\n"
       "--serve --listen HOST:PORT [--reuseport] [--tag T]",
       "A dispatcher accepts each connection once and hands it to one of N worker processes (HTTP/1.1\n"
@@ -587,8 +705,16 @@ int main(int argc, char** argv) {
       "and then prints the spread. Every --rebalance-ms the busiest worker moves keep-alive connections to the\n"
       "idlest at their next pause between two requests, until they differ by at most one (so a worker that\n"
       "was restarted or added gets its share). --selftest drives itself over loopback and checks every response.\n"
-      "--serve runs the same HTTP handler in one process with no hand-off (the benchmark's ceiling).");
+      "--serve runs the same HTTP handler in one process with no hand-off (the benchmark's ceiling).\n"
+      "With --name the front is a restartable service: `batonctl restart NAME` replaces the dispatcher while\n"
+      "the workers keep their connections and rejoin the next one; `batonctl stop NAME` (or SIGTERM) ends it\n"
+      "and its workers. Killed outright, it leaves its workers serving for --rejoin-ms; started again with the\n"
+      "same --name, it adopts them.");
   cli.text("--listen", "HOST:PORT", "address to listen on");
+  cli.text("--name", "NAME", "run as a restartable service of this name (1-36 characters from A-Z a-z 0-9 . _ -)");
+  cli.integer("--rejoin-ms", 0, 3600000,
+              "--name: how long workers whose dispatcher exited serve on, waiting for the next (0: they end with it)")
+      .defaults("60000");
   cli.integer("--workers", 1, 1024, "worker processes").defaults("2");
   cli.text("--policy", "P", "round-robin, least-connections or client-hash").defaults("round-robin");
   cli.integer("--rebalance-ms", 0, 3600000,
@@ -611,7 +737,10 @@ int main(int argc, char** argv) {
              "requests failed, 2 for a wrong command line or a balancer that could not start.");
   if (auto rc = cli.parse(argc, argv)) return *rc;
   try {
-    if (cli.has("--worker")) return run_worker(cli.str("--dispatcher"), static_cast<unsigned>(cli.num("--index")));
+    const std::chrono::milliseconds rejoin(cli.num("--rejoin-ms"));
+    if (cli.has("--worker"))
+      return run_worker(cli.str("--dispatcher"), static_cast<unsigned>(cli.num("--index")),
+                        cli.has("--rejoin-ms") ? rejoin : 0ms);
     balance::policy pol = balance::policy::round_robin;
     if (!balance::parse_policy(cli.str("--policy"), pol))
       return cli.fail("--policy: unknown policy '" + cli.str("--policy") +
@@ -629,6 +758,15 @@ int main(int argc, char** argv) {
     tcp::endpoint metrics_ep;
     if (cli.has("--metrics") && !parse_endpoint(cli.str("--metrics"), metrics_ep))
       return cli.fail("--metrics: '" + cli.str("--metrics") + "' is not HOST:PORT (e.g. 127.0.0.1:9100)");
+    if (cli.has("--name")) {
+      const std::string name = cli.str("--name");
+      // Its workers' channels are "<NAME>-dispatcher-w<index>-<pid>": at most 64 characters.
+      if (!baton::channel::valid_name(name) || name.size() > 36)
+        return cli.fail("--name: '" + name + "' is not a service name for the balancer (1-36 characters from A-Z a-z 0-9 . _ -, "
+                        "not starting with '.')");
+      return run_front(name, ep, workers, pol, std::chrono::milliseconds(cli.num("--rebalance-ms")),
+                       cli.has("--metrics") ? &metrics_ep : nullptr, rejoin, argc, argv);
+    }
     return run_balancer(ep, workers, pol, std::chrono::milliseconds(cli.num("--rebalance-ms")),
                         cli.has("--metrics") ? &metrics_ep : nullptr);
   } catch (const std::exception& e) {
