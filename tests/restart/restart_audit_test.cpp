@@ -135,12 +135,10 @@ struct line_service {
     for (unsigned p = 0; in >> p;) ports.push_back(static_cast<unsigned short>(p));
   }
   ~line_service() {
-    baton::error_code ec;
     for (int i = 0; i < 3; ++i) {
-      const auto st = baton::request_status(name, 5s, ec);
-      const auto p = st.find("\npid ");
-      if (ec || p == std::string::npos) break;
-      kill_process(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+      const auto pid = service_generation_pid(name);
+      if (pid == 0) break;
+      kill_process(pid);
       nap(50ms);
     }
     for (int g = 1; g <= 4; ++g)

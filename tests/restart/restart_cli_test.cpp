@@ -79,14 +79,12 @@ struct sample_http {
     const auto until = std::chrono::steady_clock::now() + 30s;
     auto answered = std::chrono::steady_clock::now();
     while (std::chrono::steady_clock::now() < until && std::chrono::steady_clock::now() - answered < 2s) {
-      baton::error_code ec;
-      const auto st = baton::request_status(name, 2s, ec);
-      const auto p = st.find("\npid ");
-      if (ec || p == std::string::npos) {
+      const auto pid = service_generation_pid(name, 2s);
+      if (pid == 0) {
         nap(100ms);
         continue;
       }
-      kill_process(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+      kill_process(pid);
       answered = std::chrono::steady_clock::now();
     }
     first.kill();

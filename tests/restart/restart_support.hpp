@@ -158,12 +158,10 @@ struct running_service {
     port = static_cast<unsigned short>(std::stoi(read_file(port_file)));
   }
   ~running_service() {
-    baton::error_code ec;
     for (int i = 0; i < 3; ++i) {
-      const auto st = baton::request_status(name, 5s, ec);
-      const auto p = st.find("\npid ");
-      if (ec || p == std::string::npos) break;
-      kill_process(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+      const auto pid = service_generation_pid(name);
+      if (pid == 0) break;
+      kill_process(pid);
       nap(50ms);
     }
     first.kill();

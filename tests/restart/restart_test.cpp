@@ -94,15 +94,11 @@ TEST(restart, os_trigger_sighup_or_named_event) {
   running_service svc;
   load l(svc.port, 8);
   wait_for_requests(l, 100);
-  const auto st = [&] {
-    baton::error_code ec;
-    return baton::request_status(svc.name, 10s, ec);
-  }();
-  const auto p = st.find("\npid ");
-  ASSERT_NE(p, std::string::npos) << st;
+  const auto pid = service_generation_pid(svc.name, 10s);
+  ASSERT_NE(pid, 0u) << "the service did not answer its status";
   baton::error_code ec;
   // Linux: SIGHUP to the process. Windows: SetEvent on Local\baton.<name>.restart.
-  baton::detail::fire_restart_trigger(svc.name, static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))), ec);
+  baton::detail::fire_restart_trigger(svc.name, pid, ec);
   ASSERT_FALSE(ec) << ec.message();
   const auto until = std::chrono::steady_clock::now() + 60s;
   while (svc.generation() != 2 && std::chrono::steady_clock::now() < until) nap(20ms);

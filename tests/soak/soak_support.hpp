@@ -56,16 +56,8 @@ inline constexpr std::uint64_t per_new_thread = 1536u << 10;
 // Under AddressSanitizer freed memory sits in a quarantine (256 MiB by default) and TSan keeps
 // shadow state, so resident memory grows with the number of allocations whatever the program
 // does: the memory bounds mean nothing there (LeakSanitizer checks leaks in that build). The
-// descriptor/handle counts are checked in every build. GCC names the sanitizers with macros,
-// clang with __has_feature.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define BATON_SOAK_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define BATON_SOAK_SANITIZED 1
-#endif
-#endif
-#ifdef BATON_SOAK_SANITIZED
+// descriptor/handle counts are checked in every build. (BATON_TEST_SANITIZED: tests/CMakeLists.txt.)
+#ifdef BATON_TEST_SANITIZED
 inline constexpr bool memory_is_measurable = false;
 #else
 inline constexpr bool memory_is_measurable = true;

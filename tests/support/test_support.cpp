@@ -54,17 +54,38 @@ std::string unique_name(const std::string& tag) {
   return buf;
 }
 
+std::uint32_t unique_name_pid(const std::string& name) {
+  const auto hex = name.rfind('-');
+  const auto n = hex == std::string::npos || hex == 0 ? std::string::npos : name.rfind('-', hex - 1);
+  const auto pid = n == std::string::npos || n == 0 ? std::string::npos : name.rfind('-', n - 1);
+  if (pid == std::string::npos) return 0;
+  try {
+    return static_cast<std::uint32_t>(std::stoul(name.substr(pid + 1, n - pid - 1)));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
 void kill_process_and_wait(std::uint32_t pid) {
   kill_process(pid);
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (detail::process_alive(pid) && std::chrono::steady_clock::now() < until) nap(std::chrono::milliseconds(5));
 }
 
-void kill_service_generation(const std::string& service) {
+std::uint32_t service_generation_pid(const std::string& service, std::chrono::milliseconds timeout) {
   error_code ec;
-  const auto st = request_status(service, std::chrono::seconds(5), ec);
+  const auto st = request_status(service, timeout, ec);
   const auto p = st.find("\npid ");
-  if (!ec && p != std::string::npos) kill_process_and_wait(static_cast<std::uint32_t>(std::stoul(st.substr(p + 5))));
+  if (ec || p == std::string::npos) return 0;
+  try {
+    return static_cast<std::uint32_t>(std::stoul(st.substr(p + 5)));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
+
+void kill_service_generation(const std::string& service) {
+  if (const auto pid = service_generation_pid(service)) kill_process_and_wait(pid);
 }
 
 name_guard::name_guard(std::string n) : name(std::move(n)) {

@@ -12,8 +12,11 @@
 
 namespace baton::test {
 
-/// A channel name unique to this process and call, e.g. "t-1234-7-9f3a".
+/// A channel name unique to this process and call, e.g. "test-t-1234-7-9f3a".
 std::string unique_name(const std::string& tag);
+/// The pid of the test process that made a name with unique_name ("...-<pid>-<n>-<hex>"; anything
+/// may come before it), 0 if `name` has no such tail.
+std::uint32_t unique_name_pid(const std::string& name);
 
 /// Removes the channel's names before and after the test, so a crashed run never breaks the next.
 struct name_guard {
@@ -79,6 +82,9 @@ void kill_process(std::uint32_t pid);
 /// kill_process, then waits (up to 10 s) until the process is gone, so that a name_guard after
 /// it finds its channels' owner dead and removes them.
 void kill_process_and_wait(std::uint32_t pid);
+/// The pid of whichever generation of `service` answers its status within `timeout` (0: none).
+std::uint32_t service_generation_pid(const std::string& service,
+                                     std::chrono::milliseconds timeout = std::chrono::seconds(5));
 /// Kills whichever generation of `service` answers its status now, and waits until it is gone
 /// (nothing if none answers within 5 s).
 void kill_service_generation(const std::string& service);

@@ -46,20 +46,6 @@ void stop_and_wait(SC_HANDLE s, std::chrono::milliseconds within) {
   if (st.dwProcessId != 0) kill_process(st.dwProcessId);
 }
 
-// The pid of the test process that made `name` (unique_name's "...-<pid>-<n>-<hex>"), 0 if
-// the name has no such tail.
-std::uint32_t creator_pid(const std::wstring& name) {
-  const auto hex = name.rfind(L'-');
-  const auto n = hex == std::wstring::npos || hex == 0 ? std::wstring::npos : name.rfind(L'-', hex - 1);
-  const auto pid = n == std::wstring::npos || n == 0 ? std::wstring::npos : name.rfind(L'-', n - 1);
-  if (pid == std::wstring::npos) return 0;
-  try {
-    return static_cast<std::uint32_t>(std::stoul(name.substr(pid + 1, n - pid - 1)));
-  } catch (const std::exception&) {
-    return 0;
-  }
-}
-
 }  // namespace
 
 std::string windows_system_program(const std::string& exe) {
@@ -104,7 +90,9 @@ std::size_t delete_stale_test_services() {
     if (name.rfind(prefix, 0) != 0) continue;
     // A stopped service whose test still runs may be one being created (sc create, then sc
     // start): only a dead test's services are stale.
-    if (const auto pid = creator_pid(name); pid != 0 && process_exists(pid)) continue;
+    // (Test service names are unique_name()s: ASCII.)
+    if (const auto pid = unique_name_pid(std::string(name.begin(), name.end())); pid != 0 && process_exists(pid))
+      continue;
     const sc_handle s(::OpenServiceW(m.get(), e[i].lpServiceName, DELETE));
     if (s && ::DeleteService(s.get())) ++deleted;
   }
