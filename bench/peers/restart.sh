@@ -14,6 +14,8 @@
 #   nginx -s reload                    HUP; timed until every old worker process has exited.
 #   baton-http + batonctl restart      timed from the command to the old generation's exit (our
 #                                      own watch of the old pid; batonctl's figures printed too).
+#   baton-balancer front + batonctl    the same for the balancer's front (--name, 2 workers): the
+#     restart                          dispatcher process is replaced, its workers stay.
 # Each row is its own wrk run, so its socket errors and non-2xx belong to that restart alone.
 # Native Linux only; loopback only; every wait is bounded; everything started here is stopped
 # on exit (trap).
@@ -259,6 +261,15 @@ run_baton() {
     old=$answering
     own "$old"
   fi
+  restart_under_wrk "baton-http + batonctl restart" "$port" "$name" "$old" "$dir"
+  new=$(baton_pid "$port")
+  [ -n "$new" ] && own "$new"
+}
+
+# wrk against port $2 with `batonctl restart $3` at RESTART_AT, timed until process $4 (the
+# running generation) is gone; adds row $1. The new generation's pid is owned (stopped on exit).
+restart_under_wrk() {  # label port name old dir
+  local label=$1 port=$2 name=$3 old=$4 dir=$5 ctl=$SAMPLES/batonctl t0 t_exit rc=0 note new
   start_wrk "$port" "$dir/wrk.txt"
   sleep $RESTART_AT
   # batonctl runs in the background while we watch the old generation's pid ourselves.
@@ -280,10 +291,29 @@ run_baton() {
   [ -n "$new" ] && own "$new"
   new=$(ss -Htlnp "sport = :$port" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)
   [ -n "$new" ] && own "$new"
-  new=$(baton_pid "$port")
-  [ -n "$new" ] && own "$new"
   wait_wrk
-  add_row "baton-http + batonctl restart" "$dir/wrk.txt" "$note"
+  add_row "$label" "$dir/wrk.txt" "$note"
+}
+
+# The balancer's front restarted (baton-balancer --name): the dispatcher process is replaced,
+# its two workers keep their connections and rejoin the new one.
+run_baton_front() {
+  local bal=$SAMPLES/baton-balancer ctl=$SAMPLES/batonctl
+  if [ ! -x "$bal" ] || [ ! -x "$ctl" ]; then
+    ROWS+=("$(printf '| %-38s | %9s | %9s | %-16s | %7s | %-40s |' "baton-balancer front, batonctl restart" "skipped" "-" "-" "-" "binaries not built")")
+    return 0
+  fi
+  local port name dir old w
+  port=$(free_port); name="front-bench-$$"; dir=$WORK/baton-front
+  mkdir -p "$dir"
+  "$bal" --name "$name" --listen "127.0.0.1:$port" --workers 2 >"$dir/front.log" 2>&1 &
+  old=$!
+  own "$old"
+  wait_for 20 port_answers "$port" || { echo "baton-balancer does not answer on port $port" >&2; cat "$dir/front.log" >&2; return 1; }
+  for w in $(pgrep -f -- "--dispatcher $name-dispatcher"); do own "$w"; done
+  restart_under_wrk "baton-balancer front, batonctl restart" "$port" "$name" "$old" "$dir"
+  WORKERS_AFTER=$(pgrep -f -- "--dispatcher $name-dispatcher" | sort | tr '\n' ' ')
+  "$ctl" stop "$name" >/dev/null 2>&1 || true
 }
 
 echo "== hot restart under load: wrk -t$WRK_THREADS -c$CONNS -d${LOAD_SECS}s --latency, restart at ~${RESTART_AT} s; $($NGINX -v 2>&1)"
@@ -292,6 +322,7 @@ run_nginx_baseline
 run_nginx_upgrade
 run_nginx_reload
 run_baton
+run_baton_front
 
 echo
 printf '| %-38s | %9s | %9s | %-16s | %7s | %-40s |\n' "method" "req/s" "p99" "sock err c/r/w/t" "non-2xx" "old process gone after"
@@ -300,4 +331,5 @@ printf '|%s|%s|%s|%s|%s|%s|\n' "$(dashes 40)" "$(dashes 11)" "$(dashes 11)" "$(d
 for r in "${ROWS[@]}"; do echo "$r"; done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ -n "$BATON_LINE" ] && echo && echo "batonctl: $BATON_LINE"
+[ -n "${WORKERS_AFTER:-}" ] && echo "balancer workers after the front's restart (same pids as before): $WORKERS_AFTER"
 exit 0
