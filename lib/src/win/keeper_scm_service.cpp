@@ -54,6 +54,23 @@ struct scm_link : std::enable_shared_from_this<scm_link> {
   // report of RUNNING from the executor, which has not seen the stop yet, would undo it.
   void report(DWORD state, DWORD exit_status = 0) {
     std::lock_guard lk(report_m);
+    report_locked(state, exit_status);
+  }
+
+  // On the dispatcher's thread, for SERVICE_CONTROL_STOP / SHUTDOWN.
+  void report_stop_asked() {
+    std::lock_guard lk(report_m);
+    stop_asked = true;
+    report_locked(SERVICE_STOP_PENDING, 0);
+  }
+
+  bool stop_was_asked() {
+    std::lock_guard lk(report_m);
+    return stop_asked;
+  }
+
+  // With report_m held.
+  void report_locked(DWORD state, DWORD exit_status) {
     if (!status || (stop_asked && state != SERVICE_STOP_PENDING && state != SERVICE_STOPPED)) return;
     checkpoint = state == last_state ? checkpoint + 1 : 1;
     last_state = state;
@@ -71,15 +88,6 @@ struct scm_link : std::enable_shared_from_this<scm_link> {
       s.dwWaitHint = scm_wait_hint_ms;
     }
     ::SetServiceStatus(status, &s);
-  }
-
-  // On the dispatcher's thread, for SERVICE_CONTROL_STOP / SHUTDOWN.
-  void report_stop_asked() {
-    {
-      std::lock_guard lk(report_m);
-      stop_asked = true;
-    }
-    report(SERVICE_STOP_PENDING);
   }
 
   asio::any_io_executor ex;
@@ -219,11 +227,12 @@ class scm_service final : public windows_service {
   }
 
  private:
-  // Enters `state` and, while it is a pending one, reports progress every second.
+  // Enters `state` and, while it is a pending one, reports progress every second (a start that
+  // a stop has overtaken reports nothing more: the stop's own STOP_PENDING ticks follow).
   void tick(DWORD state) {
     state_ = state;
     link_->report(state_);
-    if (state_ == SERVICE_RUNNING) return;
+    if (state_ == SERVICE_RUNNING || (state_ == SERVICE_START_PENDING && link_->stop_was_asked())) return;
     timer_.expires_after(scm_checkpoint_every);
     timer_.async_wait([this, state](error_code ec) {
       if (!ec && !done_ && state_ == state) tick(state);
