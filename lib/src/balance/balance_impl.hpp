@@ -68,8 +68,8 @@ struct worker_rec {
   struct planned_moves {
     std::uint64_t n = 0, base = 0;
     std::chrono::steady_clock::time_point until{};
-    std::uint64_t pending(std::uint64_t total) const {
-      if (n == 0 || std::chrono::steady_clock::now() >= until) return 0;
+    std::uint64_t pending(std::uint64_t total, std::chrono::steady_clock::time_point now) const {
+      if (n == 0 || now >= until) return 0;
       const std::uint64_t done = total > base ? total - base : 0;
       return done >= n ? 0 : n - done;
     }
@@ -78,8 +78,8 @@ struct worker_rec {
   /// active() with the moves asked for by rebalance() counted as done: what least-connections
   /// compares, so that new connections do not go to a worker that moves are already filling
   /// (they would then have to be moved back).
-  std::uint64_t expected() const {
-    const std::uint64_t with_in = active() + moving_in.pending(peer_in), out = moving_out.pending(departed);
+  std::uint64_t expected(std::chrono::steady_clock::time_point now) const {
+    const std::uint64_t with_in = active() + moving_in.pending(peer_in, now), out = moving_out.pending(departed, now);
     return with_in > out ? with_in - out : 0;
   }
   /// Neither dead, gone nor leaving.

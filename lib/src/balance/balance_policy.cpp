@@ -52,8 +52,12 @@ worker_ptr choose_worker(const dispatcher_options& o, const std::vector<worker_p
   const std::size_t n = workers.size();
   if (n == 0) return nullptr;
   switch (o.policy) {
-    case policy::least_connections:
-      return best_of(workers, rr++, eligible, true, [](const worker_rec& w) { return w.expected() + w.info.in_flight; });
+    case policy::least_connections: {
+      // One clock reading per choice, not one per worker.
+      const auto now = std::chrono::steady_clock::now();
+      return best_of(workers, rr++, eligible, true,
+                     [now](const worker_rec& w) { return w.expected(now) + w.info.in_flight; });
+    }
     case policy::client_hash: {
       const std::uint64_t key = address_key(p.client);
       return best_of(workers, 0, eligible, false, [key](const worker_rec& w) { return mix(key ^ mix(w.info.index + 1)); });
