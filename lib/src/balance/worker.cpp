@@ -225,7 +225,9 @@ void worker_impl::finish(error_code ec) {
   if (finished) return;
   finished = true;
   rx.close();
-  slot_marker.close();
+  // Released, not only closed: while its handle lives (Windows) or its owner does, a next
+  // dispatcher would take the slot for served and wait adopt_within before starting it.
+  slot_marker = channel();
   dwatch.cancel();
   sweep_timer.cancel();
   rejoin_timer.cancel();
