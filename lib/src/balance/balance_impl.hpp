@@ -8,7 +8,8 @@
 //   dispatcher -> worker: op=rebalance n keep to | op=drain to=CH1,CH2,... (possibly empty: wait)
 //                         op=dismiss (do not wait for a next dispatcher after this one)
 //
-// dispatcher.cpp: accepting, peeking and handing off (dispatcher_impl); worker_pool.cpp: the
+// dispatcher.cpp: accepting, peeking and handing off (dispatcher_impl); dispatcher_life.cpp: its
+// creation (name take-over), drain and stop, the shared handle; worker_pool.cpp: the
 // workers the dispatcher knows, their joins, exits and restarts, rebalancing and draining;
 // balance_policy.cpp: choosing a worker; worker.cpp: the worker and its sessions.
 #include "baton/balance.hpp"
