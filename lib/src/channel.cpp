@@ -214,6 +214,7 @@ void channel::close() {
   impl_->closed = true;
   impl_->bell.cancel();
   impl_->wait_timer.cancel();
+  impl_->ack_timer.cancel();  // transactions waiting for a verdict end now
 }
 
 namespace {

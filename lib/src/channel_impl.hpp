@@ -9,6 +9,10 @@
 
 namespace baton {
 
+namespace detail {
+struct ack_waitlist;  // channel_send.cpp
+}
+
 struct channel::impl : std::enable_shared_from_this<channel::impl> {
   executor_type ex;
   std::string name;
@@ -27,6 +31,17 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
   std::string region_name, bell_name;
   std::vector<std::byte> rx_buf;  // reused by receives
   std::chrono::steady_clock::time_point owner_checked{};
+
+  // Sender: the transactions waiting for their verdict. One poller checks all of their ack slots
+  // in one pass (channel_send.cpp), so a thousand moves in flight cost one posted check or one
+  // timer at a time, not a thousand. The list belongs to the poller's pending handler (weak here:
+  // an io_context destroyed with moves in flight frees them, and with them this impl).
+  std::weak_ptr<detail::ack_waitlist> acks_waiting;
+  boost::asio::steady_timer ack_timer;
+  bool ack_poll_armed = false;
+  bool ack_timer_armed = false;
+  std::chrono::steady_clock::time_point ack_spin_until{};
+  std::chrono::microseconds ack_backoff{};
 
   // The receiver's liveness, probed at most once a millisecond (a pidfd poll is a system call).
   bool owner_alive() {
@@ -48,7 +63,7 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
     if (xfer) xfer->collect_orphans([this](std::uint32_t slot, const ticket_id& id) { return ring.ack_wanted(slot, id); });
   }
 
-  explicit impl(const executor_type& e) : ex(e), wait_timer(e) {}
+  explicit impl(const executor_type& e) : ex(e), wait_timer(e), ack_timer(e) {}
   /// A fresh impl with the channel's names (errc::invalid_name for a bad name).
   static std::shared_ptr<impl> make(const executor_type& ex, std::string_view name, const channel_options& opts,
                                     error_code& ec);

@@ -11,15 +11,22 @@
 #include <boost/asio/post.hpp>
 
 #include <cstring>
+#include <optional>
 
 namespace baton {
 
 namespace asio = boost::asio;
 
-namespace {
+namespace detail {
+
+struct channel_send_op;
+struct ack_waitlist {
+  std::vector<std::shared_ptr<channel_send_op>> ops;
+};
 
 // One send in progress: retries while the ring is full (policy wait), then, for a transaction,
-// polls the ack slot with a growing interval until a verdict, the timeout, or the target's death.
+// waits in the channel's list of transactions for the ack poller to see its verdict, the
+// timeout, or the target's death.
 struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
   std::shared_ptr<channel::impl> ch;
   std::vector<std::byte> bytes;
@@ -30,8 +37,6 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
   std::chrono::steady_clock::time_point send_deadline, ack_deadline;
   asio::steady_timer timer;
   std::chrono::microseconds backoff{10};
-  int spins = 0;
-  std::chrono::steady_clock::time_point spin_until{};
   asio::any_completion_handler<void(error_code)> handler;
 
   // Boost 1.81's any_completion_handler move *assignment* recurses forever (it copies from a
@@ -56,8 +61,7 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
       ++ch->stats.tickets_sent;
       if (!with_ack) return finish({});
       ack_deadline = std::chrono::steady_clock::now() + ack_timeout;
-      backoff = ch->opts.ack_poll_first;
-      return poll_ack();
+      return await_verdict(shared_from_this());
     }
     if (ec == errc::channel_corrupted) ch->bell.ring();  // make the receiver heal the ring
     const bool retry = (ec == errc::channel_full || ec == errc::channel_corrupted) &&
@@ -74,42 +78,85 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
     timer.async_wait([self = shared_from_this()](error_code) { self->try_push(); });
   }
 
-  void poll_ack() {
+  // The verdict, if there is one by now (the timeout, a dead target and a closed channel are
+  // verdicts too); empty while the ticket is pending.
+  std::optional<error_code> verdict(std::chrono::steady_clock::time_point now, bool target_alive) {
     auto st = ch->ring.ack_peek(slot, id);
-    if (st == detail::ack_state::accepted) return finish({});
-    if (st == detail::ack_state::rejected) return finish(errc::move_rejected);
-    if (st != detail::ack_state::pending) return finish(errc::move_rejected);
-    const bool dead = !ch->owner_alive();
-    if (dead || ch->closed || std::chrono::steady_clock::now() >= ack_deadline) {
-      // Void the ticket. If the receiver resolved it in the meantime, its verdict stands.
-      auto final_state = ch->ring.ack_cancel(slot, id);
-      if (final_state == detail::ack_state::accepted) return finish({});
-      if (final_state == detail::ack_state::rejected) return finish(errc::move_rejected);
-      if (ch->closed) return finish(asio::error::operation_aborted);
-      return finish(dead ? errc::target_died : errc::move_timeout);
-    }
-    // The receiver usually answers within tens of microseconds, less than a timer's slack on
-    // Linux (50 us): keep re-checking through the executor (other handlers still run between
-    // checks) for up to 200 us, then sleep with a growing interval (capped at 500 us).
-    if (spins++ == 0) spin_until = std::chrono::steady_clock::now() + ch->opts.ack_spin;
-    if (std::chrono::steady_clock::now() < spin_until) {
-      asio::post(ch->ex, [self = shared_from_this()] { self->poll_ack(); });
-      return;
-    }
-    timer.expires_after(backoff);
-    backoff = std::min<std::chrono::microseconds>(backoff * 2, ch->opts.ack_poll_max);
-    timer.async_wait([self = shared_from_this()](error_code) { self->poll_ack(); });
+    if (st == ack_state::accepted) return error_code();
+    if (st == ack_state::rejected) return make_error_code(errc::move_rejected);
+    if (st != ack_state::pending) return make_error_code(errc::move_rejected);
+    if (target_alive && !ch->closed && now < ack_deadline) return std::nullopt;
+    // Void the ticket. If the receiver resolved it in the meantime, its verdict stands.
+    auto final_state = ch->ring.ack_cancel(slot, id);
+    if (final_state == ack_state::accepted) return error_code();
+    if (final_state == ack_state::rejected) return make_error_code(errc::move_rejected);
+    if (ch->closed) return make_error_code(asio::error::operation_aborted);
+    return make_error_code(target_alive ? errc::move_timeout : errc::target_died);
+  }
+
+  // The ack poller. The receiver usually answers within tens of microseconds, less than a
+  // timer's slack on Linux (50 us): for ack_spin after a transaction joins an empty list, the slots
+  // are re-checked through the executor (other handlers still run between checks); after that on
+  // a timer whose interval starts at ack_poll_first and doubles up to ack_poll_max, and starts
+  // over whenever a verdict arrives or a transaction joins.
+  static void await_verdict(std::shared_ptr<channel_send_op> op) {
+    auto c = op->ch;
+    auto list = c->acks_waiting.lock();
+    if (!list) c->acks_waiting = list = std::make_shared<ack_waitlist>();
+    // Spinning is for a lone transaction's latency. With others in flight, verdicts come at the
+    // receiver's pace: the timer's checks see several at once, and leave the CPU to the receiver.
+    if (list->ops.empty()) c->ack_spin_until = std::chrono::steady_clock::now() + c->opts.ack_spin;
+    c->ack_backoff = c->opts.ack_poll_first;
+    list->ops.push_back(std::move(op));
+    // The newcomer's first check is posted (never inline), or comes now from a cancelled sleep.
+    if (c->ack_timer_armed) c->ack_timer.cancel();
+    else if (!c->ack_poll_armed) post_poll(std::move(c), std::move(list));
+  }
+
+  static void post_poll(std::shared_ptr<channel::impl> c, std::shared_ptr<ack_waitlist> list) {
+    c->ack_poll_armed = true;
+    asio::post(c->ex, [c, list] {
+      c->ack_poll_armed = false;
+      poll(c, list);
+    });
+  }
+
+  static void schedule_poll(const std::shared_ptr<channel::impl>& c, const std::shared_ptr<ack_waitlist>& list) {
+    if (c->ack_poll_armed || c->ack_timer_armed || list->ops.empty()) return;
+    if (std::chrono::steady_clock::now() < c->ack_spin_until) return post_poll(c, list);
+    c->ack_timer_armed = true;
+    c->ack_timer.expires_after(c->ack_backoff);
+    c->ack_backoff = std::min<std::chrono::microseconds>(c->ack_backoff * 2, c->opts.ack_poll_max);
+    c->ack_timer.async_wait([c, list](error_code) {
+      c->ack_timer_armed = false;
+      poll(c, list);
+    });
+  }
+
+  static void poll(const std::shared_ptr<channel::impl>& c, const std::shared_ptr<ack_waitlist>& list) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool alive = list->ops.empty() || c->owner_alive();
+    std::vector<std::pair<std::shared_ptr<channel_send_op>, error_code>> done;
+    std::erase_if(list->ops, [&](std::shared_ptr<channel_send_op>& op) {
+      auto v = op->verdict(now, alive);
+      if (!v) return false;
+      done.emplace_back(std::move(op), *v);
+      return true;
+    });
+    if (!done.empty()) c->ack_backoff = c->opts.ack_poll_first;
+    schedule_poll(c, list);  // before the handlers run: those may send again, which joins the list
+    for (auto& [op, ec] : done) op->finish(ec);
   }
 };
 
-}  // namespace
+}  // namespace detail
 
 void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
                       asio::any_completion_handler<void(error_code)> h, bool slot_held) {
   if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));
   auto fail = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(h), ec)); };
   if (impl_->receiver) return fail(asio::error::operation_not_supported);
-  auto op = std::make_shared<channel_send_op>(impl_, std::move(h));
+  auto op = std::make_shared<detail::channel_send_op>(impl_, std::move(h));
   auto fail_op = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(op->handler), ec)); };
   t.sender_pid = detail::current_pid();
   t.target_pid = impl_->ring.identity().owner_pid;
@@ -146,8 +193,7 @@ void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout
         return;
       }
       op->ack_deadline = std::chrono::steady_clock::now() + timeout;
-      op->backoff = impl_->opts.ack_poll_first;
-      asio::post(impl_->ex, [op] { op->poll_ack(); });
+      detail::channel_send_op::await_verdict(std::move(op));  // the poller's first check is posted
       return;
     }
     if (push_ec != errc::channel_full && push_ec != errc::channel_corrupted) {
