@@ -6,6 +6,8 @@
 #ifdef BATON_FAULT_INJECTION
 #include "detail/platform.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +23,7 @@ struct fault_config {
   int step = -1;
   fault_action action = fault_action::none;
   int stall_ms = 0;
+  unsigned every = 1;  // "every<n>" in place of the ms: the step's every n-th time only
 };
 
 const fault_config& config() {
@@ -40,8 +43,12 @@ const fault_config& config() {
     for (int i = 0; i < 5; ++i)
       if (action == actions[i]) f.action = static_cast<fault_action>(i);
     f.stall_ms = c2 == std::string::npos ? 0 : std::atoi(s.c_str() + c2 + 1);
+    if (c2 != std::string::npos && s.compare(c2 + 1, 5, "every") == 0) {
+      f.stall_ms = 0;
+      f.every = static_cast<unsigned>(std::max(1, std::atoi(s.c_str() + c2 + 6)));
+    }
     if (f.step < 0 || f.action == fault_action::none)
-      std::fprintf(stderr, "baton: ignoring BATON_FAULT=%s (want <step>:<action>[:<ms>])\n", env);
+      std::fprintf(stderr, "baton: ignoring BATON_FAULT=%s (want <step>:<action>[:<ms>|:every<n>])\n", env);
     return f;
   }();
   return c;
@@ -55,6 +62,11 @@ fault_action fault_at(fault_step s) noexcept {
 }
 
 bool inject(fault_step s, std::uint32_t peer_pid) noexcept {
+  // "every3": the action happens the step's third, sixth... time (a batch the target takes in part).
+  static std::atomic<unsigned> reached{0};
+  if (fault_at(s) != fault_action::none && config().every > 1 &&
+      (reached.fetch_add(1, std::memory_order_relaxed) + 1) % config().every != 0)
+    return false;
   switch (fault_at(s)) {
     case fault_action::none:
       return false;

@@ -260,6 +260,69 @@ std::string name_of(const ticket& t) {
   return {reinterpret_cast<const char*>(t.state.data()), std::min<std::size_t>(t.state.size(), 255)};
 }
 
+enum class taken { arrival, failed, skipped };
+
+// Validates a received ticket, re-creates the socket it names, acknowledges it and builds the
+// object around the socket in `a`. The order matters: a source that gave up (timeout) before our
+// acknowledgement kept its socket, so ours is a duplicate to close, and the ticket is skipped.
+// A ticket that fails is refused (its source takes the socket back) and `ec` says why.
+taken take_ticket(channel& ch, ticket& t, arrival& a, error_code& ec) {
+  a.kind = t.kind;
+  a.sender_pid = t.sender_pid;
+  const auto refuse = [&](error_code why) {
+    ch.acknowledge(t, false);
+    g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+    ec = why;
+    return taken::failed;
+  };
+  if (t.target_pid != current_pid()) return refuse(make_error_code(errc::ticket_wrong_target));
+  if (t.kind != ticket_kind::control && detail::inject(fault_step::claim, t.sender_pid))
+    return refuse(injected_failure());
+  if (t.kind == ticket_kind::control) {
+    ch.acknowledge(t, true);
+    a.control = std::move(t);
+    g_stats.received.fetch_add(1, std::memory_order_relaxed);
+    return taken::arrival;
+  }
+  const auto kind = t.kind == ticket_kind::connection ? socket_kind::connection
+                    : t.kind == ticket_kind::listener ? socket_kind::listener
+                                                      : socket_kind::datagram;
+  const auto ex = ch.get_executor();
+  auto b = import_socket(kind, *channel_access::get(ch).xfer, ex, t, ec);
+  if (!ec && detail::inject(fault_step::attach, t.sender_pid)) {
+    b->close();
+    b = nullptr;
+    ec = injected_failure();
+  }
+  if (ec) return refuse(ec);
+  // An injected failure of the ack behaves as an ack that lost the race with the sender's
+  // timeout: the slot stays pending on our side, the sender keeps the connection.
+  const bool ack_fails = detail::fault_at(fault_step::ack) == detail::fault_action::fail;
+  if (ack_fails || !ch.acknowledge(t, true)) {
+    b->close();
+    g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
+    return taken::skipped;
+  }
+  detail::inject(fault_step::ack, t.sender_pid);  // die / kill_peer / stall after the ack
+  if (kind == socket_kind::connection) {
+    auto im = std::make_shared<connection_impl>(ex, backend_cast<stream_backend>(std::move(b)));
+    im->unread = std::move(t.unread);
+    im->state = std::move(t.state);
+    a.conn = connection_access::wrap(std::move(im));
+  } else if (kind == socket_kind::listener) {
+    auto im = std::make_shared<listener_impl>(ex, backend_cast<listener_backend>(std::move(b)));
+    im->name = name_of(t);
+    a.lst = connection_access::wrap(std::move(im));
+  } else {
+    auto im = std::make_shared<udp_socket_impl>(ex, backend_cast<datagram_backend>(std::move(b)));
+    im->name = name_of(t);
+    decode_datagrams(t.unread, &im->queued);  // checked with the ticket
+    a.udp = connection_access::wrap(std::move(im));
+  }
+  g_stats.received.fetch_add(1, std::memory_order_relaxed);
+  return taken::arrival;
+}
+
 struct receive_op : std::enable_shared_from_this<receive_op> {
   channel& ch;
   asio::any_completion_handler<void(error_code, arrival)> handler;
@@ -269,78 +332,47 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
     ch.async_receive([self = shared_from_this()](error_code ec, ticket t) { self->on_ticket(ec, std::move(t)); });
   }
 
-  // Re-creates the socket a connection, listener or UDP socket ticket names, accepts it, and
-  // builds the object around it in `a`. The order matters: a source that gave up (timeout)
-  // before our accept kept its socket, so ours is a duplicate to close, and the next ticket is
-  // what the caller wants. False when the caller has already been answered or restarted.
-  bool attach(arrival& a, ticket& t, error_code ec) {
-    const auto kind = t.kind == ticket_kind::connection ? socket_kind::connection
-                      : t.kind == ticket_kind::listener ? socket_kind::listener
-                                                        : socket_kind::datagram;
-    const auto ex = ch.get_executor();
-    auto b = import_socket(kind, *channel_access::get(ch).xfer, ex, t, ec);
-    if (!ec && detail::inject(fault_step::attach, t.sender_pid)) {
-      b->close();
-      b = nullptr;
-      ec = injected_failure();
-    }
-    if (ec) {
-      ch.acknowledge(t, false);
-      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-      std::move(handler)(ec, arrival{});
-      return false;
-    }
-    // An injected failure of the ack behaves as an ack that lost the race with the sender's
-    // timeout: the slot stays pending on our side, the sender keeps the connection.
-    const bool ack_fails = detail::fault_at(fault_step::ack) == detail::fault_action::fail;
-    if (ack_fails || !ch.acknowledge(t, true)) {
-      b->close();
-      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-      start();
-      return false;
-    }
-    detail::inject(fault_step::ack, t.sender_pid);  // die / kill_peer / stall after the ack
-    if (kind == socket_kind::connection) {
-      auto im = std::make_shared<connection_impl>(ex, backend_cast<stream_backend>(std::move(b)));
-      im->unread = std::move(t.unread);
-      im->state = std::move(t.state);
-      a.conn = connection_access::wrap(std::move(im));
-    } else if (kind == socket_kind::listener) {
-      auto im = std::make_shared<listener_impl>(ex, backend_cast<listener_backend>(std::move(b)));
-      im->name = name_of(t);
-      a.lst = connection_access::wrap(std::move(im));
-    } else {
-      auto im = std::make_shared<udp_socket_impl>(ex, backend_cast<datagram_backend>(std::move(b)));
-      im->name = name_of(t);
-      decode_datagrams(t.unread, &im->queued);  // checked with the ticket
-      a.udp = connection_access::wrap(std::move(im));
-    }
-    return true;
-  }
-
   void on_ticket(error_code ec, ticket t) {
     if (ec) return std::move(handler)(ec, arrival{});
     arrival a;
-    a.kind = t.kind;
-    a.sender_pid = t.sender_pid;
-    if (t.target_pid != current_pid()) {
-      ch.acknowledge(t, false);
-      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-      return std::move(handler)(make_error_code(errc::ticket_wrong_target), arrival{});
+    switch (take_ticket(ch, t, a, ec)) {
+      case taken::skipped: return start();
+      case taken::failed: return std::move(handler)(ec, arrival{});
+      case taken::arrival: return std::move(handler)(error_code(), std::move(a));
     }
-    if (t.kind != ticket_kind::control && detail::inject(fault_step::claim, t.sender_pid)) {
-      ch.acknowledge(t, false);
-      g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
-      return std::move(handler)(injected_failure(), arrival{});
+  }
+};
+
+// Waits for one ticket like receive_op, then takes the tickets already queued behind it without
+// waiting, up to `max`: one completion (one trip through the caller's executor) for all of them.
+struct receive_some_op : std::enable_shared_from_this<receive_some_op> {
+  channel& ch;
+  std::size_t max;
+  std::vector<arrival> got;
+  asio::any_completion_handler<void(error_code, std::vector<arrival>)> handler;
+  receive_some_op(channel& c, std::size_t m, asio::any_completion_handler<void(error_code, std::vector<arrival>)> h)
+      : ch(c), max(std::max<std::size_t>(m, 1)), handler(std::move(h)) {}
+
+  void start() {
+    ch.async_receive([self = shared_from_this()](error_code ec, ticket t) { self->on_ticket(ec, std::move(t)); });
+  }
+
+  void on_ticket(error_code ec, ticket t) {
+    if (ec) return std::move(handler)(ec, std::move(got));
+    for (;;) {
+      arrival a;
+      const auto r = take_ticket(ch, t, a, ec);
+      if (r == taken::failed) return std::move(handler)(ec, std::move(got));
+      if (r == taken::arrival) got.push_back(std::move(a));
+      if (got.size() >= max) break;
+      t = ticket{};
+      if (!ch.try_receive(t, ec)) {
+        if (got.empty()) return start();  // the only ticket was skipped: wait for the next
+        break;
+      }
+      if (ec) return std::move(handler)(ec, std::move(got));
     }
-    if (t.kind == ticket_kind::control) {
-      ch.acknowledge(t, true);
-      a.control = std::move(t);
-    } else if (!attach(a, t, ec)) {
-      return;
-    }
-    g_stats.received.fetch_add(1, std::memory_order_relaxed);
-    std::move(handler)(error_code(), std::move(a));
+    std::move(handler)(error_code(), std::move(got));
   }
 };
 
@@ -348,6 +380,11 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
 
 void start_receive(channel& ch, asio::any_completion_handler<void(error_code, arrival)> h) {
   std::make_shared<receive_op>(ch, std::move(h))->start();
+}
+
+void start_receive_some(channel& ch, std::size_t max,
+                        asio::any_completion_handler<void(error_code, std::vector<arrival>)> h) {
+  std::make_shared<receive_some_op>(ch, max, std::move(h))->start();
 }
 
 }  // namespace detail

@@ -39,7 +39,8 @@ struct echo_state {
 };
 
 // An echo server process. args: own-channel peer-channel listen(0/1) ready-file result-file
-// move-every-bytes max-moves strategy stop-file [move-timeout-ms]
+// move-every-bytes max-moves strategy stop-file [move-timeout-ms [batch [fault]]]
+// ("batch": it receives with async_receive_some, up to 64 at a time; fault: its BATON_FAULT)
 // Every `move-every` bytes it echoes half of what it just read, puts the other half back as
 // unread bytes, and moves the connection to the peer, which carries on.
 BATON_TEST_ROLE(echo_server) {
@@ -51,12 +52,15 @@ BATON_TEST_ROLE(echo_server) {
   opts.strategy = baton::test::strategy_from_name(args.at(7));
   const std::string stop = args.at(8);
   if (args.size() > 9) opts.timeout = std::chrono::milliseconds(std::stoll(args.at(9)));
+  const bool batch = args.size() > 10 && args.at(10) == "batch";
+  if (args.size() > 11) baton::test::set_env("BATON_FAULT", args.at(11));
   baton::test::raise_fd_limit();
 
   asio::io_context ioc;
   auto rx = baton::channel::create(ioc.get_executor(), own);
   baton::channel tx;
-  std::uint64_t served = 0, received = 0, rollbacks = 0;
+  std::uint64_t served = 0, received = 0, rollbacks = 0, refused = 0;
+  std::size_t largest_batch = 0;
   std::uint32_t max_seen_moves = 0;
   std::string modes;
 
@@ -94,20 +98,30 @@ BATON_TEST_ROLE(echo_server) {
     }
   };
 
+  auto arrived = [&](baton::arrival& a) {
+    if (a.kind != baton::ticket_kind::connection) return;
+    ++received;
+    // Recorded on arrival too: the report may be written before this connection's EOF.
+    max_seen_moves = std::max(max_seen_moves, load_state<echo_state>(a.conn).moves);
+    modes += a.conn.mode() == baton::attach_mode::native ? 'n' : 'e';
+    asio::co_spawn(ioc, serve(std::move(a.conn)), asio::detached);
+  };
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     for (;;) {
-      auto [ec, a] = co_await baton::async_receive(rx, tuple_aw);
+      std::vector<baton::arrival> got(1);
+      baton::error_code ec;
+      if (batch) {
+        std::tie(ec, got) = co_await baton::async_receive_some(rx, 64, tuple_aw);
+        largest_batch = std::max(largest_batch, got.size());
+      } else {
+        std::tie(ec, got[0]) = co_await baton::async_receive(rx, tuple_aw);
+        if (ec) got.clear();
+      }
+      for (auto& a : got) arrived(a);  // a batch's arrivals before an error are ours too
       if (ec) {
         if (ec == asio::error::operation_aborted) co_return;
+        ++refused;
         std::fprintf(stderr, "receive error: %s\n", ec.message().c_str());
-        continue;
-      }
-      if (a.kind == baton::ticket_kind::connection) {
-        ++received;
-        // Recorded on arrival too: the report may be written before this connection's EOF.
-        max_seen_moves = std::max(max_seen_moves, load_state<echo_state>(a.conn).moves);
-        modes += a.conn.mode() == baton::attach_mode::native ? 'n' : 'e';
-        asio::co_spawn(ioc, serve(std::move(a.conn)), asio::detached);
       }
     }
   }, asio::detached);
@@ -133,7 +147,8 @@ BATON_TEST_ROLE(echo_server) {
     if (ioc.stopped()) ioc.restart();
   }
   baton::test::write_file(result, "served=" + std::to_string(served) + " received=" + std::to_string(received) +
-                                      " rollbacks=" + std::to_string(rollbacks) +
+                                      " rollbacks=" + std::to_string(rollbacks) + " refused=" + std::to_string(refused) +
+                                      " largest_batch=" + std::to_string(largest_batch) +
                                       " maxmoves=" + std::to_string(max_seen_moves) + " modes=" + modes.substr(0, 8) +
                                       " emulated=" + std::to_string(std::count(modes.begin(), modes.end(), 'e')));
   return 0;
@@ -150,13 +165,17 @@ struct server_pair {
   child a, b;
   unsigned short port = 0;
 
+  // b_receives: "batch" and a BATON_FAULT for B (see echo_server), or nothing.
   server_pair(std::uint64_t move_every, std::uint32_t max_moves, const std::string& strategy,
-              std::chrono::milliseconds move_timeout = baton::move_options{}.timeout) {
+              std::chrono::milliseconds move_timeout = baton::move_options{}.timeout,
+              std::vector<std::string> b_receives = {}) {
     const auto t = std::to_string(move_timeout.count());
     a = child::spawn("echo_server", {name_a, name_b, "1", ready_a, res_a, std::to_string(move_every),
                                      std::to_string(max_moves), strategy, stop, t});
-    b = child::spawn("echo_server", {name_b, name_a, "0", ready_b, res_b, std::to_string(move_every),
-                                     std::to_string(max_moves), strategy, stop, t});
+    std::vector<std::string> b_args{name_b, name_a, "0", ready_b, res_b, std::to_string(move_every),
+                                    std::to_string(max_moves), strategy, stop, t};
+    b_args.insert(b_args.end(), b_receives.begin(), b_receives.end());
+    b = child::spawn("echo_server", b_args);
     EXPECT_TRUE(baton::test::wait_for_file(ready_a));
     EXPECT_TRUE(baton::test::wait_for_file(ready_b));
     port = static_cast<unsigned short>(std::stoul(baton::test::read_file(ready_a)));
@@ -287,6 +306,63 @@ TEST(move, burst_of_1000_connections_moved_at_once_all_served) {
   for (auto& s : socks) s.close();
   auto [ra, rb] = servers.finish();
   EXPECT_EQ(baton::test::report_field(rb, "received"), 1000u) << rb;
+}
+
+// A batch the target takes in part: B receives with async_receive_some (up to 64 arrivals per
+// completion) and refuses every third ticket (BATON_FAULT claim:fail:every3, as a refusal for any
+// reason would). A refused move goes again once by the other path (automatic strategy's
+// fallback); a connection refused twice rolls back to A, which serves it; the others B serves.
+// Each connection must end in exactly one process with its bytes whole: 7 bytes sent, the 7
+// echoed back in order (3 by A before the move, 4 unread bytes by whichever process holds it
+// after), then nothing more before the end of stream (a connection held by both would echo its
+// unread bytes twice).
+TEST(move_batch, a_target_refusing_part_of_a_batch_leaves_each_connection_in_exactly_one_process) {
+  baton::test::raise_fd_limit();
+  constexpr int n = 300;
+  server_pair servers(4, 1, "automatic", 60s, {"batch", "claim:fail:every3"});
+  asio::io_context ioc;
+  std::vector<tcp::socket> socks;
+  for (int i = 0; i < n; ++i) socks.push_back(baton::test::connect_loopback(ioc, servers.port));
+  auto text = [](int i) {
+    char m[8];
+    std::snprintf(m, sizeof m, "%07d", i * 7919 % 10000000);
+    return std::string(m, 7);
+  };
+  for (int i = 0; i < n; ++i) asio::write(socks[static_cast<std::size_t>(i)], asio::buffer(text(i)));
+  int whole = 0;
+  std::string first_failure;
+  for (int i = 0; i < n; ++i) {
+    auto& s = socks[static_cast<std::size_t>(i)];
+    std::string got(7, '\0');
+    baton::error_code ec;
+    const auto have = asio::read(s, asio::buffer(got), ec);
+    std::size_t extra = 0;
+    if (!ec) {
+      s.shutdown(tcp::socket::shutdown_send, ec);
+      char more[16];
+      baton::error_code rec;
+      while (!rec) extra += s.read_some(asio::buffer(more), rec);
+      if (rec != asio::error::eof) ec = rec;
+    }
+    if (!ec && got == text(i) && extra == 0) {
+      ++whole;
+    } else if (first_failure.empty()) {
+      first_failure = "connection " + std::to_string(i) + ": \"" + got.substr(0, have) + "\" (expected \"" + text(i) +
+                      "\"), " + std::to_string(extra) + " bytes more, " + ec.message();
+    }
+  }
+  EXPECT_EQ(whole, n) << "first failure: " << first_failure;
+  for (auto& s : socks) s.close();
+  auto [ra, rb] = servers.finish();
+  std::printf("[ info ] A: %s\n[ info ] B: %s\n", ra.c_str(), rb.c_str());
+  using baton::test::report_field;
+  // B refused some tickets and took the others; each connection was either taken by B or rolled
+  // back to A (never both), and served to its end by exactly one of them.
+  EXPECT_GT(report_field(rb, "refused"), 0u) << rb;
+  EXPECT_GT(report_field(rb, "received"), 0u) << rb;
+  EXPECT_LE(report_field(ra, "rollbacks"), report_field(rb, "refused")) << ra << " / " << rb;
+  EXPECT_EQ(report_field(rb, "received") + report_field(ra, "rollbacks"), static_cast<std::uint64_t>(n));
+  EXPECT_EQ(report_field(ra, "served") + report_field(rb, "served"), static_cast<std::uint64_t>(n)) << ra << " / " << rb;
 }
 
 // A target that takes tickets off its channel but answers them as told: "nack" refuses each,

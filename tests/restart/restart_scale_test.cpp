@@ -139,15 +139,16 @@ TEST(restart_scale, thousands_of_idle_and_hundreds_of_busy_connections_all_move_
   EXPECT_TRUE(after.empty()) << after;
 }
 
-// A next generation slower than the window of moves in flight: each attach takes it 25 ms
+// A next generation slower than the window of moves in flight: each attach takes it 6 ms
 // (BATON_FAULT attach:stall, inherited by the next generation), so a full window of 256 moves
-// waits 6.4 s for its last verdict, past the 5 s move timeout. Moves time out and go again (the
-// window narrows meanwhile); every connection still moves and answers from generation 2, none is
-// left behind.
+// waits 1.5 s for its last verdict, past the move timeout of 1 s this service sets. Moves time
+// out and go again (the window narrows meanwhile); every connection still moves and answers from
+// generation 2, none is left behind. (It used 25 ms against the default 5 s timeout: the same
+// ratio, 10-34 s per run in the suite where this takes a quarter of that.)
 TEST(restart_scale, a_next_generation_slower_than_the_window_still_gets_every_connection) {
   raise_fd_limit();
   const std::size_t n = 400;
-  running_service svc("attach:stall:25", "long-drain");
+  running_service svc("attach:stall:6", "long-drain-1s-moves");
   idle_clients idle;
   const std::string opened = idle.open(svc.port, n);
   ASSERT_TRUE(opened.empty()) << opened;

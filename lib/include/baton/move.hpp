@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace baton {
 
@@ -65,6 +66,8 @@ void start_send(channel& ch, listener&& l, const move_options& o,
 void start_send(channel& ch, udp_socket&& u, const move_options& o,
                 boost::asio::any_completion_handler<void(error_code, udp_socket)> h);
 void start_receive(channel& ch, boost::asio::any_completion_handler<void(error_code, arrival)> h);
+void start_receive_some(channel& ch, std::size_t max,
+                        boost::asio::any_completion_handler<void(error_code, std::vector<arrival>)> h);
 /// What async_send moves: a connection, a listener or a UDP socket, as an rvalue.
 template <class T>
 concept movable_socket = !std::is_lvalue_reference_v<T> && (std::is_same_v<T, connection> ||
@@ -101,6 +104,19 @@ template <class Token>
 auto async_receive(channel& ch, Token&& token) {
   return boost::asio::async_initiate<Token, void(error_code, arrival)>(
       [&ch](auto h) { detail::start_receive(ch, std::move(h)); }, token);
+}
+
+/// Like async_receive, for many at a time: waits for the first arrival, then takes the tickets
+/// already queued behind it without waiting, up to `max` arrivals, each re-created and
+/// acknowledged as async_receive does. One completion for all of them: a receiver that also
+/// serves traffic takes a hand-over's connections a batch per turn of its event loop, not one.
+/// Completes with void(error_code, std::vector<arrival>). A ticket that fails ends the batch:
+/// the error is its error, and the vector holds the arrivals taken before it (they are yours);
+/// call again for the next.
+template <class Token>
+auto async_receive_some(channel& ch, std::size_t max, Token&& token) {
+  return boost::asio::async_initiate<Token, void(error_code, std::vector<arrival>)>(
+      [&ch, max](auto h) { detail::start_receive_some(ch, max, std::move(h)); }, token);
 }
 
 }  // namespace baton

@@ -10,9 +10,10 @@ namespace baton::balance {
 namespace detail {
 
 void worker_impl::receive() {
-  baton::async_receive(rx, [self = shared_from_this()](error_code ec, arrival a) {
+  // Up to 64 per completion: the hand-offs of one busy moment cost one turn of the event loop.
+  baton::async_receive_some(rx, 64, [self = shared_from_this()](error_code ec, std::vector<arrival> got) {
     if (self->stopped || self->finished || ec == asio::error::operation_aborted) return;
-    if (!ec) {
+    for (auto& a : got) {
       if (a.kind == ticket_kind::connection)
         self->adopt(std::move(a.conn), self->from_dispatcher(a.sender_pid));
       else if (a.kind == ticket_kind::control && self->from_dispatcher(a.sender_pid) && is_balance_ticket(a.control))

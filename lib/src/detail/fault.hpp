@@ -1,7 +1,8 @@
 #pragma once
 // Fault injection for the tests of docs/guarantees.md: each named step of a move can be made to
 // kill its own process, kill the other side, stall past the move timeout, or fail, chosen by the
-// environment variable BATON_FAULT="<step>:<action>[:<delay ms>]" (e.g. "attach:die").
+// environment variable BATON_FAULT="<step>:<action>[:<ms>]" (e.g. "attach:die"; ms: a stall's
+// length), or "<step>:<action>:every<n>" for the step's every n-th time only ("claim:fail:every3").
 // Compiled in only with BATON_FAULT_INJECTION (on in developer builds, off in installed ones);
 // otherwise fault_at() is a constant `none` and the hooks vanish.
 #include <cstdint>

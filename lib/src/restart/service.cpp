@@ -67,10 +67,12 @@ void service_impl::stop_timers() {
 void receive_each(std::shared_ptr<channel> ch, std::function<bool(const channel*)> current,
                   std::function<void(arrival)> on) {
   auto& c = *ch;
-  baton::async_receive(c, [ch = std::move(ch), current = std::move(current), on = std::move(on)](error_code ec,
-                                                                                               arrival a) mutable {
+  // A batch per completion: under load, one arrival per turn of the event loop made a hand-over
+  // of 15,000 idle connections beside 200 busy ones take 20-25 s (1.3-1.6 ms each).
+  baton::async_receive_some(c, receive_batch, [ch = std::move(ch), current = std::move(current),
+                                               on = std::move(on)](error_code ec, std::vector<arrival> got) mutable {
     if (ec == asio::error::operation_aborted || !current(ch.get())) return;
-    if (!ec) on(std::move(a));
+    for (auto& a : got) on(std::move(a));
     if (current(ch.get()) && ch->is_open()) receive_each(std::move(ch), std::move(current), std::move(on));
   });
 }
