@@ -49,6 +49,25 @@ struct samples {
   }
 };
 
+// Times `round_trip()` (steady::duration::max() when no answer came) once per iteration, after
+// warm-up round trips, and reports the quantiles. False if the warm-up failed (the run is skipped).
+template <class RoundTrip>
+bool measure_round_trips(benchmark::State& state, RoundTrip&& round_trip) {
+  for (int i = 0; i < warmup_round_trips; ++i)
+    if (round_trip() == steady::duration::max()) return state.SkipWithError("no answer (warm-up)"), false;
+  samples smp;
+  for (auto _ : state) {
+    const auto rt = round_trip();
+    if (rt == steady::duration::max()) {
+      state.SkipWithError("no answer within the deadline");
+      break;
+    }
+    smp.add(state, rt);
+  }
+  smp.report(state);
+  return true;
+}
+
 // Baton's FIFO doorbell --------------------------------------------------------------------------
 
 void BM_Doorbell_Baton(benchmark::State& state) {
@@ -98,18 +117,7 @@ void BM_Doorbell_Baton(benchmark::State& state) {
     }
     return t1 - t0;
   };
-  for (int i = 0; i < warmup_round_trips; ++i)
-    if (round_trip() == steady::duration::max()) return state.SkipWithError("no answer (warm-up)");
-  samples smp;
-  for (auto _ : state) {
-    const auto rt = round_trip();
-    if (rt == steady::duration::max()) {
-      state.SkipWithError("no answer within the deadline");
-      break;
-    }
-    smp.add(state, rt);
-  }
-  smp.report(state);
+  if (!measure_round_trips(state, round_trip)) return;
 }
 
 // args: CTL A B. Creates B, opens A, rings A whenever B rings.
@@ -210,18 +218,7 @@ void BM_Doorbell_UnixDgram(benchmark::State& state) {
     if (::recv(a.fd, &c, 1, 0) != 1) return steady::duration::max();
     return steady::now() - t0;
   };
-  for (int i = 0; i < warmup_round_trips; ++i)
-    if (round_trip() == steady::duration::max()) return state.SkipWithError("no answer (warm-up)");
-  samples smp;
-  for (auto _ : state) {
-    const auto rt = round_trip();
-    if (rt == steady::duration::max()) {
-      state.SkipWithError("no answer within the deadline");
-      break;
-    }
-    smp.add(state, rt);
-  }
-  smp.report(state);
+  if (!measure_round_trips(state, round_trip)) return;
   ::unlink(b_path.c_str());
 }
 
@@ -273,18 +270,7 @@ void BM_Doorbell_Futex(benchmark::State& state) {
     }
     return steady::now() - t0;
   };
-  for (int i = 0; i < warmup_round_trips; ++i)
-    if (round_trip() == steady::duration::max()) return state.SkipWithError("no answer (warm-up)");
-  samples smp;
-  for (auto _ : state) {
-    const auto rt = round_trip();
-    if (rt == steady::duration::max()) {
-      state.SkipWithError("no answer within the deadline");
-      break;
-    }
-    smp.add(state, rt);
-  }
-  smp.report(state);
+  if (!measure_round_trips(state, round_trip)) return;
 }
 
 // args: CTL
@@ -318,14 +304,11 @@ BENCHMARK(BM_Doorbell_Baton)->ArgName("cross_cpu")->Arg(0)->Arg(1)->UseManualTim
 BENCHMARK(BM_Doorbell_UnixDgram)->ArgName("cross_cpu")->Arg(0)->Arg(1)->UseManualTime();
 BENCHMARK(BM_Doorbell_Futex)->ArgName("cross_cpu")->Arg(0)->Arg(1)->UseManualTime();
 
+// The helper roles of this binary: name, least argc, entry point.
+constexpr bench::role helper_roles[] = {{"baton-bell", 5, role_baton_bell},
+                                        {"dgram-bell", 5, role_dgram_bell},
+                                        {"futex-bell", 3, role_futex_bell}};
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  const auto role = bench::role_of(argc, argv);
-  if (role == "baton-bell" && argc >= 5) return role_baton_bell(argv + 2);
-  if (role == "dgram-bell" && argc >= 5) return role_dgram_bell(argv + 2);
-  if (role == "futex-bell" && argc >= 3) return role_futex_bell(argv + 2);
-  if (!role.empty()) return bench::unknown_role(role);
-  if (const int rc = bench::run_benchmarks(argc, argv)) return rc;
-  return 0;
-}
+int main(int argc, char** argv) { return bench::run_main(argc, argv, helper_roles); }

@@ -297,29 +297,83 @@ void report_latency(benchmark::State& state, std::vector<double>& moves, std::ve
   }
 }
 
+// Starts the helper `role` pinned to another CPU than this process's (pinned too, while `pin`
+// lives). False if the run was skipped: a single CPU, or the helper did not start.
+bool start_on_other_cpu(benchmark::State& state, std::optional<bench::pin_guard>& pin, bench::session& s,
+                        const std::string& role, std::vector<std::string> args) {
+  const int helper_cpu = bench::place(pin, false);
+  if (helper_cpu < 0) {
+    state.SkipWithError("needs 2 CPUs");
+    return false;
+  }
+  return s.start(state, role, std::move(args), helper_cpu);
+}
+
+// The parent's side of a run against a raw-peer helper (in `mode`, `per_msg` descriptors per
+// message) over a socketpair: fd[0] is this side's end.
+struct raw_peer_run {
+  socket_pair sp;
+  std::optional<bench::pin_guard> pin;
+  bench::session s;
+
+  // False if the run was skipped (the reason given to `state`).
+  bool start(benchmark::State& state, const char* mode, std::size_t per_msg) {
+    if (!sp.open()) {
+      state.SkipWithError("socketpair failed");
+      return false;
+    }
+    if (!start_on_other_cpu(state, pin, s, "raw-peer", {std::to_string(sp.fd[1]), mode, std::to_string(per_msg)}))
+      return false;
+    sp.close_child_end();
+    return true;
+  }
+};
+
+// The parent's side of a run against a baton-peer helper: channel A (the helper sends to it), the
+// shared data block, the helper itself (in `mode`: pingpong or burst) and channel B (to the helper).
+struct peer_run {
+  std::string a_name = bench::unique_name("mvA"), b_name = bench::unique_name("mvB");
+  std::string data_name = bench::unique_name("data");
+  bench::shm data_mem;
+  shared_data* data = nullptr;
+  baton::channel rx;
+  std::optional<bench::pin_guard> pin;
+  std::optional<stale_channel_guard> b_guard;
+  bench::session s;
+  baton::channel tx;
+
+  // False if the run was skipped (the reason given to `state`).
+  bool start(benchmark::State& state, asio::io_context& io, long strategy, const char* mode) {
+    baton::error_code ec;
+    baton::channel::remove_stale(a_name, ec);
+    baton::channel::remove_stale(b_name, ec);
+    if (!data_mem.create(data_name, sizeof(shared_data))) return skip(state, "shm_open(data) failed");
+    data = new (data_mem.get()) shared_data;
+    rx = baton::channel::create(io.get_executor(), a_name, {}, ec);
+    if (ec) return skip(state, "channel::create: " + ec.message());
+    b_guard.emplace();
+    b_guard->name = b_name;
+    if (!start_on_other_cpu(state, pin, s, "baton-peer", {a_name, b_name, data_name, std::to_string(strategy), mode}))
+      return false;
+    tx = baton::channel::open(io.get_executor(), b_name, {}, ec);
+    if (ec) return skip(state, "channel::open: " + ec.message());
+    return true;
+  }
+  static bool skip(benchmark::State& state, const std::string& why) {
+    state.SkipWithError(why.c_str());
+    return false;
+  }
+};
+
 void BM_MoveLatency_Baton(benchmark::State& state) {
   const long strategy = static_cast<long>(state.range(0));
   state.SetLabel(strategy_name(strategy));
   asio::io_context io;
-  const auto a_name = bench::unique_name("mvA"), b_name = bench::unique_name("mvB");
-  const auto data_name = bench::unique_name("data");
-  baton::error_code ec;
-  baton::channel::remove_stale(a_name, ec);
-  baton::channel::remove_stale(b_name, ec);
-  bench::shm data_mem;
-  if (!data_mem.create(data_name, sizeof(shared_data))) return state.SkipWithError("shm_open(data) failed");
-  auto* data = new (data_mem.get()) shared_data;
-  auto rx = baton::channel::create(io.get_executor(), a_name, {}, ec);
-  if (ec) return state.SkipWithError(("channel::create: " + ec.message()).c_str());
-  std::optional<bench::pin_guard> pin;
-  const int helper_cpu = bench::place(pin, false);
-  if (helper_cpu < 0) return state.SkipWithError("needs 2 CPUs");
-  stale_channel_guard b_guard{b_name};
-  bench::session s;
-  if (!s.start(state, "baton-peer", {a_name, b_name, data_name, std::to_string(strategy), "pingpong"}, helper_cpu))
-    return;
-  auto tx = baton::channel::open(io.get_executor(), b_name, {}, ec);
-  if (ec) return state.SkipWithError(("channel::open: " + ec.message()).c_str());
+  peer_run run;
+  if (!run.start(state, io, strategy, "pingpong")) return;
+  auto &rx = run.rx, &tx = run.tx;
+  auto* data = run.data;
+  const auto& s = run.s;
   // Sockets only now: Asio's descriptors are not close-on-exec, the helper must not inherit them.
   std::vector<tcp::socket> clients, servers;
   std::string err;
@@ -383,14 +437,9 @@ void BM_MoveLatency_Baton(benchmark::State& state) {
 }
 
 void BM_MoveLatency_RawScm(benchmark::State& state) {
-  socket_pair sp;
-  if (!sp.open()) return state.SkipWithError("socketpair failed");
-  std::optional<bench::pin_guard> pin;
-  const int helper_cpu = bench::place(pin, false);
-  if (helper_cpu < 0) return state.SkipWithError("needs 2 CPUs");
-  bench::session s;
-  if (!s.start(state, "raw-peer", {std::to_string(sp.fd[1]), "pingpong", "1"}, helper_cpu)) return;
-  sp.close_child_end();
+  raw_peer_run run;
+  if (!run.start(state, "pingpong", 1)) return;
+  const int sock = run.sp.fd[0];
   asio::io_context io;
   std::vector<tcp::socket> clients, servers;
   std::string err;
@@ -404,11 +453,11 @@ void BM_MoveLatency_RawScm(benchmark::State& state) {
   auto round = [&]() -> bool {
     t0 = steady::now();
     const int fd = held.fds.back();
-    if (!send_fds(sp.fd[0], &fd, 1, {1, 1})) return false;
+    if (!send_fds(sock, &fd, 1, {1, 1})) return false;
     ::close(fd);
     held.fds.pop_back();
     raw_header h{};
-    if (!recv_fds(sp.fd[0], held.fds, h) || held.fds.size() != 1) return false;
+    if (!recv_fds(sock, held.fds, h) || held.fds.size() != 1) return false;
     t1 = steady::now();
     return true;
   };
@@ -428,30 +477,37 @@ void BM_MoveLatency_RawScm(benchmark::State& state) {
 
 // 2. Move throughput ---------------------------------------------------------------------------
 
+// Runs a burst benchmark: `one_burst(dt)` moves one burst (`dt`: the time it took; an error message
+// if it failed) once as a warm-up, then once per iteration, each timed by its `dt`. The rate in
+// connections per second is recorded under `key`.
+template <class OneBurst>
+void run_bursts(benchmark::State& state, OneBurst&& one_burst, const std::string& key) {
+  steady::duration dt{};
+  if (auto e = one_burst(dt); !e.empty()) return state.SkipWithError(("warm-up: " + e).c_str());
+  double total = 0;
+  for (auto _ : state) {
+    if (auto e = one_burst(dt); !e.empty()) {
+      state.SkipWithError(e.c_str());
+      break;
+    }
+    const double sec = std::chrono::duration<double>(dt).count();
+    total += sec;
+    state.SetIterationTime(sec);
+  }
+  const auto items = static_cast<std::int64_t>(state.iterations() * burst);
+  state.SetItemsProcessed(items);
+  if (total > 0) record(state, key, static_cast<double>(items) / total);
+}
+
 void BM_MoveBurst_Baton(benchmark::State& state) {
   const long strategy = static_cast<long>(state.range(0));
   state.SetLabel(strategy_name(strategy));
   raise_fd_limit();
   asio::io_context io;
-  const auto a_name = bench::unique_name("mvA"), b_name = bench::unique_name("mvB");
-  const auto data_name = bench::unique_name("data");
-  baton::error_code ec;
-  baton::channel::remove_stale(a_name, ec);
-  baton::channel::remove_stale(b_name, ec);
-  bench::shm data_mem;
-  if (!data_mem.create(data_name, sizeof(shared_data))) return state.SkipWithError("shm_open(data) failed");
-  new (data_mem.get()) shared_data;
-  auto rx = baton::channel::create(io.get_executor(), a_name, {}, ec);
-  if (ec) return state.SkipWithError(("channel::create: " + ec.message()).c_str());
-  std::optional<bench::pin_guard> pin;
-  const int helper_cpu = bench::place(pin, false);
-  if (helper_cpu < 0) return state.SkipWithError("needs 2 CPUs");
-  stale_channel_guard b_guard{b_name};
-  bench::session s;
-  if (!s.start(state, "baton-peer", {a_name, b_name, data_name, std::to_string(strategy), "burst"}, helper_cpu))
-    return;
-  auto tx = baton::channel::open(io.get_executor(), b_name, {}, ec);
-  if (ec) return state.SkipWithError(("channel::open: " + ec.message()).c_str());
+  peer_run run;
+  if (!run.start(state, io, strategy, "burst")) return;
+  auto &rx = run.rx, &tx = run.tx;
+  const auto& s = run.s;
   std::vector<tcp::socket> clients, servers;
   std::string err;
   if (!make_connections(io, burst, clients, servers, err)) return state.SkipWithError(err.c_str());
@@ -514,34 +570,15 @@ void BM_MoveBurst_Baton(benchmark::State& state) {
       return "the helper's moves back did not complete";
     return {};
   };
-  steady::duration dt{};
-  if (auto e = one_burst(dt); !e.empty()) return state.SkipWithError(("warm-up: " + e).c_str());
-  double total = 0;
-  for (auto _ : state) {
-    if (auto e = one_burst(dt); !e.empty()) {
-      state.SkipWithError(e.c_str());
-      break;
-    }
-    const double sec = std::chrono::duration<double>(dt).count();
-    total += sec;
-    state.SetIterationTime(sec);
-  }
-  const auto items = static_cast<std::int64_t>(state.iterations() * burst);
-  state.SetItemsProcessed(items);
-  if (total > 0) record(state, std::string("burst/") + strategy_name(strategy), static_cast<double>(items) / total);
+  run_bursts(state, one_burst, std::string("burst/") + strategy_name(strategy));
 }
 
 void BM_MoveBurst_RawScm(benchmark::State& state) {
   const auto per_msg = static_cast<std::size_t>(state.range(0));
   raise_fd_limit();
-  socket_pair sp;
-  if (!sp.open()) return state.SkipWithError("socketpair failed");
-  std::optional<bench::pin_guard> pin;
-  const int helper_cpu = bench::place(pin, false);
-  if (helper_cpu < 0) return state.SkipWithError("needs 2 CPUs");
-  bench::session s;
-  if (!s.start(state, "raw-peer", {std::to_string(sp.fd[1]), "burst", std::to_string(per_msg)}, helper_cpu)) return;
-  sp.close_child_end();
+  raw_peer_run run;
+  if (!run.start(state, "burst", per_msg)) return;
+  const int sock = run.sp.fd[0];
   asio::io_context io;
   std::vector<tcp::socket> clients, servers;
   std::string err;
@@ -557,34 +594,20 @@ void BM_MoveBurst_RawScm(benchmark::State& state) {
     const auto t0 = steady::now();
     for (std::size_t i = 0; i < burst; i += per_msg) {
       const std::size_t n = std::min(per_msg, burst - i);
-      if (!send_fds(sp.fd[0], held.fds.data() + i, n, fds_msg)) return std::string("sendmsg: ") + std::strerror(errno);
+      if (!send_fds(sock, held.fds.data() + i, n, fds_msg)) return std::string("sendmsg: ") + std::strerror(errno);
       for (std::size_t j = i; j < i + n; ++j) ::close(held.fds[j]);
     }
     held.fds.clear();
     raw_header h{};
     std::vector<int> none;
-    if (!recv_fds(sp.fd[0], none, h) || h.kind != 2) return std::string("no answer: ") + std::strerror(errno);
+    if (!recv_fds(sock, none, h) || h.kind != 2) return std::string("no answer: ") + std::strerror(errno);
     dt = steady::now() - t0;
     // Untimed: B sends them back.
     while (held.fds.size() < burst)
-      if (!recv_fds(sp.fd[0], held.fds, h)) return std::string("moving back: ") + std::strerror(errno);
+      if (!recv_fds(sock, held.fds, h)) return std::string("moving back: ") + std::strerror(errno);
     return {};
   };
-  steady::duration dt{};
-  if (auto e = one_burst(dt); !e.empty()) return state.SkipWithError(("warm-up: " + e).c_str());
-  double total = 0;
-  for (auto _ : state) {
-    if (auto e = one_burst(dt); !e.empty()) {
-      state.SkipWithError(e.c_str());
-      break;
-    }
-    const double sec = std::chrono::duration<double>(dt).count();
-    total += sec;
-    state.SetIterationTime(sec);
-  }
-  const auto items = static_cast<std::int64_t>(state.iterations() * burst);
-  state.SetItemsProcessed(items);
-  if (total > 0) record(state, "burst_raw/" + std::to_string(per_msg), static_cast<double>(items) / total);
+  run_bursts(state, one_burst, "burst_raw/" + std::to_string(per_msg));
 }
 
 // 3. Data path after a move ----------------------------------------------------------------------
@@ -724,15 +747,29 @@ struct housekeeping {
   }
 };
 
+// A helper role's shared memory: the control block and the shared data, attached.
+struct helper_blocks {
+  bench::shm ctl_mem, data_mem;
+  control* ctl = nullptr;
+  shared_data* data = nullptr;
+
+  // 0 once both are attached, else the exit status (2; the parent hears of it when the control
+  // block could be attached).
+  int attach(const std::string& ctl_name, const std::string& data_name) {
+    if (!ctl_mem.open(ctl_name, sizeof(control))) return 2;
+    ctl = ctl_mem.as<control>();
+    if (!data_mem.open(data_name, sizeof(shared_data))) return ctl->failed.store(1), 2;
+    data = data_mem.as<shared_data>();
+    return 0;
+  }
+};
+
 // args: CTL A B DATA STRATEGY MODE. Creates channel B, opens A. pingpong: moves every connection
 // that arrives straight back, timing each move. burst: keeps what arrives; a control ticket makes
 // it move everything back at once.
 int role_baton_peer(char** args) {
-  bench::shm ctl_mem, data_mem;
-  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
-  auto* ctl = ctl_mem.as<control>();
-  if (!data_mem.open(args[3], sizeof(shared_data))) return ctl->failed.store(1), 2;
-  auto* data = data_mem.as<shared_data>();
+  helper_blocks h;
+  if (const int rc = h.attach(args[0], args[3])) return rc;
   const std::string a_name = args[1], b_name = args[2], mode = args[5];
   const bool pingpong = mode == "pingpong";
   baton::move_options opts;
@@ -744,12 +781,12 @@ int role_baton_peer(char** args) {
   auto rx = baton::channel::create(io.get_executor(), b_name, {}, ec);
   if (ec) {
     std::fprintf(stderr, "baton-peer: channel::create: %s\n", ec.message().c_str());
-    return ctl->failed.store(1), 1;
+    return h.ctl->failed.store(1), 1;
   }
   auto tx = baton::channel::open(io.get_executor(), a_name, {}, ec);
   if (ec) {
     std::fprintf(stderr, "baton-peer: channel::open: %s\n", ec.message().c_str());
-    return ctl->failed.store(1), 1;
+    return h.ctl->failed.store(1), 1;
   }
   bool fail = false;
   std::uint64_t moves = 0, samples = 0;
@@ -777,8 +814,8 @@ int role_baton_peer(char** args) {
           baton::async_send(tx, std::move(*c), opts, [&, t0](baton::error_code se, baton::connection) {
             const auto t1 = steady::now();
             if (se) return fail_with("async_send", se);
-            if (samples < max_samples) data->samples_us[samples] = us(t1 - t0);
-            data->nsamples.store(++samples, std::memory_order_release);
+            if (samples < max_samples) h.data->samples_us[samples] = us(t1 - t0);
+            h.data->nsamples.store(++samples, std::memory_order_release);
           });
         });
       } else if (a.kind == baton::ticket_kind::control) {
@@ -789,18 +826,17 @@ int role_baton_peer(char** args) {
           baton::async_send(tx, std::move(c), opts, [&](baton::error_code se, baton::connection) {
             if (se) return fail_with("async_send", se);
             // All moved back and acknowledged: A may start its next burst.
-            if (--returning == 0) ctl->done.fetch_add(1, std::memory_order_release);
+            if (--returning == 0) h.ctl->done.fetch_add(1, std::memory_order_release);
           });
         held.clear();
       }
     });
   };
   arm();
-  housekeeping hk(io, [&] { return bench::parent_wants_us(ctl) && steady::now() - last < bench::wait_deadline; });
-  ctl->ready.store(1, std::memory_order_release);
+  housekeeping hk(io, [&] { return bench::parent_wants_us(h.ctl) && steady::now() - last < bench::wait_deadline; });
+  h.ctl->ready.store(1, std::memory_order_release);
   while (!fail && !io.stopped()) io.run();
-  if (fail) ctl->failed.store(1);
-  return fail ? 1 : 0;
+  return bench::helper_exit(h.ctl, fail);
 }
 
 // args: CTL FD MODE PER_MSG. pingpong: sends every descriptor back at once. burst: collects a
@@ -847,8 +883,7 @@ int role_raw_peer(char** args) {
     fds.clear();
   }
   for (int fd : fds) ::close(fd);
-  if (fail) ctl->failed.store(1);
-  return fail ? 1 : 0;
+  return bench::helper_exit(ctl, fail);
 }
 
 // Echo server side (B): read 64 bytes, write them back, repeat. The same code for both streams.
@@ -873,11 +908,8 @@ struct echo_session : std::enable_shared_from_this<echo_session<Stream>> {
 // args: CTL DATA CHANNEL MODE. plain: listens and accepts itself (port in DATA); baton: creates
 // CHANNEL and serves the connections moved to it.
 int role_echo_server(char** args) {
-  bench::shm ctl_mem, data_mem;
-  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
-  auto* ctl = ctl_mem.as<control>();
-  if (!data_mem.open(args[1], sizeof(shared_data))) return ctl->failed.store(1), 2;
-  auto* data = data_mem.as<shared_data>();
+  helper_blocks h;
+  if (const int rc = h.attach(args[0], args[1])) return rc;
   const std::string name = args[2];
   const bool moved = std::string(args[3]) == "baton";
   asio::io_context io;
@@ -890,7 +922,7 @@ int role_echo_server(char** args) {
   if (moved) {
     baton::channel::remove_stale(name, ec);
     rx = baton::channel::create(io.get_executor(), name, {}, ec);
-    if (ec) return ctl->failed.store(1), 1;
+    if (ec) return h.ctl->failed.store(1), 1;
     next = [&] {
       baton::async_receive(rx, [&](baton::error_code e, baton::arrival a) {
         if (e == asio::error::operation_aborted) return;
@@ -903,8 +935,8 @@ int role_echo_server(char** args) {
     acc.open(tcp::v4(), ec);
     if (!ec) acc.bind({asio::ip::address_v4::loopback(), 0}, ec);
     if (!ec) acc.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) return ctl->failed.store(1), 1;
-    data->port.store(acc.local_endpoint().port());
+    if (ec) return h.ctl->failed.store(1), 1;
+    h.data->port.store(acc.local_endpoint().port());
     next = [&] {
       acc.async_accept([&](baton::error_code e, tcp::socket sk) {
         if (e == asio::error::operation_aborted) return;
@@ -918,12 +950,11 @@ int role_echo_server(char** args) {
   next();
   housekeeping hk(io, [&] {
     if (echoes != seen) seen = echoes, last = steady::now();
-    return bad == 0 && bench::parent_wants_us(ctl) && steady::now() - last < bench::wait_deadline;
+    return bad == 0 && bench::parent_wants_us(h.ctl) && steady::now() - last < bench::wait_deadline;
   });
-  ctl->ready.store(1, std::memory_order_release);
+  h.ctl->ready.store(1, std::memory_order_release);
   while (!io.stopped()) io.run();
-  if (bad) ctl->failed.store(1);
-  return bad ? 1 : 0;
+  return bench::helper_exit(h.ctl, bad != 0);
 }
 
 void print_ratios() {
@@ -945,16 +976,11 @@ void print_ratios() {
   line("echo server CPU per message, baton / plain", measured("echo_cpu/baton"), measured("echo_cpu/plain"), "ns");
 }
 
+// The helper roles of this binary: name, least argc, entry point.
+constexpr bench::role helper_roles[] = {{"baton-peer", 8, role_baton_peer},
+                                        {"raw-peer", 6, role_raw_peer},
+                                        {"echo-server", 6, role_echo_server}};
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  const auto role = bench::role_of(argc, argv);
-  if (role == "baton-peer" && argc >= 8) return role_baton_peer(argv + 2);
-  if (role == "raw-peer" && argc >= 6) return role_raw_peer(argv + 2);
-  if (role == "echo-server" && argc >= 6) return role_echo_server(argv + 2);
-  if (!role.empty()) return bench::unknown_role(role);
-  install_sigalrm();
-  if (const int rc = bench::run_benchmarks(argc, argv)) return rc;
-  print_ratios();
-  return 0;
-}
+int main(int argc, char** argv) { return bench::run_main(argc, argv, helper_roles, install_sigalrm, print_ratios); }

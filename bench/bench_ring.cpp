@@ -72,23 +72,74 @@ void finish(benchmark::State& state, const std::string& key, double seconds) {
     g_rates[key].emplace_back(static_cast<std::int64_t>(state.iterations()), static_cast<double>(items) / seconds);
 }
 
+// The timed iterations of a ring benchmark: each asks the helper for a batch and receives it with
+// `receive(end)` (counting the records in `got`, `bad` if one was wrong; `end` is the deadline),
+// timed from the request to the last record. Returns the seconds timed in all.
+template <class Receive>
+double run_batches(benchmark::State& state, control* ctl, std::uint64_t& batch, std::uint32_t& got, bool& bad,
+                   Receive receive) {
+  double total = 0;
+  for (auto _ : state) {
+    got = 0;
+    bad = false;
+    const auto t0 = steady::now();
+    ctl->go.store(++batch, std::memory_order_release);
+    receive(t0 + bench::wait_deadline);
+    const auto t1 = steady::now();
+    if (bad || got < records_per_batch) {
+      state.SkipWithError(bad ? "bad record" : "timed out / helper failed");
+      break;
+    }
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  return total;
+}
+
+// Parent side: busy-polls `take()` (true when it took a record) while `more()`, until the deadline
+// `end` or the helper's failure (checked every 1024 rounds).
+template <class More, class Take>
+void poll(const control* ctl, steady::time_point end, More more, Take take) {
+  for (std::uint32_t i = 0; more(); ++i) {
+    if (take()) continue;
+    bench::cpu_relax();
+    if ((i & 1023) == 1023 && (steady::now() > end || ctl->failed.load() != 0)) break;
+  }
+}
+
+// The parent's side of a benchmark of Baton's ring: a new channel, and the helper `role` sending
+// records of `size` bytes to it.
+struct channel_run {
+  std::string name = bench::unique_name("ring");
+  baton::channel ch;
+  std::optional<bench::pin_guard> pin;
+  bench::session s;
+
+  // False if the run was skipped (the reason given to `state`).
+  bool start(benchmark::State& state, asio::io_context& io, const char* role, std::size_t size) {
+    remove_channel_names(name);
+    baton::error_code ec;
+    ch = baton::channel::create(io.get_executor(), name, {}, ec);
+    if (ec) {
+      state.SkipWithError(("channel::create: " + ec.message()).c_str());
+      return false;
+    }
+    const int helper_cpu = bench::place(pin, false);
+    return s.start(state, role, {name, std::to_string(records_per_batch), std::to_string(size)}, helper_cpu);
+  }
+};
+
 void BM_BatonRing(benchmark::State& state, bool async) {
   const auto size = static_cast<std::size_t>(state.range(0));
   asio::io_context io;
-  const auto name = bench::unique_name("ring");
-  remove_channel_names(name);
+  channel_run run;
+  if (!run.start(state, io, "baton-producer", size)) return;
+  auto& ch = run.ch;
+  const auto& s = run.s;
   baton::error_code ec;
-  auto ch = baton::channel::create(io.get_executor(), name, {}, ec);
-  if (ec) return state.SkipWithError(("channel::create: " + ec.message()).c_str());
-  std::optional<bench::pin_guard> pin;
-  const int helper_cpu = bench::place(pin, false);
-  bench::session s;
-  if (!s.start(state, "baton-producer", {name, std::to_string(records_per_batch), std::to_string(size)},
-               helper_cpu))
-    return;
 
   std::uint64_t batch = 0;
-  double total = 0;
   std::uint32_t got = 0;
   bool bad = false;
   asio::steady_timer deadline(io);
@@ -100,11 +151,7 @@ void BM_BatonRing(benchmark::State& state, bool async) {
       io.stop();
     });
   };
-  for (auto _ : state) {
-    got = 0;
-    const auto t0 = steady::now();
-    const auto end = t0 + bench::wait_deadline;
-    s.ctl->go.store(++batch, std::memory_order_release);
+  const double total = run_batches(state, s.ctl, batch, got, bad, [&](steady::time_point end) {
     if (async) {
       // As an application would: io_context::run(); the last record (or the deadline) stops it.
       arm();
@@ -116,25 +163,14 @@ void BM_BatonRing(benchmark::State& state, bool async) {
       io.run();
     } else {
       baton::ticket t;
-      for (std::uint32_t i = 0; got < records_per_batch && !bad; ++i) {
-        if (ch.try_receive(t, ec)) {
-          if (ec || t.flags != got || baton::encoded_size(t) != size) bad = true;
-          ++got;
-          continue;
-        }
-        bench::cpu_relax();
-        if ((i & 1023) == 1023 && (steady::now() > end || s.ctl->failed.load() != 0)) break;
-      }
+      poll(s.ctl, end, [&] { return got < records_per_batch && !bad; }, [&] {
+        if (!ch.try_receive(t, ec)) return false;
+        if (ec || t.flags != got || baton::encoded_size(t) != size) bad = true;
+        ++got;
+        return true;
+      });
     }
-    const auto t1 = steady::now();
-    if (bad || got < records_per_batch) {
-      state.SkipWithError(bad ? "bad record" : "timed out / helper failed");
-      break;
-    }
-    const double dt = std::chrono::duration<double>(t1 - t0).count();
-    total += dt;
-    state.SetIterationTime(dt);
-  }
+  });
   finish(state, (async ? "baton_async/" : "baton_poll/") + std::to_string(size), total);
   const auto st = ch.stats();
   state.counters["doorbells_per_batch"] =
@@ -150,49 +186,29 @@ void BM_BatonRing_Async(benchmark::State& state) { BM_BatonRing(state, true); }
 void BM_BatonRingLayer(benchmark::State& state) {
   const auto size = static_cast<std::size_t>(state.range(0));
   asio::io_context io;
-  const auto name = bench::unique_name("ring");
-  remove_channel_names(name);
+  channel_run run;
+  if (!run.start(state, io, "ring-layer-producer", size)) return;
+  auto& ring = baton::detail::channel_access::get(run.ch).ring;
+  const auto& s = run.s;
   baton::error_code ec;
-  auto ch = baton::channel::create(io.get_executor(), name, {}, ec);
-  if (ec) return state.SkipWithError(("channel::create: " + ec.message()).c_str());
-  auto& ring = baton::detail::channel_access::get(ch).ring;
-  std::optional<bench::pin_guard> pin;
-  const int helper_cpu = bench::place(pin, false);
-  bench::session s;
-  if (!s.start(state, "ring-layer-producer", {name, std::to_string(records_per_batch), std::to_string(size)},
-               helper_cpu))
-    return;
   std::vector<std::byte> buf;
   std::uint64_t batch = 0;
-  double total = 0;
-  for (auto _ : state) {
-    std::uint32_t got = 0;
-    bool bad = false;
-    const auto t0 = steady::now();
-    const auto end = t0 + bench::wait_deadline;
-    s.ctl->go.store(++batch, std::memory_order_release);
-    for (std::uint32_t i = 0; got < records_per_batch && !bad; ++i) {
+  std::uint32_t got = 0;
+  bool bad = false;
+  const double total = run_batches(state, s.ctl, batch, got, bad, [&](steady::time_point end) {
+    poll(s.ctl, end, [&] { return got < records_per_batch && !bad; }, [&] {
       const auto r = ring.pop(buf, ec);
       if (r == baton::detail::ring::pop_result::record) {
         std::uint32_t seq = 0;
         if (buf.size() == size) std::memcpy(&seq, buf.data() + 36, 4);  // the ticket's flags field
         bad = buf.size() != size || seq != got;
         ++got;
-        continue;
+        return true;
       }
       if (r == baton::detail::ring::pop_result::error) bad = true;
-      bench::cpu_relax();
-      if ((i & 1023) == 1023 && (steady::now() > end || s.ctl->failed.load() != 0)) break;
-    }
-    const auto t1 = steady::now();
-    if (bad || got < records_per_batch) {
-      state.SkipWithError(bad ? "bad record" : "timed out / helper failed");
-      break;
-    }
-    const double dt = std::chrono::duration<double>(t1 - t0).count();
-    total += dt;
-    state.SetIterationTime(dt);
-  }
+      return false;
+    });
+  });
   finish(state, "ring_layer/" + std::to_string(size), total);
 }
 
@@ -213,37 +229,22 @@ void BM_MinimalRing(benchmark::State& state) {
 
   std::vector<std::byte> buf(size);
   std::uint64_t batch = 0;
-  double total = 0;
-  for (auto _ : state) {
-    std::uint32_t got = 0;
-    bool bad = false;
-    const auto t0 = steady::now();
-    const auto end = t0 + bench::wait_deadline;
-    s.ctl->go.store(++batch, std::memory_order_release);
+  std::uint32_t got = 0;
+  bool bad = false;
+  const double total = run_batches(state, s.ctl, batch, got, bad, [&](steady::time_point end) {
     std::uint64_t head = h->head.load(std::memory_order_relaxed);
-    for (std::uint32_t i = 0; got < records_per_batch; ++i) {
-      if (h->tail.load(std::memory_order_acquire) != head) {
-        std::memcpy(buf.data(), data + (head & (slots - 1)) * size, size);
-        h->head.store(++head, std::memory_order_release);
-        std::uint32_t seq;
-        std::memcpy(&seq, buf.data(), 4);
-        if (seq != got) bad = true;
-        ++got;
-        continue;
-      }
-      bench::cpu_relax();
-      if ((i & 1023) == 1023 && (steady::now() > end || s.ctl->failed.load() != 0)) break;
-    }
-    const auto t1 = steady::now();
+    poll(s.ctl, end, [&] { return got < records_per_batch; }, [&] {
+      if (h->tail.load(std::memory_order_acquire) == head) return false;
+      std::memcpy(buf.data(), data + (head & (slots - 1)) * size, size);
+      h->head.store(++head, std::memory_order_release);
+      std::uint32_t seq;
+      std::memcpy(&seq, buf.data(), 4);
+      if (seq != got) bad = true;
+      ++got;
+      return true;
+    });
     benchmark::DoNotOptimize(buf.data());
-    if (bad || got < records_per_batch) {
-      state.SkipWithError(bad ? "bad record" : "timed out / helper failed");
-      break;
-    }
-    const double dt = std::chrono::duration<double>(t1 - t0).count();
-    total += dt;
-    state.SetIterationTime(dt);
-  }
+  });
   finish(state, "minimal/" + std::to_string(size), total);
 }
 
@@ -254,136 +255,133 @@ BENCHMARK(BM_BatonRingLayer)->Arg(64)->Arg(1024)->UseManualTime();
 
 // Helper roles -------------------------------------------------------------------------------
 
-// args: CTL NAME N SIZE
-int role_baton_producer(char** args) {
+// What a producer role is given (args: CTL NAME N SIZE): the control block, attached (nullptr if
+// it cannot be), the channel's or ring's name, and how many records of what size make a batch.
+struct producer_args {
+  explicit producer_args(char** args) {
+    if (!ctl_mem.open(args[0], sizeof(control))) return;
+    ctl = ctl_mem.as<control>();
+    name = args[1];
+    n = static_cast<std::uint32_t>(std::stoul(args[2]));
+    size = static_cast<std::size_t>(std::stoul(args[3]));
+  }
+
   bench::shm ctl_mem;
-  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
-  auto* ctl = ctl_mem.as<control>();
-  const std::string name = args[1];
-  const auto n = static_cast<std::uint32_t>(std::stoul(args[2]));
-  const auto size = static_cast<std::size_t>(std::stoul(args[3]));
+  control* ctl = nullptr;
+  std::string name;
+  std::uint32_t n = 0;
+  std::size_t size = 0;
+};
+
+// A producer into the channel NAME: its arguments, and the channel opened (`ec` says why not).
+struct channel_producer : producer_args {
+  explicit channel_producer(char** args) : producer_args(args) {
+    if (ctl) ch = baton::channel::open(io.get_executor(), name, {}, ec);
+  }
+
   asio::io_context io;
   baton::error_code ec;
-  auto ch = baton::channel::open(io.get_executor(), name, {}, ec);
-  if (ec) {
-    std::fprintf(stderr, "baton-producer: channel::open: %s\n", ec.message().c_str());
-    ctl->failed.store(1);
+  baton::channel ch;
+};
+
+int role_baton_producer(char** args) {
+  channel_producer a(args);
+  if (!a.ctl) return 2;
+  if (a.ec) {
+    std::fprintf(stderr, "baton-producer: channel::open: %s\n", a.ec.message().c_str());
+    a.ctl->failed.store(1);
     return 1;
   }
   baton::ticket t;
   t.kind = baton::ticket_kind::control;
   t.method = baton::transfer_method::none;
   t.id = baton::ticket_id::random();
-  t.state.resize(size - baton::ticket_header_bytes, std::byte{0x5A});
-  ctl->ready.store(1, std::memory_order_release);
+  t.state.resize(a.size - baton::ticket_header_bytes, std::byte{0x5A});
+  a.ctl->ready.store(1, std::memory_order_release);
 
   std::uint32_t i = 0;
   bool fail = false;
   std::function<void()> next = [&] {
     t.flags = i;
-    ch.async_send(t, [&](baton::error_code e) {
+    a.ch.async_send(t, [&](baton::error_code e) {
       if (e) {
         std::fprintf(stderr, "baton-producer: async_send: %s\n", e.message().c_str());
         fail = true;
         return;
       }
-      if (++i < n) next();
+      if (++i < a.n) next();
     });
   };
-  for (std::uint64_t seen = 0; seen < max_batches && !fail; ++seen) {
-    if (!bench::wait_for_batch(ctl, seen)) break;
+  return bench::serve_batches(a.ctl, max_batches, [&] {
     // run() returns when the chain of sends ends: after n records, or after the first failure.
     // It is bounded by the channel itself: each send fails with channel_owner_dead once the
     // parent is gone, and a full ring is waited on for send_timeout (5 s) at most.
     i = 0;
     next();
-    io.restart();
-    io.run();
-    if (i < n) fail = true;
-    ctl->done.store(seen + 1, std::memory_order_release);
-  }
-  if (fail) ctl->failed.store(1);
-  return fail ? 1 : 0;
+    a.io.restart();
+    a.io.run();
+    if (i < a.n) fail = true;
+    return !fail;
+  });
 }
 
-// args: CTL NAME N SIZE
 int role_ring_layer_producer(char** args) {
-  bench::shm ctl_mem;
-  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
-  auto* ctl = ctl_mem.as<control>();
-  const auto n = static_cast<std::uint32_t>(std::stoul(args[2]));
-  const auto size = static_cast<std::size_t>(std::stoul(args[3]));
-  asio::io_context io;
-  baton::error_code ec;
-  auto ch = baton::channel::open(io.get_executor(), args[1], {}, ec);
-  if (ec) return ctl->failed.store(1), 1;
-  auto& ring = baton::detail::channel_access::get(ch).ring;
+  channel_producer a(args);
+  if (!a.ctl) return 2;
+  if (a.ec) return a.ctl->failed.store(1), 1;
+  auto& ring = baton::detail::channel_access::get(a.ch).ring;
   baton::ticket t;
   t.kind = baton::ticket_kind::control;
   t.method = baton::transfer_method::none;
-  t.state.resize(size - baton::ticket_header_bytes, std::byte{0x5A});
+  t.state.resize(a.size - baton::ticket_header_bytes, std::byte{0x5A});
   auto bytes = baton::encode(t);
-  ctl->ready.store(1, std::memory_order_release);
-  bool fail = false;
-  for (std::uint64_t seen = 0; seen < max_batches && !fail; ++seen) {
-    if (!bench::wait_for_batch(ctl, seen)) break;
-    const auto end = steady::now() + bench::wait_deadline;
-    for (std::uint32_t i = 0, spins = 0; i < n && !fail;) {
+  a.ctl->ready.store(1, std::memory_order_release);
+  return bench::serve_batches(a.ctl, max_batches, [&] {
+    bench::spinner room(a.ctl);
+    for (std::uint32_t i = 0; i < a.n;) {
       std::memcpy(bytes.data() + 36, &i, 4);
       ring.push(bytes.size(), [&](std::span<std::byte> out) { std::memcpy(out.data(), bytes.data(), bytes.size()); },
-                ec);
-      if (!ec) {
+                a.ec);
+      if (!a.ec) {
         ++i;
         continue;
       }
-      if (ec != baton::errc::channel_full) fail = true;
-      bench::cpu_relax();
-      if ((++spins & 1023) == 0 && (steady::now() > end || !bench::parent_wants_us(ctl))) fail = true;
+      if (a.ec != baton::errc::channel_full || !room.spin()) return false;
     }
-    ctl->done.store(seen + 1, std::memory_order_release);
-  }
-  if (fail) ctl->failed.store(1);
-  return fail ? 1 : 0;
+    return true;
+  });
 }
 
-// args: CTL RING N SIZE
+// args: CTL RING N SIZE, RING the minimal ring's shared memory (producer_args::name).
 int role_minimal_producer(char** args) {
-  bench::shm ctl_mem;
-  if (!ctl_mem.open(args[0], sizeof(control))) return 2;
-  auto* ctl = ctl_mem.as<control>();
-  const auto n = static_cast<std::uint32_t>(std::stoul(args[2]));
-  const auto size = static_cast<std::size_t>(std::stoul(args[3]));
-  const std::uint64_t slots = ring_bytes / size;
+  const producer_args a(args);
+  if (!a.ctl) return 2;
+  const std::uint64_t slots = ring_bytes / a.size;
   bench::shm mem;
-  if (!mem.open(args[1], minimal_data_offset + ring_bytes)) {
-    ctl->failed.store(1);
+  if (!mem.open(a.name, minimal_data_offset + ring_bytes)) {
+    a.ctl->failed.store(1);
     return 2;
   }
   auto* h = mem.as<minimal_header>();
   auto* data = static_cast<std::byte*>(mem.get()) + minimal_data_offset;
-  std::vector<std::byte> src(size, std::byte{0x5A});
-  ctl->ready.store(1, std::memory_order_release);
+  std::vector<std::byte> src(a.size, std::byte{0x5A});
+  a.ctl->ready.store(1, std::memory_order_release);
 
-  bool fail = false;
-  for (std::uint64_t seen = 0; seen < max_batches && !fail; ++seen) {
-    if (!bench::wait_for_batch(ctl, seen)) break;
-    const auto end = steady::now() + bench::wait_deadline;
+  return bench::serve_batches(a.ctl, max_batches, [&] {
+    bench::spinner room(a.ctl);
     std::uint64_t tail = h->tail.load(std::memory_order_relaxed);
-    for (std::uint32_t i = 0, spins = 0; i < n && !fail;) {
+    for (std::uint32_t i = 0; i < a.n;) {
       if (tail - h->head.load(std::memory_order_acquire) < slots) {
         std::memcpy(src.data(), &i, 4);
-        std::memcpy(data + (tail & (slots - 1)) * size, src.data(), size);
+        std::memcpy(data + (tail & (slots - 1)) * a.size, src.data(), a.size);
         h->tail.store(++tail, std::memory_order_release);
         ++i;
         continue;
       }
-      bench::cpu_relax();
-      if ((++spins & 1023) == 0 && (steady::now() > end || !bench::parent_wants_us(ctl))) fail = true;
+      if (!room.spin()) return false;
     }
-    ctl->done.store(seen + 1, std::memory_order_release);
-  }
-  if (fail) ctl->failed.store(1);
-  return fail ? 1 : 0;
+    return true;
+  });
 }
 
 void print_ratios() {
@@ -400,15 +398,11 @@ void print_ratios() {
   }
 }
 
+// The helper roles of this binary: name, least argc, entry point.
+constexpr bench::role helper_roles[] = {{"baton-producer", 6, role_baton_producer},
+                                        {"minimal-producer", 6, role_minimal_producer},
+                                        {"ring-layer-producer", 6, role_ring_layer_producer}};
+
 }  // namespace
 
-int main(int argc, char** argv) {
-  const auto role = bench::role_of(argc, argv);
-  if (role == "baton-producer" && argc >= 6) return role_baton_producer(argv + 2);
-  if (role == "minimal-producer" && argc >= 6) return role_minimal_producer(argv + 2);
-  if (role == "ring-layer-producer" && argc >= 6) return role_ring_layer_producer(argv + 2);
-  if (!role.empty()) return bench::unknown_role(role);
-  if (const int rc = bench::run_benchmarks(argc, argv)) return rc;
-  print_ratios();
-  return 0;
-}
+int main(int argc, char** argv) { return bench::run_main(argc, argv, helper_roles, nullptr, print_ratios); }

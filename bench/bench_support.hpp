@@ -18,6 +18,7 @@
 #include <cstring>
 #include <new>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -276,6 +277,42 @@ inline bool wait_for_batch(control* c, std::uint64_t seen) {
   }
 }
 
+/// Helper side: a busy wait (for room in a ring, say), bounded by wait_deadline from its creation
+/// and by the parent's liveness, checked every 1024 rounds.
+class spinner {
+ public:
+  explicit spinner(const control* c) : c_(c) {}
+  /// One more round of waiting; false once the deadline has passed or the parent is gone.
+  bool spin() noexcept {
+    cpu_relax();
+    return (++spins_ & 1023) != 0 || (steady::now() <= end_ && parent_wants_us(c_));
+  }
+
+ private:
+  const control* c_;
+  steady::time_point end_ = steady::now() + wait_deadline;
+  std::uint32_t spins_ = 0;
+};
+
+/// A helper's exit status: 1 after a failure (noted in the control block for the parent), else 0.
+inline int helper_exit(control* c, bool fail) {
+  if (fail) c->failed.store(1);
+  return fail ? 1 : 0;
+}
+
+/// Helper side: serves the parent's batch requests, at most `max_batches`, each with `produce()`
+/// (false: it failed, the helper stops), and says when each is done. Returns the exit status.
+template <class Produce>
+int serve_batches(control* c, std::uint64_t max_batches, Produce produce) {
+  bool fail = false;
+  for (std::uint64_t seen = 0; seen < max_batches && !fail; ++seen) {
+    if (!wait_for_batch(c, seen)) break;
+    fail = !produce();
+    c->done.store(seen + 1, std::memory_order_release);
+  }
+  return helper_exit(c, fail);
+}
+
 /// A parent-side benchmark run: control block and helper process (stopped and reaped at the end).
 struct session {
   shm ctl_mem;
@@ -354,6 +391,30 @@ inline int run_benchmarks(int& argc, char** argv) {
 inline std::string role_of(int argc, char** argv) {
   if (argc >= 2 && std::strncmp(argv[1], "--role=", 7) == 0) return argv[1] + 7;
   return {};
+}
+
+/// A helper role of a bench binary: its `--role=` name, the least argc it needs (the program name
+/// and --role= included) and what runs it, given the arguments after --role=.
+struct role {
+  const char* name;
+  int min_argc;
+  int (*run)(char** args);
+};
+
+/// A bench binary's main(): runs the helper role argv[1] names, with the arguments after it (exit
+/// status 2 when the role is unknown or has too few), or else `before()` if given, the benchmarks
+/// the command line selects, and `after()` (a summary) if given.
+inline int run_main(int argc, char** argv, std::span<const role> roles, void (*before)() = nullptr,
+                    void (*after)() = nullptr) {
+  if (const auto name = role_of(argc, argv); !name.empty()) {
+    for (const auto& r : roles)
+      if (name == r.name && argc >= r.min_argc) return r.run(argv + 2);
+    return unknown_role(name);
+  }
+  if (before) before();
+  if (const int rc = run_benchmarks(argc, argv)) return rc;
+  if (after) after();
+  return 0;
 }
 
 }  // namespace bench

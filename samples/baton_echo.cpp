@@ -41,24 +41,15 @@ int main(int argc, char** argv) {
                         "each connection moves to the next generation as soon as everything received is echoed.");
   baton_cli::service_options(cli, "address to listen on (port 0: any free port, printed)");
   cli.integer("--allow-restart-binary", 0, 1, "1: accept `batonctl restart --binary PATH`").defaults("0");
-  cli.epilog(baton_cli::service_exit_statuses);
-  if (auto rc = cli.parse(argc, argv)) return *rc;
   baton_cli::service_address at;
-  if (auto rc = baton_cli::read_service_address(cli, "127.0.0.1:7000", at)) return *rc;
-  const std::string& name = at.name;
-  const tcp::endpoint ep(at.address, at.port);
-  const bool allow_binary = cli.num("--allow-restart-binary") == 1;
+  if (auto rc = baton_cli::parse_service_command_line(cli, argc, argv, "127.0.0.1:7000", at)) return *rc;
   auto opts = baton_cli::same_command_line(argc, argv);
-  opts.allow_restart_binary = allow_binary;
-  asio::io_context ioc(1);
-  baton::service svc(ioc.get_executor(), name, opts);
-  int status = 0;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    auto [ec] = co_await svc.async_start(tuple_aw);
-    if (!baton_cli::joined("baton-echo", ec, name, status, ioc)) co_return;
-    if (svc.listener_count() == 0) svc.add_listener(baton::listener(tcp::acceptor(ioc, ep)));
+  opts.allow_restart_binary = cli.num("--allow-restart-binary") == 1;
+  const auto serve = [&](asio::io_context& ioc, baton::service& svc) -> asio::awaitable<void> {
+    if (svc.listener_count() == 0)
+      svc.add_listener(baton::listener(tcp::acceptor(ioc, tcp::endpoint(at.address, at.port))));
     for (auto& e : svc.local_endpoints())
-      std::printf("baton-echo: service %s generation %llu pid %u listening on port %u\n", name.c_str(),
+      std::printf("baton-echo: service %s generation %llu pid %u listening on port %u\n", at.name.c_str(),
                   static_cast<unsigned long long>(svc.generation()), baton::current_process_id(), e.port());
     std::fflush(stdout);
     for (;;) {
@@ -66,6 +57,6 @@ int main(int argc, char** argv) {
       if (aec) co_return;
       asio::co_spawn(ioc, session(svc, std::move(c)), asio::detached);
     }
-  }, asio::detached);
-  return baton_cli::run_until_retired("baton-echo", ioc, svc, status);  // 1 if the address is taken
+  };
+  return baton_cli::run_service("baton-echo", at.name, opts, serve);  // 1 if the address is taken
 }

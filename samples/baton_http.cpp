@@ -16,8 +16,8 @@
 //   GET /slow?ms=N   the same after N ms (a request in flight during a restart)
 //   POST /upload     200 "<bytes> <crc32c>" of the body (an upload during a restart); POST / too
 //   GET /metrics     Baton's counters in Prometheus text format
-#include "cli.hpp"
 #include "http_server.hpp"
+#include "service_main.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -33,8 +33,7 @@ int main(int argc, char** argv) {
       "(or SIGHUP on Linux, or the event Local\\baton.NAME.restart on Windows) starts the next generation,\n"
       "which takes over the listening socket and every open connection between two requests.\n"
       "Endpoints: GET / (200 \"ok\"), GET /slow?ms=N, POST /upload, GET /metrics.");
-  cli.text("--name", "NAME", "service name (1-64 characters from A-Z a-z 0-9 . _ -)").required();
-  cli.text("--listen", "HOST:PORT", "address to listen on (port 0: any free port, printed)").defaults("127.0.0.1:8080");
+  baton_cli::service_options(cli, "address to listen on (port 0: any free port, printed)", "127.0.0.1:8080");
   cli.text("--fdname", "NAME[:NAME...]",
            "socket activation: serve only the passed sockets of these names (default: every socket passed)");
   cli.integer("--drain-deadline-ms", 0, 86400000, "how long a restart waits for connections to reach a safe point")
@@ -42,13 +41,11 @@ int main(int argc, char** argv) {
   cli.integer("--ready-timeout-ms", 1, 86400000, "how long a restart waits for the next generation to announce itself")
       .defaults("10000");
   cli.integer("--allow-restart-binary", 0, 1, "1: accept `batonctl restart --binary PATH`").defaults("0");
-  cli.epilog("exit status: 0 when this generation handed over to the next, 1 if it could not start, 2 for a\n"
-             "wrong command line.");
+  cli.epilog(baton_cli::service_exit_statuses);
   if (auto rc = cli.parse(argc, argv)) return *rc;
   http_service_options o;
   o.name = cli.str("--name");
-  if (!baton::channel::valid_name(o.name))
-    return cli.fail("--name: '" + o.name + "' is not a service name (1-64 characters from A-Z a-z 0-9 . _ -, not starting with '.')");
+  if (auto rc = baton_cli::check_service_name(cli, o.name)) return *rc;
   if (!parse_endpoint(cli.str("--listen"), o.listen))
     return cli.fail("--listen: '" + cli.str("--listen") + "' is not HOST:PORT (e.g. 127.0.0.1:8080, [::1]:0)");
   for (std::size_t from = 0, to = 0; cli.has("--fdname") && from <= cli.str("--fdname").size(); from = to + 1) {

@@ -47,34 +47,26 @@ int main(int argc, char** argv) {
                         "to the next generation.");
   baton_cli::service_options(cli, "UDP address to bind (port 0: any free port, printed)");
   cli.integer("--rcvbuf", 0, 1u << 30, "SO_RCVBUF of the socket (0: the system's default)").defaults("0");
-  cli.epilog(baton_cli::service_exit_statuses);
-  if (auto rc = cli.parse(argc, argv)) return *rc;
   baton_cli::service_address at;
-  if (auto rc = baton_cli::read_service_address(cli, "127.0.0.1:5353", at)) return *rc;
-  const std::string& name = at.name;
-  const udp::endpoint ep(at.address, at.port);
+  if (auto rc = baton_cli::parse_service_command_line(cli, argc, argv, "127.0.0.1:5353", at)) return *rc;
   const auto rcvbuf = cli.num("--rcvbuf");
 
   const auto opts = baton_cli::same_command_line(argc, argv);
-  asio::io_context ioc(1);
-  baton::service svc(ioc.get_executor(), name, opts);
-  int status = 0;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    auto [ec] = co_await svc.async_start(tuple_aw);
-    if (!baton_cli::joined("baton-udp-echo", ec, name, status, ioc)) co_return;
+  const auto serve = [&](asio::io_context& ioc, baton::service& svc) -> asio::awaitable<void> {
     if (svc.udp_socket_count() == 0) {  // generation 1 binds; later ones received the socket
-      udp::socket s(ioc, ep);
+      udp::socket s(ioc, udp::endpoint(at.address, at.port));
       if (rcvbuf > 0) s.set_option(udp::socket::receive_buffer_size(static_cast<int>(rcvbuf)));
       svc.add_udp_socket(baton::udp_socket(std::move(s)));
     }
     for (auto& u : svc.udp_sockets()) {
       baton::error_code lec;
       const auto local = u.local_endpoint(lec);
-      std::printf("baton-udp-echo: service %s generation %llu pid %u listening on udp port %u\n", name.c_str(),
+      std::printf("baton-udp-echo: service %s generation %llu pid %u listening on udp port %u\n", at.name.c_str(),
                   static_cast<unsigned long long>(svc.generation()), baton::current_process_id(), local.port());
       asio::co_spawn(ioc, respond(std::move(u), svc.generation()), asio::detached);
     }
     std::fflush(stdout);
-  }, asio::detached);
-  return baton_cli::run_until_retired("baton-udp-echo", ioc, svc, status);  // 1 if the address is taken
+    co_return;
+  };
+  return baton_cli::run_service("baton-udp-echo", at.name, opts, serve);  // 1 if the address is taken
 }

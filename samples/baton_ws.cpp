@@ -166,16 +166,14 @@ int main(int argc, char** argv) {
                         "restarts without a gap: `batonctl restart NAME` moves every feed, at a message boundary,\n"
                         "to the next generation, which carries on from the next sequence number. GET /feed?pinned\n"
                         "is never moved: at a restart it gets a close frame (1001) and counts as closed gracefully.");
-  cli.text("--name", "NAME", "service name (1-64 characters from A-Z a-z 0-9 . _ -)").required();
-  cli.text("--listen", "HOST:PORT", "address to listen on (port 0: any free port, printed)").defaults("127.0.0.1:8081");
+  baton_cli::service_options(cli, "address to listen on (port 0: any free port, printed)", "127.0.0.1:8081");
   cli.integer("--interval-ms", 1, 3600000, "time between two messages of a feed").defaults("10");
   cli.integer("--drain-deadline-ms", 0, 86400000, "how long a restart waits for the feeds to move").defaults("30000");
   cli.epilog("exit status: 0 when this generation handed over to the next (or stopped), 1 if it could not\n"
              "start, 2 for a wrong command line.");
   if (auto rc = cli.parse(argc, argv)) return *rc;
   const std::string name = cli.str("--name");
-  if (!baton::channel::valid_name(name))
-    return cli.fail("--name: '" + name + "' is not a service name (1-64 characters from A-Z a-z 0-9 . _ -, not starting with '.')");
+  if (auto rc = baton_cli::check_service_name(cli, name)) return *rc;
   tcp::endpoint listen;
   if (!baton_samples::parse_endpoint(cli.str("--listen"), listen))
     return cli.fail("--listen: '" + cli.str("--listen") + "' is not HOST:PORT (e.g. 127.0.0.1:8081, [::1]:0)");
@@ -203,12 +201,9 @@ int main(int argc, char** argv) {
       asio::co_spawn(ioc, srv.session(std::move(c)), asio::detached);
     }
   }, baton_samples::exit_on_exception("baton-ws", status, ioc));
-  svc.async_wait_retired([&](baton::error_code ec, baton::restart_report r) {
-    if (ec) return;
+  baton_samples::stop_when_retired(svc, ioc, [&](const baton::restart_report& r) {
     std::printf("baton-ws: generation %llu: %s\n", static_cast<unsigned long long>(svc.generation()),
                 baton::to_string(r, name).c_str());
-    std::fflush(stdout);
-    ioc.stop();
   });
   ioc.run();
   return status;

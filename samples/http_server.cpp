@@ -141,6 +141,16 @@ std::function<void(std::exception_ptr)> exit_on_exception(const char* program, i
   };
 }
 
+void stop_when_retired(baton::service& svc, asio::io_context& ioc,
+                       std::function<void(const baton::restart_report&)> say) {
+  svc.async_wait_retired([&ioc, say = std::move(say)](baton::error_code ec, baton::restart_report r) {
+    if (ec) return;
+    say(r);
+    std::fflush(stdout);
+    ioc.stop();
+  });
+}
+
 int run_http_service(const http_service_options& o) {
   asio::io_context ioc(1);
   auto ro = o.restart;
@@ -177,15 +187,12 @@ int run_http_service(const http_service_options& o) {
       asio::co_spawn(ioc, srv.session(std::move(c)), asio::detached);
     }
   }, exit_on_exception("baton-http", status, ioc));
-  svc.async_wait_retired([&](baton::error_code ec, baton::restart_report r) {
-    if (ec) return;
+  stop_when_retired(svc, ioc, [&](const baton::restart_report& r) {
     if (r.stopped)
       std::printf("baton-http: %s\n", baton::to_string(r, name).c_str());
     else
       std::printf("baton-http: generation %llu retired: %s\n", static_cast<unsigned long long>(svc.generation()),
                   baton::to_string(r, name).c_str());
-    std::fflush(stdout);
-    ioc.stop();
   });
   ioc.run();
   return status;

@@ -38,6 +38,11 @@ int run_http_service(const http_service_options& o);
 /// some. Throws on a bind failure (the program reports it and exits 1).
 void listen_if_none(baton::service& svc, const tcp::endpoint& ep);
 
+/// Stops `ioc` once this generation of `svc` retires (not when the wait is cancelled), after
+/// `say(report)` has printed what the program says then (stdout is flushed).
+void stop_when_retired(baton::service& svc, boost::asio::io_context& ioc,
+                       std::function<void(const baton::restart_report&)> say);
+
 /// The completion of a program's main coroutine: an exception is printed as "<program>: what",
 /// makes `status` 1 and stops `ioc`.
 std::function<void(std::exception_ptr)> exit_on_exception(const char* program, int& status,

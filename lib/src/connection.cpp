@@ -203,9 +203,7 @@ tcp::endpoint connection::remote_endpoint(error_code& ec) const {
   return impl_->backend->remote_endpoint(ec);
 }
 tcp::endpoint connection::local_endpoint(error_code& ec) const { return detail::local_endpoint_of(impl_, ec); }
-void connection::cancel() {
-  if (impl_ && impl_->backend) impl_->backend->cancel();
-}
+void connection::cancel() { detail::cancel_of(impl_); }
 void connection::shutdown_send(error_code& ec) {
   if (!impl_ || !impl_->backend) {
     ec = asio::error::bad_descriptor;
@@ -213,9 +211,7 @@ void connection::shutdown_send(error_code& ec) {
   }
   impl_->backend->shutdown_send(ec);
 }
-void connection::close() {
-  if (impl_ && impl_->backend) impl_->backend->close();
-}
+void connection::close() { detail::close_of(impl_); }
 
 void connection::start_read(asio::mutable_buffer b, asio::any_completion_handler<void(error_code, std::size_t)> h) {
   auto& im = impl_;
@@ -283,20 +279,10 @@ attach_mode listener::mode() const noexcept { return detail::mode_of(impl_); }
 tcp::endpoint listener::local_endpoint(error_code& ec) const { return detail::local_endpoint_of(impl_, ec); }
 std::uintptr_t listener::native_handle() const noexcept { return detail::handle_of(impl_); }
 tcp::acceptor* listener::acceptor() noexcept { return impl_ && impl_->backend ? impl_->backend->acceptor() : nullptr; }
-void listener::cancel() {
-  if (impl_ && impl_->backend) impl_->backend->cancel();
-}
-void listener::close() {
-  if (impl_ && impl_->backend) impl_->backend->close();
-}
-const std::string& listener::name() const noexcept {
-  static const std::string none;
-  return impl_ ? impl_->name : none;
-}
-void listener::set_name(std::string name) {
-  if (name.size() > 255) name.resize(255);
-  if (impl_) impl_->name = std::move(name);
-}
+void listener::cancel() { detail::cancel_of(impl_); }
+void listener::close() { detail::close_of(impl_); }
+const std::string& listener::name() const noexcept { return detail::name_of(impl_); }
+void listener::set_name(std::string name) { detail::set_name_of(impl_, std::move(name)); }
 
 void listener::start_accept(asio::any_completion_handler<void(error_code, tcp::socket)> h) {
   auto& im = impl_;

@@ -139,6 +139,26 @@ std::uintptr_t handle_of(const std::shared_ptr<Impl>& im) noexcept {
   return im && im->backend ? im->backend->native_handle() : ~std::uintptr_t{0};
 }
 template <class Impl>
+void cancel_of(const std::shared_ptr<Impl>& im) {
+  if (im && im->backend) im->backend->cancel();
+}
+template <class Impl>
+void close_of(const std::shared_ptr<Impl>& im) {
+  if (im && im->backend) im->backend->close();
+}
+/// A listener's or a UDP socket's name ("" without a socket).
+template <class Impl>
+const std::string& name_of(const std::shared_ptr<Impl>& im) noexcept {
+  static const std::string none;
+  return im ? im->name : none;
+}
+/// Names a listener or a UDP socket, cut to the 255 bytes a move carries.
+template <class Impl>
+void set_name_of(const std::shared_ptr<Impl>& im, std::string name) {
+  if (name.size() > 255) name.resize(255);
+  if (im) im->name = std::move(name);
+}
+template <class Impl>
 boost::asio::ip::tcp::endpoint local_endpoint_of(const std::shared_ptr<Impl>& im, error_code& ec) {
   if (!im || !im->backend) {
     ec = boost::asio::error::bad_descriptor;

@@ -103,36 +103,26 @@ void udp_socket_impl::receive(asio::mutable_buffer b, udp::endpoint& from, io_ha
 
 udp_socket::udp_socket() noexcept = default;
 udp_socket::udp_socket(std::shared_ptr<detail::udp_socket_impl> impl) noexcept : impl_(std::move(impl)) {}
-udp_socket::udp_socket(udp::socket s)
-    : impl_(std::make_shared<detail::udp_socket_impl>(s.get_executor(), detail::make_native_datagram(std::move(s)))) {}
 udp_socket::udp_socket(udp_socket&&) noexcept = default;
 udp_socket& udp_socket::operator=(udp_socket&&) noexcept = default;
 udp_socket::~udp_socket() { detail::close_if_last(impl_); }
+udp_socket::udp_socket(udp::socket s)
+    : impl_(std::make_shared<detail::udp_socket_impl>(s.get_executor(), detail::make_native_datagram(std::move(s)))) {}
 
 bool udp_socket::is_open() const noexcept { return impl_ && impl_->is_open(); }
 udp_socket::executor_type udp_socket::get_executor() const { return impl_->ex; }
-attach_mode udp_socket::mode() const noexcept { return detail::mode_of(impl_); }
 udp::endpoint udp_socket::local_endpoint(error_code& ec) const {
   const auto ep = detail::local_endpoint_of(impl_, ec);
   return {ep.address(), ep.port()};
 }
+attach_mode udp_socket::mode() const noexcept { return detail::mode_of(impl_); }
 udp::socket* udp_socket::socket() noexcept { return impl_ && impl_->backend ? impl_->backend->socket() : nullptr; }
 std::uintptr_t udp_socket::native_handle() const noexcept { return detail::handle_of(impl_); }
 std::size_t udp_socket::queued_datagrams() const noexcept { return impl_ ? impl_->queued.size() : 0; }
-void udp_socket::cancel() {
-  if (impl_ && impl_->backend) impl_->backend->cancel();
-}
-void udp_socket::close() {
-  if (impl_ && impl_->backend) impl_->backend->close();
-}
-const std::string& udp_socket::name() const noexcept {
-  static const std::string none;
-  return impl_ ? impl_->name : none;
-}
-void udp_socket::set_name(std::string name) {
-  if (name.size() > 255) name.resize(255);
-  if (impl_) impl_->name = std::move(name);
-}
+void udp_socket::cancel() { detail::cancel_of(impl_); }
+void udp_socket::close() { detail::close_of(impl_); }
+const std::string& udp_socket::name() const noexcept { return detail::name_of(impl_); }
+void udp_socket::set_name(std::string name) { detail::set_name_of(impl_, std::move(name)); }
 
 void udp_socket::start_receive(asio::mutable_buffer b, udp::endpoint& sender,
                                asio::any_completion_handler<void(error_code, std::size_t)> h) {

@@ -37,6 +37,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -46,6 +47,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 // The few operating-system calls this sample needs, kept in one place.
@@ -617,41 +619,31 @@ struct results {
 
 std::string ms(double v) { return std::isnan(v) ? "n/a" : fmt("%.2f", v); }
 
-std::string json_escape(const std::string& s) {
-  std::string o;
-  for (const unsigned char ch : s) {
-    if (ch == '"' || ch == '\\')
-      o += '\\', o += static_cast<char>(ch);
-    else if (ch == '\n')
-      o += "\\n";
-    else if (ch == '\r')
-      o += "\\r";
-    else if (ch == '\t')
-      o += "\\t";
-    else if (ch < 0x20)
-      o += fmt("\\u%04x", ch);
-    else
-      o += static_cast<char>(ch);
-  }
-  return o;
-}
-std::string json_num(double v) { return std::isnan(v) ? "null" : fmt("%.3f", v); }
-
-std::string xml_escape(const std::string& s) {
+// `s` with each character that `table` names replaced by its escape; with `control`, any other
+// control character (below 0x20) by what `control` makes of it.
+std::string escaped(const std::string& s, std::initializer_list<std::pair<char, const char*>> table,
+                    std::string (*control)(unsigned char) = nullptr) {
   std::string o;
   for (const char ch : s) {
-    if (ch == '<')
-      o += "&lt;";
-    else if (ch == '>')
-      o += "&gt;";
-    else if (ch == '&')
-      o += "&amp;";
-    else if (ch == '"')
-      o += "&quot;";
+    const auto hit = std::find_if(table.begin(), table.end(), [ch](const auto& e) { return e.first == ch; });
+    if (hit != table.end())
+      o += hit->second;
+    else if (control && static_cast<unsigned char>(ch) < 0x20)
+      o += control(static_cast<unsigned char>(ch));
     else
       o += ch;
   }
   return o;
+}
+
+std::string json_escape(const std::string& s) {
+  return escaped(s, {{'"', "\\\""}, {'\\', "\\\\"}, {'\n', "\\n"}, {'\r', "\\r"}, {'\t', "\\t"}},
+                 [](unsigned char ch) { return fmt("\\u%04x", ch); });
+}
+std::string json_num(double v) { return std::isnan(v) ? "null" : fmt("%.3f", v); }
+
+std::string xml_escape(const std::string& s) {
+  return escaped(s, {{'<', "&lt;"}, {'>', "&gt;"}, {'&', "&amp;"}, {'"', "&quot;"}});
 }
 
 // A "round" tick step (1, 2 or 5 times a power of ten) giving about `ticks` ticks up to `max`.

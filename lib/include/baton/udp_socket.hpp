@@ -37,17 +37,17 @@ class udp_socket {
   using executor_type = boost::asio::any_io_executor;
 
   udp_socket() noexcept;
-  /// Wraps an open (normally bound) UDP socket.
-  explicit udp_socket(boost::asio::ip::udp::socket socket);
   udp_socket(udp_socket&&) noexcept;
   udp_socket& operator=(udp_socket&&) noexcept;
   ~udp_socket();
+  /// Wraps an open (normally bound) UDP socket.
+  explicit udp_socket(boost::asio::ip::udp::socket socket);
 
   /// True while the handle has an open socket in this process.
   bool is_open() const noexcept;
   executor_type get_executor() const;
-  attach_mode mode() const noexcept;
   boost::asio::ip::udp::endpoint local_endpoint(error_code& ec) const;
+  attach_mode mode() const noexcept;
   /// The socket, in native mode; nullptr in emulated mode.
   boost::asio::ip::udp::socket* socket() noexcept;
   /// The OS handle (SOCKET or fd), still owned by the socket.

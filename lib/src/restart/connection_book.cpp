@@ -170,14 +170,7 @@ void connection_book::move_ready(connection c) {
   const auto seq = ++sent_seq_;
   baton::async_send(*nx, std::move(c), s_.opts.move, [self = s_.shared_from_this(), nx, seq](error_code ec, connection back) {
     auto& book = self->conns;
-    --book.moves_in_flight_;
-    book.on_verdict(seq, ec);
-    if (!ec) {
-      ++self->report.connections_moved;
-      ++self->st.moved_out;
-      return book.pump();
-    }
-    book.last_move_failure_ = clock_type::now();
+    if (book.on_sent(seq, ec)) return book.pump();
     if (back.is_open()) {
       if (book.accept_waiter_) book.post_accept({}, std::move(back));
       else if (self->hand.forwarding()) book.refused_.push_back(std::move(back));
@@ -185,6 +178,20 @@ void connection_book::move_ready(connection c) {
     }
     book.pump();
   });
+}
+
+// A move's verdict came back: the window has room again and learns from it
+// (on_verdict). A move that succeeded is counted; a failed one notes the time. True on success.
+bool connection_book::on_sent(std::uint64_t seq, const error_code& ec) {
+  --moves_in_flight_;
+  on_verdict(seq, ec);
+  if (ec) {
+    last_move_failure_ = clock_type::now();
+    return false;
+  }
+  ++s_.report.connections_moved;
+  ++s_.st.moved_out;
+  return true;
 }
 
 // ---- connections parked at a safe point -----------------------------------------------------------
@@ -262,17 +269,12 @@ void connection_book::send_parked(const std::shared_ptr<parked>& p) {
   baton::async_send(*nx, std::move(*p->c), s_.opts.move,
                     [self = s_.shared_from_this(), p, nx, seq](error_code ec, connection back) {
                       auto& book = self->conns;
-                      --book.moves_in_flight_;
-                      book.on_verdict(seq, ec);
-                      if (!ec) {
-                        ++self->report.connections_moved;
-                        ++self->st.moved_out;
+                      if (book.on_sent(seq, ec)) {
                         book.finish_parked(p, {}, true);
                         return book.pump();
                       }
                       *p->c = std::move(back);
                       p->reader.set_taken(false);
-                      book.last_move_failure_ = clock_type::now();
                       if (p->pushed && !self->hand.forwarding()) return book.finish_parked(p, {}, false);
                       book.parked_refused_ = true;
                       if (!p->pushed) book.read_parked(p);  // keep waiting; the drain retries the move

@@ -214,6 +214,9 @@ class connection_book {
   std::size_t window() const;
   std::size_t window_bound() const;
   void on_verdict(std::uint64_t seq, const error_code& ec);
+  /// A move's verdict: frees its place in the window (on_verdict), counts a moved connection or
+  /// notes the failure's time. True if the connection moved.
+  bool on_sent(std::uint64_t seq, const error_code& ec);
   void move_ready(connection c);
   void move_parked(const std::shared_ptr<parked>& p);
   void send_parked(const std::shared_ptr<parked>& p);
