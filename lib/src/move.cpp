@@ -344,7 +344,8 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
 };
 
 // Waits for one ticket like receive_op, then takes the tickets already queued behind it without
-// waiting, up to `max`: one completion (one trip through the caller's executor) for all of them.
+// waiting, up to `max` or up to and including a control ticket: one completion (one trip through
+// the caller's executor) for all of them.
 struct receive_some_op : std::enable_shared_from_this<receive_some_op> {
   channel& ch;
   std::size_t max;
@@ -364,7 +365,9 @@ struct receive_some_op : std::enable_shared_from_this<receive_some_op> {
       const auto r = take_ticket(ch, t, a, ec);
       if (r == taken::failed) return std::move(handler)(ec, std::move(got));
       if (r == taken::arrival) got.push_back(std::move(a));
-      if (got.size() >= max) break;
+      // A control ticket ends the batch: it may change what the receiver does with the tickets
+      // behind it (a worker told to leave must not have taken, and so own, any more).
+      if (got.size() >= max || (r == taken::arrival && got.back().kind == ticket_kind::control)) break;
       t = ticket{};
       if (!ch.try_receive(t, ec)) {
         if (got.empty()) return start();  // the only ticket was skipped: wait for the next

@@ -107,7 +107,8 @@ auto async_receive(channel& ch, Token&& token) {
 }
 
 /// Like async_receive, for many at a time: waits for the first arrival, then takes the tickets
-/// already queued behind it without waiting, up to `max` arrivals, each re-created and
+/// already queued behind it without waiting, up to `max` arrivals or up to and including a
+/// control ticket (which may change what to do with the ones behind it), each re-created and
 /// acknowledged as async_receive does. One completion for all of them: a receiver that also
 /// serves traffic takes a hand-over's connections a batch per turn of its event loop, not one.
 /// Completes with void(error_code, std::vector<arrival>). A ticket that fails ends the batch:
