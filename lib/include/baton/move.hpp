@@ -66,6 +66,9 @@ void start_send(channel& ch, listener&& l, const move_options& o,
 void start_send(channel& ch, udp_socket&& u, const move_options& o,
                 boost::asio::any_completion_handler<void(error_code, udp_socket)> h);
 void start_receive(channel& ch, boost::asio::any_completion_handler<void(error_code, arrival)> h);
+/// How many arrivals Baton's own receivers (the restart successor, the balancer's workers) take
+/// per async_receive_some completion.
+inline constexpr std::size_t receive_batch = 64;
 void start_receive_some(channel& ch, std::size_t max,
                         boost::asio::any_completion_handler<void(error_code, std::vector<arrival>)> h);
 /// What async_send moves: a connection, a listener or a UDP socket, as an rvalue.

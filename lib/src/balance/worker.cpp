@@ -10,8 +10,8 @@ namespace baton::balance {
 namespace detail {
 
 void worker_impl::receive() {
-  // Up to 64 per completion: the hand-offs of one busy moment cost one turn of the event loop.
-  baton::async_receive_some(rx, 64, [self = shared_from_this()](error_code ec, std::vector<arrival> got) {
+  // A batch per completion: the hand-offs of one busy moment cost one turn of the event loop.
+  baton::async_receive_some(rx, baton::detail::receive_batch, [self = shared_from_this()](error_code ec, std::vector<arrival> got) {
     if (self->stopped || self->finished || ec == asio::error::operation_aborted) return;
     for (auto& a : got) {
       if (a.kind == ticket_kind::connection)

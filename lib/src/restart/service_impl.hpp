@@ -63,8 +63,7 @@ channel_options restart_channel_options();
 error_code send_message(const asio::any_io_executor& ex, const std::string& to, const control_message& m);
 void put_report(control_message& m, const restart_report& r);
 /// Receives on `ch` until it is closed or `current(ch)` is false, handing each arrival to `on`,
-/// up to receive_batch of them per completion.
-inline constexpr std::size_t receive_batch = 64;
+/// up to detail::receive_batch of them per completion.
 void receive_each(std::shared_ptr<channel> ch, std::function<bool(const channel*)> current,
                   std::function<void(arrival)> on);
 restart_report get_report(const control_message& m);
