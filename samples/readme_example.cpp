@@ -6,6 +6,7 @@
 
 #include <boost/asio.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <thread>
 #include <string>
@@ -62,6 +63,10 @@ int main(int argc, char** argv) {
     s.connect(acc.local_endpoint());
     asio::write(s, asio::buffer("hello", 5));
     asio::read(s, asio::buffer(got));
+    // The worker answers as soon as it holds the connection; the dispatcher counts the move when
+    // it sees the worker's acknowledgement, which may come a moment after the echo.
+    for (int i = 0; i < 2000 && baton::get_move_stats().sent == 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ioc.stop();
   });
   ioc.run_for(std::chrono::seconds(30));
