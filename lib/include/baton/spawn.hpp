@@ -3,10 +3,12 @@
 /// `inherit` transfer strategy (a hot restart in which generation N starts N+1).
 ///
 /// Windows: CreateProcessW with bInheritHandles and an explicit PROC_THREAD_ATTRIBUTE_HANDLE_LIST,
-/// so no other inheritable handle of the parent leaks into the child. Linux: fork, then in the
-/// child only system calls: the chosen descriptors are kept under their numbers and every other
-/// descriptor from 3 up is closed (close_range, or one close each where it is missing) before
-/// exec. posix_spawn alone would not do: Asio's descriptors are not close-on-exec.
+/// so no other inheritable handle of the parent leaks into the child. Linux: vfork (the parent's
+/// pages are not made copy-on-write, which a parent holding thousands of connections would pay
+/// for in page faults afterwards), then in the child only system calls: signal handlers back to
+/// the default, the chosen descriptors kept under their numbers and every other descriptor from 3
+/// up closed (close_range, or one close each where it is missing) before exec. posix_spawn alone
+/// would not do: Asio's descriptors are not close-on-exec.
 
 #include <baton/error.hpp>
 
