@@ -23,9 +23,9 @@ baton_install_packages() {
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" || return 1
 }
 
-BATON_ALL_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libboost1.81-dev googletest
+BATON_ALL_PACKAGES=(cmake ninja-build g++ clang libclang-rt-14-dev libboost1.81-dev googletest libgtest-dev
                     libbenchmark-dev libsystemd-dev systemd util-linux wine g++-mingw-w64-x86-64-posix wrk curl)
-BATON_LINUX_PACKAGES=(cmake ninja-build g++ libboost1.81-dev googletest libbenchmark-dev libsystemd-dev systemd util-linux)
+BATON_LINUX_PACKAGES=(cmake ninja-build g++ libboost1.81-dev googletest libgtest-dev libbenchmark-dev libsystemd-dev systemd util-linux)
 
 # The Wine prefix the windows preset uses (cmake/toolchains/mingw-w64-wine.cmake).
 BATON_WINEPREFIX="$HOME/.cache/baton/wineprefix"
