@@ -28,7 +28,13 @@ class safe_point_reader {
   bool taken() const noexcept { return taken_; }
 
  private:
-  std::array<std::byte, 4096> buf_;
+  // Holds only the start of the client's next message: the rest stays in the socket for the
+  // application's own read. Kept small because every idle connection at a safe point carries one:
+  // with 4 KiB the parked state spanned two pages, and a generation taking over 15,000 idle
+  // connections paid ~2 first-touch page faults for each (~10 us apiece on a paravirtualised VM).
+  // 1 KiB holds a typical HTTP request line and headers.
+  static constexpr std::size_t first_bytes = 1024;
+  std::array<std::byte, first_bytes> buf_;
   bool waiting_ = false, taken_ = false;
 };
 
