@@ -2,8 +2,9 @@
 # only where the code has line tables; without them it still names each function of the stack.
 #   all  every target keeps the preset's flags
 #   lib  the library keeps them; tests, samples and benchmarks compile with -g0
-# The sanitizer presets use "lib": debug information was ~16% of their compile (move_test under
-# ASan: 41 s with -g1, 35 s with -g0), and the reports that matter most are the library's.
+# The sanitizer presets use "lib": debug information was 12-16% of a test file's compile under ASan
+# (alone: move_test 41 -> 35 s, balance_test 27-31 -> 25-26 s), and the reports that matter most
+# are the library's.
 # For line numbers in a test's own frames, configure with -DBATON_DEBUG_INFO=all.
 set(BATON_DEBUG_INFO all CACHE STRING "Which targets keep the build's debug information: all or lib")
 set_property(CACHE BATON_DEBUG_INFO PROPERTY STRINGS all lib)
