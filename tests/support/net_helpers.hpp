@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 
 
 namespace baton::test {
@@ -63,9 +64,18 @@ inline std::size_t read_all(boost::asio::ip::tcp::socket& s, boost::asio::mutabl
 /// thousands of connections. Returns the limit now in force (Windows: no such limit, a large number).
 std::size_t raise_fd_limit();
 
+// Windows keeps a file from being opened while another process renames over it (and a rename
+// from replacing a file that is open): both sides of the hand-off below retry briefly instead
+// of taking the moment for a missing file (a reader saw none, under Wine, about once in 500
+// polls of a report rewritten every 20 ms) or dropping the write.
 inline std::string read_file(const std::string& path) {
-  std::ifstream f(path);
-  return std::string(std::istreambuf_iterator<char>(f), {});
+  for (int attempt = 0;; ++attempt) {
+    std::ifstream f(path);
+    if (f) return std::string(std::istreambuf_iterator<char>(f), {});
+    std::error_code ec;
+    if (attempt == 200 || !std::filesystem::exists(path, ec)) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 inline void write_file(const std::string& path, const std::string& s) {
   // Write then rename over the old file, so a reader polling for it never sees half of it nor a
@@ -74,7 +84,11 @@ inline void write_file(const std::string& path, const std::string& s) {
   // this used to remove the old file first and let a reader find none.
   std::ofstream(path + ".tmp") << s;
   std::error_code ec;
-  std::filesystem::rename(path + ".tmp", path, ec);
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    std::filesystem::rename(path + ".tmp", path, ec);
+    if (!ec) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 }  // namespace baton::test
