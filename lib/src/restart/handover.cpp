@@ -137,6 +137,11 @@ void handover::listeners_sent() {
   drain_step(clock_type::now());
 }
 
+void handover::moves_settled() {
+  if (!forwarding()) return;
+  asio::post(s_.ex, [self = s_.shared_from_this()] { self->hand.drain_step(clock_type::now()); });
+}
+
 void handover::tick(clock_type::time_point now) {
   if (s_.ph == service_phase::spawning) {
     if (s_.peer.pid() != 0 && !s_.peer.alive()) return fail(make_error_code(errc::next_generation_died));

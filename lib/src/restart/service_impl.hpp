@@ -184,6 +184,7 @@ class connection_book {
   std::size_t owned_count();
   bool ready_full() const;
   std::size_t moves_in_flight() const noexcept { return moves_in_flight_; }
+  void move_ended();
   clock_type::time_point last_move_failure() const noexcept { return last_move_failure_; }
   void cancel_parked();
   /// A graceful stop begins: ready connections close, the accept waiter and every parked
@@ -319,6 +320,8 @@ class handover {
   /// The keeper's answer to this generation's op=spawn: the next generation's pid, or an error.
   void on_spawned(const control_message& m);
   void listeners_sent();
+  /// No move is in flight any more: the hand-over may be over (checked from the executor).
+  void moves_settled();
   void fail(error_code ec);
   void tick(clock_type::time_point now);
   void refuse(const std::string& reply, const error_code& ec);
