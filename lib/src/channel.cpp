@@ -5,6 +5,7 @@
 #include "baton/channel.hpp"
 
 #include "channel_impl.hpp"
+#include "detail/ticket_codec.hpp"
 
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
@@ -186,6 +187,35 @@ std::string channel::describe_foreign_objects(std::string_view name) {
   return detail::describe_foreign_objects(std::string(name));
 }
 
+void channel::impl::take_record(ticket& out, error_code& ec) {
+  if (!detail::is_batch(rx_buf)) {
+    out = decode(rx_buf, ec, opts.limits);
+    if (ec) ++stats.bad_tickets;
+    else ++stats.tickets_received;
+    return;
+  }
+  // A batch: its tickets are delivered one per receive, from a copy (rx_buf is the ring's).
+  detail::split_batch(rx_buf, batch_items, ec);
+  if (ec) {
+    ++stats.bad_tickets;
+    return;
+  }
+  ++stats.batches_received;
+  batch_buf.swap(rx_buf);
+  batch_next = 0;
+  next_batched(out, ec);
+}
+
+bool channel::impl::next_batched(ticket& out, error_code& ec) {
+  if (batch_next >= batch_items.size()) return false;
+  const auto [off, n] = batch_items[batch_next++];
+  out = decode(std::span<const std::byte>(batch_buf).subspan(off, n), ec, opts.limits);
+  if (ec) ++stats.bad_tickets;
+  else ++stats.tickets_received;
+  if (batch_next == batch_items.size()) batch_items.clear();
+  return true;
+}
+
 channel::executor_type channel::get_executor() const { return impl_->ex; }
 bool channel::is_open() const noexcept { return impl_ != nullptr; }
 bool channel::is_receiver() const noexcept { return impl_ && impl_->receiver; }
@@ -236,15 +266,12 @@ struct receive_op : std::enable_shared_from_this<receive_op> {
     if (detail::region_lost(ch->region.get_address())) return complete(errc::channel_truncated, {});
     for (;;) {
       error_code ec;
+      ticket t;
+      if (ch->next_batched(t, ec)) return complete(ec, ec ? ticket{} : std::move(t));
       auto r = ch->ring.pop(ch->rx_buf, ec);
       if (r == detail::ring::pop_result::record) {
-        ticket t = decode(ch->rx_buf, ec, ch->opts.limits);
-        if (ec) {
-          ++ch->stats.bad_tickets;
-          return complete(ec, {});
-        }
-        ++ch->stats.tickets_received;
-        return complete({}, std::move(t));
+        ch->take_record(t, ec);
+        return complete(ec, ec ? ticket{} : std::move(t));
       }
       if (r == detail::ring::pop_result::error) return complete(ec, {});
       if (r == detail::ring::pop_result::empty) ch->collect_orphans();
@@ -296,12 +323,10 @@ bool channel::try_receive(ticket& out, error_code& ec) {
     ec = errc::channel_truncated;
     return true;
   }
-  auto& buf = impl_->rx_buf;
-  auto r = impl_->ring.pop(buf, ec);
+  if (impl_->next_batched(out, ec)) return true;
+  auto r = impl_->ring.pop(impl_->rx_buf, ec);
   if (r == detail::ring::pop_result::record) {
-    out = decode(buf, ec, impl_->opts.limits);
-    if (ec) ++impl_->stats.bad_tickets;
-    else ++impl_->stats.tickets_received;
+    impl_->take_record(out, ec);
     return true;
   }
   return r == detail::ring::pop_result::error;

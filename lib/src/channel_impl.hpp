@@ -11,6 +11,7 @@ namespace baton {
 
 namespace detail {
 struct ack_waitlist;  // channel_send.cpp
+struct outbox;        // channel_send.cpp
 }
 
 struct channel::impl : std::enable_shared_from_this<channel::impl> {
@@ -30,6 +31,15 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
   channel_stats stats{};
   std::string region_name, bell_name;
   std::vector<std::byte> rx_buf;  // reused by receives
+  // Receiver: the batch record being delivered (detail/ticket_codec.hpp), a ticket per receive.
+  std::vector<std::byte> batch_buf;
+  std::vector<std::pair<std::size_t, std::size_t>> batch_items;
+  std::size_t batch_next = 0;
+  /// Receiver: the ticket in the record just popped into rx_buf (a batch record's first ticket;
+  /// next_batched() gives the others). A ticket or batch that fails validation sets `ec`.
+  void take_record(ticket& out, error_code& ec);
+  /// Receiver: the next ticket of the batch record being delivered; false if there is none.
+  bool next_batched(ticket& out, error_code& ec);
   std::chrono::steady_clock::time_point owner_checked{};
 
   // Sender: the transactions waiting for their verdict. One poller checks all of their ack slots
@@ -42,6 +52,9 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
   bool ack_timer_armed = false;
   std::chrono::steady_clock::time_point ack_spin_until{};
   std::chrono::microseconds ack_backoff{};
+  // Sender: moves published while a turn of the event loop is open wait here and go into the
+  // ring together, as one batch record, when the turn ends (channel_send.cpp).
+  std::shared_ptr<detail::outbox> outbox;
 
   // The receiver's liveness, probed at most once a millisecond (a pidfd poll is a system call).
   bool owner_alive() {
@@ -74,10 +87,6 @@ namespace detail {
 struct channel_access {
   static channel::impl& get(channel& c) { return *c.impl_; }
   static std::shared_ptr<channel::impl> shared(channel& c) { return c.impl_; }
-  static void do_send(channel& c, ticket t, std::chrono::milliseconds timeout,
-                      boost::asio::any_completion_handler<void(error_code)> h) {
-    c.do_send(std::move(t), true, timeout, std::move(h), true);
-  }
 };
 
 /// Sender: claims an ack slot for ticket `id` before anything irreversible is done for the move
@@ -88,6 +97,15 @@ void release_ack_slot(channel& ch, std::uint32_t slot) noexcept;
 /// is released when this completes, whatever the outcome.
 void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout,
                         boost::asio::any_completion_handler<void(error_code)> h);
+/// One ticket of transact_many: its slot came from acquire_ack_slot, its verdict goes to `h`.
+struct send_item {
+  ticket t;
+  std::chrono::milliseconds timeout;
+  boost::asio::any_completion_handler<void(error_code)> h;
+};
+/// Sender: transact_with_slot for many tickets at once, in as few batch records as the receiver's
+/// record size allows (a ticket alone, or one that cannot be encoded, goes on its own).
+void transact_many(channel& ch, std::vector<send_item> items);
 }  // namespace detail
 
 }  // namespace baton

@@ -151,62 +151,170 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
 
 }  // namespace detail
 
-void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
-                      asio::any_completion_handler<void(error_code)> h, bool slot_held) {
-  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));
-  auto fail = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(h), ec)); };
-  if (impl_->receiver) return fail(asio::error::operation_not_supported);
-  auto op = std::make_shared<detail::channel_send_op>(impl_, std::move(h));
-  auto fail_op = [&](error_code ec) { asio::post(impl_->ex, asio::append(std::move(op->handler), ec)); };
-  t.sender_pid = detail::current_pid();
-  t.target_pid = impl_->ring.identity().owner_pid;
+namespace detail {
+
+namespace {
+
+void flush_outbox(const std::shared_ptr<channel::impl>& c);
+
+// One send: validates, claims or takes over the ack slot, pushes (or retries per full_policy),
+// then, for a transaction, joins the ack poller's list.
+void send_on(std::shared_ptr<channel::impl> c, ticket t, bool with_ack, std::chrono::milliseconds timeout,
+             asio::any_completion_handler<void(error_code)> h, bool slot_held) {
+  auto fail = [&](error_code ec) { asio::post(c->ex, asio::append(std::move(h), ec)); };
+  if (c->receiver) return fail(asio::error::operation_not_supported);
+  // Tickets published before this one, waiting for their turn to end, go first.
+  if (!slot_held) flush_outbox(c);
+  auto op = std::make_shared<channel_send_op>(c, std::move(h));
+  auto fail_op = [&](error_code ec) { asio::post(c->ex, asio::append(std::move(op->handler), ec)); };
+  t.sender_pid = current_pid();
+  t.target_pid = c->ring.identity().owner_pid;
   op->with_ack = with_ack;
   op->ack_timeout = timeout;
   op->id = t.id;
   if (with_ack && slot_held) {
     op->slot = t.ack_slot;
   } else if (with_ack) {
-    auto s = impl_->ring.ack_acquire(t.id, t.sender_pid);
+    auto s = c->ring.ack_acquire(t.id, t.sender_pid);
     if (s < 0) return fail_op(errc::no_free_ack_slot);
     op->slot = static_cast<std::uint32_t>(s);
   }
   t.ack_slot = op->slot;
-  error_code ec = check_encodable(t, impl_->opts.limits);
+  error_code ec = check_encodable(t, c->opts.limits);
   if (ec) {
-    if (with_ack) impl_->ring.ack_release(op->slot);
+    if (with_ack) c->ring.ack_release(op->slot);
     return fail_op(ec == errc::ticket_too_large ? make_error_code(errc::record_too_large) : ec);
   }
-  op->send_deadline = std::chrono::steady_clock::now() + impl_->opts.send_timeout;
+  op->send_deadline = std::chrono::steady_clock::now() + c->opts.send_timeout;
   // Fast path: encode straight into the ring. Only the completion is posted, so it never runs
   // inside this call.
-  if (!impl_->closed && impl_->owner_alive()) {
+  if (!c->closed && c->owner_alive()) {
     error_code push_ec;
     // One captured pointer keeps the std::function free of a heap allocation.
-    const bool wake = impl_->ring.push(
-        encoded_size(t), [tp = &t](std::span<std::byte> out) { detail::encode_checked(*tp, out); }, push_ec);
+    const bool wake = c->ring.push(
+        encoded_size(t), [tp = &t](std::span<std::byte> out) { encode_checked(*tp, out); }, push_ec);
     if (!push_ec) {
-      const bool bell_fails = detail::inject(detail::fault_step::doorbell, impl_->owner.pid());
-      if (wake && !bell_fails) impl_->bell.ring();
-      ++impl_->stats.tickets_sent;
+      const bool bell_fails = inject(fault_step::doorbell, c->owner.pid());
+      if (wake && !bell_fails) c->bell.ring();
+      ++c->stats.tickets_sent;
       if (!with_ack) {
-        asio::post(impl_->ex, asio::append(std::move(op->handler), error_code()));
+        asio::post(c->ex, asio::append(std::move(op->handler), error_code()));
         return;
       }
       op->ack_deadline = std::chrono::steady_clock::now() + timeout;
-      detail::channel_send_op::await_verdict(std::move(op));  // the poller's first check is posted
+      channel_send_op::await_verdict(std::move(op));  // the poller's first check is posted
       return;
     }
     if (push_ec != errc::channel_full && push_ec != errc::channel_corrupted) {
-      if (with_ack) impl_->ring.ack_release(op->slot);
+      if (with_ack) c->ring.ack_release(op->slot);
       op->slot = no_ack_slot;
       return fail_op(push_ec);
     }
   }
   // Slow path (full ring, healing, or a receiver to check): keep an encoded copy for retries.
   op->bytes.resize(encoded_size(t));
-  detail::encode_checked(t, op->bytes);
+  encode_checked(t, op->bytes);
   // Run the first attempt from the executor so that completion is never inline.
-  asio::post(impl_->ex, [op] { op->try_push(); });
+  asio::post(c->ex, [op] { op->try_push(); });
+}
+
+}  // namespace
+
+// Moves published in one turn of the sender's event loop (a hand-over's window, a dispatcher's
+// accepts of one wake-up): the first goes into the ring at once, so that a lone move waits for
+// nothing; the others wait here until the turn ends and go in as batch records.
+struct outbox {
+  using item = send_item;
+  std::vector<item> items;
+  bool turn_open = false;
+};
+
+namespace {
+
+// Pushes items [first, last) as one batch record and hands each to the ack poller; false (and
+// nothing pushed) if the ring has no room for it now, is being healed, or the receiver is gone.
+bool push_batch(const std::shared_ptr<channel::impl>& c, std::vector<outbox::item>& items, std::size_t first,
+                std::size_t last, std::size_t bytes) {
+  if (c->closed || !c->owner_alive()) return false;
+  error_code ec;
+  const bool wake = c->ring.push(
+      bytes,
+      [&](std::span<std::byte> out) {
+        encode_batch_header(out.data(), static_cast<std::uint32_t>(last - first));
+        std::byte* p = out.data() + batch_header_bytes;
+        for (std::size_t i = first; i < last; ++i) p = encode_batch_item(p, items[i].t);
+      },
+      ec);
+  if (ec) return false;
+  const bool bell_fails = inject(fault_step::doorbell, c->owner.pid());
+  if (wake && !bell_fails) c->bell.ring();
+  c->stats.tickets_sent += last - first;
+  ++c->stats.batches_sent;
+  const auto now = std::chrono::steady_clock::now();
+  for (std::size_t i = first; i < last; ++i) {
+    auto op = std::make_shared<channel_send_op>(c, std::move(items[i].h));
+    op->with_ack = true;
+    op->slot = items[i].t.ack_slot;
+    op->id = items[i].t.id;
+    op->ack_timeout = items[i].timeout;
+    op->ack_deadline = now + items[i].timeout;
+    channel_send_op::await_verdict(std::move(op));
+  }
+  return true;
+}
+
+void push_items(const std::shared_ptr<channel::impl>& c, std::vector<outbox::item>& items);
+
+void flush_outbox(const std::shared_ptr<channel::impl>& c) {
+  if (!c->outbox || c->outbox->items.empty()) return;
+  std::vector<outbox::item> items;
+  items.swap(c->outbox->items);
+  push_items(c, items);
+}
+
+void push_items(const std::shared_ptr<channel::impl>& c, std::vector<outbox::item>& items) {
+  // Stamp and check each ticket; one that cannot be encoded takes the single path, which
+  // reports why.
+  std::vector<std::size_t> sizes(items.size(), 0);
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    auto& t = items[i].t;
+    t.sender_pid = current_pid();
+    t.target_pid = c->ring.identity().owner_pid;
+    if (!check_encodable(t, c->opts.limits)) sizes[i] = encoded_size(t);
+  }
+  auto one_by_one = [&](std::size_t first, std::size_t last) {
+    for (std::size_t i = first; i < last; ++i)
+      send_on(c, std::move(items[i].t), true, items[i].timeout, std::move(items[i].h), true);
+  };
+  // Greedy runs of encodable tickets, each run as large as one record may be.
+  const std::size_t max_record = c->opts.limits.max_ticket_bytes;
+  std::size_t i = 0;
+  while (i < items.size()) {
+    if (sizes[i] == 0) {
+      one_by_one(i, i + 1);
+      ++i;
+      continue;
+    }
+    std::size_t last = i, bytes = batch_header_bytes;
+    while (last < items.size() && sizes[last] != 0 && last - i < max_batch_tickets &&
+           bytes + batch_item_bytes(sizes[last]) <= max_record) {
+      bytes += batch_item_bytes(sizes[last]);
+      ++last;
+    }
+    if (last - i < 2) last = i + 1;  // alone, or too large to share a record: a plain ticket
+    if (last - i == 1 || !push_batch(c, items, i, last, bytes)) one_by_one(i, last);
+    i = last;
+  }
+}
+
+}  // namespace
+
+}  // namespace detail
+
+void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
+                      asio::any_completion_handler<void(error_code)> h, bool slot_held) {
+  if (!impl_) return std::move(h)(error_code(asio::error::bad_descriptor));
+  detail::send_on(impl_, std::move(t), with_ack, timeout, std::move(h), slot_held);
 }
 
 namespace detail {
@@ -223,7 +331,29 @@ void release_ack_slot(channel& ch, std::uint32_t slot) noexcept {
 
 void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout,
                         asio::any_completion_handler<void(error_code)> h) {
-  channel_access::do_send(ch, std::move(t), timeout, std::move(h));
+  auto c = channel_access::shared(ch);
+  if (!c) return std::move(h)(error_code(asio::error::bad_descriptor));
+  if (!c->outbox) c->outbox = std::make_shared<outbox>();
+  if (!c->outbox->turn_open) {
+    // The first of this turn goes now; the turn ends with the handlers already queued.
+    c->outbox->turn_open = true;
+    asio::post(c->ex, [c] {
+      c->outbox->turn_open = false;
+      flush_outbox(c);
+    });
+    return send_on(std::move(c), std::move(t), true, timeout, std::move(h), true);
+  }
+  c->outbox->items.push_back({std::move(t), timeout, std::move(h)});
+}
+
+void transact_many(channel& ch, std::vector<send_item> items) {
+  auto c = channel_access::shared(ch);
+  if (!c) {
+    for (auto& i : items) std::move(i.h)(error_code(asio::error::bad_descriptor));
+    return;
+  }
+  flush_outbox(c);  // what was published before goes first
+  push_items(c, items);
 }
 
 }  // namespace detail

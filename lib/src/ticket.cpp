@@ -130,6 +130,65 @@ void encode_checked(const ticket& t, std::span<std::byte> out) noexcept {
   store_le<std::uint32_t>(p + off_crc, crc);
 }
 
+namespace {
+constexpr std::uint32_t batch_magic = 0x41425442;  // "BTBA"
+constexpr std::uint16_t batch_format_version = 1;
+}  // namespace
+
+bool is_batch(std::span<const std::byte> record) noexcept {
+  return record.size() >= 4 && load_le<std::uint32_t>(record.data()) == batch_magic;
+}
+
+void encode_batch_header(std::byte* out, std::uint32_t count) noexcept {
+  std::memset(out, 0, batch_header_bytes);
+  store_le<std::uint32_t>(out + 0, batch_magic);
+  store_le<std::uint16_t>(out + 4, batch_format_version);
+  store_le<std::uint32_t>(out + 8, count);
+}
+
+std::byte* encode_batch_item(std::byte* out, const ticket& t) noexcept {
+  const std::size_t n = encoded_size(t), total = batch_item_bytes(n);
+  store_le<std::uint32_t>(out, static_cast<std::uint32_t>(n));
+  store_le<std::uint32_t>(out + 4, 0);
+  encode_checked(t, {out + batch_item_header_bytes, n});
+  std::memset(out + batch_item_header_bytes + n, 0, total - batch_item_header_bytes - n);
+  return out + total;
+}
+
+void split_batch(std::span<const std::byte> record, std::vector<std::pair<std::size_t, std::size_t>>& items,
+                 error_code& ec) {
+  ec.clear();
+  items.clear();
+  const std::byte* p = record.data();
+  if (record.size() < batch_header_bytes || !is_batch(record)) {
+    ec = errc::ticket_bad_length;
+    return;
+  }
+  if (load_le<std::uint16_t>(p + 4) != batch_format_version) {
+    ec = errc::ticket_bad_version;
+    return;
+  }
+  const std::uint32_t count = load_le<std::uint32_t>(p + 8);
+  if (count == 0 || count > max_batch_tickets || load_le<std::uint16_t>(p + 6) != 0 ||
+      load_le<std::uint32_t>(p + 12) != 0) {
+    ec = errc::ticket_bad_length;
+    return;
+  }
+  std::size_t off = batch_header_bytes;
+  for (std::uint32_t i = 0; i < count; ++i) {
+    if (record.size() - off < batch_item_header_bytes) break;
+    const std::uint64_t n = load_le<std::uint32_t>(p + off);
+    const std::uint64_t total = batch_item_bytes(static_cast<std::size_t>(n));
+    if (load_le<std::uint32_t>(p + off + 4) != 0 || total > record.size() - off) break;
+    items.emplace_back(off + batch_item_header_bytes, static_cast<std::size_t>(n));
+    off += static_cast<std::size_t>(total);
+  }
+  if (items.size() != count || off != record.size()) {
+    items.clear();
+    ec = errc::ticket_bad_length;
+  }
+}
+
 }  // namespace detail
 
 std::vector<std::byte> encode(const ticket& t, const ticket_limits& limits) {

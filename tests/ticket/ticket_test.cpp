@@ -1,5 +1,7 @@
 #include <baton/ticket.hpp>
 
+#include "detail/ticket_codec.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -207,3 +209,81 @@ TEST(ticket, ids_are_distinct) {
 }
 
 }  // namespace
+
+namespace {
+
+// A batch record of the given tickets, as the channel's sender writes it.
+std::vector<std::byte> batch_of(const std::vector<ticket>& ts) {
+  std::size_t n = baton::detail::batch_header_bytes;
+  for (const auto& t : ts) n += baton::detail::batch_item_bytes(baton::encoded_size(t));
+  std::vector<std::byte> out(n);
+  baton::detail::encode_batch_header(out.data(), static_cast<std::uint32_t>(ts.size()));
+  std::byte* p = out.data() + baton::detail::batch_header_bytes;
+  for (const auto& t : ts) p = baton::detail::encode_batch_item(p, t);
+  EXPECT_EQ(p, out.data() + out.size());
+  return out;
+}
+
+baton::error_code split_error(const std::vector<std::byte>& b) {
+  std::vector<std::pair<std::size_t, std::size_t>> items;
+  baton::error_code ec;
+  baton::detail::split_batch(b, items, ec);
+  if (ec) EXPECT_TRUE(items.empty());
+  return ec;
+}
+
+}  // namespace
+
+TEST(ticket_batch, round_trip_of_tickets_of_every_size) {
+  std::vector<ticket> ts;
+  for (std::size_t unread : {0u, 1u, 7u, 8u, 9u, 1000u}) {
+    auto t = sample();
+    t.unread.assign(unread, std::byte{0x33});
+    ts.push_back(t);
+  }
+  const auto b = batch_of(ts);
+  ASSERT_TRUE(baton::detail::is_batch(b));
+  std::vector<std::pair<std::size_t, std::size_t>> items;
+  baton::error_code ec;
+  baton::detail::split_batch(b, items, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  ASSERT_EQ(items.size(), ts.size());
+  for (std::size_t i = 0; i < ts.size(); ++i) {
+    auto got = baton::decode(std::span<const std::byte>(b).subspan(items[i].first, items[i].second), ec);
+    ASSERT_FALSE(ec) << i << ": " << ec.message();
+    EXPECT_EQ(got, ts[i]) << i;
+  }
+  // A plain ticket is not a batch, and a batch is not a ticket.
+  EXPECT_FALSE(baton::detail::is_batch(baton::encode(sample())));
+  EXPECT_EQ(decode_error(b), errc::ticket_bad_magic);
+}
+
+TEST(ticket_batch, malformed_tables_are_refused_whole) {
+  const auto good = batch_of({sample(), sample(), sample()});
+  ASSERT_FALSE(split_error(good));
+  auto put32 = [](std::vector<std::byte> b, std::size_t at, std::uint32_t v) {
+    std::memcpy(b.data() + at, &v, 4);
+    return b;
+  };
+  EXPECT_EQ(split_error({good.begin(), good.begin() + 15}), errc::ticket_bad_length);  // header cut
+  EXPECT_EQ(split_error(put32(good, 4, 2)), errc::ticket_bad_version);
+  EXPECT_EQ(split_error(put32(good, 8, 0)), errc::ticket_bad_length);                  // no ticket
+  EXPECT_EQ(split_error(put32(good, 8, 4)), errc::ticket_bad_length);                  // one more than there is
+  EXPECT_EQ(split_error(put32(good, 8, 2)), errc::ticket_bad_length);                  // bytes left over
+  EXPECT_EQ(split_error(put32(good, 8, 0xFFFFFFFF)), errc::ticket_bad_length);         // absurd count
+  EXPECT_EQ(split_error(put32(good, 12, 1)), errc::ticket_bad_length);                 // reserved word
+  EXPECT_EQ(split_error(put32(good, 16, 0xFFFFFFF0)), errc::ticket_bad_length);        // item past the end
+  EXPECT_EQ(split_error(put32(good, 20, 5)), errc::ticket_bad_length);                 // item's reserved word
+  auto longer = good;
+  longer.resize(good.size() + 8);
+  EXPECT_EQ(split_error(longer), errc::ticket_bad_length);
+  // An item's own damage is the item's: the table still splits, that ticket fails its CRC.
+  auto damaged = good;
+  damaged[16 + 8 + 70] ^= std::byte{1};
+  std::vector<std::pair<std::size_t, std::size_t>> items;
+  baton::error_code ec;
+  baton::detail::split_batch(damaged, items, ec);
+  ASSERT_FALSE(ec);
+  baton::decode(std::span<const std::byte>(damaged).subspan(items[0].first, items[0].second), ec);
+  EXPECT_EQ(ec, errc::ticket_bad_checksum);
+}

@@ -53,7 +53,10 @@ struct channel_options {
 struct channel_stats {
   std::uint64_t tickets_sent = 0;
   std::uint64_t tickets_received = 0;
-  std::uint64_t bad_tickets = 0;       ///< records that failed to decode (each reported once)
+  std::uint64_t bad_tickets = 0;       ///< tickets (or batch records) that failed to decode, each reported once
+  /// Sender: records that carried several moves' tickets (a burst published in one turn of the
+  /// event loop); receiver: such records received. Their tickets count one by one above.
+  std::uint64_t batches_sent = 0, batches_received = 0;
   std::uint64_t producer_deaths = 0;   ///< records skipped because their sender died mid-write
   std::uint64_t corruptions = 0;       ///< times garbage in shared memory was found and healed
   std::uint64_t doorbells_rung = 0;    ///< wake-ups by senders (all senders); lower = more coalescing
