@@ -43,6 +43,23 @@ struct atomic_move_stats {
 };
 atomic_move_stats g_stats;
 
+// The members of one async_send_batch publish their tickets here; when the last has published
+// (or given up before it), they go into the ring together (transact_many): one batch record for
+// the batch, whatever else the sender publishes meanwhile.
+struct batch_gate {
+  channel& ch;
+  std::size_t waiting;
+  std::vector<detail::send_item> items;
+  batch_gate(channel& c, std::size_t n) : ch(c), waiting(n) {}
+  void join(ticket t, std::chrono::milliseconds timeout, asio::any_completion_handler<void(error_code)> h) {
+    items.push_back({std::move(t), timeout, std::move(h)});
+    leave();
+  }
+  void leave() {
+    if (--waiting == 0 && !items.empty()) detail::transact_many(ch, std::exchange(items, {}));
+  }
+};
+
 // Drives a source-side move: quiesce, claim an ack slot, export, publish, transact, then commit
 // or roll back. Works for connections and listeners alike (`Object` says which).
 template <class Object, class State>
@@ -58,6 +75,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   std::uint32_t slot = no_ack_slot;  // held by this move until the ticket goes to the channel
   bool idle = false, timed_out = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::shared_ptr<batch_gate> gate;  // the batch this move belongs to, until it has published
 
   send_op(channel& c, std::shared_ptr<State> s, const move_options& o,
           asio::any_completion_handler<void(error_code, Object)> h)
@@ -65,6 +83,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
 
   // Hands the object back (or an empty one, after a success).
   void complete(error_code ec, std::shared_ptr<State> back) {
+    if (auto g = std::exchange(gate, nullptr)) g->leave();  // gave up before publishing
     std::move(handler)(ec, back ? detail::connection_access::wrap(std::move(back)) : Object());
   }
   void give_back(error_code ec) {
@@ -154,9 +173,9 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     if (ec) return abandon(ec);
     if (detail::inject(fault_step::send_ticket, ch.owner_pid())) return abandon(injected_failure());
     slot = no_ack_slot;  // from here the channel releases it
-    detail::transact_with_slot(ch, std::move(t), opts.timeout, [self = this->shared_from_this()](error_code ec) {
-      self->verdict(ec);
-    });
+    auto on_verdict = [self = this->shared_from_this()](error_code ec) { self->verdict(ec); };
+    if (auto g = std::exchange(gate, nullptr)) return g->join(std::move(t), opts.timeout, std::move(on_verdict));
+    detail::transact_with_slot(ch, std::move(t), opts.timeout, std::move(on_verdict));
   }
 
   void verdict(error_code ec) {
@@ -205,11 +224,15 @@ bool startable(channel& ch, Object& obj, const std::shared_ptr<State>& st, Handl
 
 template <class Object>
 void start_send_op(channel& ch, Object&& obj, const move_options& o,
-                asio::any_completion_handler<void(error_code, Object)> h) {
+                asio::any_completion_handler<void(error_code, Object)> h, std::shared_ptr<batch_gate> gate = nullptr) {
   auto st = detail::connection_access::impl(obj);
-  if (!startable(ch, obj, st, h)) return;
+  if (!startable(ch, obj, st, h)) {
+    if (gate) gate->leave();
+    return;
+  }
   using state_type = typename decltype(st)::element_type;
   auto op = std::make_shared<send_op<Object, state_type>>(ch, st, o, std::move(h));
+  op->gate = std::move(gate);
   obj = Object();
   op->start();
 }
@@ -241,6 +264,49 @@ transfer_counters& counters() noexcept {
 void start_send(channel& ch, connection&& c, const move_options& o,
                 asio::any_completion_handler<void(error_code, connection)> h) {
   start_send_op(ch, std::move(c), o, std::move(h));
+}
+
+void start_send_batch(channel& ch, std::vector<connection> conns, const move_options& o,
+                      asio::any_completion_handler<void(error_code, batch_result)> h) {
+  struct gather {
+    batch_result r;
+    std::size_t left;
+    asio::any_completion_handler<void(error_code, batch_result)> h;
+    gather(std::size_t n, asio::any_completion_handler<void(error_code, batch_result)> hh) : left(n), h(std::move(hh)) {
+      r.errors.resize(n);
+      r.connections.resize(n);
+    }
+    void done() {
+      error_code first;
+      for (const auto& e : r.errors)
+        if (e) {
+          first = e;
+          break;
+        }
+      std::move(h)(first, std::move(r));
+    }
+  };
+  const std::size_t n = conns.size();
+  auto g = std::make_shared<gather>(n, std::move(h));
+  if (n == 0) {
+    if (ch.is_open()) asio::post(ch.get_executor(), [g] { g->done(); });
+    else g->done();
+    return;
+  }
+  // The gate counts one member more until every move has started, so that one failing at once
+  // cannot flush the others' tickets early.
+  auto gate = std::make_shared<batch_gate>(ch, n + 1);
+  for (std::size_t i = 0; i < n; ++i)
+    start_send_op<connection>(
+        ch, std::move(conns[i]), o,
+        [g, i](error_code ec, connection back) {
+          g->r.errors[i] = ec;
+          if (ec) g->r.connections[i] = std::move(back);
+          else ++g->r.moved;
+          if (--g->left == 0) g->done();
+        },
+        gate);
+  gate->leave();
 }
 
 void start_send(channel& ch, listener&& l, const move_options& o,

@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <optional>
 #include <cstring>
 #include <thread>
 
@@ -363,6 +364,140 @@ TEST(move_batch, a_target_refusing_part_of_a_batch_leaves_each_connection_in_exa
   EXPECT_LE(report_field(ra, "rollbacks"), report_field(rb, "refused")) << ra << " / " << rb;
   EXPECT_EQ(report_field(rb, "received") + report_field(ra, "rollbacks"), static_cast<std::uint64_t>(n));
   EXPECT_EQ(report_field(ra, "served") + report_field(rb, "served"), static_cast<std::uint64_t>(n)) << ra << " / " << rb;
+}
+
+// async_send_batch from this process to an echo server B (receiving up to 64 arrivals at a time),
+// with B's BATON_FAULT (empty, or claim:fail:every3: a third of the tickets refused). Each client
+// sent 9 bytes that this process read and gives back as the connection's unread bytes; whoever
+// holds the connection afterwards (B, or this process for one the batch gave back) echoes them,
+// then echoes "bye", then sees the end of stream. Each connection must end in exactly one
+// process, its bytes echoed once (a connection held by both would echo its unread bytes twice).
+void batch_case(const std::string& fault, bool expect_refusals) {
+  baton::test::raise_fd_limit();
+  constexpr int n = 200;
+  const std::string name_b = unique_name("batchB");
+  name_guard gb(name_b);
+  const auto ready = baton::test::temp_path("bb-ready"), result = baton::test::temp_path("bb-res"),
+             stop = baton::test::temp_path("bb-stop");
+  std::vector<std::string> b_args{name_b, unique_name("batchA"), "0", ready, result, "0", "0", "automatic", stop,
+                                  "60000", "batch"};
+  if (!fault.empty()) b_args.push_back(fault);
+  auto b = child::spawn("echo_server", b_args);
+  ASSERT_TRUE(baton::test::wait_for_file(ready));
+  asio::io_context ioc;
+  tcp::acceptor acc(ioc, {asio::ip::address_v4::loopback(), 0});
+  auto text = [](int i) {
+    char m[10];
+    std::snprintf(m, sizeof m, "hello%04d", i);
+    return std::string(m, 9);
+  };
+  std::vector<tcp::socket> clients;
+  std::vector<baton::connection> conns;
+  for (int i = 0; i < n; ++i) {
+    clients.push_back(baton::test::connect_loopback(ioc, acc.local_endpoint().port()));
+    asio::write(clients.back(), asio::buffer(text(i)));
+    auto s = acc.accept();
+    std::string got(9, '\0');
+    asio::read(s, asio::buffer(got));
+    std::vector<std::byte> unread(9);
+    std::memcpy(unread.data(), got.data(), 9);
+    conns.emplace_back(std::move(s), std::move(unread), std::vector<std::byte>{std::byte(i & 0xff)});
+  }
+  auto tx = baton::channel::open(ioc.get_executor(), name_b);
+  baton::move_options o;
+  o.timeout = 60s;
+  std::optional<std::pair<baton::error_code, baton::batch_result>> done;
+  baton::async_send_batch(tx, std::move(conns), o, [&](baton::error_code ec, baton::batch_result r) {
+    done.emplace(ec, std::move(r));
+  });
+  for (int i = 0; i < 12000 && !done; ++i) {
+    ioc.run_for(10ms);
+    if (ioc.stopped()) ioc.restart();
+  }
+  ASSERT_TRUE(done) << "the batch did not complete";
+  auto& [ec, r] = *done;
+  ASSERT_EQ(r.errors.size(), static_cast<std::size_t>(n));
+  ASSERT_EQ(r.connections.size(), static_cast<std::size_t>(n));
+  std::size_t back = 0;
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(static_cast<bool>(r.errors[i]), r.connections[i].is_open()) << "connection " << i;
+    back += r.connections[i].is_open();
+  }
+  EXPECT_EQ(r.moved + back, static_cast<std::size_t>(n));
+  EXPECT_EQ(static_cast<bool>(ec), back > 0) << ec.message();
+  const auto st = tx.stats();
+  std::printf("[ info ] moved %zu, given back %zu (first error: %s); %llu tickets in %llu batch records\n", r.moved,
+              back, ec.message().c_str(), static_cast<unsigned long long>(st.tickets_sent),
+              static_cast<unsigned long long>(st.batches_sent));
+  EXPECT_GE(st.batches_sent, 1u) << "no two tickets of the batch shared a record";
+  if (expect_refusals) {
+    EXPECT_GT(back, 0u);
+    EXPECT_GT(r.moved, 0u);
+  } else {
+    EXPECT_EQ(r.moved, static_cast<std::size_t>(n)) << ec.message();
+  }
+  // This process serves what came back, as B serves what it took.
+  int served_here = 0;
+  for (auto& c : r.connections) {
+    if (!c.is_open()) continue;
+    ++served_here;
+    asio::co_spawn(ioc, [](baton::connection c) -> asio::awaitable<void> {
+      char buf[64];
+      for (;;) {
+        auto [e, k] = co_await c.async_read_some(asio::buffer(buf), tuple_aw);
+        if (e) co_return;
+        auto [we, wk] = co_await asio::async_write(c, asio::buffer(buf, k), tuple_aw);
+        if (we) co_return;
+      }
+    }(std::move(c)), asio::detached);
+  }
+  int whole = 0;
+  std::string first_failure;
+  for (int i = 0; i < n; ++i) {
+    asio::co_spawn(ioc, [&, i]() -> asio::awaitable<void> {
+      auto& s = clients[static_cast<std::size_t>(i)];
+      std::string got(12, '\0');
+      auto [e1, k1] = co_await asio::async_read(s, asio::buffer(got.data(), 9), tuple_aw);
+      auto [e2, k2] = co_await asio::async_write(s, asio::buffer(std::string("bye")), tuple_aw);
+      auto [e3, k3] = co_await asio::async_read(s, asio::buffer(got.data() + 9, 3), tuple_aw);
+      baton::error_code e4;
+      s.shutdown(tcp::socket::shutdown_send, e4);
+      char more[16];
+      std::size_t extra = 0;
+      for (;;) {
+        auto [e5, k5] = co_await s.async_read_some(asio::buffer(more), tuple_aw);
+        extra += k5;
+        if (e5) {
+          e4 = e5 == asio::error::eof ? baton::error_code() : e5;
+          break;
+        }
+      }
+      const auto e = e1 ? e1 : e2 ? e2 : e3 ? e3 : e4;
+      if (!e && got == text(i) + "bye" && extra == 0) ++whole;
+      else if (first_failure.empty())
+        first_failure = "connection " + std::to_string(i) + ": \"" + got + "\", " + std::to_string(extra) +
+                        " bytes more, " + e.message();
+    }, asio::detached);
+  }
+  for (int i = 0; i < 6000 && whole < n && first_failure.empty(); ++i) {
+    ioc.run_for(10ms);
+    if (ioc.stopped()) ioc.restart();
+  }
+  EXPECT_EQ(whole, n) << "first failure: " << first_failure;
+  baton::test::touch(stop);
+  EXPECT_EQ(b.wait(60s), 0);
+  const auto rb = baton::test::read_file(result);
+  std::printf("[ info ] B: %s\n", rb.c_str());
+  EXPECT_EQ(baton::test::report_field(rb, "received"), r.moved) << rb;
+  EXPECT_EQ(baton::test::report_field(rb, "served"), r.moved) << rb;
+  EXPECT_EQ(static_cast<std::size_t>(served_here), back);
+  for (const auto& f : {ready, result, stop}) baton::test::remove_file(f);
+}
+
+TEST(move_batch, async_send_batch_moves_each_connection_whole_sharing_records) { batch_case("", false); }
+
+TEST(move_batch, async_send_batch_gives_back_what_the_target_refuses_intact) {
+  batch_case("claim:fail:every3", true);
 }
 
 // A target that takes tickets off its channel but answers them as told: "nack" refuses each,

@@ -45,6 +45,13 @@ struct arrival {
 inline constexpr std::array<std::uint32_t, 11> move_latency_bounds_us{50,   100,   250,   500,    1000,   2500,
                                                                       5000, 10000, 25000, 100000, 1000000};
 
+/// What async_send_batch gives back, index for index with the connections it was given.
+struct batch_result {
+  std::vector<error_code> errors;       ///< success where the target took the connection
+  std::vector<connection> connections;  ///< empty where it moved; otherwise the connection, back and intact
+  std::size_t moved = 0;                ///< how many the target took
+};
+
 /// Counters of the move machinery in this process (get_move_stats). Thread-safe reads (relaxed).
 struct move_stats {
   std::uint64_t sent = 0, received = 0, rollbacks = 0, rejected_tickets = 0, strategy_fallbacks = 0;
@@ -65,6 +72,8 @@ void start_send(channel& ch, listener&& l, const move_options& o,
                 boost::asio::any_completion_handler<void(error_code, listener)> h);
 void start_send(channel& ch, udp_socket&& u, const move_options& o,
                 boost::asio::any_completion_handler<void(error_code, udp_socket)> h);
+void start_send_batch(channel& ch, std::vector<connection> conns, const move_options& o,
+                      boost::asio::any_completion_handler<void(error_code, batch_result)> h);
 void start_receive(channel& ch, boost::asio::any_completion_handler<void(error_code, arrival)> h);
 /// How many arrivals Baton's own receivers (the restart successor, the balancer's workers) take
 /// per async_receive_some completion.
@@ -98,6 +107,24 @@ template <class Object, class Token>
   requires detail::movable_socket<Object>
 auto async_send(channel& ch, Object&& obj, Token&& token) {
   return async_send(ch, std::move(obj), move_options{}, std::forward<Token>(token));
+}
+
+/// Moves many connections at once: each is its own transaction (quiesced, exported, taken or
+/// refused and rolled back whole on its own), and the tickets published in the same turn of the
+/// event loop share ring records, one reservation and one doorbell (channel_stats::batches_sent).
+/// The target takes them with async_receive or, a batch at a time, async_receive_some.
+/// Completes with void(error_code, batch_result) once every connection has its verdict; the
+/// error_code is the first failure in the order given (success if all moved), batch_result says
+/// which connection moved and gives back the others.
+template <class Token>
+auto async_send_batch(channel& ch, std::vector<connection> conns, const move_options& o, Token&& token) {
+  return boost::asio::async_initiate<Token, void(error_code, batch_result)>(
+      [&ch, o](auto h, std::vector<connection> cs) { detail::start_send_batch(ch, std::move(cs), o, std::move(h)); },
+      token, std::move(conns));
+}
+template <class Token>
+auto async_send_batch(channel& ch, std::vector<connection> conns, Token&& token) {
+  return async_send_batch(ch, std::move(conns), move_options{}, std::forward<Token>(token));
 }
 
 /// Receives the next moved connection, listener, UDP socket or control ticket on a receiving channel.
