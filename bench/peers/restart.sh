@@ -5,6 +5,7 @@
 #   bench/peers/restart.sh [SAMPLES_DIR]      SAMPLES_DIR holds baton-http and batonctl
 #                                             (default build/linux/samples)
 #   BATON_BENCH_KEEP=1 bench/peers/restart.sh   keeps the work directory (wrk outputs, logs)
+#   BATON_BENCH_CONNS=1000 bench/peers/restart.sh   wrk -c1000 instead of 200
 #
 # Rows:
 #   nginx, no restart                  the baseline under the same load
@@ -27,7 +28,7 @@ SAMPLES=${1:-$ROOT/build/linux/samples}
 
 LOAD_SECS=12       # wrk -d
 RESTART_AT=4       # seconds into the wrk run
-CONNS=200
+CONNS=${BATON_BENCH_CONNS:-200}  # BATON_BENCH_CONNS=1000 for the issue-13 row
 WRK_THREADS=2
 
 command -v wrk >/dev/null 2>&1 || baton_install_packages wrk

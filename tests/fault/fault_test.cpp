@@ -79,7 +79,10 @@ struct source_base {
 // target's channel. Writes "moved" or "kept" to its result file when the verdict is in.
 BATON_TEST_ROLE(fault_source) {
   source_base b(args);
-  auto& [ioc, tx, acc, result] = b;
+  auto& ioc = b.ioc;  // plain references: clang 14 cannot capture structured bindings
+  auto& acc = b.acc;
+  auto& tx = b.tx;
+  const std::string& result = b.result;
   asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
     auto [aec, s] = co_await acc.async_accept(tuple_aw);
     if (aec) co_return;
@@ -166,7 +169,10 @@ BATON_TEST_ROLE(fault_lsource) {
 constexpr int batch_size = 3;
 BATON_TEST_ROLE(fault_bsource) {
   source_base b(args);
-  auto& [ioc, tx, acc, result] = b;
+  auto& ioc = b.ioc;  // plain references: clang 14 cannot capture structured bindings
+  auto& acc = b.acc;
+  auto& tx = b.tx;
+  const std::string& result = b.result;
   std::vector<baton::connection> conns;
   for (int i = 0; i < batch_size; ++i) {
     auto s = acc.accept();
