@@ -223,6 +223,8 @@ void send_on(std::shared_ptr<channel::impl> c, ticket t, bool with_ack, std::chr
 // Moves published in one turn of the sender's event loop (a hand-over's window, a dispatcher's
 // accepts of one wake-up): the first goes into the ring at once, so that a lone move waits for
 // nothing; the others wait here until the turn ends and go in as batch records.
+inline constexpr std::size_t outbox_flush_at = 16;
+
 struct outbox {
   using item = send_item;
   std::vector<item> items;
@@ -334,6 +336,10 @@ void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout
   auto c = channel_access::shared(ch);
   if (!c) return std::move(h)(error_code(asio::error::bad_descriptor));
   if (!c->outbox) c->outbox = std::make_shared<outbox>();
+  // A descriptor pushed over SCM_RIGHTS waits in the target's socket queue (10 datagrams by
+  // default) until its ticket comes: such a ticket goes at once, or the pushes behind it stall.
+  if (t.method == transfer_method::scm_rights)
+    return send_on(std::move(c), std::move(t), true, timeout, std::move(h), true);
   if (!c->outbox->turn_open) {
     // The first of this turn goes now; the turn ends with the handlers already queued.
     c->outbox->turn_open = true;
@@ -343,7 +349,10 @@ void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout
     });
     return send_on(std::move(c), std::move(t), true, timeout, std::move(h), true);
   }
+  // Records of outbox_flush_at tickets: the receiver starts on them while the rest are published
+  // (one record for the whole turn left it idle meanwhile: bench_move's burst 8 % slower).
   c->outbox->items.push_back({std::move(t), timeout, std::move(h)});
+  if (c->outbox->items.size() >= outbox_flush_at) flush_outbox(c);
 }
 
 void transact_many(channel& ch, std::vector<send_item> items) {

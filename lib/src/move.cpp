@@ -174,7 +174,12 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     if (detail::inject(fault_step::send_ticket, ch.owner_pid())) return abandon(injected_failure());
     slot = no_ack_slot;  // from here the channel releases it
     auto on_verdict = [self = this->shared_from_this()](error_code ec) { self->verdict(ec); };
-    if (auto g = std::exchange(gate, nullptr)) return g->join(std::move(t), opts.timeout, std::move(on_verdict));
+    if (auto g = std::exchange(gate, nullptr)) {
+      // A descriptor pushed over SCM_RIGHTS waits in the target's socket queue (10 datagrams)
+      // until its ticket comes: its ticket cannot wait for the rest of the batch.
+      if (t.method != transfer_method::scm_rights) return g->join(std::move(t), opts.timeout, std::move(on_verdict));
+      g->leave();
+    }
     detail::transact_with_slot(ch, std::move(t), opts.timeout, std::move(on_verdict));
   }
 
