@@ -194,7 +194,7 @@ void channel::impl::take_record(ticket& out, error_code& ec) {
     else ++stats.tickets_received;
     return;
   }
-  // A batch: its tickets are delivered one per receive, from a copy (rx_buf is the ring's).
+  // A batch: its tickets are delivered one per receive, from batch_buf (rx_buf takes the next pop).
   detail::split_batch(rx_buf, batch_items, ec);
   if (ec) {
     ++stats.bad_tickets;

@@ -106,6 +106,23 @@ struct send_item {
 /// Sender: transact_with_slot for many tickets at once, in as few batch records as the receiver's
 /// record size allows (a ticket alone, or one that cannot be encoded, goes on its own).
 void transact_many(channel& ch, std::vector<send_item> items);
+/// Whether a ticket may wait for others before it enters the ring. Not one whose descriptor was
+/// pushed over SCM_RIGHTS: that sits in the target's socket queue (10 datagrams by default) until
+/// its ticket comes, and the pushes behind it stall.
+bool ticket_can_wait(const ticket& t) noexcept;
+/// Sender: the tickets of `members` moves go into the ring together (transact_many) once each
+/// member has joined with its ticket or left without one; a ticket that cannot wait goes at once.
+class ticket_gate {
+ public:
+  ticket_gate(channel& ch, std::size_t members) : ch_(ch), waiting_(members) {}
+  void join(send_item item);
+  void leave();
+
+ private:
+  channel& ch_;
+  std::size_t waiting_;
+  std::vector<send_item> items_;
+};
 }  // namespace detail
 
 }  // namespace baton

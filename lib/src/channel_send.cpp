@@ -292,18 +292,14 @@ void push_items(const std::shared_ptr<channel::impl>& c, std::vector<outbox::ite
   const std::size_t max_record = c->opts.limits.max_ticket_bytes;
   std::size_t i = 0;
   while (i < items.size()) {
-    if (sizes[i] == 0) {
-      one_by_one(i, i + 1);
-      ++i;
-      continue;
-    }
     std::size_t last = i, bytes = batch_header_bytes;
     while (last < items.size() && sizes[last] != 0 && last - i < max_batch_tickets &&
            bytes + batch_item_bytes(sizes[last]) <= max_record) {
       bytes += batch_item_bytes(sizes[last]);
       ++last;
     }
-    if (last - i < 2) last = i + 1;  // alone, or too large to share a record: a plain ticket
+    // A run of one (alone, too large to share a record, or not encodable) is a plain ticket.
+    if (last - i < 2) last = i + 1;
     if (last - i == 1 || !push_batch(c, items, i, last, bytes)) one_by_one(i, last);
     i = last;
   }
@@ -336,10 +332,7 @@ void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout
   auto c = channel_access::shared(ch);
   if (!c) return std::move(h)(error_code(asio::error::bad_descriptor));
   if (!c->outbox) c->outbox = std::make_shared<outbox>();
-  // A descriptor pushed over SCM_RIGHTS waits in the target's socket queue (10 datagrams by
-  // default) until its ticket comes: such a ticket goes at once, or the pushes behind it stall.
-  if (t.method == transfer_method::scm_rights)
-    return send_on(std::move(c), std::move(t), true, timeout, std::move(h), true);
+  if (!ticket_can_wait(t)) return send_on(std::move(c), std::move(t), true, timeout, std::move(h), true);
   if (!c->outbox->turn_open) {
     // The first of this turn goes now; the turn ends with the handlers already queued.
     c->outbox->turn_open = true;
@@ -363,6 +356,18 @@ void transact_many(channel& ch, std::vector<send_item> items) {
   }
   flush_outbox(c);  // what was published before goes first
   push_items(c, items);
+}
+
+bool ticket_can_wait(const ticket& t) noexcept { return t.method != transfer_method::scm_rights; }
+
+void ticket_gate::join(send_item item) {
+  if (ticket_can_wait(item.t)) items_.push_back(std::move(item));
+  else transact_with_slot(ch_, std::move(item.t), item.timeout, std::move(item.h));
+  leave();
+}
+
+void ticket_gate::leave() {
+  if (--waiting_ == 0 && !items_.empty()) transact_many(ch_, std::exchange(items_, {}));
 }
 
 }  // namespace detail

@@ -43,23 +43,6 @@ struct atomic_move_stats {
 };
 atomic_move_stats g_stats;
 
-// The members of one async_send_batch publish their tickets here; when the last has published
-// (or given up before it), they go into the ring together (transact_many): one batch record for
-// the batch, whatever else the sender publishes meanwhile.
-struct batch_gate {
-  channel& ch;
-  std::size_t waiting;
-  std::vector<detail::send_item> items;
-  batch_gate(channel& c, std::size_t n) : ch(c), waiting(n) {}
-  void join(ticket t, std::chrono::milliseconds timeout, asio::any_completion_handler<void(error_code)> h) {
-    items.push_back({std::move(t), timeout, std::move(h)});
-    leave();
-  }
-  void leave() {
-    if (--waiting == 0 && !items.empty()) detail::transact_many(ch, std::exchange(items, {}));
-  }
-};
-
 // Drives a source-side move: quiesce, claim an ack slot, export, publish, transact, then commit
 // or roll back. Works for connections and listeners alike (`Object` says which).
 template <class Object, class State>
@@ -75,7 +58,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   std::uint32_t slot = no_ack_slot;  // held by this move until the ticket goes to the channel
   bool idle = false, timed_out = false;
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
-  std::shared_ptr<batch_gate> gate;  // the batch this move belongs to, until it has published
+  std::shared_ptr<detail::ticket_gate> gate;  // async_send_batch's, until this move has published
 
   send_op(channel& c, std::shared_ptr<State> s, const move_options& o,
           asio::any_completion_handler<void(error_code, Object)> h)
@@ -174,12 +157,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     if (detail::inject(fault_step::send_ticket, ch.owner_pid())) return abandon(injected_failure());
     slot = no_ack_slot;  // from here the channel releases it
     auto on_verdict = [self = this->shared_from_this()](error_code ec) { self->verdict(ec); };
-    if (auto g = std::exchange(gate, nullptr)) {
-      // A descriptor pushed over SCM_RIGHTS waits in the target's socket queue (10 datagrams)
-      // until its ticket comes: its ticket cannot wait for the rest of the batch.
-      if (t.method != transfer_method::scm_rights) return g->join(std::move(t), opts.timeout, std::move(on_verdict));
-      g->leave();
-    }
+    if (auto g = std::exchange(gate, nullptr)) return g->join({std::move(t), opts.timeout, std::move(on_verdict)});
     detail::transact_with_slot(ch, std::move(t), opts.timeout, std::move(on_verdict));
   }
 
@@ -229,7 +207,8 @@ bool startable(channel& ch, Object& obj, const std::shared_ptr<State>& st, Handl
 
 template <class Object>
 void start_send_op(channel& ch, Object&& obj, const move_options& o,
-                asio::any_completion_handler<void(error_code, Object)> h, std::shared_ptr<batch_gate> gate = nullptr) {
+                asio::any_completion_handler<void(error_code, Object)> h,
+                   std::shared_ptr<detail::ticket_gate> gate = nullptr) {
   auto st = detail::connection_access::impl(obj);
   if (!startable(ch, obj, st, h)) {
     if (gate) gate->leave();
@@ -282,13 +261,8 @@ void start_send_batch(channel& ch, std::vector<connection> conns, const move_opt
       r.connections.resize(n);
     }
     void done() {
-      error_code first;
-      for (const auto& e : r.errors)
-        if (e) {
-          first = e;
-          break;
-        }
-      std::move(h)(first, std::move(r));
+      const auto first = std::find_if(r.errors.begin(), r.errors.end(), [](const error_code& e) { return !!e; });
+      std::move(h)(first == r.errors.end() ? error_code() : *first, std::move(r));
     }
   };
   const std::size_t n = conns.size();
@@ -300,7 +274,7 @@ void start_send_batch(channel& ch, std::vector<connection> conns, const move_opt
   }
   // The gate counts one member more until every move has started, so that one failing at once
   // cannot flush the others' tickets early.
-  auto gate = std::make_shared<batch_gate>(ch, n + 1);
+  auto gate = std::make_shared<detail::ticket_gate>(ch, n + 1);
   for (std::size_t i = 0; i < n; ++i)
     start_send_op<connection>(
         ch, std::move(conns[i]), o,

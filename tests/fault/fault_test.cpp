@@ -79,21 +79,17 @@ struct source_base {
 // target's channel. Writes "moved" or "kept" to its result file when the verdict is in.
 BATON_TEST_ROLE(fault_source) {
   source_base b(args);
-  auto& ioc = b.ioc;  // plain references: clang 14 cannot capture structured bindings
-  auto& acc = b.acc;
-  auto& tx = b.tx;
-  const std::string& result = b.result;
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
-    auto [aec, s] = co_await acc.async_accept(tuple_aw);
+  asio::co_spawn(b.ioc, [&]() -> asio::awaitable<void> {
+    auto [aec, s] = co_await b.acc.async_accept(tuple_aw);
     if (aec) co_return;
     s.set_option(tcp::no_delay(true));
     baton::connection c(std::move(s));
     if (!co_await echo_chunk(c)) co_return;
-    auto [mec, back] = co_await baton::async_send(tx, std::move(c), fault_move_options(args.at(3)), tuple_aw);
-    write_file(result, mec ? "kept" : "moved");
+    auto [mec, back] = co_await baton::async_send(b.tx, std::move(c), fault_move_options(args.at(3)), tuple_aw);
+    write_file(b.result, mec ? "kept" : "moved");
     if (mec) co_await echo(std::move(back));
   }, asio::detached);
-  ioc.run_for(30s);
+  b.ioc.run_for(30s);
   return 0;
 }
 
@@ -169,27 +165,23 @@ BATON_TEST_ROLE(fault_lsource) {
 constexpr int batch_size = 3;
 BATON_TEST_ROLE(fault_bsource) {
   source_base b(args);
-  auto& ioc = b.ioc;  // plain references: clang 14 cannot capture structured bindings
-  auto& acc = b.acc;
-  auto& tx = b.tx;
-  const std::string& result = b.result;
   std::vector<baton::connection> conns;
   for (int i = 0; i < batch_size; ++i) {
-    auto s = acc.accept();
+    auto s = b.acc.accept();
     s.set_option(tcp::no_delay(true));
     conns.emplace_back(std::move(s), std::vector<std::byte>{}, std::vector<std::byte>{std::byte(i)});
   }
-  asio::co_spawn(ioc, [&]() -> asio::awaitable<void> {
+  asio::co_spawn(b.ioc, [&]() -> asio::awaitable<void> {
     for (auto& c : conns)  // the clients take turns: each sends its chunk after the previous one's echo
       if (!co_await echo_chunk(c)) co_return;
-    auto [mec, r] = co_await baton::async_send_batch(tx, std::move(conns), fault_move_options(args.at(3)), tuple_aw);
+    auto [mec, r] = co_await baton::async_send_batch(b.tx, std::move(conns), fault_move_options(args.at(3)), tuple_aw);
     std::string text;
     for (int i = 0; i < batch_size; ++i) text += (r.errors[i] ? " k" : " m") + std::to_string(i);
-    write_file(result, text);
+    write_file(b.result, text);
     for (auto& c : r.connections)
-      if (c.is_open()) asio::co_spawn(ioc, echo(std::move(c)), asio::detached);
+      if (c.is_open()) asio::co_spawn(b.ioc, echo(std::move(c)), asio::detached);
   }, asio::detached);
-  ioc.run_for(30s);
+  b.ioc.run_for(30s);
   return 0;
 }
 
