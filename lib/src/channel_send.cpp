@@ -35,14 +35,14 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
   bool with_ack = false;
   std::chrono::milliseconds ack_timeout{};
   std::chrono::steady_clock::time_point send_deadline, ack_deadline;
-  asio::steady_timer timer;
+  std::optional<asio::steady_timer> timer;  // only a send that waits for room needs one
   std::chrono::microseconds backoff{10};
   asio::any_completion_handler<void(error_code)> handler;
 
   // Boost 1.81's any_completion_handler move *assignment* recurses forever (it copies from a
   // named rvalue), so handlers are only ever move-constructed into place.
   channel_send_op(std::shared_ptr<channel::impl> c, asio::any_completion_handler<void(error_code)> h)
-      : ch(std::move(c)), timer(ch->ex), handler(std::move(h)) {}
+      : ch(std::move(c)), handler(std::move(h)) {}
 
   void finish(error_code ec) {
     if (with_ack && slot != no_ack_slot) ch->ring.ack_release(slot);
@@ -73,9 +73,10 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
     }
     if (ec == errc::channel_full) ++ch->stats.full_waits;
     // A full ring drains at the receiver's pace: back off from 10 us to 1 ms.
-    timer.expires_after(backoff);
+    if (!timer) timer.emplace(ch->ex);
+    timer->expires_after(backoff);
     backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::milliseconds(1));
-    timer.async_wait([self = shared_from_this()](error_code) { self->try_push(); });
+    timer->async_wait([self = shared_from_this()](error_code) { self->try_push(); });
   }
 
   // The verdict, if there is one by now (the timeout, a dead target and a closed channel are

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <optional>
 #include <utility>
 
 namespace baton {
@@ -52,7 +53,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
   std::shared_ptr<State> st;
   move_options opts;
   asio::any_completion_handler<void(error_code, Object)> handler;
-  asio::steady_timer timer;
+  std::optional<asio::steady_timer> timer;  // only a move that waits for a write needs one
   std::unique_ptr<detail::pending_export> pending;  // owns the socket from the export to the verdict
   ticket t;
   std::uint32_t slot = no_ack_slot;  // held by this move until the ticket goes to the channel
@@ -62,7 +63,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
 
   send_op(channel& c, std::shared_ptr<State> s, const move_options& o,
           asio::any_completion_handler<void(error_code, Object)> h)
-      : ch(c), st(std::move(s)), opts(o), handler(std::move(h)), timer(st->ex) {}
+      : ch(c), st(std::move(s)), opts(o), handler(std::move(h)) {}
 
   // Hands the object back (or an empty one, after a success).
   void complete(error_code ec, std::shared_ptr<State> back) {
@@ -84,8 +85,9 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     }
     // A connection with a write that never finishes (a peer that does not read) cannot be moved
     // safely; give up after the move timeout and hand it back.
-    timer.expires_after(opts.timeout);
-    timer.async_wait([self = this->shared_from_this()](error_code ec) {
+    timer.emplace(st->ex);
+    timer->expires_after(opts.timeout);
+    timer->async_wait([self = this->shared_from_this()](error_code ec) {
       if (ec || self->idle) return;
       self->timed_out = true;
       self->give_back(errc::busy);
@@ -93,7 +95,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
     st->quiesce([self = this->shared_from_this()] {
       if (self->timed_out) return;
       self->idle = true;
-      self->timer.cancel();
+      self->timer->cancel();
       self->quiesced();
     });
   }
