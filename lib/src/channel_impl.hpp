@@ -106,10 +106,12 @@ struct send_item {
 /// Sender: transact_with_slot for many tickets at once, in as few batch records as the receiver's
 /// record size allows (a ticket alone, or one that cannot be encoded, goes on its own).
 void transact_many(channel& ch, std::vector<send_item> items);
-/// Whether a ticket may wait for others before it enters the ring. Not one whose descriptor was
-/// pushed over SCM_RIGHTS: that sits in the target's socket queue (10 datagrams by default) until
-/// its ticket comes, and the pushes behind it stall.
-bool ticket_can_wait(const ticket& t) noexcept;
+/// Whether a ticket may wait for the other members of its batch (ticket_gate). Not one whose
+/// descriptor was pushed over SCM_RIGHTS: the receiver keeps a pushed descriptor whose ticket has
+/// not come yet in a table of 4,096, and a batch of more would lose the oldest. Such a ticket
+/// still shares records with the tickets of its turn of the event loop (transact_with_slot):
+/// the turn's pushes went out together, in as many datagrams as 253 descriptors each need.
+bool ticket_can_wait_for_batch(const ticket& t) noexcept;
 /// Sender: the tickets of `members` moves go into the ring together (transact_many) once each
 /// member has joined with its ticket or left without one; a ticket that cannot wait goes at once.
 class ticket_gate {

@@ -333,7 +333,6 @@ void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout
   auto c = channel_access::shared(ch);
   if (!c) return std::move(h)(error_code(asio::error::bad_descriptor));
   if (!c->outbox) c->outbox = std::make_shared<outbox>();
-  if (!ticket_can_wait(t)) return send_on(std::move(c), std::move(t), true, timeout, std::move(h), true);
   if (!c->outbox->turn_open) {
     // The first of this turn goes now; the turn ends with the handlers already queued.
     c->outbox->turn_open = true;
@@ -359,10 +358,10 @@ void transact_many(channel& ch, std::vector<send_item> items) {
   push_items(c, items);
 }
 
-bool ticket_can_wait(const ticket& t) noexcept { return t.method != transfer_method::scm_rights; }
+bool ticket_can_wait_for_batch(const ticket& t) noexcept { return t.method != transfer_method::scm_rights; }
 
 void ticket_gate::join(send_item item) {
-  if (ticket_can_wait(item.t)) items_.push_back(std::move(item));
+  if (ticket_can_wait_for_batch(item.t)) items_.push_back(std::move(item));
   else transact_with_slot(ch_, std::move(item.t), item.timeout, std::move(item.h));
   leave();
 }

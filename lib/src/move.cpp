@@ -234,6 +234,8 @@ move_stats get_move_stats() noexcept {
   s.strategy_fallbacks = detail::counters().fallbacks;
   s.refused_pushes = detail::counters().refused_pushes;
   s.orphans_closed = detail::counters().orphans_closed;
+  s.pushed = detail::counters().pushed;
+  s.push_datagrams = detail::counters().push_datagrams;
   for (std::size_t i = 0; i < s.latency_buckets.size(); ++i)
     s.latency_buckets[i] = g_stats.latency[i].load(std::memory_order_relaxed);
   s.latency_sum_us = g_stats.latency_sum_us.load(std::memory_order_relaxed);

@@ -372,7 +372,10 @@ TEST(move_batch, a_target_refusing_part_of_a_batch_leaves_each_connection_in_exa
 // holds the connection afterwards (B, or this process for one the batch gave back) echoes them,
 // then echoes "bye", then sees the end of stream. Each connection must end in exactly one
 // process, its bytes echoed once (a connection held by both would echo its unread bytes twice).
-void batch_case(const std::string& fault, bool expect_refusals) {
+// With transfer_strategy::scm_rights (Linux) the descriptors are pushed, and the pushes of the
+// batch must share datagrams.
+void batch_case(const std::string& fault, bool expect_refusals,
+                baton::transfer_strategy how = baton::transfer_strategy::automatic) {
   baton::test::raise_fd_limit();
   constexpr int n = 200;
   const std::string name_b = unique_name("batchB");
@@ -406,6 +409,8 @@ void batch_case(const std::string& fault, bool expect_refusals) {
   auto tx = baton::channel::open(ioc.get_executor(), name_b);
   baton::move_options o;
   o.timeout = 60s;
+  o.strategy = how;
+  const auto pushes_before = baton::get_move_stats();
   std::optional<std::pair<baton::error_code, baton::batch_result>> done;
   baton::async_send_batch(tx, std::move(conns), o, [&](baton::error_code ec, baton::batch_result r) {
     done.emplace(ec, std::move(r));
@@ -430,6 +435,17 @@ void batch_case(const std::string& fault, bool expect_refusals) {
               back, ec.message().c_str(), static_cast<unsigned long long>(st.tickets_sent),
               static_cast<unsigned long long>(st.batches_sent));
   EXPECT_GE(st.batches_sent, 1u) << "no two tickets of the batch shared a record";
+  if (how == baton::transfer_strategy::scm_rights) {
+    const auto now = baton::get_move_stats();
+    const auto pushed = now.pushed - pushes_before.pushed, datagrams = now.push_datagrams - pushes_before.push_datagrams;
+    std::printf("[ info ] %llu descriptors pushed in %llu datagrams\n", static_cast<unsigned long long>(pushed),
+                static_cast<unsigned long long>(datagrams));
+    EXPECT_EQ(pushed, static_cast<std::uint64_t>(n));
+    // One batch publishes in one turn: 200 descriptors fit one datagram (253 at most). A full
+    // queue at the target may split them; one datagram per descriptor would be 200.
+    EXPECT_GE(datagrams, 1u);
+    EXPECT_LE(datagrams, 8u) << "the pushes did not share datagrams";
+  }
   if (expect_refusals) {
     EXPECT_GT(back, 0u);
     EXPECT_GT(r.moved, 0u);
@@ -498,6 +514,18 @@ TEST(move_batch, async_send_batch_moves_each_connection_whole_sharing_records) {
 
 TEST(move_batch, async_send_batch_gives_back_what_the_target_refuses_intact) {
   batch_case("claim:fail:every3", true);
+}
+
+TEST(move_batch, scm_rights_pushes_of_a_batch_share_datagrams) {
+  if (baton::test::host_is_windows())
+    GTEST_SKIP() << "SCM_RIGHTS is Linux's; Windows carries a batch's WSAPROTOCOL_INFOWs in its batch records";
+  batch_case("", false, baton::transfer_strategy::scm_rights);
+}
+
+TEST(move_batch, scm_rights_pushes_of_a_batch_the_target_refuses_in_part_roll_back_whole) {
+  if (baton::test::host_is_windows())
+    GTEST_SKIP() << "SCM_RIGHTS is Linux's; Windows carries a batch's WSAPROTOCOL_INFOWs in its batch records";
+  batch_case("claim:fail:every3", true, baton::transfer_strategy::scm_rights);
 }
 
 // A target that takes tickets off its channel but answers them as told: "nack" refuses each,

@@ -16,8 +16,18 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
+
+#ifndef _WIN32
+#include "posix/scm_rights_push.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#endif
 
 namespace {
 
@@ -328,23 +338,130 @@ TEST(move_stall, pushes_to_a_stopped_target_wait_in_the_reactor_not_on_its_threa
   o.timeout = 1s;
   int done = 0;
   std::vector<baton::connection> back(n);
-  for (int i = 0; i < n; ++i)
+  // One move a millisecond: the pushes of one turn of the event loop share a datagram, so moves
+  // started together would fill one; apart, each is a datagram of its own and the queue fills.
+  asio::steady_timer pace(ioc);
+  int started = 0;
+  std::function<void()> next = [&] {
+    const int i = started++;
     baton::async_send(tx, std::move(conns[static_cast<std::size_t>(i)]), o,
                       [&, i](baton::error_code, baton::connection c) {
                         ++done;
                         back[static_cast<std::size_t>(i)] = std::move(c);
                       });
+    if (started == n) return;
+    pace.expires_after(1ms);
+    pace.async_wait([&](baton::error_code) { next(); });
+  };
+  const auto datagrams_before = baton::get_move_stats().push_datagrams;
+  next();
   for (int i = 0; i < 3000 && done < n; ++i) ioc.run_for(10ms);
   ticking = false;
   ioc.run_for(5ms);
   baton::test::resume_process(target.pid());
   EXPECT_EQ(done, n);
+  // The stopped target's queue took some datagrams, one push each, and then no more.
+  const auto datagrams = baton::get_move_stats().push_datagrams - datagrams_before;
+  EXPECT_GE(datagrams, 2u);
+  EXPECT_LT(datagrams, static_cast<std::uint64_t>(n)) << "no push waited for room";
   EXPECT_GT(ticks, 100);
   EXPECT_LE(held_up, 5) << "the event loop was held up " << held_up << " times for 40 ms or more";
   for (int i = 0; i < n; ++i) EXPECT_TRUE(back[static_cast<std::size_t>(i)].is_open()) << i;
   baton::test::touch(files.stop);
   target.wait(30s);
 }
+
+#ifndef _WIN32
+// One end of a socket pair goes into a push; whether the receiver closed its copy shows as
+// end-of-stream on the end kept here (once this process closed its own copy of the sent end).
+struct pushed_pair {
+  int kept = -1, sent = -1;
+  pushed_pair() {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
+      kept = sv[0];
+      sent = sv[1];
+    }
+  }
+  ~pushed_pair() {
+    if (kept >= 0) ::close(kept);
+    if (sent >= 0) ::close(sent);
+  }
+  void forget_sent() { ::close(std::exchange(sent, -1)); }
+  bool closed_by_peer() const {
+    pollfd p{kept, POLLIN, 0};
+    char b;
+    return ::poll(&p, 1, 0) == 1 && ::recv(kept, &b, 1, MSG_DONTWAIT) == 0;
+  }
+};
+
+// A push datagram carries several descriptors, each with its record (ticket id, ack slot). One
+// whose records do not match its descriptors one for one is refused whole (each descriptor
+// closed); the descriptors of a well-formed one whose tickets never come are closed by the orphan
+// collection; and a real move through the same socket goes on.
+TEST(move_push, datagrams_of_several_descriptors_malformed_refused_whole_unclaimed_collected) {
+  if (!baton::test::host_has_scm_rights()) GTEST_SKIP() << "SCM_RIGHTS is Linux's";
+  const auto before = baton::get_move_stats();
+  asio::io_context ioc;
+  name_guard g(unique_name("pushmany"));
+  auto rx = baton::channel::create(ioc.get_executor(), g.name);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name);
+  int s = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(s, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  const std::string path = baton::detail::push_socket_path(g.name);
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  auto forge = [&](std::vector<pushed_pair>& pairs, std::size_t records) {
+    std::vector<int> fds;
+    for (auto& p : pairs) fds.push_back(p.sent);
+    std::vector<std::byte> data(records * 20);
+    for (std::size_t i = 0; i < records; ++i) {
+      auto id = baton::ticket_id::random();
+      std::memcpy(data.data() + i * 20, id.bytes.data(), 16);  // ack slot 0, which holds no such id
+    }
+    EXPECT_GE(baton::detail::send_with_fds(s, fds.data(), fds.size(), data.data(), data.size(), &sa, sizeof sa), 0)
+        << std::strerror(errno);
+    for (auto& p : pairs) p.forget_sent();
+  };
+  std::vector<pushed_pair> malformed(3), unclaimed(4);
+  forge(malformed, 2);  // three descriptors, two records
+  forge(unclaimed, 4);
+  ::close(s);
+  // A real move by push: its take drains the datagrams queued before it.
+  tcp::acceptor acc(ioc, {asio::ip::address_v4::loopback(), 0});
+  auto client = baton::test::connect_loopback(ioc, acc.local_endpoint().port());
+  baton::connection server(acc.accept(), std::vector<std::byte>{std::byte{'x'}}, {});
+  baton::move_options o;
+  o.strategy = baton::transfer_strategy::scm_rights;
+  baton::error_code sent = asio::error::would_block;
+  baton::arrival arrived;
+  baton::async_send(tx, std::move(server), o, [&](baton::error_code ec, baton::connection) { sent = ec; });
+  baton::async_receive(rx, [&](baton::error_code, baton::arrival a) { arrived = std::move(a); });
+  for (int i = 0; i < 1000 && (sent == asio::error::would_block || !arrived.conn.is_open()); ++i) ioc.run_for(10ms);
+  ASSERT_FALSE(sent) << sent.message();
+  ASSERT_TRUE(arrived.conn.is_open());
+  const auto mid = baton::get_move_stats();
+  EXPECT_EQ(mid.refused_pushes - before.refused_pushes, 1u) << "the malformed datagram was not refused whole";
+  for (auto& p : malformed) EXPECT_TRUE(p.closed_by_peer()) << "a descriptor of the refused datagram stayed open";
+  // The ring is empty now: a waiting receive finds it so (it re-checks every 50 ms) and collects
+  // the unclaimed descriptors.
+  baton::async_receive(rx, [](baton::error_code, baton::arrival) {});
+  bool all_closed = false;
+  for (int i = 0; i < 1000 && !all_closed; ++i) {
+    ioc.run_for(10ms);
+    all_closed = std::all_of(unclaimed.begin(), unclaimed.end(), [](auto& p) { return p.closed_by_peer(); });
+  }
+  EXPECT_TRUE(all_closed) << "descriptors pushed for tickets that never came stayed open";
+  EXPECT_GE(baton::get_move_stats().orphans_closed - before.orphans_closed, unclaimed.size());
+  // The moved connection carries on.
+  char got = 0;
+  ASSERT_TRUE(baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    co_await asio::async_read(arrived.conn, asio::buffer(&got, 1), asio::use_awaitable);
+  }(), 10s));
+  EXPECT_EQ(got, 'x');
+}
+#endif
 
 std::vector<std::string> strategies() {
   if (baton::test::host_is_windows()) return {"wsa_duplicate"};

@@ -59,6 +59,9 @@ struct move_stats {
   /// Receiver: socket handles made for this process whose tickets never came (the sender rolled
   /// the move back, or died first), closed so that such a connection ends with its owner.
   std::uint64_t orphans_closed = 0;
+  /// Linux, source side: descriptors pushed with SCM_RIGHTS (transfer_strategy::scm_rights, or
+  /// the fallback), and the datagrams that carried them (up to 253 each: a turn's pushes share).
+  std::uint64_t pushed = 0, push_datagrams = 0;
   /// Source side, successful moves: time from async_send to the target's acknowledgement.
   std::array<std::uint64_t, move_latency_bounds_us.size() + 1> latency_buckets{};
   std::uint64_t latency_sum_us = 0;

@@ -158,6 +158,8 @@ struct transfer_counters {
   std::atomic<std::uint64_t> fallbacks{0};
   std::atomic<std::uint64_t> refused_pushes{0};  ///< SCM_RIGHTS datagrams dropped (another uid, malformed)
   std::atomic<std::uint64_t> orphans_closed{0};  ///< handles made for us whose tickets never came, closed
+  std::atomic<std::uint64_t> push_datagrams{0};  ///< SCM_RIGHTS datagrams sent
+  std::atomic<std::uint64_t> pushed{0};          ///< descriptors they carried
 };
 transfer_counters& counters() noexcept;
 

@@ -120,19 +120,19 @@ class fd_export final : public pending_export {
     // The target could not pull the descriptor (EPERM: ptrace policy, another uid...). The push
     // path needs no permission on the source: worth one more attempt when the caller left the
     // choice to us.
-    if (verdict != errc::move_rejected || how_ != transfer_strategy::automatic || !push_path_.empty())
+    if (verdict != errc::move_rejected || how_ != transfer_strategy::automatic || pusher_)
       return std::nullopt;
     counters().fallbacks++;
     return transfer_strategy::scm_rights;
   }
   void async_publish(const asio::any_io_executor& ex, std::chrono::steady_clock::time_point deadline,
                      asio::any_completion_handler<void(error_code)> h) override {
-    if (push_path_.empty()) return pending_export::async_publish(ex, deadline, std::move(h));
-    async_push_fd(ex, push_path_, fd_, id_, slot_, deadline, std::move(h));
+    if (!pusher_) return pending_export::async_publish(ex, deadline, std::move(h));
+    pusher_->async_push(ex, fd_, id_, slot_, deadline, std::move(h));
   }
 
-  void push_to(const std::string& path, const ticket_id& id, std::uint32_t slot) {
-    push_path_ = path;
+  void push_to(std::shared_ptr<push_sender> pusher, const ticket_id& id, std::uint32_t slot) {
+    pusher_ = std::move(pusher);
     id_ = id;
     slot_ = slot;
   }
@@ -142,7 +142,7 @@ class fd_export final : public pending_export {
   int fd_;
   socket_kind kind_;
   transfer_strategy how_;
-  std::string push_path_;
+  std::shared_ptr<push_sender> pusher_;  // set for a push
   ticket_id id_{};
   std::uint32_t slot_ = 0;
   bool ptracer_ = false;
@@ -295,7 +295,7 @@ std::unique_ptr<pending_export> export_socket(std::unique_ptr<socket_backend>& b
   if (push) {
     t.method = transfer_method::scm_rights;
     t.payload.clear();
-    p->push_to(static_cast<fd_endpoint&>(ep).path(), t.id, t.ack_slot);
+    p->push_to(static_cast<fd_endpoint&>(ep).sender(), t.id, t.ack_slot);
     return p;
   }
   struct stat st {};
