@@ -22,6 +22,11 @@
 //                             socketpair, K fds per sendmsg (K = 1 or 64), closing its copies; B
 //                             receives them all and answers with one message; the time runs until
 //                             that answer. Untimed: B sends them back.
+//    BM_MoveBurst_RawScmReactor/K  the same raw loop plus the work on each descriptor that no
+//                             move ending in a reactor-driven socket can skip: A takes it out of
+//                             an epoll set before sending it (what releasing an Asio socket does),
+//                             B fstat()s it and adds it to an epoll set of its own before
+//                             answering. The floor of a move that ends in a usable socket.
 //    items_per_second = connections per second.
 // 3. Data path after a move (64 connections, 64-byte messages echoed by B, A is the client):
 //    BM_DataPath/0            B's echo server uses plain boost::asio::ip::tcp::socket objects it
@@ -53,8 +58,10 @@
 #include <map>
 #include <memory>
 
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 
@@ -610,6 +617,56 @@ void BM_MoveBurst_RawScm(benchmark::State& state) {
   run_bursts(state, one_burst, "burst_raw/" + std::to_string(per_msg));
 }
 
+void BM_MoveBurst_RawScmReactor(benchmark::State& state) {
+  const auto per_msg = static_cast<std::size_t>(state.range(0));
+  raise_fd_limit();
+  raw_peer_run run;
+  if (!run.start(state, "burst-reactor", per_msg)) return;
+  const int sock = run.sp.fd[0];
+  asio::io_context io;
+  std::vector<tcp::socket> clients, servers;
+  std::string err;
+  if (!make_connections(io, burst, clients, servers, err)) return state.SkipWithError(err.c_str());
+  fd_list held;
+  for (auto& sk : servers) {
+    baton::error_code ec;
+    held.fds.push_back(sk.release(ec));
+    if (ec) return state.SkipWithError("release failed");
+  }
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  auto register_all = [&] {
+    for (int fd : held.fds) {
+      epoll_event ev{};
+      ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
+      ev.data.fd = fd;
+      ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    }
+  };
+  register_all();
+  const raw_header fds_msg{1, static_cast<std::uint32_t>(burst)};
+  auto one_burst = [&](steady::duration& dt) -> std::string {
+    const auto t0 = steady::now();
+    for (std::size_t i = 0; i < burst; i += per_msg) {
+      const std::size_t n = std::min(per_msg, burst - i);
+      for (std::size_t j = i; j < i + n; ++j) ::epoll_ctl(ep, EPOLL_CTL_DEL, held.fds[j], nullptr);
+      if (!send_fds(sock, held.fds.data() + i, n, fds_msg)) return std::string("sendmsg: ") + std::strerror(errno);
+      for (std::size_t j = i; j < i + n; ++j) ::close(held.fds[j]);
+    }
+    held.fds.clear();
+    raw_header h{};
+    std::vector<int> none;
+    if (!recv_fds(sock, none, h) || h.kind != 2) return std::string("no answer: ") + std::strerror(errno);
+    dt = steady::now() - t0;
+    // Untimed: B sends them back, and they are registered here again.
+    while (held.fds.size() < burst)
+      if (!recv_fds(sock, held.fds, h)) return std::string("moving back: ") + std::strerror(errno);
+    register_all();
+    return {};
+  };
+  run_bursts(state, one_burst, "burst_raw_reactor/" + std::to_string(per_msg));
+  ::close(ep);
+}
+
 // 3. Data path after a move ----------------------------------------------------------------------
 
 // Client side (A), the same for both servers: write 64 bytes, read the echo, check it, repeat.
@@ -726,6 +783,7 @@ void BM_DataPath(benchmark::State& state) {
 BENCHMARK(BM_MoveLatency_RawScm)->UseManualTime();
 BENCHMARK(BM_MoveLatency_Baton)->Arg(0)->Arg(1)->UseManualTime();
 BENCHMARK(BM_MoveBurst_RawScm)->Arg(1)->Arg(64)->UseManualTime();
+BENCHMARK(BM_MoveBurst_RawScmReactor)->Arg(64)->UseManualTime();
 BENCHMARK(BM_MoveBurst_Baton)->Arg(0)->Arg(1)->UseManualTime();
 BENCHMARK(BM_DataPath)->Arg(0)->Arg(1)->UseManualTime();
 
@@ -847,6 +905,8 @@ int role_raw_peer(char** args) {
   auto* ctl = ctl_mem.as<control>();
   const int sock = std::stoi(args[1]);
   const bool pingpong = std::string(args[2]) == "pingpong";
+  const bool reactor = std::string(args[2]) == "burst-reactor";
+  const int ep = reactor ? ::epoll_create1(EPOLL_CLOEXEC) : -1;
   const auto per_msg = std::min<std::size_t>(std::stoul(args[3]), max_fds_per_msg);
   raise_fd_limit();
   ::fcntl(sock, F_SETFD, FD_CLOEXEC);
@@ -873,7 +933,19 @@ int role_raw_peer(char** args) {
       continue;
     }
     if (fds.size() < h.total) continue;
+    if (reactor) {
+      // What an import does with each at least: check it, register it with the reactor.
+      for (int fd : fds) {
+        struct stat st {};
+        epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
+        ev.data.fd = fd;
+        if (::fstat(fd, &st) != 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) fail = true;
+      }
+    }
     if (!send_fds(sock, nullptr, 0, {2, h.total})) fail = true;
+    if (reactor)  // untimed by A: unregister before sending them back
+      for (int fd : fds) ::epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
     for (std::size_t i = 0; i < fds.size() && !fail; i += per_msg) {
       const std::size_t n = std::min(per_msg, fds.size() - i);
       if (!send_fds(sock, fds.data() + i, n, {1, static_cast<std::uint32_t>(fds.size())})) fail = true;
@@ -972,6 +1044,11 @@ void print_ratios() {
     for (const char* r : {"64", "1"})
       line((std::string("burst ") + k + " / raw " + r + " fd(s) per msg").c_str(),
            measured(std::string("burst/") + k), measured(std::string("burst_raw/") + r), "conn/s");
+  for (const char* k : {"pidfd_getfd", "scm_rights"})
+    line((std::string("burst ") + k + " / raw 64 + reactor registration").c_str(),
+         measured(std::string("burst/") + k), measured("burst_raw_reactor/64"), "conn/s");
+  line("raw 64 + reactor registration / raw 64", measured("burst_raw_reactor/64"), measured("burst_raw/64"),
+       "conn/s");
   line("echo baton::connection / plain socket", measured("echo/baton"), measured("echo/plain"), "msg/s");
   line("echo server CPU per message, baton / plain", measured("echo_cpu/baton"), measured("echo_cpu/plain"), "ns");
 }
