@@ -345,14 +345,16 @@ taken take_ticket(channel& ch, ticket& t, arrival& a, error_code& ec) {
   }
   if (ec) return refuse(ec);
   // An injected failure of the ack behaves as an ack that lost the race with the sender's
-  // timeout: the slot stays pending on our side, the sender keeps the connection.
-  const bool ack_fails = detail::fault_at(fault_step::ack) == detail::fault_action::fail;
+  // timeout: the slot stays pending on our side, the sender keeps the connection. (inject()
+  // decides, so that ack:fail:every<n> fails every n-th ack only.)
+  const bool ack_fault_fails = detail::fault_at(fault_step::ack) == detail::fault_action::fail;
+  const bool ack_fails = ack_fault_fails && detail::inject(fault_step::ack, t.sender_pid);
   if (ack_fails || !ch.acknowledge(t, true)) {
     b->close();
     g_stats.rejected_tickets.fetch_add(1, std::memory_order_relaxed);
     return taken::skipped;
   }
-  detail::inject(fault_step::ack, t.sender_pid);  // die / kill_peer / stall after the ack
+  if (!ack_fault_fails) detail::inject(fault_step::ack, t.sender_pid);  // die / kill_peer / stall after the ack
   if (kind == socket_kind::connection) {
     auto im = std::make_shared<connection_impl>(ex, backend_cast<stream_backend>(std::move(b)));
     im->unread = std::move(t.unread);
