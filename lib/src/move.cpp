@@ -136,6 +136,7 @@ struct send_op : std::enable_shared_from_this<send_op<Object, State>> {
       return give_back(ec);
     }
     if (detail::inject(fault_step::detach, ch.owner_pid())) return abandon(injected_failure());
+    if (!pending->publishes()) return published({});
     pending->async_publish(st->ex, std::chrono::steady_clock::now() + opts.timeout,
                            [self = this->shared_from_this()](error_code ec) { self->published(ec); });
   }

@@ -117,6 +117,9 @@ class pending_export {
   /// errc::channel_full. Other methods complete at once (through the executor).
   virtual void async_publish(const boost::asio::any_io_executor& ex, std::chrono::steady_clock::time_point deadline,
                              boost::asio::any_completion_handler<void(error_code)> h);
+  /// Whether async_publish has anything to do (Linux: a push). When not, the handle is reachable
+  /// as it is and a move skips the call (and the turn of the event loop its completion costs).
+  virtual bool publishes() const noexcept { return false; }
 };
 
 /// Takes `b` (idle: no operation pending) from the source's reactor and makes a transferable

@@ -131,6 +131,8 @@ class fd_export final : public pending_export {
     pusher_->async_push(ex, fd_, id_, slot_, deadline, std::move(h));
   }
 
+  bool publishes() const noexcept override { return pusher_ != nullptr; }
+
   void push_to(std::shared_ptr<push_sender> pusher, const ticket_id& id, std::uint32_t slot) {
     pusher_ = std::move(pusher);
     id_ = id;
