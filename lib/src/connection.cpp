@@ -242,7 +242,7 @@ void connection::start_read(asio::mutable_buffer b, asio::any_completion_handler
       n = 0;
     }
     std::move(h)(ec, n);
-    self->check_idle();
+    self->check_idle(true);
   });
 }
 
@@ -260,7 +260,7 @@ void connection::start_write(asio::const_buffer b, asio::any_completion_handler<
     --self->writes;
     std::move(h)(ec, n);
     if (self->quiescing && self->writes == 0 && self->reads > 0 && self->backend) self->backend->cancel();
-    self->check_idle();
+    self->check_idle(true);
   });
 }
 
@@ -300,7 +300,7 @@ void listener::start_accept(asio::any_completion_handler<void(error_code, tcp::s
     // A connection accepted while the listener was being quiesced is delivered normally: it is
     // served here, never lost.
     std::move(h)(ec, std::move(s));
-    self->check_idle();
+    self->check_idle(true);
   });
 }
 

@@ -42,11 +42,15 @@ struct socket_state {
     quiescing = true;
     on_idle = std::move(done);
   }
-  // Posts `on_idle` (once) if quiescing and `idle`.
-  void notify_if(bool idle) {
+  // Runs `on_idle` (once) if quiescing and `idle`: posted when called from quiesce() (a move's
+  // completion may not run inside async_send), at once from an operation's completion handler
+  // (after the application's handler: one turn of the event loop less per move, and the moves
+  // whose reads a hand-over cancelled together publish together).
+  void notify_if(bool idle, bool in_handler) {
     if (!quiescing || !idle || !on_idle) return;
     auto f = std::move(on_idle);
     on_idle = nullptr;
+    if (in_handler) return f();
     boost::asio::post(ex, std::move(f));
   }
 };
@@ -66,7 +70,7 @@ struct connection_impl : socket_state<stream_backend>, std::enable_shared_from_t
   /// Stops reading and calls `done` once no operation is pending. Writes finish first; reads
   /// are cancelled, and bytes a cancelled read had already taken stay in `unread`.
   void quiesce(std::function<void()> done);
-  void check_idle() { notify_if(reads == 0 && writes == 0); }
+  void check_idle(bool in_handler = false) { notify_if(reads == 0 && writes == 0, in_handler); }
 };
 
 struct listener_impl : socket_state<listener_backend>, std::enable_shared_from_this<listener_impl> {
@@ -77,7 +81,7 @@ struct listener_impl : socket_state<listener_backend>, std::enable_shared_from_t
   bool writing() const noexcept { return false; }
   /// Cancels pending accepts and calls `done` once none is pending.
   void quiesce(std::function<void()> done);
-  void check_idle() { notify_if(accepts == 0); }
+  void check_idle(bool in_handler = false) { notify_if(accepts == 0, in_handler); }
 };
 
 /// A UDP socket: datagrams taken from the kernel by a receive that a move cancelled are queued
@@ -102,7 +106,7 @@ struct udp_socket_impl : socket_state<datagram_backend>, std::enable_shared_from
   bool writing() const noexcept { return sends > 0; }
   /// Lets pending sends finish, then cancels the receive; calls `done` once nothing is pending.
   void quiesce(std::function<void()> done);
-  void check_idle() { notify_if(receives == 0 && sends == 0); }
+  void check_idle(bool in_handler = false) { notify_if(receives == 0 && sends == 0, in_handler); }
   /// After a rollback: the parked receive reads here again.
   void resume();
   void moved_away();

@@ -95,7 +95,7 @@ void udp_socket_impl::receive(asio::mutable_buffer b, udp::endpoint& from, io_ha
       from = self->rx_from;
       std::move(h)(ec, n);
     }
-    self->check_idle();
+    self->check_idle(true);
   });
 }
 
@@ -150,7 +150,7 @@ void udp_socket::start_send(asio::const_buffer b, const udp::endpoint& destinati
     --self->sends;
     std::move(h)(ec, n);
     if (self->quiescing && self->sends == 0 && self->receives > 0 && self->backend) self->backend->cancel();
-    self->check_idle();
+    self->check_idle(true);
   });
 }
 
