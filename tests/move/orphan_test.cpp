@@ -451,6 +451,7 @@ TEST(move_push, datagrams_of_several_descriptors_malformed_refused_whole_unclaim
   for (auto& p : malformed) EXPECT_TRUE(p.closed_by_peer()) << "a descriptor of the refused datagram stayed open";
   // The ring is empty now: a waiting receive finds it so (it re-checks every 50 ms) and collects
   // the unclaimed descriptors.
+  if (ioc.stopped()) ioc.restart();  // it ran out of work once the move completed
   baton::async_receive(rx, [](baton::error_code, baton::arrival) {});
   bool all_closed = false;
   for (int i = 0; i < 1000 && !all_closed; ++i) {
@@ -460,6 +461,7 @@ TEST(move_push, datagrams_of_several_descriptors_malformed_refused_whole_unclaim
   EXPECT_TRUE(all_closed) << "descriptors pushed for tickets that never came stayed open";
   EXPECT_GE(baton::get_move_stats().orphans_closed - before.orphans_closed, unclaimed.size());
   // The moved connection carries on.
+  if (ioc.stopped()) ioc.restart();
   char got = 0;
   ASSERT_TRUE(baton::test::run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
     co_await asio::async_read(arrived.conn, asio::buffer(&got, 1), asio::use_awaitable);
