@@ -52,7 +52,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-base=$((20000 + ($$ % 2000) * 10))
+# Below the ephemeral range (32768 and up here): a port some client connection used moments ago
+# can still be held by its TIME-WAIT entry, and the reuseport servers' bind then fails.
+base=$((20000 + ($$ % 1200) * 10))
 port=$base; backend1=$((base + 1)); backend2=$((base + 2))
 clk=$(getconf CLK_TCK)
 
