@@ -5,8 +5,13 @@
 //                       its io_context; parent busy-polls channel::try_receive().
 //   BM_BatonRing_Async  the same, but the parent receives with async_receive() on an io_context
 //                       (sleeps on the doorbell when the ring is empty).
+//   BM_BatonRing_PollBatched  batching on both sides: the helper async_send_many()s the tickets
+//                       64 at a time (batch records), the parent busy-polls try_receive().
 //   BM_MinimalRing      a hand-written SPSC ring: shm_open + mmap, two atomics (head, tail),
 //                       fixed-size slots, both sides busy-poll, records memcpy'd in and out.
+//   BM_MinimalRingBatched  the same ring batching on both sides: the producer publishes its
+//                       tail once per 64 records, the consumer takes every record it finds and
+//                       publishes its head once per run. The peer of BatonRing_PollBatched.
 //   BM_BatonRingLayer   diagnostic: Baton's ring layer (detail::ring of a real channel) without
 //                       the channel around it: push() of a pre-encoded ticket / pop(), busy-poll.
 // The argument is the record size: the encoded ticket size for Baton (64 B = a control ticket with
@@ -130,11 +135,11 @@ struct channel_run {
   }
 };
 
-void BM_BatonRing(benchmark::State& state, bool async) {
+void BM_BatonRing(benchmark::State& state, bool async, bool batched = false) {
   const auto size = static_cast<std::size_t>(state.range(0));
   asio::io_context io;
   channel_run run;
-  if (!run.start(state, io, "baton-producer", size)) return;
+  if (!run.start(state, io, batched ? "baton-batch-producer" : "baton-producer", size)) return;
   auto& ch = run.ch;
   const auto& s = run.s;
   baton::error_code ec;
@@ -171,7 +176,7 @@ void BM_BatonRing(benchmark::State& state, bool async) {
       });
     }
   });
-  finish(state, (async ? "baton_async/" : "baton_poll/") + std::to_string(size), total);
+  finish(state, (async ? "baton_async/" : batched ? "baton_poll_batched/" : "baton_poll/") + std::to_string(size), total);
   const auto st = ch.stats();
   state.counters["doorbells_per_batch"] =
       batch ? static_cast<double>(st.doorbells_rung) / static_cast<double>(batch) : 0.0;
@@ -179,6 +184,7 @@ void BM_BatonRing(benchmark::State& state, bool async) {
 
 void BM_BatonRing_Poll(benchmark::State& state) { BM_BatonRing(state, false); }
 void BM_BatonRing_Async(benchmark::State& state) { BM_BatonRing(state, true); }
+void BM_BatonRing_PollBatched(benchmark::State& state) { BM_BatonRing(state, false, true); }
 
 // Diagnostic: Baton's ring layer alone (baton::detail::ring inside the same channel), without the
 // channel's asio, ticket encode/decode and liveness checks: the helper push()es a pre-encoded
@@ -212,7 +218,10 @@ void BM_BatonRingLayer(benchmark::State& state) {
   finish(state, "ring_layer/" + std::to_string(size), total);
 }
 
-void BM_MinimalRing(benchmark::State& state) {
+// `batched`: the producer publishes its tail once per 64 records, the consumer reads the tail
+// once per run of records it finds and publishes its head once per run (the peer of
+// BatonRing_PollBatched: batching on both sides).
+void BM_MinimalRing(benchmark::State& state, bool batched) {
   const auto size = static_cast<std::size_t>(state.range(0));
   const std::uint64_t slots = ring_bytes / size;
   const auto ring_name = bench::unique_name("spsc");
@@ -223,8 +232,8 @@ void BM_MinimalRing(benchmark::State& state) {
   std::optional<bench::pin_guard> pin;
   const int helper_cpu = bench::place(pin, false);
   bench::session s;
-  if (!s.start(state, "minimal-producer", {ring_name, std::to_string(records_per_batch), std::to_string(size)},
-               helper_cpu))
+  if (!s.start(state, batched ? "minimal-batch-producer" : "minimal-producer",
+               {ring_name, std::to_string(records_per_batch), std::to_string(size)}, helper_cpu))
     return;
 
   std::vector<std::byte> buf(size);
@@ -234,23 +243,32 @@ void BM_MinimalRing(benchmark::State& state) {
   const double total = run_batches(state, s.ctl, batch, got, bad, [&](steady::time_point end) {
     std::uint64_t head = h->head.load(std::memory_order_relaxed);
     poll(s.ctl, end, [&] { return got < records_per_batch; }, [&] {
-      if (h->tail.load(std::memory_order_acquire) == head) return false;
-      std::memcpy(buf.data(), data + (head & (slots - 1)) * size, size);
-      h->head.store(++head, std::memory_order_release);
-      std::uint32_t seq;
-      std::memcpy(&seq, buf.data(), 4);
-      if (seq != got) bad = true;
-      ++got;
+      const std::uint64_t tail = h->tail.load(std::memory_order_acquire);
+      if (tail == head) return false;
+      const std::uint64_t until = batched ? tail : head + 1;
+      for (; head < until; ++head) {
+        std::memcpy(buf.data(), data + (head & (slots - 1)) * size, size);
+        if (!batched) h->head.store(head + 1, std::memory_order_release);
+        std::uint32_t seq;
+        std::memcpy(&seq, buf.data(), 4);
+        if (seq != got) bad = true;
+        ++got;
+      }
+      if (batched) h->head.store(head, std::memory_order_release);
       return true;
     });
     benchmark::DoNotOptimize(buf.data());
   });
-  finish(state, "minimal/" + std::to_string(size), total);
+  finish(state, (batched ? "minimal_batched/" : "minimal/") + std::to_string(size), total);
 }
+void BM_MinimalRing(benchmark::State& state) { BM_MinimalRing(state, false); }
+void BM_MinimalRingBatched(benchmark::State& state) { BM_MinimalRing(state, true); }
 
 BENCHMARK(BM_MinimalRing)->Arg(64)->Arg(1024)->UseManualTime();
+BENCHMARK(BM_MinimalRingBatched)->Arg(64)->Arg(1024)->UseManualTime();
 BENCHMARK(BM_BatonRing_Poll)->Arg(64)->Arg(1024)->UseManualTime();
 BENCHMARK(BM_BatonRing_Async)->Arg(64)->Arg(1024)->UseManualTime();
+BENCHMARK(BM_BatonRing_PollBatched)->Arg(64)->Arg(1024)->UseManualTime();
 BENCHMARK(BM_BatonRingLayer)->Arg(64)->Arg(1024)->UseManualTime();
 
 // Helper roles -------------------------------------------------------------------------------
@@ -279,6 +297,38 @@ struct channel_producer : producer_args {
     if (ctl) ch = baton::channel::open(io.get_executor(), name, {}, ec);
   }
 
+  // False (reported, and the parent told) if the channel could not be opened.
+  bool opened(const char* role) {
+    if (!ec) return true;
+    std::fprintf(stderr, "%s: channel::open: %s\n", role, ec.message().c_str());
+    ctl->failed.store(1);
+    return false;
+  }
+  // The ticket the producer sends: a control ticket of `size` encoded bytes.
+  baton::ticket ticket() const {
+    baton::ticket t;
+    t.kind = baton::ticket_kind::control;
+    t.method = baton::transfer_method::none;
+    t.id = baton::ticket_id::random();
+    t.state.resize(size - baton::ticket_header_bytes, std::byte{0x5A});
+    return t;
+  }
+
+  // Serves the parent's batches: each is a chain of sends begun by `start`, which moves `i` up
+  // to n or sets `fail`. run() returns when the chain ends: after n records, or after the first
+  // failure. It is bounded by the channel itself: a send fails with channel_owner_dead once the
+  // parent is gone, and a full ring is waited on for send_timeout (5 s) at most.
+  int serve(std::uint32_t& i, bool& fail, const std::function<void()>& start) {
+    return bench::serve_batches(ctl, max_batches, [&] {
+      i = 0;
+      start();
+      io.restart();
+      io.run();
+      if (i < n) fail = true;
+      return !fail;
+    });
+  }
+
   asio::io_context io;
   baton::error_code ec;
   baton::channel ch;
@@ -287,16 +337,8 @@ struct channel_producer : producer_args {
 int role_baton_producer(char** args) {
   channel_producer a(args);
   if (!a.ctl) return 2;
-  if (a.ec) {
-    std::fprintf(stderr, "baton-producer: channel::open: %s\n", a.ec.message().c_str());
-    a.ctl->failed.store(1);
-    return 1;
-  }
-  baton::ticket t;
-  t.kind = baton::ticket_kind::control;
-  t.method = baton::transfer_method::none;
-  t.id = baton::ticket_id::random();
-  t.state.resize(a.size - baton::ticket_header_bytes, std::byte{0x5A});
+  if (!a.opened("baton-producer")) return 1;
+  baton::ticket t = a.ticket();
   a.ctl->ready.store(1, std::memory_order_release);
 
   std::uint32_t i = 0;
@@ -312,17 +354,38 @@ int role_baton_producer(char** args) {
       if (++i < a.n) next();
     });
   };
-  return bench::serve_batches(a.ctl, max_batches, [&] {
-    // run() returns when the chain of sends ends: after n records, or after the first failure.
-    // It is bounded by the channel itself: each send fails with channel_owner_dead once the
-    // parent is gone, and a full ring is waited on for send_timeout (5 s) at most.
-    i = 0;
-    next();
-    a.io.restart();
-    a.io.run();
-    if (i < a.n) fail = true;
-    return !fail;
-  });
+  return a.serve(i, fail, next);
+}
+
+// As baton-producer, but 64 tickets per async_send_many (batch records).
+int role_baton_batch_producer(char** args) {
+  channel_producer a(args);
+  if (!a.ctl) return 2;
+  if (!a.opened("baton-batch-producer")) return 1;
+  baton::ticket t = a.ticket();
+  a.ctl->ready.store(1, std::memory_order_release);
+  constexpr std::uint32_t per_call = 64;
+  std::uint32_t i = 0;
+  bool fail = false;
+  std::vector<baton::ticket> group;
+  std::function<void()> next = [&] {
+    group.clear();
+    for (std::uint32_t k = 0; k < per_call && i + k < a.n; ++k) {
+      t.flags = i + k;
+      group.push_back(t);
+    }
+    const auto count = static_cast<std::uint32_t>(group.size());
+    a.ch.async_send_many(std::move(group), [&, count](baton::error_code e, std::size_t) {
+      if (e) {
+        std::fprintf(stderr, "baton-batch-producer: async_send_many: %s\n", e.message().c_str());
+        fail = true;
+        return;
+      }
+      i += count;
+      if (i < a.n) next();
+    });
+  };
+  return a.serve(i, fail, next);
 }
 
 int role_ring_layer_producer(char** args) {
@@ -353,7 +416,7 @@ int role_ring_layer_producer(char** args) {
 }
 
 // args: CTL RING N SIZE, RING the minimal ring's shared memory (producer_args::name).
-int role_minimal_producer(char** args) {
+int role_minimal_producer(char** args, bool batched) {
   const producer_args a(args);
   if (!a.ctl) return 2;
   const std::uint64_t slots = ring_bytes / a.size;
@@ -371,11 +434,14 @@ int role_minimal_producer(char** args) {
     bench::spinner room(a.ctl);
     std::uint64_t tail = h->tail.load(std::memory_order_relaxed);
     for (std::uint32_t i = 0; i < a.n;) {
-      if (tail - h->head.load(std::memory_order_acquire) < slots) {
-        std::memcpy(src.data(), &i, 4);
-        std::memcpy(data + (tail & (slots - 1)) * a.size, src.data(), a.size);
-        h->tail.store(++tail, std::memory_order_release);
-        ++i;
+      const std::uint64_t free = slots - (tail - h->head.load(std::memory_order_acquire));
+      if (free > 0) {
+        const std::uint64_t run = batched ? std::min<std::uint64_t>({free, 64, a.n - i}) : 1;
+        for (std::uint64_t k = 0; k < run; ++k, ++i, ++tail) {
+          std::memcpy(src.data(), &i, 4);
+          std::memcpy(data + (tail & (slots - 1)) * a.size, src.data(), a.size);
+        }
+        h->tail.store(tail, std::memory_order_release);
         continue;
       }
       if (!room.spin()) return false;
@@ -383,24 +449,36 @@ int role_minimal_producer(char** args) {
     return true;
   });
 }
+int role_minimal_producer(char** args) { return role_minimal_producer(args, false); }
+int role_minimal_batch_producer(char** args) { return role_minimal_producer(args, true); }
 
 void print_ratios() {
   for (const char* size : {"64", "1024"}) {
     const auto m = g_rates.find(std::string("minimal/") + size);
     if (m == g_rates.end()) continue;
-    for (const char* kind : {"baton_poll", "baton_async", "ring_layer"}) {
+    for (const char* kind : {"baton_poll", "baton_async", "baton_poll_batched", "ring_layer"}) {
       const auto b = g_rates.find(std::string(kind) + "/" + size);
       if (b == g_rates.end()) continue;
       const double mr = measured_rate(m->second), br = measured_rate(b->second);
       std::fprintf(stderr, "ratio %s/minimal, %4s B records: %.3f  (%.3g vs %.3g records/s)\n", kind, size,
                    br / mr, br, mr);
     }
+    // Batching on both sides: Baton's batched channel against the minimal ring that batches too.
+    const auto mb = g_rates.find(std::string("minimal_batched/") + size);
+    const auto bb = g_rates.find(std::string("baton_poll_batched/") + size);
+    if (mb != g_rates.end() && bb != g_rates.end()) {
+      const double mr = measured_rate(mb->second), br = measured_rate(bb->second);
+      std::fprintf(stderr, "ratio baton_poll_batched/minimal_batched, %4s B records: %.3f  (%.3g vs %.3g records/s)\n",
+                   size, br / mr, br, mr);
+    }
   }
 }
 
 // The helper roles of this binary: name, least argc, entry point.
 constexpr bench::role helper_roles[] = {{"baton-producer", 6, role_baton_producer},
+                                        {"baton-batch-producer", 6, role_baton_batch_producer},
                                         {"minimal-producer", 6, role_minimal_producer},
+                                        {"minimal-batch-producer", 6, role_minimal_batch_producer},
                                         {"ring-layer-producer", 6, role_ring_layer_producer}};
 
 }  // namespace

@@ -106,6 +106,13 @@ struct send_item {
 /// Sender: transact_with_slot for many tickets at once, in as few batch records as the receiver's
 /// record size allows (a ticket alone, or one that cannot be encoded, goes on its own).
 void transact_many(channel& ch, std::vector<send_item> items);
+/// Sender, within the channel layer (channel_send.cpp and channel_batch.cpp): one send, its ack
+/// slot claimed here unless `slot_held` (send_on); a ticket already in the ring joining the ack
+/// poller (await_verdict); the tickets waiting in the turn's outbox pushed now (flush_outbox).
+void send_on(std::shared_ptr<channel::impl> c, ticket t, bool with_ack, std::chrono::milliseconds timeout,
+             boost::asio::any_completion_handler<void(error_code)> h, bool slot_held);
+void await_verdict(const std::shared_ptr<channel::impl>& c, send_item item, std::chrono::steady_clock::time_point now);
+void flush_outbox(const std::shared_ptr<channel::impl>& c);
 /// Whether a ticket may wait for the other members of its batch (ticket_gate). Not one whose
 /// descriptor was pushed over SCM_RIGHTS: the receiver keeps a pushed descriptor whose ticket has
 /// not come yet in a table of 4,096, and a batch of more would lose the oldest. Such a ticket

@@ -1,6 +1,6 @@
 // A channel's sending side: a send waits for room in the ring per full_policy, then, for a
 // transaction, polls its ack slot for the receiver's verdict; and the ack-slot helpers of the
-// move layer (detail::acquire_ack_slot, release_ack_slot, transact_with_slot).
+// move layer (detail::acquire_ack_slot, release_ack_slot). Batches: channel_batch.cpp.
 #include "baton/channel.hpp"
 
 #include "channel_impl.hpp"
@@ -150,14 +150,6 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
   }
 };
 
-}  // namespace detail
-
-namespace detail {
-
-namespace {
-
-void flush_outbox(const std::shared_ptr<channel::impl>& c);
-
 // One send: validates, claims or takes over the ack slot, pushes (or retries per full_policy),
 // then, for a transaction, joins the ack poller's list.
 void send_on(std::shared_ptr<channel::impl> c, ticket t, bool with_ack, std::chrono::milliseconds timeout,
@@ -219,94 +211,16 @@ void send_on(std::shared_ptr<channel::impl> c, ticket t, bool with_ack, std::chr
   asio::post(c->ex, [op] { op->try_push(); });
 }
 
-}  // namespace
-
-// Moves published in one turn of the sender's event loop (a hand-over's window, a dispatcher's
-// accepts of one wake-up): the first goes into the ring at once, so that a lone move waits for
-// nothing; the others wait here until the turn ends and go in as batch records.
-inline constexpr std::size_t outbox_flush_at = 16;
-
-struct outbox {
-  using item = send_item;
-  std::vector<item> items;
-  bool turn_open = false;
-};
-
-namespace {
-
-// Pushes items [first, last) as one batch record and hands each to the ack poller; false (and
-// nothing pushed) if the ring has no room for it now, is being healed, or the receiver is gone.
-bool push_batch(const std::shared_ptr<channel::impl>& c, std::vector<outbox::item>& items, std::size_t first,
-                std::size_t last, std::size_t bytes) {
-  if (c->closed || !c->owner_alive()) return false;
-  error_code ec;
-  const bool wake = c->ring.push(
-      bytes,
-      [&](std::span<std::byte> out) {
-        encode_batch_header(out.data(), static_cast<std::uint32_t>(last - first));
-        std::byte* p = out.data() + batch_header_bytes;
-        for (std::size_t i = first; i < last; ++i) p = encode_batch_item(p, items[i].t);
-      },
-      ec);
-  if (ec) return false;
-  const bool bell_fails = inject(fault_step::doorbell, c->owner.pid());
-  if (wake && !bell_fails) c->bell.ring();
-  c->stats.tickets_sent += last - first;
-  ++c->stats.batches_sent;
-  const auto now = std::chrono::steady_clock::now();
-  for (std::size_t i = first; i < last; ++i) {
-    auto op = std::make_shared<channel_send_op>(c, std::move(items[i].h));
-    op->with_ack = true;
-    op->slot = items[i].t.ack_slot;
-    op->id = items[i].t.id;
-    op->ack_timeout = items[i].timeout;
-    op->ack_deadline = now + items[i].timeout;
-    channel_send_op::await_verdict(std::move(op));
-  }
-  return true;
+void await_verdict(const std::shared_ptr<channel::impl>& c, send_item item,
+                   std::chrono::steady_clock::time_point now) {
+  auto op = std::make_shared<channel_send_op>(c, std::move(item.h));
+  op->with_ack = true;
+  op->slot = item.t.ack_slot;
+  op->id = item.t.id;
+  op->ack_timeout = item.timeout;
+  op->ack_deadline = now + item.timeout;
+  channel_send_op::await_verdict(std::move(op));
 }
-
-void push_items(const std::shared_ptr<channel::impl>& c, std::vector<outbox::item>& items);
-
-void flush_outbox(const std::shared_ptr<channel::impl>& c) {
-  if (!c->outbox || c->outbox->items.empty()) return;
-  std::vector<outbox::item> items;
-  items.swap(c->outbox->items);
-  push_items(c, items);
-}
-
-void push_items(const std::shared_ptr<channel::impl>& c, std::vector<outbox::item>& items) {
-  // Stamp and check each ticket; one that cannot be encoded takes the single path, which
-  // reports why.
-  std::vector<std::size_t> sizes(items.size(), 0);
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    auto& t = items[i].t;
-    t.sender_pid = current_pid();
-    t.target_pid = c->ring.identity().owner_pid;
-    if (!check_encodable(t, c->opts.limits)) sizes[i] = encoded_size(t);
-  }
-  auto one_by_one = [&](std::size_t first, std::size_t last) {
-    for (std::size_t i = first; i < last; ++i)
-      send_on(c, std::move(items[i].t), true, items[i].timeout, std::move(items[i].h), true);
-  };
-  // Greedy runs of encodable tickets, each run as large as one record may be.
-  const std::size_t max_record = c->opts.limits.max_ticket_bytes;
-  std::size_t i = 0;
-  while (i < items.size()) {
-    std::size_t last = i, bytes = batch_header_bytes;
-    while (last < items.size() && sizes[last] != 0 && last - i < max_batch_tickets &&
-           bytes + batch_item_bytes(sizes[last]) <= max_record) {
-      bytes += batch_item_bytes(sizes[last]);
-      ++last;
-    }
-    // A run of one (alone, too large to share a record, or not encodable) is a plain ticket.
-    if (last - i < 2) last = i + 1;
-    if (last - i == 1 || !push_batch(c, items, i, last, bytes)) one_by_one(i, last);
-    i = last;
-  }
-}
-
-}  // namespace
 
 }  // namespace detail
 
@@ -326,48 +240,6 @@ std::uint32_t acquire_ack_slot(channel& ch, const ticket_id& id) {
 
 void release_ack_slot(channel& ch, std::uint32_t slot) noexcept {
   if (slot != no_ack_slot) channel_access::get(ch).ring.ack_release(slot);
-}
-
-void transact_with_slot(channel& ch, ticket t, std::chrono::milliseconds timeout,
-                        asio::any_completion_handler<void(error_code)> h) {
-  auto c = channel_access::shared(ch);
-  if (!c) return std::move(h)(error_code(asio::error::bad_descriptor));
-  if (!c->outbox) c->outbox = std::make_shared<outbox>();
-  if (!c->outbox->turn_open) {
-    // The first of this turn goes now; the turn ends with the handlers already queued.
-    c->outbox->turn_open = true;
-    asio::post(c->ex, [c] {
-      c->outbox->turn_open = false;
-      flush_outbox(c);
-    });
-    return send_on(std::move(c), std::move(t), true, timeout, std::move(h), true);
-  }
-  // Records of outbox_flush_at tickets: the receiver starts on them while the rest are published
-  // (one record for the whole turn left it idle meanwhile: bench_move's burst 8 % slower).
-  c->outbox->items.push_back({std::move(t), timeout, std::move(h)});
-  if (c->outbox->items.size() >= outbox_flush_at) flush_outbox(c);
-}
-
-void transact_many(channel& ch, std::vector<send_item> items) {
-  auto c = channel_access::shared(ch);
-  if (!c) {
-    for (auto& i : items) std::move(i.h)(error_code(asio::error::bad_descriptor));
-    return;
-  }
-  flush_outbox(c);  // what was published before goes first
-  push_items(c, items);
-}
-
-bool ticket_can_wait_for_batch(const ticket& t) noexcept { return t.method != transfer_method::scm_rights; }
-
-void ticket_gate::join(send_item item) {
-  if (ticket_can_wait_for_batch(item.t)) items_.push_back(std::move(item));
-  else transact_with_slot(ch_, std::move(item.t), item.timeout, std::move(item.h));
-  leave();
-}
-
-void ticket_gate::leave() {
-  if (--waiting_ == 0 && !items_.empty()) transact_many(ch_, std::exchange(items_, {}));
 }
 
 }  // namespace detail

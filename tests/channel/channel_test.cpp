@@ -13,6 +13,9 @@
 
 #include <gtest/gtest.h>
 
+#include <optional>
+#include <tuple>
+
 namespace {
 
 using namespace baton::test::prelude;
@@ -154,6 +157,81 @@ TEST(channel, batch_records_deliver_each_ticket_and_damage_stays_with_its_ticket
   EXPECT_EQ(st.batches_received, 2u);
   EXPECT_EQ(st.bad_tickets, 2u);
   EXPECT_EQ(st.tickets_received, 5u);
+}
+
+// async_send_many: 2,000 tickets of mixed sizes in one call travel in few records and arrive
+// whole and in order, through async_receive and try_receive alike; a ring too small for all of
+// them under full_policy::wait fills, drains and fills again until every one is in.
+TEST(channel, send_many_puts_tickets_in_few_records_in_order_and_waits_for_room) {
+  asio::io_context ioc;
+  name_guard g(unique_name("many"));
+  baton::channel_options o;
+  o.ring_bytes = 64 * 1024;  // far less than the 2,000 tickets need
+  o.limits.max_ticket_bytes = 16 * 1024;  // (a larger maximum would grow the ring to hold two)
+  auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name, o);
+  constexpr int n = 2000;
+  std::vector<baton::ticket> ts;
+  for (int i = 0; i < n; ++i) ts.push_back(control_ticket(static_cast<std::uint64_t>(i), 20 + static_cast<std::size_t>(i % 300)));
+  std::optional<std::pair<baton::error_code, std::size_t>> done;
+  tx.async_send_many(std::move(ts), [&](baton::error_code ec, std::size_t sent) { done.emplace(ec, sent); });
+  EXPECT_FALSE(done) << "completed inside async_send_many";
+  int got = 0;
+  std::string first_bad;
+  const bool ok = run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    while (got < n) {
+      baton::ticket t;
+      baton::error_code ec;
+      if (got % 2 == 0 || !rx.try_receive(t, ec)) std::tie(ec, t) = co_await rx.async_receive(tuple_aw);
+      const auto size = 20 + static_cast<std::size_t>(got % 300);
+      if ((ec || t.state.size() != size || !baton::test::check_pattern(got, t.state.data(), size)) && first_bad.empty())
+        first_bad = "ticket " + std::to_string(got) + ": " + (ec ? ec.message() : "wrong state");
+      ++got;
+    }
+  }(), 30s);
+  ASSERT_TRUE(ok) << got << " of " << n;
+  EXPECT_TRUE(first_bad.empty()) << first_bad;
+  for (int i = 0; i < 100 && !done; ++i) ioc.run_for(10ms);
+  ASSERT_TRUE(done);
+  EXPECT_FALSE(done->first) << done->first.message();
+  EXPECT_EQ(done->second, static_cast<std::size_t>(n));
+  const auto st = tx.stats();
+  EXPECT_EQ(st.tickets_sent, static_cast<std::uint64_t>(n));
+  EXPECT_GE(st.batches_sent, 1u);
+  EXPECT_LT(st.batches_sent, static_cast<std::uint64_t>(n) / 4) << "tickets did not share records";
+  std::printf("[ info ] %llu tickets in %llu batch records, %llu waits for room\n", static_cast<unsigned long long>(st.tickets_sent), static_cast<unsigned long long>(st.batches_sent), static_cast<unsigned long long>(st.full_waits));
+  EXPECT_GT(st.full_waits, 0u) << "the ring never filled: the test did not test waiting";
+  baton::ticket extra;
+  baton::error_code ec;
+  EXPECT_FALSE(rx.try_receive(extra, ec));  // nothing extra
+}
+
+// A ticket that cannot go stops the call there: those before it are in the ring, it and those
+// after it are not, and `sent` says how many went.
+TEST(channel, send_many_stops_at_a_ticket_too_large_and_says_how_many_went) {
+  asio::io_context ioc;
+  name_guard g(unique_name("manybad"));
+  baton::channel_options o;
+  o.limits.max_ticket_bytes = 1024;
+  auto rx = baton::channel::create(ioc.get_executor(), g.name, o);
+  auto tx = baton::channel::open(ioc.get_executor(), g.name, o);
+  std::vector<baton::ticket> ts;
+  for (int i = 0; i < 10; ++i) ts.push_back(control_ticket(static_cast<std::uint64_t>(i), i == 7 ? 4000 : 100));
+  std::optional<std::pair<baton::error_code, std::size_t>> done;
+  tx.async_send_many(std::move(ts), [&](baton::error_code ec, std::size_t sent) { done.emplace(ec, sent); });
+  for (int i = 0; i < 100 && !done; ++i) ioc.run_for(10ms);
+  ASSERT_TRUE(done);
+  EXPECT_EQ(done->first, errc::record_too_large) << done->first.message();
+  EXPECT_EQ(done->second, 7u);
+  int got = 0;
+  baton::ticket t;
+  baton::error_code ec;
+  while (rx.try_receive(t, ec)) {
+    EXPECT_FALSE(ec) << ec.message();
+    EXPECT_TRUE(baton::test::check_pattern(got, t.state.data(), t.state.size())) << got;
+    ++got;
+  }
+  EXPECT_EQ(got, 7);
 }
 
 TEST(channel, receiver_wakes_on_doorbell_and_rings_coalesce) {

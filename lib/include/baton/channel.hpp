@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 #include <string_view>
 
 namespace baton {
@@ -123,6 +124,19 @@ class channel {
         [this](auto h, ticket t) { do_send(std::move(t), false, {}, std::move(h)); }, token, std::move(t));
   }
 
+  /// Sender: enqueues `tickets` in order, several to a ring record (the batch records moves
+  /// share), with at most one doorbell per record: for bursts of control tickets. Completes once
+  /// every ticket is in the ring, or at the first that cannot be enqueued (not encodable, too
+  /// large, or the ring stays full past send_timeout under full_policy::wait); `sent` tickets,
+  /// the ones before it, are in the ring. The receiver takes them one at a time as always.
+  /// Signature: void(error_code, std::size_t sent).
+  template <class Token>
+  auto async_send_many(std::vector<ticket> tickets, Token&& token) {
+    return boost::asio::async_initiate<Token, void(error_code, std::size_t)>(
+        [this](auto h, std::vector<ticket> ts) { do_send_many(std::move(ts), std::move(h)); }, token,
+        std::move(tickets));
+  }
+
   /// Sender: enqueues `t` with an ack slot and completes with the receiver's verdict: success
   /// (accepted), errc::move_rejected, errc::move_timeout after `timeout` (the ticket is then
   /// void: a late receiver cannot accept it), errc::target_died. Signature: void(error_code).
@@ -158,6 +172,7 @@ class channel {
   /// when the send completes, whatever the outcome.
   void do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
                boost::asio::any_completion_handler<void(error_code)> h, bool slot_held = false);
+  void do_send_many(std::vector<ticket> ts, boost::asio::any_completion_handler<void(error_code, std::size_t)> h);
   void do_receive(boost::asio::any_completion_handler<void(error_code, ticket)> h);
   std::shared_ptr<impl> impl_;
 };
