@@ -44,6 +44,8 @@
 
 #include <baton/move.hpp>
 
+#include "posix/scm_rights_push.hpp"
+
 #include <benchmark/benchmark.h>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -212,21 +214,11 @@ struct raw_header {
 constexpr std::size_t max_fds_per_msg = 64;
 
 bool send_fds(int sock, const int* fds, std::size_t n, raw_header h) {
-  iovec iov{&h, sizeof h};
-  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * max_fds_per_msg)];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  if (n > 0) {
-    msg.msg_control = ctrl;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * n);
-    std::memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
-  }
-  return ::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof h);
+  // Descriptors through Baton's sendmsg wrapper (one SCM_RIGHTS message, nothing else); the
+  // answer, which carries none, as a plain send.
+  const long r = n > 0 ? baton::detail::send_with_fds(sock, fds, n, &h, sizeof h, nullptr, 0, MSG_NOSIGNAL)
+                       : ::send(sock, &h, sizeof h, MSG_NOSIGNAL);
+  return r == static_cast<long>(sizeof h);
 }
 
 /// Appends the received descriptors to `out`. Returns false on error or timeout (errno says).
@@ -580,11 +572,13 @@ void BM_MoveBurst_Baton(benchmark::State& state) {
   run_bursts(state, one_burst, std::string("burst/") + strategy_name(strategy));
 }
 
-void BM_MoveBurst_RawScm(benchmark::State& state) {
+// `reactor`: each descriptor also leaves an epoll set before it is sent, and the helper fstat()s
+// it and adds it to an epoll set of its own before it answers (BM_MoveBurst_RawScmReactor).
+void BM_MoveBurst_Raw(benchmark::State& state, bool reactor) {
   const auto per_msg = static_cast<std::size_t>(state.range(0));
   raise_fd_limit();
   raw_peer_run run;
-  if (!run.start(state, "burst", per_msg)) return;
+  if (!run.start(state, reactor ? "burst-reactor" : "burst", per_msg)) return;
   const int sock = run.sp.fd[0];
   asio::io_context io;
   std::vector<tcp::socket> clients, servers;
@@ -596,44 +590,7 @@ void BM_MoveBurst_RawScm(benchmark::State& state) {
     held.fds.push_back(sk.release(ec));
     if (ec) return state.SkipWithError("release failed");
   }
-  const raw_header fds_msg{1, static_cast<std::uint32_t>(burst)};
-  auto one_burst = [&](steady::duration& dt) -> std::string {
-    const auto t0 = steady::now();
-    for (std::size_t i = 0; i < burst; i += per_msg) {
-      const std::size_t n = std::min(per_msg, burst - i);
-      if (!send_fds(sock, held.fds.data() + i, n, fds_msg)) return std::string("sendmsg: ") + std::strerror(errno);
-      for (std::size_t j = i; j < i + n; ++j) ::close(held.fds[j]);
-    }
-    held.fds.clear();
-    raw_header h{};
-    std::vector<int> none;
-    if (!recv_fds(sock, none, h) || h.kind != 2) return std::string("no answer: ") + std::strerror(errno);
-    dt = steady::now() - t0;
-    // Untimed: B sends them back.
-    while (held.fds.size() < burst)
-      if (!recv_fds(sock, held.fds, h)) return std::string("moving back: ") + std::strerror(errno);
-    return {};
-  };
-  run_bursts(state, one_burst, "burst_raw/" + std::to_string(per_msg));
-}
-
-void BM_MoveBurst_RawScmReactor(benchmark::State& state) {
-  const auto per_msg = static_cast<std::size_t>(state.range(0));
-  raise_fd_limit();
-  raw_peer_run run;
-  if (!run.start(state, "burst-reactor", per_msg)) return;
-  const int sock = run.sp.fd[0];
-  asio::io_context io;
-  std::vector<tcp::socket> clients, servers;
-  std::string err;
-  if (!make_connections(io, burst, clients, servers, err)) return state.SkipWithError(err.c_str());
-  fd_list held;
-  for (auto& sk : servers) {
-    baton::error_code ec;
-    held.fds.push_back(sk.release(ec));
-    if (ec) return state.SkipWithError("release failed");
-  }
-  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  const int ep = reactor ? ::epoll_create1(EPOLL_CLOEXEC) : -1;
   auto register_all = [&] {
     for (int fd : held.fds) {
       epoll_event ev{};
@@ -642,13 +599,14 @@ void BM_MoveBurst_RawScmReactor(benchmark::State& state) {
       ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     }
   };
-  register_all();
+  if (reactor) register_all();
   const raw_header fds_msg{1, static_cast<std::uint32_t>(burst)};
   auto one_burst = [&](steady::duration& dt) -> std::string {
     const auto t0 = steady::now();
     for (std::size_t i = 0; i < burst; i += per_msg) {
       const std::size_t n = std::min(per_msg, burst - i);
-      for (std::size_t j = i; j < i + n; ++j) ::epoll_ctl(ep, EPOLL_CTL_DEL, held.fds[j], nullptr);
+      if (reactor)
+        for (std::size_t j = i; j < i + n; ++j) ::epoll_ctl(ep, EPOLL_CTL_DEL, held.fds[j], nullptr);
       if (!send_fds(sock, held.fds.data() + i, n, fds_msg)) return std::string("sendmsg: ") + std::strerror(errno);
       for (std::size_t j = i; j < i + n; ++j) ::close(held.fds[j]);
     }
@@ -657,15 +615,17 @@ void BM_MoveBurst_RawScmReactor(benchmark::State& state) {
     std::vector<int> none;
     if (!recv_fds(sock, none, h) || h.kind != 2) return std::string("no answer: ") + std::strerror(errno);
     dt = steady::now() - t0;
-    // Untimed: B sends them back, and they are registered here again.
+    // Untimed: B sends them back (and they are registered here again).
     while (held.fds.size() < burst)
       if (!recv_fds(sock, held.fds, h)) return std::string("moving back: ") + std::strerror(errno);
-    register_all();
+    if (reactor) register_all();
     return {};
   };
-  run_bursts(state, one_burst, "burst_raw_reactor/" + std::to_string(per_msg));
-  ::close(ep);
+  run_bursts(state, one_burst, (reactor ? "burst_raw_reactor/" : "burst_raw/") + std::to_string(per_msg));
+  if (ep >= 0) ::close(ep);
 }
+void BM_MoveBurst_RawScm(benchmark::State& state) { BM_MoveBurst_Raw(state, false); }
+void BM_MoveBurst_RawScmReactor(benchmark::State& state) { BM_MoveBurst_Raw(state, true); }
 
 // 3. Data path after a move ----------------------------------------------------------------------
 
