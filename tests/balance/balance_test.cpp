@@ -7,6 +7,7 @@
 #include "net_helpers.hpp"
 #include "test_prelude.hpp"
 #include "test_support.hpp"
+#include "detail/platform.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -177,6 +178,12 @@ class balance_rig {
     work_.reset();
     ioc.stop();
     io_.join();
+    // A worker killed while moves to it were in flight is erased, and its channel's names
+    // removed, only once its verdicts are in; the dispatcher may stop first. Remove what it left
+    // (Linux; Windows names die with their handles).
+    baton::error_code ec;
+    for (const auto& n : baton::detail::list_channel_names(ec))
+      if (n.rfind(guard.name + ".", 0) == 0) baton::channel::remove_stale(n, ec);
   }
 
   bool ready() const { return ready_; }
