@@ -4,7 +4,6 @@
 #include "baton/channel.hpp"
 
 #include "channel_impl.hpp"
-#include "detail/fault.hpp"
 #include "detail/ticket_codec.hpp"
 
 #include <boost/asio/append.hpp>
@@ -69,8 +68,7 @@ bool push_batch(const std::shared_ptr<channel::impl>& c, std::vector<outbox::ite
       },
       ec);  // (items hold their tickets apart from their handlers, hence not encode_batch)
   if (ec) return false;
-  const bool bell_fails = inject(fault_step::doorbell, c->owner.pid());
-  if (wake && !bell_fails) c->bell.ring();
+  c->ring_if(wake);
   c->stats.tickets_sent += last - first;
   ++c->stats.batches_sent;
   const auto now = std::chrono::steady_clock::now();
@@ -123,8 +121,7 @@ struct send_many_op : std::enable_shared_from_this<send_many_op> {
   std::vector<std::size_t> sizes;  // encoded sizes; 0: not encodable
   std::size_t next = 0;            // tickets before it are in the ring
   std::chrono::steady_clock::time_point send_deadline;
-  std::optional<asio::steady_timer> timer;
-  std::chrono::microseconds backoff{10};
+  room_wait room;
   asio::any_completion_handler<void(error_code, std::size_t)> handler;
 
   send_many_op(std::shared_ptr<channel::impl> c, std::vector<ticket> t,
@@ -157,23 +154,15 @@ struct send_many_op : std::enable_shared_from_this<send_many_op> {
           },
           ec);
       if (!ec) {
-        const bool bell_fails = inject(fault_step::doorbell, ch->owner.pid());
-        if (wake && !bell_fails) ch->bell.ring();
+        ch->ring_if(wake);
         ch->stats.tickets_sent += last - next;
         if (last - next > 1) ++ch->stats.batches_sent;
         next = last;
-        backoff = std::chrono::microseconds(10);
+        room.backoff = std::chrono::microseconds(10);
         continue;
       }
-      if (ec == errc::channel_corrupted) ch->bell.ring();  // make the receiver heal the ring
-      const bool retry = (ec == errc::channel_full || ec == errc::channel_corrupted) &&
-                         ch->opts.on_full == full_policy::wait && std::chrono::steady_clock::now() < send_deadline;
-      if (!retry) return finish(ec);
-      if (ec == errc::channel_full) ++ch->stats.full_waits;
-      if (!timer) timer.emplace(ch->ex);
-      timer->expires_after(backoff);
-      backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::milliseconds(1));
-      timer->async_wait([self = shared_from_this()](error_code) { self->step(); });
+      if (!ch->may_retry_push(ec, send_deadline)) return finish(ec);
+      room.then(ch->ex, [self = shared_from_this()](error_code) { self->step(); });
       return;
     }
     finish({});

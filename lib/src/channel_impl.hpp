@@ -7,6 +7,9 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/interprocess/mapped_region.hpp>
 
+#include <algorithm>
+#include <optional>
+
 namespace baton {
 
 namespace detail {
@@ -56,6 +59,13 @@ struct channel::impl : std::enable_shared_from_this<channel::impl> {
   // ring together, as one batch record, when the turn ends (channel_send.cpp).
   std::shared_ptr<detail::outbox> outbox;
 
+  // Sender, after a push: the doorbell if the receiver sleeps (`wake`), unless BATON_FAULT
+  // doorbell:fail skips it.
+  void ring_if(bool wake);
+  // Sender: whether a push that failed with `ec` is worth another try before `deadline` (a full
+  // or healing ring under full_policy::wait); rings for a heal and counts a wait for room.
+  bool may_retry_push(const error_code& ec, std::chrono::steady_clock::time_point deadline);
+
   // The receiver's liveness, probed at most once a millisecond (a pidfd poll is a system call).
   bool owner_alive() {
     const auto now = std::chrono::steady_clock::now();
@@ -102,6 +112,19 @@ struct send_item {
   ticket t;
   std::chrono::milliseconds timeout;
   boost::asio::any_completion_handler<void(error_code)> h;
+};
+/// Sender: the wait of a send for room in a full ring, backing off from 10 us to 1 ms (a full ring
+/// drains at the receiver's pace); the timer is made by the first wait.
+struct room_wait {
+  std::optional<boost::asio::steady_timer> timer;
+  std::chrono::microseconds backoff{10};
+  template <class F>
+  void then(const boost::asio::any_io_executor& ex, F&& f) {
+    if (!timer) timer.emplace(ex);
+    timer->expires_after(backoff);
+    backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::milliseconds(1));
+    timer->async_wait(std::forward<F>(f));
+  }
 };
 /// Sender: transact_with_slot for many tickets at once, in as few batch records as the receiver's
 /// record size allows (a ticket alone, or one that cannot be encoded, goes on its own).

@@ -35,8 +35,7 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
   bool with_ack = false;
   std::chrono::milliseconds ack_timeout{};
   std::chrono::steady_clock::time_point send_deadline, ack_deadline;
-  std::optional<asio::steady_timer> timer;  // only a send that waits for room needs one
-  std::chrono::microseconds backoff{10};
+  room_wait room;
   asio::any_completion_handler<void(error_code)> handler;
 
   // Boost 1.81's any_completion_handler move *assignment* recurses forever (it copies from a
@@ -56,27 +55,18 @@ struct channel_send_op : std::enable_shared_from_this<channel_send_op> {
     const bool wake = ch->ring.push(
         bytes.size(), [&](std::span<std::byte> out) { std::memcpy(out.data(), bytes.data(), bytes.size()); }, ec);
     if (!ec) {
-      const bool bell_fails = detail::inject(detail::fault_step::doorbell, ch->owner.pid());
-      if (wake && !bell_fails) ch->bell.ring();
+      ch->ring_if(wake);
       ++ch->stats.tickets_sent;
       if (!with_ack) return finish({});
       ack_deadline = std::chrono::steady_clock::now() + ack_timeout;
       return await_verdict(shared_from_this());
     }
-    if (ec == errc::channel_corrupted) ch->bell.ring();  // make the receiver heal the ring
-    const bool retry = (ec == errc::channel_full || ec == errc::channel_corrupted) &&
-                       ch->opts.on_full == full_policy::wait && std::chrono::steady_clock::now() < send_deadline;
-    if (!retry) {
+    if (!ch->may_retry_push(ec, send_deadline)) {
       if (with_ack) ch->ring.ack_release(slot);
       slot = no_ack_slot;
       return std::move(handler)(ec);
     }
-    if (ec == errc::channel_full) ++ch->stats.full_waits;
-    // A full ring drains at the receiver's pace: back off from 10 us to 1 ms.
-    if (!timer) timer.emplace(ch->ex);
-    timer->expires_after(backoff);
-    backoff = std::min<std::chrono::microseconds>(backoff * 2, std::chrono::milliseconds(1));
-    timer->async_wait([self = shared_from_this()](error_code) { self->try_push(); });
+    room.then(ch->ex, [self = shared_from_this()](error_code) { self->try_push(); });
   }
 
   // The verdict, if there is one by now (the timeout, a dead target and a closed channel are
@@ -187,8 +177,7 @@ void send_on(std::shared_ptr<channel::impl> c, ticket t, bool with_ack, std::chr
     const bool wake = c->ring.push(
         encoded_size(t), [tp = &t](std::span<std::byte> out) { encode_checked(*tp, out); }, push_ec);
     if (!push_ec) {
-      const bool bell_fails = inject(fault_step::doorbell, c->owner.pid());
-      if (wake && !bell_fails) c->bell.ring();
+      c->ring_if(wake);
       ++c->stats.tickets_sent;
       if (!with_ack) {
         asio::post(c->ex, asio::append(std::move(op->handler), error_code()));
@@ -223,6 +212,19 @@ void await_verdict(const std::shared_ptr<channel::impl>& c, send_item item,
 }
 
 }  // namespace detail
+
+void channel::impl::ring_if(bool wake) {
+  const bool bell_fails = detail::inject(detail::fault_step::doorbell, owner.pid());
+  if (wake && !bell_fails) bell.ring();
+}
+
+bool channel::impl::may_retry_push(const error_code& ec, std::chrono::steady_clock::time_point deadline) {
+  if (ec == errc::channel_corrupted) bell.ring();  // make the receiver heal the ring
+  const bool retry = (ec == errc::channel_full || ec == errc::channel_corrupted) &&
+                     opts.on_full == full_policy::wait && std::chrono::steady_clock::now() < deadline;
+  if (retry && ec == errc::channel_full) ++stats.full_waits;
+  return retry;
+}
 
 void channel::do_send(ticket t, bool with_ack, std::chrono::milliseconds timeout,
                       asio::any_completion_handler<void(error_code)> h, bool slot_held) {
