@@ -18,12 +18,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=3 duration=5 conns=16 build="$root/build/linux"
+rounds=3 duration=5 conns_list=16 build="$root/build/linux"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
-    --connections) conns=$2; shift 2 ;;
+    --connections) conns_list=$2; shift 2 ;;  # one count or a list: 16,64,256
     --build) build=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -186,7 +186,8 @@ PY
 
 results="$tmp/results.tsv"
 : >"$results"
-echo "peer comparison: $rounds rounds x 2 modes x 4 cases, wrk -t2 -c$conns -d${duration}s on loopback, $(nproc) CPUs"
+echo "peer comparison: $rounds rounds x 2 modes x 4 cases, wrk -t2 -c{$conns_list} -d${duration}s on loopback, $(nproc) CPUs"
+for conns in ${conns_list//,/ }; do
 for round in $(seq 1 "$rounds"); do
   for mode in keepalive close; do
     for case in ceiling baton node nginx; do
@@ -198,14 +199,20 @@ for round in $(seq 1 "$rounds"); do
       all_pids=$(echo "$all_pids" | sort -u | tr '\n' ' ')
       before=$(counts)
       t0=$(ticks $all_pids); h0=$(ticks $handoff_pids)
-      wrk -t2 -c"$conns" -d"${duration}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/" >"$tmp/wrk.out" 2>&1 || true
+      # `times` in the subshell: the CPU time of its child, wrk (the load generator shares the CPUs).
+      (wrk -t2 -c"$conns" -d"${duration}s" --latency "${hdr[@]}" "http://127.0.0.1:$port/" >"$tmp/wrk.out" 2>&1 || true
+       times >"$tmp/wrk.times")
       t1=$(ticks $all_pids); h1=$(ticks $handoff_pids)
       after=$(counts)
       stop
-      python3 - "$tmp/wrk.out" "$round" "$mode" "$case" "$((t1 - t0))" "$((h1 - h0))" "$clk" "$before" "$after" >>"$results" <<'PY'
+      python3 - "$tmp/wrk.out" "$round" "$mode" "$case" "$((t1 - t0))" "$((h1 - h0))" "$clk" "$before" "$after" \
+        "$tmp/wrk.times" "$conns" >>"$results" <<'PY'
 import re, sys
-out, rnd, mode, case, ticks, hticks, clk, before, after = sys.argv[1:]
+out, rnd, mode, case, ticks, hticks, clk, before, after, times, conns = sys.argv[1:]
 text = open(out).read()
+# bash `times`: the shell's line, then its children's ("0m1.234s 0m5.678s").
+child = open(times).read().splitlines()[-1].split()
+wrk_s = sum(int(m) * 60 + float(sec) for m, sec in (re.match(r"(\d+)m([\d.]+)s", x).groups() for x in child))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 total = int(re.search(r"(\d+) requests in", text).group(1))
 unit = {"us": 1, "ms": 1e3, "s": 1e6}
@@ -218,36 +225,53 @@ m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if m: errors += int(m.group(1))
 cpu = int(ticks) / int(clk) * 1e6 / max(total, 1)
 hcpu = int(hticks) / int(clk) * 1e6 / max(total, 1)
+wcpu = wrk_s * 1e6 / max(total, 1)
 b = [int(x) for x in before.split(":") if x] if before else []
 a = [int(x) for x in after.split(":") if x] if after else []
 spread = ":".join(str(y - (b[i] if i < len(b) else 0)) for i, y in enumerate(a)) if a else "?"
-print(f"{rnd}\t{mode}\t{case}\t{rps:.0f}\t{p99:.0f}\t{cpu:.1f}\t{hcpu:.1f}\t{errors}\t{spread}")
+print(f"{rnd}\t{mode}\t{case}\t{rps:.0f}\t{p99:.0f}\t{cpu:.1f}\t{hcpu:.1f}\t{errors}\t{spread}\t{wcpu:.1f}\t{conns}")
 PY
-      tail -1 "$results" | awk -F'\t' '{printf "  round %s %-9s %-8s %8s req/s  p99 %6s us  cpu/req %6s us  hand-off cpu/req %5s us  errors %s  spread %s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9}'
+      tail -1 "$results" | awk -F'\t' '{printf "  -c%s round %s %-9s %-8s %8s req/s  p99 %6s us  cpu/req %6s us  hand-off cpu/req %5s us  wrk cpu/req %5s us  errors %s  spread %s\n", $11,$1,$2,$3,$4,$5,$6,$7,$10,$8,$9}'
     done
   done
 done
+done
 
-python3 - "$results" <<'PY'
+python3 - "$results" "$(nproc)" <<'PY'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+cpus = int(sys.argv[2])
 by = {}
-for rnd, mode, case, rps, p99, cpu, hcpu, err, spread in rows:
-    by.setdefault((mode, case), []).append(dict(rnd=rnd, rps=float(rps), p99=float(p99), cpu=float(cpu),
-                                               hcpu=float(hcpu), err=int(err), spread=spread))
-ceil = {(r["rnd"], m): r["rps"] for (m, c), rs in by.items() if c == "ceiling" for r in rs}
+for rnd, mode, case, rps, p99, cpu, hcpu, err, spread, wcpu, conns in rows:
+    by.setdefault((int(conns), mode, case), []).append(dict(rnd=rnd, rps=float(rps), p99=float(p99), cpu=float(cpu),
+                                                            hcpu=float(hcpu), err=int(err), spread=spread,
+                                                            all=float(cpu) + float(wcpu)))
+ref = {(n, r["rnd"], m, c): r for (n, m, c), rs in by.items() for r in rs}
 names = {"ceiling": "1 SO_REUSEPORT, no hand-off", "baton": "2 baton-balancer", "node": "3 Node.js cluster RR",
          "nginx": "4 nginx proxy"}
+med = statistics.median
 print()
-print("| mode | case | req/s | ratio to (1) | p99 us | server CPU us/req | hand-off CPU us/req | errors | spread (last round) |")
-print("|---|---|---|---|---|---|---|---|---|")
-for mode in ("keepalive", "close"):
-    for case in ("ceiling", "baton", "node", "nginx"):
-        rs = by.get((mode, case), [])
-        if not rs: continue
-        ratio = statistics.median(r["rps"] / ceil[(r["rnd"], mode)] for r in rs)
-        print(f"| {'keep-alive' if mode == 'keepalive' else 'Connection: close'} | {names[case]} | "
-              f"{statistics.median(r['rps'] for r in rs):.0f} | {ratio:.2f}x | {statistics.median(r['p99'] for r in rs):.0f} | "
-              f"{statistics.median(r['cpu'] for r in rs):.1f} | {statistics.median(r['hcpu'] for r in rs):.1f} | "
-              f"{sum(r['err'] for r in rs)} | {rs[-1]['spread']} |")
+# "all CPU": the servers' and wrk's CPU time per request; with every CPU busy, req/s cannot exceed
+# CPUs / all CPU, so "CPU-bound ratio" (the ceiling's all CPU over the case's) is the most a case
+# can reach against (1) on this machine however its latency is hidden.
+print("| wrk -c | mode | case | req/s | ratio to (1) | to (4) | p99 us | server CPU us/req | hand-off CPU us/req "
+      "| all CPU us/req (with wrk) | CPU-bound ratio to (1) | busy CPUs | errors | spread (last round) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for n in sorted({k[0] for k in by}):
+    for mode in ("keepalive", "close"):
+        for case in ("ceiling", "baton", "node", "nginx"):
+            rs = by.get((n, mode, case), [])
+            if not rs: continue
+            def vs(other, key):
+                return med(r[key] / ref[(n, r["rnd"], mode, other)][key] for r in rs
+                           if (n, r["rnd"], mode, other) in ref)
+            ratio = vs("ceiling", "rps")
+            to_nginx = vs("nginx", "rps") if any((n, r["rnd"], mode, "nginx") in ref for r in rs) else float("nan")
+            bound = med(ref[(n, r["rnd"], mode, "ceiling")]["all"] / r["all"] for r in rs
+                        if (n, r["rnd"], mode, "ceiling") in ref)
+            busy = med(r["rps"] * r["all"] / 1e6 for r in rs)
+            print(f"| {n} | {'keep-alive' if mode == 'keepalive' else 'Connection: close'} | {names[case]} | "
+                  f"{med(r['rps'] for r in rs):.0f} | {ratio:.2f}x | {to_nginx:.2f}x | {med(r['p99'] for r in rs):.0f} | "
+                  f"{med(r['cpu'] for r in rs):.1f} | {med(r['hcpu'] for r in rs):.1f} | {med(r['all'] for r in rs):.1f} | "
+                  f"{bound:.2f}x | {busy:.2f} of {cpus} | {sum(r['err'] for r in rs)} | {rs[-1]['spread']} |")
 PY
