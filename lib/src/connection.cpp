@@ -9,6 +9,7 @@
 #include <boost/asio/post.hpp>
 
 #include <cstring>
+#include <utility>
 
 namespace baton {
 
@@ -59,6 +60,100 @@ class native_stream final : public native_socket<stream_backend, tcp::socket> {
   tcp::socket* socket() override { return &s_; }
   tcp::endpoint remote_endpoint(error_code& ec) const override { return s_.remote_endpoint(ec); }
   void shutdown_send(error_code& ec) override { s_.shutdown(tcp::socket::shutdown_send, ec); }
+};
+
+// A connection taken from the backlog without joining the reactor (accept_detached): what a
+// dispatcher that hands each connection on at once holds, so that it never registers a socket
+// with epoll only to remove it again at the export. Its first I/O (a peek) attaches it as a
+// native stream; until then the handle is used directly.
+class detached_stream final : public stream_backend {
+ public:
+  detached_stream(asio::any_io_executor ex, tcp protocol, std::uintptr_t h)
+      : ex_(std::move(ex)), protocol_(protocol), h_(h) {}
+  ~detached_stream() override { close(); }
+  void read(asio::mutable_buffer b, io_handler h) override {
+    if (auto* s = attached(h)) s->read(b, std::move(h));
+  }
+  void write(asio::const_buffer b, io_handler h) override {
+    if (auto* s = attached(h)) s->write(b, std::move(h));
+  }
+  void cancel() override {
+    if (s_) s_->cancel();
+  }
+  void close() override {
+    if (s_) return s_->close();
+    if (h_ == none) return;
+    if (shutdown_on_close_) ::shutdown(static_cast<asio::detail::socket_type>(h_), 2);
+    close_socket_handle(std::exchange(h_, none));
+  }
+  bool is_open() const override { return s_ ? s_->is_open() : h_ != none; }
+  attach_mode mode() const override { return attach_mode::native; }
+  asio::any_io_executor get_executor() override { return ex_; }
+  std::uintptr_t native_handle() const override { return s_ ? s_->native_handle() : h_; }
+  std::uintptr_t release(error_code& ec) override {
+    if (s_) return s_->release(ec);
+    ec.clear();
+    return std::exchange(h_, none);
+  }
+  void set_shutdown_on_close(bool on) override {
+    shutdown_on_close_ = on;
+    if (s_) s_->set_shutdown_on_close(on);
+  }
+  tcp::socket* socket() override {
+    error_code ec;
+    return attach(ec) ? s_->socket() : nullptr;
+  }
+  tcp::endpoint local_endpoint(error_code& ec) const override {
+    if (s_) return s_->local_endpoint(ec);
+    return address_of(false, ec);
+  }
+  tcp::endpoint remote_endpoint(error_code& ec) const override {
+    if (s_) return s_->remote_endpoint(ec);
+    return address_of(true, ec);
+  }
+  void shutdown_send(error_code& ec) override {
+    if (s_) return s_->shutdown_send(ec);
+    asio::detail::socket_ops::shutdown(static_cast<asio::detail::socket_type>(h_), asio::socket_base::shutdown_send, ec);
+  }
+
+ private:
+  static constexpr std::uintptr_t none = ~std::uintptr_t{0};
+  // Joins the reactor (once). False with `ec` if the handle could not be attached (it is closed).
+  bool attach(error_code& ec) {
+    if (s_) return true;
+    if (h_ == none) {
+      ec = asio::error::bad_descriptor;
+      return false;
+    }
+    tcp::socket s(ex_);
+    s.assign(protocol_, static_cast<tcp::socket::native_handle_type>(h_), ec);
+    if (ec) return false;
+    h_ = none;
+    s_ = std::make_unique<native_stream>(std::move(s));
+    s_->set_shutdown_on_close(shutdown_on_close_);
+    return true;
+  }
+  stream_backend* attached(io_handler& h) {
+    error_code ec;
+    if (attach(ec)) return s_.get();
+    asio::post(ex_, asio::append(std::move(h), ec, std::size_t{0}));
+    return nullptr;
+  }
+  tcp::endpoint address_of(bool peer, error_code& ec) const {
+    tcp::endpoint ep;
+    std::size_t len = ep.capacity();
+    const auto s = static_cast<asio::detail::socket_type>(h_);
+    if (peer) asio::detail::socket_ops::getpeername(s, ep.data(), &len, false, ec);
+    else asio::detail::socket_ops::getsockname(s, ep.data(), &len, ec);
+    if (!ec) ep.resize(len);
+    return ep;
+  }
+
+  asio::any_io_executor ex_;
+  tcp protocol_;
+  std::uintptr_t h_;
+  std::unique_ptr<stream_backend> s_;
+  bool shutdown_on_close_ = false;
 };
 
 class native_listener final : public native_socket<listener_backend, tcp::acceptor> {
@@ -124,6 +219,9 @@ void pending_export::async_publish(const asio::any_io_executor& ex, std::chrono:
 
 std::unique_ptr<stream_backend> make_native_stream(tcp::socket s) {
   return std::make_unique<native_stream>(std::move(s));
+}
+std::unique_ptr<stream_backend> make_detached_stream(const asio::any_io_executor& ex, tcp protocol, std::uintptr_t h) {
+  return std::make_unique<detached_stream>(ex, protocol, h);
 }
 std::unique_ptr<listener_backend> make_native_listener(tcp::acceptor a) {
   return std::make_unique<native_listener>(std::move(a));

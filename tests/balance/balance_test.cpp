@@ -713,4 +713,38 @@ TEST(balance, slow_clients_being_peeked_are_bounded_and_healthy_clients_are_serv
   EXPECT_GT(st.peek_pauses, 0u);
 }
 
+// Clients that all connect before any is served wait in the listener's backlog. The dispatcher
+// takes the backlog without a turn of the event loop per connection (Linux: accept4 outside the
+// reactor, at most 64 per turn) and stops while its workers are saturated; each time it resumes
+// it must take what already waits (no client arrives after the first ones), and every client must
+// be answered once. `max_in_flight` 1 makes it pause after each hand-off; the default (64) makes
+// it take the backlog in several turns.
+void serve_a_backlog_of(std::size_t clients, std::uint32_t max_in_flight) {
+  auto o = with_policy(balance::policy::round_robin);
+  o.max_in_flight = max_in_flight;
+  balance_rig rig(o, {"serve", "serve"});
+  ASSERT_TRUE(rig.ready());
+  std::vector<std::unique_ptr<client_conn>> conns;
+  for (std::size_t i = 0; i < clients; ++i) {
+    conns.push_back(std::make_unique<client_conn>());
+    ASSERT_TRUE(conns.back()->open(rig.port)) << "client " << i;
+  }
+  std::size_t answered = 0;
+  for (std::size_t i = 0; i < clients; ++i)
+    if (conns[i]->request("b" + std::to_string(i), true) >= 0 && conns[i]->at_eof()) ++answered;
+  const auto st = rig.on_io([&] { return rig.d->stats(); });
+  std::printf("[  BACKLOG ] %zu clients, max_in_flight %u: %zu answered, %llu accepted, %llu pauses\n", clients,
+              max_in_flight, answered, static_cast<unsigned long long>(st.accepted),
+              static_cast<unsigned long long>(st.pauses));
+  EXPECT_EQ(answered, clients);
+  EXPECT_EQ(st.accepted, clients);
+  EXPECT_EQ(st.dispatched, clients);
+  EXPECT_EQ(st.dropped, 0u);
+  if (max_in_flight == 1) EXPECT_GT(st.pauses, 0u);  // the resumption was exercised
+}
+
+TEST(balance, a_backlog_taken_while_workers_are_saturated_is_served_in_full) { serve_a_backlog_of(300, 1); }
+
+TEST(balance, a_backlog_larger_than_one_turn_is_served_in_full) { serve_a_backlog_of(500, 64); }
+
 }  // namespace

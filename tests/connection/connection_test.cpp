@@ -5,6 +5,8 @@
 #include <baton/connection.hpp>
 
 #include "async_helpers.hpp"
+#include "connection_impl.hpp"
+#include "detail/stream.hpp"
 #include "move_helpers.hpp"
 #include "test_support.hpp"
 
@@ -142,4 +144,62 @@ TEST(connection, a_move_that_times_out_quiesces_and_resumes_the_connection) {
   EXPECT_EQ(back.state(), bytes("s"));
   asio::write(client, asio::buffer(std::string("after;")));
   EXPECT_EQ(read_n(ioc, back, 12), "early;after;");
+}
+
+// A connection taken from the backlog outside the reactor (what the dispatcher does on Linux):
+// it tells its addresses and moves (unread bytes and all) without joining the reactor, joins it
+// at its first I/O, and its close ends the client's connection.
+TEST(connection, a_connection_accepted_outside_the_reactor_moves_serves_and_closes) {
+  if (!baton::detail::can_accept_detached())
+    GTEST_SKIP() << "Windows: an accepted socket is bound to the completion port (AcceptEx); the "
+                    "dispatcher accepts through Asio there";
+  channel_pair p("detached");
+  auto& [ioc, guard, rx, tx] = p;
+  using asio::ip::tcp;
+  tcp::acceptor acc(ioc, {asio::ip::address_v4::loopback(), 0});
+  tcp::socket c1(ioc), c2(ioc);
+  c1.connect(acc.local_endpoint());
+  c2.connect(acc.local_endpoint());
+  baton::error_code ec;
+  const auto h1 = baton::detail::accept_detached(acc, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  const auto h2 = baton::detail::accept_detached(acc, ec);
+  ASSERT_FALSE(ec) << ec.message();
+  baton::detail::accept_detached(acc, ec);
+  EXPECT_EQ(ec, asio::error::would_block) << "an empty backlog does not wait";
+  auto wrap = [&](std::uintptr_t h) {
+    return baton::detail::connection_access::wrap(std::make_shared<baton::detail::connection_impl>(
+        ioc.get_executor(), baton::detail::make_detached_stream(ioc.get_executor(), tcp::v4(), h)));
+  };
+  auto a = wrap(h1), b = wrap(h2);
+  EXPECT_EQ(a.remote_endpoint(ec), c1.local_endpoint());
+  EXPECT_EQ(a.local_endpoint(ec), acc.local_endpoint());
+  EXPECT_EQ(b.remote_endpoint(ec), c2.local_endpoint());
+  // Moved before any I/O: the bytes the client sent are still in the kernel and arrive there.
+  asio::write(c1, asio::buffer(std::string("queued;")));
+  auto r = move_to_self(ioc, tx, rx, std::move(a), {});
+  ASSERT_FALSE(r.sent) << r.sent.message();
+  ASSERT_FALSE(r.received) << r.received.message();
+  EXPECT_EQ(read_n(ioc, r.arrived.conn, 7), "queued;");
+  // First I/O: a round trip.
+  asio::write(c2, asio::buffer(std::string("ping")));
+  EXPECT_EQ(read_n(ioc, b, 4), "ping");
+  ASSERT_TRUE(run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    co_await asio::async_write(b, asio::buffer(std::string("pong")), asio::use_awaitable);
+  }(), 10s));
+  std::string got(4, '\0');
+  read_all(c2, asio::buffer(got), ec);
+  EXPECT_EQ(got, "pong");
+  // Closed: the client reads the end; the moved one is still the client's.
+  b.close();
+  char c;
+  c2.read_some(asio::buffer(&c, 1), ec);
+  EXPECT_EQ(ec, asio::error::eof);
+  auto& moved = r.arrived.conn;
+  ASSERT_TRUE(run_with_deadline(ioc, [&]() -> asio::awaitable<void> {
+    co_await asio::async_write(moved, asio::buffer(std::string("moved")), asio::use_awaitable);
+  }(), 10s));
+  std::string m(5, '\0');
+  read_all(c1, asio::buffer(m), ec);
+  EXPECT_EQ(m, "moved");
 }

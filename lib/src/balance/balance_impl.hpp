@@ -168,6 +168,9 @@ struct dispatcher_impl : std::enable_shared_from_this<dispatcher_impl> {
 
   bool eligible(const worker_rec& w) const;
   void accept_next();
+  bool may_accept();  // not stopped, draining or saturated (counting pauses)
+  void start_accept();
+  void accept_backlog();
   void on_accept(error_code ec, connection c);
   /// took_over() while the name is held: tries again every 10 ms until o.take_over has passed.
   void claim_name();
@@ -206,6 +209,7 @@ struct dispatcher_impl : std::enable_shared_from_this<dispatcher_impl> {
   asio::steady_timer retry_timer, full_timer, rebalance_timer, claim_timer, adopt_timer;
   bool full_timer_armed = false;
   bool no_delay_inherited = false;  // set on the acceptor, inherited by accepted sockets
+  std::optional<tcp> acc_protocol;  // the listener's address family (accept_backlog)
 };
 
 struct session_state : std::enable_shared_from_this<session_state> {

@@ -3,6 +3,9 @@
 // (see balance_impl.hpp).
 #include "balance/balance_impl.hpp"
 
+#include "connection_impl.hpp"
+#include "detail/stream.hpp"
+
 #include <boost/asio/append.hpp>
 #include <boost/asio/post.hpp>
 
@@ -14,6 +17,7 @@ namespace detail {
 
 namespace {
 constexpr int kMaxTries = 16;
+constexpr int kAcceptsPerTurn = 64;
 }  // namespace
 
 std::string slot_channel(const std::string& dispatcher, std::uint32_t index) {
@@ -53,7 +57,11 @@ bool dispatcher_impl::eligible(const worker_rec& w) const {
 // ---- accepting --------------------------------------------------------------------------------
 
 void dispatcher_impl::accept_next() {
-  if (stopped || !running || accepting || (!acc && !src) || drain_handler) return;
+  if (!accepting && may_accept()) start_accept();
+}
+
+bool dispatcher_impl::may_accept() {
+  if (stopped || !running || (!acc && !src) || drain_handler) return false;
   const bool any_eligible =
       std::any_of(pool.workers.begin(), pool.workers.end(), [&](auto& w) { return eligible(*w); });
   if (!waiting.empty() || !any_eligible) {
@@ -62,7 +70,7 @@ void dispatcher_impl::accept_next() {
       paused = true;
       ++st.pauses;
     }
-    return;
+    return false;
   }
   paused = false;
   if (o.max_peeking != 0 && peeking >= o.max_peeking) {
@@ -72,9 +80,13 @@ void dispatcher_impl::accept_next() {
       peek_paused = true;
       ++st.peek_pauses;
     }
-    return;
+    return false;
   }
   peek_paused = false;
+  return true;
+}
+
+void dispatcher_impl::start_accept() {
   accepting = true;
   if (src) {
     src([self = shared_from_this()](error_code ec, connection c) {
@@ -83,9 +95,49 @@ void dispatcher_impl::accept_next() {
     });
     return;
   }
+  if (!o.peek && baton::detail::can_accept_detached()) return accept_backlog();
   acc->async_accept([self = shared_from_this()](error_code ec, tcp::socket s) {
     self->accepting = false;
     self->on_accept(ec, ec ? connection() : connection(std::move(s)));
+  });
+}
+
+// Linux, no peeking: takes what waits in the backlog in this turn, each connection outside the
+// reactor (it is handed on at once: no epoll registration to make and undo, no completion to post
+// per connection), and waits for the listener to be readable only once the backlog is empty. At
+// most kAcceptsPerTurn, then the rest in the next turn, so that verdicts and timers get their turn.
+void dispatcher_impl::accept_backlog() {
+  if (!acc_protocol) {
+    error_code ec;
+    const auto ep = acc->local_endpoint(ec);
+    acc_protocol = ec ? tcp::v4() : ep.protocol();
+  }
+  for (int n = 0; n < kAcceptsPerTurn; ++n) {
+    error_code ec;
+    const auto h = baton::detail::accept_detached(*acc, ec);
+    if (ec == asio::error::would_block) {
+      acc->async_wait(tcp::acceptor::wait_read, [self = shared_from_this()](error_code e) {
+        self->accepting = false;
+        if (e) return self->on_accept(e, connection());
+        self->accept_next();
+      });
+      return;
+    }
+    if (ec) {
+      accepting = false;
+      return on_accept(ec, connection());
+    }
+    // `accepting` stays set: on_accept's own call of accept_next() returns at once.
+    on_accept(ec, baton::detail::connection_access::wrap(std::make_shared<baton::detail::connection_impl>(
+                      ex, baton::detail::make_detached_stream(ex, *acc_protocol, h))));
+    if (!may_accept()) {
+      accepting = false;
+      return;
+    }
+  }
+  asio::post(ex, [self = shared_from_this()] {
+    self->accepting = false;
+    self->accept_next();
   });
 }
 
@@ -101,7 +153,8 @@ void dispatcher_impl::on_accept(error_code ec, connection c) {
     return;
   }
   ++st.accepted;
-  if (auto* s = c.socket(); s && o.no_delay && !no_delay_inherited) s->set_option(tcp::no_delay(true), ec);
+  if (o.no_delay && !no_delay_inherited)
+    if (auto* s = c.socket()) s->set_option(tcp::no_delay(true), ec);
   pending_conn p;
   if (o.policy == policy::client_hash || o.policy == policy::custom) {
     error_code ignored;
@@ -303,6 +356,7 @@ void dispatcher::start_run(tcp::acceptor* acc, connection_source src, detail::ha
     return;
   }
   impl_->acc = acc;
+  impl_->acc_protocol.reset();
   impl_->src = std::move(src);
   impl_->running = true;
   if (acc && impl_->o.no_delay && baton::detail::accepted_socket_inherits_no_delay()) {

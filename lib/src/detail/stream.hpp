@@ -86,6 +86,16 @@ std::unique_ptr<Backend> backend_cast(std::unique_ptr<socket_backend> b) noexcep
 /// Native backends around an Asio socket or acceptor (all platforms).
 std::unique_ptr<stream_backend> make_native_stream(boost::asio::ip::tcp::socket s);
 std::unique_ptr<listener_backend> make_native_listener(boost::asio::ip::tcp::acceptor a);
+/// A connected socket handle `h` (owned from now on) that joins no reactor until its first I/O:
+/// detach (the export of a move) then costs nothing. See accept_detached.
+std::unique_ptr<stream_backend> make_detached_stream(const boost::asio::any_io_executor& ex,
+                                                     boost::asio::ip::tcp protocol, std::uintptr_t h);
+/// Takes one connection from `a`'s backlog without waiting and without registering it with the
+/// reactor (for make_detached_stream): its handle, or `ec` = would_block when none waits.
+/// Platforms whose accepted sockets must join the reactor (Windows: AcceptEx on the completion
+/// port) fail with operation_not_supported; can_accept_detached() says which.
+std::uintptr_t accept_detached(boost::asio::ip::tcp::acceptor& a, error_code& ec);
+bool can_accept_detached() noexcept;
 std::unique_ptr<datagram_backend> make_native_datagram(boost::asio::ip::udp::socket s);
 /// A native backend of `kind` around handle `h` (assigned to an Asio socket or acceptor on `ex`;
 /// `protocol` names the address family, a UDP socket's too).

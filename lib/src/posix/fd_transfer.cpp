@@ -249,6 +249,27 @@ int import_fd(const ticket& t, fd_endpoint& ep, socket_kind kind, error_code& ec
 
 std::size_t largest_transfer_payload() noexcept { return sizeof(fd_payload); }
 
+bool can_accept_detached() noexcept { return true; }
+
+std::uintptr_t accept_detached(tcp::acceptor& a, error_code& ec) {
+  ec.clear();
+  // The reactor makes a listener non-blocking at its first asynchronous operation, which may not
+  // have happened yet: accept4 must never wait.
+  if (!a.native_non_blocking()) {
+    a.native_non_blocking(true, ec);
+    if (ec) return ~std::uintptr_t{0};
+  }
+  for (;;) {
+    // Close-on-exec, so that a child spawned meanwhile cannot keep the connection alive.
+    const int fd = ::accept4(a.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) return static_cast<std::uintptr_t>(fd);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) ec = asio::error::would_block;
+    else ec = {errno, boost::system::system_category()};
+    return ~std::uintptr_t{0};
+  }
+}
+
 // Detaching the descriptor deregisters it from epoll, so the source gets no further event for it.
 // Nothing here is visible to the target yet: a push is sent by async_publish, and a pull needs
 // the ticket.

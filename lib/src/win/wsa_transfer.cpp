@@ -290,4 +290,11 @@ std::uintptr_t duplicate_socket_handle(std::uintptr_t h, error_code& ec) {
 
 void close_socket_handle(std::uintptr_t h) noexcept { ::closesocket(static_cast<SOCKET>(h)); }
 
+// AcceptEx gives sockets already bound to the completion port: a dispatcher accepts through Asio.
+bool can_accept_detached() noexcept { return false; }
+std::uintptr_t accept_detached(tcp::acceptor&, error_code& ec) {
+  ec = boost::asio::error::operation_not_supported;
+  return ~std::uintptr_t{0};
+}
+
 }  // namespace baton::detail
