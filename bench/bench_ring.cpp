@@ -12,6 +12,10 @@
 //   BM_MinimalRingBatched  the same ring batching on both sides: the producer publishes its
 //                       tail once per 64 records, the consumer takes every record it finds and
 //                       publishes its head once per run. The peer of BatonRing_PollBatched.
+//   BM_MinimalRingBatchedChecked  the batched minimal ring whose records each carry a CRC32C
+//                       (the producer computes it, the consumer checks it and the sequence
+//                       number): the least a ring must do whose writer may crash mid-record or
+//                       scribble. The floor for Baton's channel, which also checks every ticket.
 //   BM_BatonRingLayer   diagnostic: Baton's ring layer (detail::ring of a real channel) without
 //                       the channel around it: push() of a pre-encoded ticket / pop(), busy-poll.
 // The argument is the record size: the encoded ticket size for Baton (64 B = a control ticket with
@@ -220,8 +224,9 @@ void BM_BatonRingLayer(benchmark::State& state) {
 
 // `batched`: the producer publishes its tail once per 64 records, the consumer reads the tail
 // once per run of records it finds and publishes its head once per run (the peer of
-// BatonRing_PollBatched: batching on both sides).
-void BM_MinimalRing(benchmark::State& state, bool batched) {
+// BatonRing_PollBatched: batching on both sides). `checked`: each record's last 4 bytes are the
+// CRC32C of the others, which the consumer checks.
+void BM_MinimalRing(benchmark::State& state, bool batched, bool checked = false) {
   const auto size = static_cast<std::size_t>(state.range(0));
   const std::uint64_t slots = ring_bytes / size;
   const auto ring_name = bench::unique_name("spsc");
@@ -232,7 +237,7 @@ void BM_MinimalRing(benchmark::State& state, bool batched) {
   std::optional<bench::pin_guard> pin;
   const int helper_cpu = bench::place(pin, false);
   bench::session s;
-  if (!s.start(state, batched ? "minimal-batch-producer" : "minimal-producer",
+  if (!s.start(state, checked ? "minimal-checked-producer" : batched ? "minimal-batch-producer" : "minimal-producer",
                {ring_name, std::to_string(records_per_batch), std::to_string(size)}, helper_cpu))
     return;
 
@@ -249,9 +254,13 @@ void BM_MinimalRing(benchmark::State& state, bool batched) {
       for (; head < until; ++head) {
         std::memcpy(buf.data(), data + (head & (slots - 1)) * size, size);
         if (!batched) h->head.store(head + 1, std::memory_order_release);
-        std::uint32_t seq;
+        std::uint32_t seq, crc = 0;
         std::memcpy(&seq, buf.data(), 4);
         if (seq != got) bad = true;
+        if (checked) {
+          std::memcpy(&crc, buf.data() + size - 4, 4);
+          if (baton::crc32c({buf.data(), size - 4}) != crc) bad = true;
+        }
         ++got;
       }
       if (batched) h->head.store(head, std::memory_order_release);
@@ -259,13 +268,15 @@ void BM_MinimalRing(benchmark::State& state, bool batched) {
     });
     benchmark::DoNotOptimize(buf.data());
   });
-  finish(state, (batched ? "minimal_batched/" : "minimal/") + std::to_string(size), total);
+  finish(state, (checked ? "minimal_checked/" : batched ? "minimal_batched/" : "minimal/") + std::to_string(size), total);
 }
 void BM_MinimalRing(benchmark::State& state) { BM_MinimalRing(state, false); }
 void BM_MinimalRingBatched(benchmark::State& state) { BM_MinimalRing(state, true); }
+void BM_MinimalRingBatchedChecked(benchmark::State& state) { BM_MinimalRing(state, true, true); }
 
 BENCHMARK(BM_MinimalRing)->Arg(64)->Arg(1024)->UseManualTime();
 BENCHMARK(BM_MinimalRingBatched)->Arg(64)->Arg(1024)->UseManualTime();
+BENCHMARK(BM_MinimalRingBatchedChecked)->Arg(64)->Arg(1024)->UseManualTime();
 BENCHMARK(BM_BatonRing_Poll)->Arg(64)->Arg(1024)->UseManualTime();
 BENCHMARK(BM_BatonRing_Async)->Arg(64)->Arg(1024)->UseManualTime();
 BENCHMARK(BM_BatonRing_PollBatched)->Arg(64)->Arg(1024)->UseManualTime();
@@ -416,7 +427,7 @@ int role_ring_layer_producer(char** args) {
 }
 
 // args: CTL RING N SIZE, RING the minimal ring's shared memory (producer_args::name).
-int role_minimal_producer(char** args, bool batched) {
+int role_minimal_producer(char** args, bool batched, bool checked = false) {
   const producer_args a(args);
   if (!a.ctl) return 2;
   const std::uint64_t slots = ring_bytes / a.size;
@@ -439,6 +450,10 @@ int role_minimal_producer(char** args, bool batched) {
         const std::uint64_t run = batched ? std::min<std::uint64_t>({free, 64, a.n - i}) : 1;
         for (std::uint64_t k = 0; k < run; ++k, ++i, ++tail) {
           std::memcpy(src.data(), &i, 4);
+          if (checked) {
+            const std::uint32_t crc = baton::crc32c({src.data(), a.size - 4});
+            std::memcpy(src.data() + a.size - 4, &crc, 4);
+          }
           std::memcpy(data + (tail & (slots - 1)) * a.size, src.data(), a.size);
         }
         h->tail.store(tail, std::memory_order_release);
@@ -451,14 +466,14 @@ int role_minimal_producer(char** args, bool batched) {
 }
 int role_minimal_producer(char** args) { return role_minimal_producer(args, false); }
 int role_minimal_batch_producer(char** args) { return role_minimal_producer(args, true); }
+int role_minimal_checked_producer(char** args) { return role_minimal_producer(args, true, true); }
 
 void print_ratios() {
   for (const char* size : {"64", "1024"}) {
     const auto m = g_rates.find(std::string("minimal/") + size);
-    if (m == g_rates.end()) continue;
     for (const char* kind : {"baton_poll", "baton_async", "baton_poll_batched", "ring_layer"}) {
       const auto b = g_rates.find(std::string(kind) + "/" + size);
-      if (b == g_rates.end()) continue;
+      if (m == g_rates.end() || b == g_rates.end()) continue;
       const double mr = measured_rate(m->second), br = measured_rate(b->second);
       std::fprintf(stderr, "ratio %s/minimal, %4s B records: %.3f  (%.3g vs %.3g records/s)\n", kind, size,
                    br / mr, br, mr);
@@ -471,6 +486,14 @@ void print_ratios() {
       std::fprintf(stderr, "ratio baton_poll_batched/minimal_batched, %4s B records: %.3f  (%.3g vs %.3g records/s)\n",
                    size, br / mr, br, mr);
     }
+    // The floor: the batched minimal ring that checks a CRC32C per record, against both.
+    const auto mc = g_rates.find(std::string("minimal_checked/") + size);
+    if (mc != g_rates.end() && mb != g_rates.end())
+      std::fprintf(stderr, "ratio minimal_checked/minimal_batched, %4s B records: %.3f\n", size,
+                   measured_rate(mc->second) / measured_rate(mb->second));
+    if (mc != g_rates.end() && bb != g_rates.end())
+      std::fprintf(stderr, "ratio baton_poll_batched/minimal_checked, %4s B records: %.3f\n", size,
+                   measured_rate(bb->second) / measured_rate(mc->second));
   }
 }
 
@@ -479,6 +502,7 @@ constexpr bench::role helper_roles[] = {{"baton-producer", 6, role_baton_produce
                                         {"baton-batch-producer", 6, role_baton_batch_producer},
                                         {"minimal-producer", 6, role_minimal_producer},
                                         {"minimal-batch-producer", 6, role_minimal_batch_producer},
+                                        {"minimal-checked-producer", 6, role_minimal_checked_producer},
                                         {"ring-layer-producer", 6, role_ring_layer_producer}};
 
 }  // namespace
