@@ -11,6 +11,10 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#ifndef _WIN32
+#include <sys/socket.h>
+#include <unistd.h>
+#endif
 
 
 namespace {
@@ -67,6 +71,40 @@ TEST(move_import, a_connected_socket_named_as_a_listener_is_refused_and_left_ope
   char b[2];
   asio::read(c, asio::buffer(b), ec);
   EXPECT_FALSE(ec);
+}
+
+// A Unix-domain socket has the right type but is no TCP (or UDP) socket: refused, and left open
+// (it may be one of the receiver's own, as here).
+TEST(move_import, unix_domain_sockets_named_as_tcp_or_udp_sockets_are_refused_and_left_open) {
+#ifdef _WIN32
+  // Windows has AF_UNIX stream sockets (10, 1803 on); one that is not even connected has the
+  // type and listening state of a connection.
+  asio::io_context ioc;
+  const SOCKET u = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  if (u == INVALID_SOCKET) GTEST_SKIP() << "this Windows (or Wine) has no AF_UNIX sockets";
+  EXPECT_EQ(import_own(ioc, naming(static_cast<std::uint64_t>(u), baton::ticket_kind::connection)),
+            errc::not_a_socket);
+  int type = 0, len = sizeof type;
+  EXPECT_EQ(::getsockopt(u, SOL_SOCKET, SO_TYPE, reinterpret_cast<char*>(&type), &len), 0)
+      << "the receiver closed its own socket";
+  ::closesocket(u);
+#else
+  asio::io_context ioc, ioc2;  // (an io_context that ran out of work stays stopped)
+  int st[2], dg[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, st), 0);
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, dg), 0);
+  EXPECT_EQ(import_own(ioc, naming(static_cast<std::uint64_t>(st[0]), baton::ticket_kind::connection)),
+            errc::not_a_socket);
+  EXPECT_EQ(import_own(ioc2, naming(static_cast<std::uint64_t>(dg[0]), baton::ticket_kind::udp_socket)),
+            errc::not_a_socket);
+  for (int* pair : {st, dg}) {
+    char b[2] = {};
+    EXPECT_EQ(::send(pair[0], "ok", 2, MSG_DONTWAIT | MSG_NOSIGNAL), 2) << "the receiver closed its own socket";
+    EXPECT_EQ(::recv(pair[1], b, 2, MSG_DONTWAIT), 2);
+    ::close(pair[0]);
+    ::close(pair[1]);
+  }
+#endif
 }
 
 TEST(move_import, a_descriptor_that_is_not_a_socket_keeps_its_flags) {

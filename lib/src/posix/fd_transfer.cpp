@@ -188,7 +188,7 @@ long pull_with_pidfd(std::uint32_t pid, int remote_fd, int& err) {
 
 // Pulls the descriptor named by a pidfd_getfd ticket and checks that it is the socket the ticket
 // describes: a connected or listening TCP socket, or a UDP socket.
-int import_fd(const ticket& t, fd_endpoint& ep, socket_kind kind, error_code& ec) {
+int import_fd(const ticket& t, fd_endpoint& ep, socket_kind kind, tcp& protocol, error_code& ec) {
   ec.clear();
   long fd = -1;
   fd_payload p{};
@@ -231,9 +231,18 @@ int import_fd(const ticket& t, fd_endpoint& ep, socket_kind kind, error_code& ec
   ::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len);
   len = sizeof listening;
   ::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
-  const bool fits = kind == socket_kind::datagram
-                        ? type == SOCK_DGRAM
-                        : type == SOCK_STREAM && (listening != 0) == (kind == socket_kind::listener);
+  bool fits = kind == socket_kind::datagram
+                  ? type == SOCK_DGRAM
+                  : type == SOCK_STREAM && (listening != 0) == (kind == socket_kind::listener);
+  // An IP socket: a Unix-domain stream socket is no TCP connection (nor a Unix datagram socket a
+  // UDP one). Its family also tells the reactor which protocol the socket is.
+  sockaddr_storage ss{};
+  socklen_t ss_len = sizeof ss;
+  if (fits && S_ISSOCK(st.st_mode)) {
+    fits = ::getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &ss_len) == 0 &&
+           (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+    protocol = ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4();
+  }
   if (!S_ISSOCK(st.st_mode) || !fits) {
     // An inherited number that is not the promised socket may be one of our own descriptors.
     if (t.method != transfer_method::inherit) ::close(static_cast<int>(fd));
@@ -332,9 +341,12 @@ std::unique_ptr<pending_export> export_socket(std::unique_ptr<socket_backend>& b
 
 std::unique_ptr<socket_backend> import_socket(socket_kind kind, transfer_endpoint& ep, const asio::any_io_executor& ex,
                                               const ticket& t, error_code& ec) {
-  const int fd = import_fd(t, static_cast<fd_endpoint&>(ep), kind, ec);
+  tcp protocol = tcp::v4();
+  const int fd = import_fd(t, static_cast<fd_endpoint&>(ep), kind, protocol, ec);
   if (fd < 0) return nullptr;
-  return attach_socket(kind, ex, static_cast<std::uintptr_t>(fd), ec);
+  auto b = make_native_socket(kind, ex, protocol, static_cast<std::uintptr_t>(fd), ec);
+  if (!b) ::close(fd);
+  return b;
 }
 
 std::unique_ptr<socket_backend> attach_socket(socket_kind kind, const asio::any_io_executor& ex, std::uintptr_t h,

@@ -164,11 +164,14 @@ SOCKET import_handle(const ticket& t, xfer_endpoint& ep, socket_kind kind, error
     ec = errc::strategy_unavailable;
     return INVALID_SOCKET;
   }
-  int type = 0, len = sizeof type;
+  // The promised type, and an IP socket: an AF_UNIX stream socket is no TCP connection.
+  WSAPROTOCOL_INFOW pi{};
+  int len = sizeof pi;
   BOOL listening = FALSE;
   int llen = sizeof listening;
   const int want_type = kind == socket_kind::datagram ? SOCK_DGRAM : SOCK_STREAM;
-  if (::getsockopt(s, SOL_SOCKET, SO_TYPE, reinterpret_cast<char*>(&type), &len) != 0 || type != want_type) {
+  if (::getsockopt(s, SOL_SOCKET, SO_PROTOCOL_INFOW, reinterpret_cast<char*>(&pi), &len) != 0 ||
+      pi.iSocketType != want_type || (pi.iAddressFamily != AF_INET && pi.iAddressFamily != AF_INET6)) {
     if (owned) ::closesocket(s);
     ec = errc::not_a_socket;
     return INVALID_SOCKET;
