@@ -272,7 +272,15 @@ std::uintptr_t accept_detached(tcp::acceptor& a, error_code& ec) {
     // Close-on-exec, so that a child spawned meanwhile cannot keep the connection alive.
     const int fd = ::accept4(a.native_handle(), nullptr, nullptr, SOCK_CLOEXEC);
     if (fd >= 0) return static_cast<std::uintptr_t>(fd);
-    if (errno == EINTR) continue;
+    // A connection that failed in the backlog (accept(2) passes its pending network error on):
+    // the next one may be fine (Asio retries the first two; accept(2) advises the rest for TCP).
+    switch (errno) {
+      case EINTR: case ECONNABORTED: case EPROTO: case ENETDOWN: case ENOPROTOOPT: case EHOSTDOWN:
+      case ENONET: case EHOSTUNREACH: case EOPNOTSUPP: case ENETUNREACH:
+        continue;
+      default:
+        break;
+    }
     if (errno == EAGAIN || errno == EWOULDBLOCK) ec = asio::error::would_block;
     else ec = {errno, boost::system::system_category()};
     return ~std::uintptr_t{0};
