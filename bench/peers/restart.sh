@@ -239,6 +239,7 @@ run_nginx_reload() {
 # --- Baton -----------------------------------------------------------------------------------
 
 BATON_LINE=""
+BATON_LINES=()  # batonctl's last line for each Baton row
 run_baton() {
   local http=$SAMPLES/baton-http ctl=$SAMPLES/batonctl
   if [ ! -x "$http" ] || [ ! -x "$ctl" ]; then
@@ -286,6 +287,7 @@ restart_under_wrk() {  # label port name old dir
   wait "$ctl_pid" || rc=$?
   note="$note (batonctl exit $rc after $(( $(now_ms) - t0 )) ms)"
   BATON_LINE=$(tail -n 1 "$dir/batonctl.out")
+  BATON_LINES+=("$label: $BATON_LINE")
   # The new generation's pid, from "pid A -> B", and whoever listens on the port now (in case
   # the line differs); both are stopped on exit with everything else.
   new=$(sed -n 's/.*pid [0-9]* -> \([0-9]*\).*/\1/p' <<<"$BATON_LINE" | head -1)
@@ -331,6 +333,6 @@ dashes() { printf -- '-%.0s' $(seq "$1"); }
 printf '|%s|%s|%s|%s|%s|%s|\n' "$(dashes 40)" "$(dashes 11)" "$(dashes 11)" "$(dashes 18)" "$(dashes 9)" "$(dashes 42)"
 for r in "${ROWS[@]}"; do echo "$r"; done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
-[ -n "$BATON_LINE" ] && echo && echo "batonctl: $BATON_LINE"
+[ ${#BATON_LINES[@]} -gt 0 ] && echo && for l in "${BATON_LINES[@]}"; do echo "batonctl, $l"; done
 [ -n "${WORKERS_AFTER:-}" ] && echo "balancer workers after the front's restart (same pids as before): $WORKERS_AFTER"
 exit 0
