@@ -2,7 +2,7 @@
 # Peer comparison for load balancing by hand-off, on loopback, 2 worker processes in each case:
 #   1 ceiling   two `baton-balancer --serve --reuseport` processes accepting on one port
 #               (SO_REUSEPORT), the same tiny HTTP handler, no hand-off
-#   2 baton     `baton-balancer --workers 2 --policy least-connections`
+#   2 baton     `baton-balancer --workers 2 --policy least-connections` (or --policy P)
 #   3 node      Node.js cluster, SCHED_RR, 2 workers (node_cluster.js)
 #   4 nginx     nginx (2 worker processes) proxying to two `baton-balancer --serve` backends
 # each driven by wrk with keep-alive and with `Connection: close` (one request per connection).
@@ -10,7 +10,8 @@
 # CPU of the hand-off layer alone (baton's dispatcher, node's primary, nginx) per request, the
 # ratio to (1) in the same round, and how the measured run's connections spread over the workers.
 #
-#   bench/peers/balance.sh [--rounds N] [--duration SECONDS] [--connections N] [--build DIR]
+#   bench/peers/balance.sh [--rounds N] [--duration SECONDS] [--connections N[,N...]]
+#                          [--policy round-robin|least-connections] [--build DIR]
 #
 # Needs a native build with baton-balancer (built here if missing). Installs wrk and nginx with
 # apt when missing; Node.js is expected at /usr/bin/node.
@@ -18,13 +19,14 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-rounds=3 duration=5 conns_list=16 build="$root/build/linux"
+rounds=3 duration=5 conns_list=16 policy=least-connections build="$root/build/linux"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --connections) conns_list=$2; shift 2 ;;  # one count or a list: 16,64,256
     --build) build=$2; shift 2 ;;
+    --policy) policy=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -131,7 +133,7 @@ start() {
       wait_port "$port"
       all_pids="$a $b"; handoff_pids=""; report_pids="$a $b" ;;
     baton)
-      "$balancer" --listen "127.0.0.1:$port" --workers 2 --policy least-connections >/dev/null 2>>"$tmp/err" &
+      "$balancer" --listen "127.0.0.1:$port" --workers 2 --policy "$policy" >/dev/null 2>>"$tmp/err" &
       pids+=($!); a=$!
       wait_port "$port"
       sleep 0.2
@@ -186,7 +188,7 @@ PY
 
 results="$tmp/results.tsv"
 : >"$results"
-echo "peer comparison: $rounds rounds x 2 modes x 4 cases, wrk -t2 -c{$conns_list} -d${duration}s on loopback, $(nproc) CPUs"
+echo "peer comparison: $rounds rounds x 2 modes x 4 cases, wrk -t2 -c{$conns_list} -d${duration}s on loopback, $(nproc) CPUs; baton-balancer --policy $policy"
 for conns in ${conns_list//,/ }; do
 for round in $(seq 1 "$rounds"); do
   for mode in keepalive close; do
