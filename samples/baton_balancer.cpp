@@ -604,7 +604,10 @@ int run_selftest(unsigned workers, balance::policy pol, unsigned conns, unsigned
       };
       if (rebalance) {
         // Make the spread uneven on purpose (every connection of the first worker, all idle now,
-        // goes to the second), then let the dispatcher even it out.
+        // goes to the second), then let the dispatcher even it out. A worker's `active` counts
+        // the hand-offs whose acknowledgement the dispatcher has seen: on a busy machine the
+        // clients can be halfway before it has seen them all, so wait for them first.
+        settle([&] { return s.d->stats().dispatched >= conns; });
         const auto first = on_io([&] { return s.d->workers(); });
         if (first.size() >= 2 && first[0].active > 0) {
           on_io([&] { return s.d->rebalance(first[0].id, first[1].id, first[0].active); });
