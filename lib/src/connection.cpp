@@ -68,8 +68,7 @@ class native_stream final : public native_socket<stream_backend, tcp::socket> {
 // native stream; until then the handle is used directly.
 class detached_stream final : public stream_backend {
  public:
-  detached_stream(asio::any_io_executor ex, tcp protocol, std::uintptr_t h)
-      : ex_(std::move(ex)), protocol_(protocol), h_(h) {}
+  detached_stream(asio::any_io_executor ex, std::uintptr_t h) : ex_(std::move(ex)), h_(h) {}
   ~detached_stream() override { close(); }
   void read(asio::mutable_buffer b, io_handler h) override {
     if (auto* s = attached(h)) s->read(b, std::move(h));
@@ -118,15 +117,18 @@ class detached_stream final : public stream_backend {
 
  private:
   static constexpr std::uintptr_t none = ~std::uintptr_t{0};
-  // Joins the reactor (once). False with `ec` if the handle could not be attached (it is closed).
+  // Joins the reactor (once), as the protocol its own address names. False with `ec` if the
+  // handle could not be attached (it stays detached).
   bool attach(error_code& ec) {
     if (s_) return true;
     if (h_ == none) {
       ec = asio::error::bad_descriptor;
       return false;
     }
+    const auto self = address_of(false, ec);
+    if (ec) return false;
     tcp::socket s(ex_);
-    s.assign(protocol_, static_cast<tcp::socket::native_handle_type>(h_), ec);
+    s.assign(self.protocol(), static_cast<tcp::socket::native_handle_type>(h_), ec);
     if (ec) return false;
     h_ = none;
     s_ = std::make_unique<native_stream>(std::move(s));
@@ -150,7 +152,6 @@ class detached_stream final : public stream_backend {
   }
 
   asio::any_io_executor ex_;
-  tcp protocol_;
   std::uintptr_t h_;
   std::unique_ptr<stream_backend> s_;
   bool shutdown_on_close_ = false;
@@ -220,8 +221,8 @@ void pending_export::async_publish(const asio::any_io_executor& ex, std::chrono:
 std::unique_ptr<stream_backend> make_native_stream(tcp::socket s) {
   return std::make_unique<native_stream>(std::move(s));
 }
-std::unique_ptr<stream_backend> make_detached_stream(const asio::any_io_executor& ex, tcp protocol, std::uintptr_t h) {
-  return std::make_unique<detached_stream>(ex, protocol, h);
+std::unique_ptr<stream_backend> make_detached_stream(const asio::any_io_executor& ex, std::uintptr_t h) {
+  return std::make_unique<detached_stream>(ex, h);
 }
 std::unique_ptr<listener_backend> make_native_listener(tcp::acceptor a) {
   return std::make_unique<native_listener>(std::move(a));

@@ -169,7 +169,7 @@ TEST(connection, a_connection_accepted_outside_the_reactor_moves_serves_and_clos
   EXPECT_EQ(ec, asio::error::would_block) << "an empty backlog does not wait";
   auto wrap = [ex = ioc.get_executor()](std::uintptr_t h) {  // (clang 14 captures no structured binding)
     return baton::detail::connection_access::wrap(std::make_shared<baton::detail::connection_impl>(
-        ex, baton::detail::make_detached_stream(ex, tcp::v4(), h)));
+        ex, baton::detail::make_detached_stream(ex, h)));
   };
   auto a = wrap(h1), b = wrap(h2);
   EXPECT_EQ(a.remote_endpoint(ec), c1.local_endpoint());

@@ -209,7 +209,6 @@ struct dispatcher_impl : std::enable_shared_from_this<dispatcher_impl> {
   asio::steady_timer retry_timer, full_timer, rebalance_timer, claim_timer, adopt_timer;
   bool full_timer_armed = false;
   bool no_delay_inherited = false;  // set on the acceptor, inherited by accepted sockets
-  std::optional<tcp> acc_protocol;  // the listener's address family (accept_backlog)
 };
 
 struct session_state : std::enable_shared_from_this<session_state> {

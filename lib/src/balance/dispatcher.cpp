@@ -107,11 +107,6 @@ void dispatcher_impl::start_accept() {
 // per connection), and waits for the listener to be readable only once the backlog is empty. At
 // most kAcceptsPerTurn, then the rest in the next turn, so that verdicts and timers get their turn.
 void dispatcher_impl::accept_backlog() {
-  if (!acc_protocol) {
-    error_code ec;
-    const auto ep = acc->local_endpoint(ec);
-    acc_protocol = ec ? tcp::v4() : ep.protocol();
-  }
   for (int n = 0; n < kAcceptsPerTurn; ++n) {
     error_code ec;
     const auto h = baton::detail::accept_detached(*acc, ec);
@@ -129,7 +124,7 @@ void dispatcher_impl::accept_backlog() {
     }
     // `accepting` stays set: on_accept's own call of accept_next() returns at once.
     on_accept(ec, baton::detail::connection_access::wrap(std::make_shared<baton::detail::connection_impl>(
-                      ex, baton::detail::make_detached_stream(ex, *acc_protocol, h))));
+                      ex, baton::detail::make_detached_stream(ex, h))));
     if (!may_accept()) {
       accepting = false;
       return;
@@ -356,7 +351,6 @@ void dispatcher::start_run(tcp::acceptor* acc, connection_source src, detail::ha
     return;
   }
   impl_->acc = acc;
-  impl_->acc_protocol.reset();
   impl_->src = std::move(src);
   impl_->running = true;
   if (acc && impl_->o.no_delay && baton::detail::accepted_socket_inherits_no_delay()) {

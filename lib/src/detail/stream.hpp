@@ -88,8 +88,7 @@ std::unique_ptr<stream_backend> make_native_stream(boost::asio::ip::tcp::socket 
 std::unique_ptr<listener_backend> make_native_listener(boost::asio::ip::tcp::acceptor a);
 /// A connected socket handle `h` (owned from now on) that joins no reactor until its first I/O:
 /// detach (the export of a move) then costs nothing. See accept_detached.
-std::unique_ptr<stream_backend> make_detached_stream(const boost::asio::any_io_executor& ex,
-                                                     boost::asio::ip::tcp protocol, std::uintptr_t h);
+std::unique_ptr<stream_backend> make_detached_stream(const boost::asio::any_io_executor& ex, std::uintptr_t h);
 /// Takes one connection from `a`'s backlog without waiting and without registering it with the
 /// reactor (for make_detached_stream): its handle, or `ec` = would_block when none waits.
 /// Platforms whose accepted sockets must join the reactor (Windows: AcceptEx on the completion

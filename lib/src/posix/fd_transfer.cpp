@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -90,12 +91,16 @@ bool pidfd_getfd_supported() {
   return supported;
 }
 
-tcp protocol_of(int fd) {
+// The socket's protocol from its address family; empty if it is no IPv4 or IPv6 socket.
+std::optional<tcp> ip_protocol_of(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  return ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4();
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return std::nullopt;
+  if (ss.ss_family == AF_INET6) return tcp::v6();
+  if (ss.ss_family == AF_INET) return tcp::v4();
+  return std::nullopt;
 }
+tcp protocol_of(int fd) { return ip_protocol_of(fd).value_or(tcp::v4()); }
 
 // The source's descriptor from the export until the verdict. With a push, async_publish sends it
 // to the target's endpoint; with a pull, the target takes its own copy by number.
@@ -236,12 +241,10 @@ int import_fd(const ticket& t, fd_endpoint& ep, socket_kind kind, tcp& protocol,
                   : type == SOCK_STREAM && (listening != 0) == (kind == socket_kind::listener);
   // An IP socket: a Unix-domain stream socket is no TCP connection (nor a Unix datagram socket a
   // UDP one). Its family also tells the reactor which protocol the socket is.
-  sockaddr_storage ss{};
-  socklen_t ss_len = sizeof ss;
   if (fits && S_ISSOCK(st.st_mode)) {
-    fits = ::getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&ss), &ss_len) == 0 &&
-           (ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
-    protocol = ss.ss_family == AF_INET6 ? tcp::v6() : tcp::v4();
+    const auto ip = ip_protocol_of(static_cast<int>(fd));
+    fits = ip.has_value();
+    if (ip) protocol = *ip;
   }
   if (!S_ISSOCK(st.st_mode) || !fits) {
     // An inherited number that is not the promised socket may be one of our own descriptors.
